@@ -1,0 +1,60 @@
+# transformer_nb: every target creates the virtual environment in .venv when it is missing and
+# reuses it afterwards (it is re-synced only when pyproject.toml changes).
+#   make demo   set up, then the local end-to-end run (tokenizer -> data -> model -> samples)
+#   make test   set up, then every test: notebooks clean and in sync, nbdev-test, pytest
+#   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/local-smoke
+# the torch build installed first: a CPU wheel where one is on disk, and never an unpinned
+# (multi-GB CUDA) download; pyproject.toml only declares a range that this satisfies.
+TORCH  ?= torch==2.13.0
+
+.PHONY: venv demo test test-nbs test-py sync docs docs-quarto nbs clean
+.DEFAULT_GOAL := help
+
+help:
+	@sed -n '2,5p' Makefile | sed 's/^# *//'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transformer_nb needs Python 3.11 or newer (found %s)" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/orchestrate --profile local --run-dir $(RUN)
+
+# notebooks clean and exported (no diff), the notebooks' own tests, then pytest (last: CI reads
+# its summary line)
+test: venv sync test-nbs test-py
+
+sync: venv
+	$(BIN)/python tools/check_sync.py
+
+test-nbs: venv
+	$(BIN)/nbdev-test --n-workers 2
+
+test-py: venv
+	$(BIN)/python -m pytest -q
+
+docs: venv
+	$(BIN)/python tools/build_docs.py --out docs
+
+# the Quarto site (where Quarto is installed)
+docs-quarto: venv
+	$(BIN)/nbdev-docs
+
+# re-execute notebooks in place so that their saved outputs (shown in the docs) are fresh
+nbs: venv
+	$(BIN)/python tools/run_nbs.py $(NB)
+	$(BIN)/nbdev-clean
+
+clean:
+	rm -rf _proc docs .pytest_cache
