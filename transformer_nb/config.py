@@ -64,7 +64,7 @@ def utc_now_iso() -> str:
     "The current time as a UTC ISO-8601 string, e.g. '2026-11-25T07:08:07Z'."
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace('+00:00', 'Z')
 
-# %% ../nbs/00_config.ipynb #70b5bc19
+# %% ../nbs/00_config.ipynb #2ee2334e
 import copy
 import difflib
 import json
@@ -79,7 +79,7 @@ from typing import Iterable
 
 import yaml
 
-# %% ../nbs/00_config.ipynb #bf913b70
+# %% ../nbs/00_config.ipynb #94fc31a6
 @dataclass
 class ModelConfig:
     "The network's shape: a decoder-only transformer with rotary position embeddings."
@@ -117,7 +117,7 @@ class ModelConfig:
         "The RoPE base, `rope_theta` resolved."
         return 10000.0 if self.rope_theta is None else float(self.rope_theta)
 
-# %% ../nbs/00_config.ipynb #ccf8cbcf
+# %% ../nbs/00_config.ipynb #7bf0b615
 @dataclass
 class TokenizerConfig:
     "Where the byte-level BPE tokenizer's artifacts are."
@@ -160,7 +160,7 @@ class SchedulerConfig:
     min_lr: float = 0.0
     max_lr: float | None = None  # None: optimizer.learning_rate
 
-# %% ../nbs/00_config.ipynb #7bf0b615
+# %% ../nbs/00_config.ipynb #a0871437
 @dataclass
 class CheckpointConfig:
     "When and where training checkpoints are written."
@@ -210,7 +210,7 @@ class RuntimeConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-# %% ../nbs/00_config.ipynb #a132dc32
+# %% ../nbs/00_config.ipynb #78f71e86
 @dataclass
 class Config:
     "A whole run configuration: `.model .tokenizer .data .optimizer .scheduler .runtime`."
@@ -249,7 +249,7 @@ class Config:
         raise ConfigError(f"data.batch_size ({d.batch_size}) must be divisible by gradient_accumulation_steps "
                           f"x processes ({d.gradient_accumulation_steps} x {world_size} = {parts})")
 
-# %% ../nbs/00_config.ipynb #07b15e28
+# %% ../nbs/00_config.ipynb #bfca46cd
 # the allowed values of the enumerated keys (compared after lower-casing and '-' -> '_')
 CHOICES = {
     'model.rope_mode': ('none', 'pi', 'ntk'),
@@ -281,7 +281,7 @@ PATH_KEYS = ('tokenizer.tokenizer_json', 'tokenizer.vocab', 'tokenizer.merges', 
 # names in data.train_shards / data.validation_shards that stand for a built-in corpus, not a path
 CORPUS_KEYWORDS = ('shakespeare',)
 
-# %% ../nbs/00_config.ipynb #ee7e21f9
+# %% ../nbs/00_config.ipynb #d68f2867
 def _schema_fields(cls) -> list:
     return [f for f in fields(cls) if f.metadata.get('schema', True)]
 
@@ -300,7 +300,7 @@ def schema_keys(cls=Config, prefix: str = '') -> list[str]:
         if is_dataclass(tp): keys += schema_keys(tp, key)
     return keys
 
-# %% ../nbs/00_config.ipynb #cae5b077
+# %% ../nbs/00_config.ipynb #e28024ac
 _FLOAT_RE = re.compile(r'[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d+)?')
 _NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string', type(None): 'null'}
 
@@ -345,7 +345,7 @@ def _coerce(value, tp, key: str, where: str):
             return list(items)
     raise ConfigError(f"{where}: {key}: expected {_type_name(tp)}, got {_show(value)}")
 
-# %% ../nbs/00_config.ipynb #c85da9cf
+# %% ../nbs/00_config.ipynb #bf1a17e4
 def _choice(value: str, key: str, where: str):
     "The canonical spelling of the enumerated `value` of `key`."
     word = value.strip().lower().replace('-', '_')
@@ -358,7 +358,7 @@ def _choice(value: str, key: str, where: str):
     hint = f" (did you mean {close[0]!r}?)" if close else ''
     raise ConfigError(f"{where}: {key}: expected one of {allowed}, got {value!r}{hint}")
 
-# %% ../nbs/00_config.ipynb #9a1805ad
+# %% ../nbs/00_config.ipynb #1d759de9
 def _resolve_path(value: str, base_dir) -> str:
     path = os.path.expanduser(value)
     if base_dir is not None and not os.path.isabs(path):
@@ -372,7 +372,7 @@ def _resolve(value, key: str, base_dir):
     if isinstance(value, str): return _resolve_path(value, base_dir)
     return value  # tensorboard: true/false, special_tokens: a list of tokens, None
 
-# %% ../nbs/00_config.ipynb #2743ad82
+# %% ../nbs/00_config.ipynb #b8b49d82
 def _unknown_key(key: str) -> str:
     "The message for an unknown dotted `key`, with the nearest valid key."
     valid = schema_keys()
@@ -390,7 +390,7 @@ def _unknown_key(key: str) -> str:
     where = f"in {parent!r}" if parent else 'at the top level'
     return f"unknown key {key!r} (valid keys {where}: {', '.join(leaf_of(k) for k in siblings)})"
 
-# %% ../nbs/00_config.ipynb #f678c0b6
+# %% ../nbs/00_config.ipynb #e0db1e74
 def _read_value(value, tp, key: str, where: str, base_dir=None, resolve: bool = True):
     "One leaf value: type-checked, enum spelled canonically, path(s) resolved."
     value = _coerce(value, tp, key, where)
@@ -414,7 +414,7 @@ def _build(cls, raw, key: str, where: str, base_dir=None):
         else: values[name] = _read_value(value, tp, path, where, base_dir)
     return cls(**values)
 
-# %% ../nbs/00_config.ipynb #945cdd03
+# %% ../nbs/00_config.ipynb #5d21d2ed
 _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers', 'model.num_attention_heads',
              'model.num_key_value_heads', 'model.max_position_embeddings', 'model.rope_theta', 'model.rotary_dim',
              'model.rope_scale', 'model.norm_eps', 'model.vocab_size',
@@ -481,7 +481,7 @@ def validate_config(cfg: Config, where: str | None = None) -> Config:
     _check_relations(checked, where)
     return checked
 
-# %% ../nbs/00_config.ipynb #44c78d23
+# %% ../nbs/00_config.ipynb #a9903d75
 def config_to_dict(cfg) -> dict:
     "The config (or one section) as plain dicts, lists and scalars; paths as strings."
     if is_dataclass(cfg):
@@ -490,7 +490,7 @@ def config_to_dict(cfg) -> dict:
     if isinstance(cfg, Path): return str(cfg)
     return cfg
 
-# %% ../nbs/00_config.ipynb #e480c6ef
+# %% ../nbs/00_config.ipynb #9c54c60f
 def config_from_dict(d: dict, base_dir=None, source=None) -> Config:
     "A checked `Config` from the mapping `d`; relative paths resolved against `base_dir` (if given)."
     where = str(source) if source is not None else 'config'
@@ -499,7 +499,7 @@ def config_from_dict(d: dict, base_dir=None, source=None) -> Config:
     _check_relations(cfg, where)
     return cfg
 
-# %% ../nbs/00_config.ipynb #ef79dd0f
+# %% ../nbs/00_config.ipynb #7762aebd
 class _UniqueKeyLoader(yaml.SafeLoader):
     "A safe YAML loader that refuses a key given twice in one mapping."
 
@@ -541,7 +541,7 @@ def read_config_file(path) -> dict:
         raise ConfigError(f"{label}: expected a mapping of sections (model, tokenizer, data, ...), got {_show(data)}")
     return data
 
-# %% ../nbs/00_config.ipynb #7762aebd
+# %% ../nbs/00_config.ipynb #29808763
 def load_config(path, overrides: Iterable[str] = ()) -> Config:
     "Load, override (`['a.b=v', ...]`, see `apply_overrides`) and check the config file at `path`."
     raw = read_config_file(path)
@@ -553,7 +553,7 @@ def load_config(path, overrides: Iterable[str] = ()) -> Config:
     cfg.source = Path(path)
     return cfg
 
-# %% ../nbs/00_config.ipynb #fab1fcd1
+# %% ../nbs/00_config.ipynb #4924c903
 _PART_RE = re.compile(r'([A-Za-z_]\w*)(?:\[(\d+)\])?')
 
 def _parse_override_value(text: str, tp, key: str, where: str):
@@ -609,7 +609,7 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
             node[name] = items
     return d
 
-# %% ../nbs/00_config.ipynb #55fed58c
+# %% ../nbs/00_config.ipynb #f83d361d
 def config_to_yaml(cfg: Config, header: str | None = None) -> str:
     "The config as YAML text (every key, nulls included), after an optional `# ` comment header."
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)

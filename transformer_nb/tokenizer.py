@@ -481,7 +481,7 @@ def chars_per_token(tok: Tokenizer, texts: Iterable[str], batch_size: int = 1000
     if batch: flush()
     return chars / max(ntok, 1)
 
-# %% ../nbs/01_tokenizer.ipynb #71155392
+# %% ../nbs/01_tokenizer.ipynb #f06bdda7
 @dataclass
 class TokenizerTrainingSummary:
     "What `train_tokenizer` did: inputs, settings, resulting vocabulary, compression, time and files written."
