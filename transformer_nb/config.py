@@ -368,8 +368,8 @@ def _resolve_path(value: str, base_dir) -> str:
 def _resolve(value, key: str, base_dir):
     "Resolve the path(s) in the value of a `PATH_KEYS` key; other values (bools, token lists) pass."
     if key in ('data.train_shards', 'data.validation_shards'):
-        return [v if v in CORPUS_KEYWORDS else _resolve_path(v, base_dir) for v in value]
-    if isinstance(value, str): return _resolve_path(value, base_dir)
+        return [v if v in CORPUS_KEYWORDS or not v.strip() else _resolve_path(v, base_dir) for v in value]
+    if isinstance(value, str) and value.strip(): return _resolve_path(value, base_dir)
     return value  # tensorboard: true/false, special_tokens: a list of tokens, None
 
 # %% ../nbs/00_config.ipynb #b8b49d82
@@ -459,7 +459,10 @@ def _check_relations(cfg: Config, where: str):
     if isinstance(t.special_tokens, list):
         need(all(t.special_tokens), "tokenizer.special_tokens: a token can't be an empty string")
     for k in ('data.train_shards', 'data.validation_shards'):
-        need(all(_get(cfg, k)), f"{k}: a path can't be an empty string")
+        need(all(v.strip() for v in _get(cfg, k)), f"{k}: a path can't be an empty string")
+    for k in PATH_KEYS:
+        v = _get(cfg, k)
+        need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
     need(d.batch_size % d.gradient_accumulation_steps == 0,
          f"data.batch_size ({d.batch_size}, the global batch) must be divisible by "
          f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps})")

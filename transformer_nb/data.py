@@ -224,6 +224,11 @@ def _nth_line_end(s: str, k: int) -> int:
     for _ in range(k): i = s.index('\n', i + 1)
     return i + 1
 
+def _long(st, n: int, line: int):
+    st.max_line_chars = max(st.max_line_chars, n)
+    if not st.long_lines: st.first_long_line = line
+    st.long_lines += 1
+
 def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
                break_after: int | None = None, chunk_size: int = _CHUNK) -> Iterator[tuple[str, bool]]:
     """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the way.
@@ -239,17 +244,28 @@ def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int
         nonlocal buf, n, open_doc
         st.documents += 1; doc = ''.join(buf); buf, n, open_doc = [], 0, False
         return doc, True
+    cur_len, cur_line = 0, 1   # characters of the line in progress (it may span chunks), and its number
     for off, lineno, text in _read_chunks(path, chunk_size):
         # statistics of the chunk
         st.chars += len(text); st.lines += text.count('\n')
         if m := _CONTROL.search(text):
             if not st.control_chars: st.first_control = (lineno + text.count('\n', 0, m.start()), m.group())
             st.control_chars += len(_CONTROL.findall(text))
-        for m in long_re.finditer(text):
-            end = text.find('\n', m.start())
-            st.max_line_chars = max(st.max_line_chars, (len(text) if end < 0 else end) - m.start())
-            if not st.long_lines: st.first_long_line = lineno + text.count('\n', 0, m.start())
-            st.long_lines += 1
+        start = 0
+        if cur_len:                                       # the last chunk ended inside a line: it goes on here
+            nl = text.find('\n')
+            cur_len += len(text) if nl < 0 else nl
+            if nl >= 0:
+                if cur_len > long_line: _long(st, cur_len, cur_line)
+                cur_len, start = 0, nl + 1
+        if not cur_len:
+            for m in long_re.finditer(text, start):
+                end = text.find('\n', m.start())
+                if end < 0: break                         # goes on in the next chunk: measured when it ends
+                _long(st, end - m.start(), lineno + text.count('\n', 0, m.start()))
+            if text and text[-1] != '\n':
+                last = text.rfind('\n', start) + 1
+                cur_len, cur_line = len(text) - last, lineno + text.count('\n', 0, last)
         # documents
         t, carry = carry + text, ''
         if mid_line:                                      # first finish the long line we are in
@@ -282,6 +298,7 @@ def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int
             if not open_doc: yield end_doc()
             elif max_chars and n >= max_chars: yield ''.join(buf), False; buf, n = [], 0
         if open_doc and not seen: yield end_doc()
+    if cur_len > long_line: _long(st, cur_len, cur_line)
     if text and text[-1] != '\n': st.lines += 1           # a last line without newline
     if mid_line: st.text_lines += 1; buf.append('\n')
     if open_doc: yield end_doc()
@@ -360,7 +377,7 @@ def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
     if st.bom: w.append(f"{st.path}: starts with a UTF-8 byte-order mark (ignored)")
     return w
 
-def validate_corpus(paths, *, max_line_chars: int = 20_000, show_progress: bool | None = False,
+def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars: int = 1_000_000, show_progress: bool | None = False,
                     cache_dir=None) -> CorpusReport:
     "Check every file of the corpus `paths` (see `resolve_sources`); raise CorpusError on the first error, else return a report."
     t0 = time.perf_counter()
@@ -372,6 +389,9 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, show_progress: bool 
             st = FileStats(p)
             if p.stat().st_size == 0: raise CorpusError(f"{p}: empty file")
             for _ in _scan_file(p, st, long_line=max_line_chars): pass
+            if st.max_line_chars > max_line_error_chars:
+                raise CorpusError(f"{p}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} characters long, "
+                                  f"over the limit of {max_line_error_chars:,}: not line-structured text; split it into lines")
             if st.documents == 0: raise CorpusError(f"{p}: no text (only blank lines)")
             st.sha256 = sha256_file(p)
             if st.sha256 in by_sha: warns.append(f"{p}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
