@@ -68,9 +68,13 @@ def rewrite_links(md: str, pages: dict, doc_url: str) -> str:
     md = re.sub(r'\]\((?!https?://)([^)#\s]+)\.ipynb(#[^)\s]*)?\)', lambda m: f']({m.group(1)}.md{m.group(2) or ""})', md)
     if doc_url:
         def local(m):
-            page = pages.get(m.group(1))
-            return f']({page}{m.group(2) or ""})' if page else m.group(0)
-        md = re.sub(r'\]\(' + re.escape(doc_url.rstrip('/') + '/') + r'([\w.-]+?)\.html(#[^)\s]*)?\)', local, md)
+            text, page, anchor = m.group(1), pages.get(m.group(2)), (m.group(3) or '')[1:]
+            if not page: return m.group(0)
+            # API docs are rendered for exported functions and classes: a private helper has no
+            # entry (keep the name, drop the link), a method links to its class's entry
+            if anchor.startswith('_'): return f'[{text}]({page})' if anchor.startswith('__') else text
+            return f'[{text}]({page}{"#" + anchor.split(".")[0] if anchor else ""})'
+        md = re.sub(r'\[([^\]]*)\]\(' + re.escape(doc_url.rstrip('/') + '/') + r'([\w.-]+?)\.html(#[^)\s]*)?\)', local, md)
     return md
 
 
