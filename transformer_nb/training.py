@@ -275,7 +275,14 @@ class Trainer:
         if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
         if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
         if self.lock is not None: self.lock.release(); self.lock = None
-        if self.dist.created and dist.is_initialized(): dist.destroy_process_group()
+        if self.dist.created and dist.is_initialized():
+            # after a completed fit every rank meets here before any leaves the group: a rank that tears
+            # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
+            # Not after an error: the other ranks may never arrive.
+            if getattr(self, '_fit_completed', False):
+                try: dist.barrier()
+                except Exception: pass
+            dist.destroy_process_group()
 
 # %% ../nbs/09_training.ipynb #34282752
 @patch
@@ -694,7 +701,10 @@ def fit(self: Trainer) -> dict:
     "Train to `total_steps` (or until a signal); returns final metrics. Releases the run lock when done."
     if self._closed: raise TrainingError("this Trainer is closed; create a new one")
     self._install_signals()
-    try: return self._fit()
+    try:
+        result = self._fit()
+        self._fit_completed = True
+        return result
     finally:
         self._restore_signals()
         if self._bar is not None: self._bar.close(); self._bar = None
