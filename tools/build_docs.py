@@ -95,6 +95,9 @@ def main(argv=None):
     shutil.rmtree(md_dir, ignore_errors=True)
     md_dir.mkdir(parents=True)
     shutil.copy(cfg.nbs_path / 'styles.css', md_dir / 'styles.css')
+    (md_dir / 'mathjax-config.js').write_text(
+        "window.MathJax = {tex: {inlineMath: [['\\\\(', '\\\\)']], displayMath: [['\\\\[', '\\\\]']],\n"
+        "  processEscapes: true, processEnvironments: true}, options: {ignoreHtmlClass: '.*|', processHtmlClass: 'arithmatex'}};\n")
 
     exporter = MarkdownExporter(config=Config({
         'TagRemovePreprocessor': {'enabled': True, 'remove_input_tags': ['remove_input'],
@@ -138,7 +141,10 @@ def main(argv=None):
         'extra_css': ['styles.css'],
         'markdown_extensions': ['attr_list', 'md_in_html', 'admonition', 'tables',
                                 {'toc': {'permalink': True}},
-                                {'pymdownx.highlight': {'use_pygments': True}}, 'pymdownx.superfences'],
+                                {'pymdownx.highlight': {'use_pygments': True}}, 'pymdownx.superfences',
+                                {'pymdownx.arithmatex': {'generic': True}}],
+        # TeX is typeset by MathJax when the page is read online; offline it shows as plain TeX
+        'extra_javascript': ['mathjax-config.js', 'https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js'],
         'validation': {'links': {'not_found': 'warn', 'anchors': 'info', 'absolute_links': 'info'}},
     }
     cfg_file = cache / 'mkdocs.yml'
