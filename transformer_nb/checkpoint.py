@@ -30,7 +30,7 @@ import safetensors
 import safetensors.torch
 from torch import nn
 
-from .config import UserError, sha256_bytes, sha256_file, utc_now_iso
+from .config import UserError, file_mode, sha256_bytes, sha256_file, utc_now_iso
 
 # %% auto #0
 __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
@@ -155,6 +155,7 @@ def _write_bytes(path: Path, data: bytes) -> dict:
 def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     "Save tensors with safetensors, fsync, and return the manifest entry."
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, file_mode())                              # safetensors makes it 0600; the run's files follow the umask
     _fsync_path(path)
     return {'sha256': sha256_file(path), 'size': path.stat().st_size}
 

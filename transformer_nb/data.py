@@ -28,7 +28,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .config import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
+from .config import UserError, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, utc_now_iso
 from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
@@ -744,6 +744,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
             if _load_prepared(out) is None:                # a broken leftover under the final name: replace it
                 shutil.rmtree(out, ignore_errors=True); os.rename(tmp, out)
             else: say(f'another process prepared {out} first; using it')
+        fsync_dir(cache_dir)                               # the folder's new name is durable too
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
