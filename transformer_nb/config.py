@@ -241,6 +241,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: Path | None = field(default=None, compare=False, repr=False, metadata={'schema': False})
+    stated: frozenset = field(default=frozenset(), compare=False, repr=False, metadata={'schema': False})  # keys the file gave
 
     @property
     def sequence_length(self) -> int:
@@ -514,11 +515,20 @@ def config_to_dict(cfg) -> dict:
     return cfg
 
 # %% ../nbs/00_config.ipynb #9c54c60f
+def _dotted_keys(d: dict, prefix: str = '') -> list[str]:
+    "Every key of nested mapping `d` as a dotted path ('data', 'data.val_fraction', ...)."
+    out = []
+    for k, v in d.items():
+        out.append(f'{prefix}{k}')
+        if isinstance(v, dict): out += _dotted_keys(v, f'{prefix}{k}.')
+    return out
+
 def config_from_dict(d: dict, base_dir=None, source=None) -> Config:
     "A checked `Config` from the mapping `d`; relative paths resolved against `base_dir` (if given)."
     where = str(source) if source is not None else 'config'
     cfg = _build(Config, d, '', where, base_dir)
     cfg.source = Path(source) if source is not None else None
+    cfg.stated = frozenset(_dotted_keys(d))
     _check_relations(cfg, where)
     return cfg
 

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import logging
+import os
 import platform
 import random
 import tempfile
@@ -414,10 +415,20 @@ def build_from_artifacts(path, special_tokens=None, verify: bool = True) -> Toke
     raise TokenizerError(f"{folder}: no tokenizer.json, nor vocab.json + merges.txt")
 
 # %% ../nbs/01_tokenizer.ipynb #5885322c
+def _not_there(key: str, path) -> TokenizerError:
+    "The error for a config's tokenizer path that does not exist: the key, the path, and what creates it."
+    p = Path(path)
+    out = p if p.suffix == '' else p.parent
+    rel = os.path.relpath(out) if not os.path.relpath(out).startswith('..') else str(out)
+    return TokenizerError(f"tokenizer.{key}: {p}: no such file or directory; create it with "
+                          f"`train-tokenizer --input <text> --out {rel}` (or let `orchestrate` train one)")
+
 def tokenizer_from_config(cfg) -> Tokenizer:
     "The tokenizer a config's `tokenizer` section names: `tokenizer_json`, else `vocab` + `merges`."
     get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
     tj, vocab, merges, sp = get('tokenizer_json'), get('vocab'), get('merges'), get('special_tokens')
+    for key, path in (('tokenizer_json', tj), ('vocab', vocab), ('merges', merges)):
+        if path and not Path(path).exists(): raise _not_there(key, path)
     if tj: return build_from_artifacts(tj, special_tokens=sp)
     if vocab and merges: return build_from_vocab_merges(vocab, merges, special_tokens=sp)
     if vocab or merges: raise TokenizerError("tokenizer: 'vocab' and 'merges' must be given together")

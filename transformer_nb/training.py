@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,14 +29,14 @@ from fastcore.basics import patch
 from torch import nn
 
 from .config import Config, ConfigError, DataConfig, UserError, sha256_file
-from .checkpoint import (CheckpointError, RunLock, checkpoint_name, config_dict, diff_dicts,
+from .checkpoint import (CheckpointError, RunLock, checkpoint_name, checkpoint_step, config_dict, diff_dicts,
                                        get_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                        read_manifest, remove_leftovers, save_checkpoint, set_rng_state, unwrap_model)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
            'make_scheduler', 'param_groups', 'build_optimizer', 'DistInfo', 'init_distributed', 'micro_batch_size',
-           'measure_matmul_flops', 'peak_flops', 'Trainer']
+           'measure_matmul_flops', 'peak_flops', 'fit_columns', 'Trainer']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -204,6 +206,15 @@ def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
             if key in name: return half if precision in ('bf16', 'fp16') else tf32
     return measure_matmul_flops(device, _PRECISIONS.get(precision) or torch.float32)
 
+# %% ../nbs/09_training.ipynb #7605a92e
+def fit_columns(parts: Sequence[str], extras: Sequence[str] = (), width: int | None = None, sep: str = ' | ') -> str:
+    "`parts` joined by `sep`, then each of `extras` in turn while the line stays within `width` (default: the terminal's)."
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    line = sep.join(parts)
+    for x in extras:
+        if len(line) + len(sep) + len(x) <= width: line += sep + x
+    return line
+
 # %% ../nbs/09_training.ipynb #8c755c41
 def _fmt_time(s: float) -> str:
     if not math.isfinite(s): return '?'
@@ -354,14 +365,19 @@ def _tokenizer_source(self: Trainer):
 
 @patch
 def _prepare_data(self: Trainer):
-    from transformer_nb.data import prepare
+    from transformer_nb.data import prepare, resolve_sources
     d = self.config.data
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
     val = list(d.validation_shards or [])
+    for key, srcs in (('data.train_shards', d.train_shards), ('data.validation_shards', val)):
+        if not srcs: continue
+        try: resolve_sources(srcs)
+        except UserError as e:             # missing text: say which key names it, and what to do
+            raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
     if not val or _same_sources(val, d.train_shards):
         why = 'is empty' if not val else 'equals data.train_shards'
-        if self.is_main:
+        if self.is_main and 'data.val_fraction' not in self.config.stated:   # a stated fraction is the plan
             warnings.warn(f"data.validation_shards {why}: holding out data.val_fraction={d.val_fraction} of the "
                           "training documents for validation", stacklevel=4)
         val = None
@@ -451,8 +467,15 @@ def _install_signals(self: Trainer):
 @patch
 def _on_signal(self: Trainer, signum, frame):
     name = signal.Signals(signum).name
-    if self._stop_signal is not None: raise KeyboardInterrupt(f"second {name}: stopping without a checkpoint")
+    if self._stop_signal is not None: raise KeyboardInterrupt(f"second {name}: {self._saved_note()}")
     self._stop_signal = name        # acted upon (and logged) after the current step
+
+@patch
+def _saved_note(self: Trainer) -> str:
+    "What there is to continue from, for a user whose run stops abruptly."
+    ck = self.last_checkpoint
+    if ck is None: return "no checkpoint was saved; this run would start over"
+    return f"the checkpoint of step {checkpoint_step(ck)} is saved ({ck}); continue with --resume"
 
 @patch
 def _restore_signals(self: Trainer):
@@ -486,9 +509,9 @@ def _log_window(self: Trainer):
     self.history['train'] += rows
     nskip = sum(r['skipped'] for r in rows)
     width = len(str(self.total_steps))
-    self.log(f"step {self.step:>{width}}/{self.total_steps} | loss {loss:.4f} | lr {w['lrs'][-1]:.2e} | grad_norm {norm:.3f} | "
-             f"{tps:,.0f} tok/s | mfu {mfu:.1%} | elapsed {_fmt_time(self._elapsed_before + elapsed)} | eta {_fmt_time(eta)}"
-             + (f" | skipped {nskip} (NaN/inf)" if nskip else ''))
+    core = [f"step {self.step:>{width}}/{self.total_steps}", f"loss {loss:.4f}", f"lr {w['lrs'][-1]:.2e}",
+            f"{tps:,.0f} tok/s", f"eta {_fmt_time(eta)}"] + ([f"skipped {nskip} (NaN/inf)"] if nskip else [])
+    self.log(fit_columns(core, [f"grad_norm {norm:.3f}", f"mfu {mfu:.1%}", f"elapsed {_fmt_time(elapsed)}"]))
     if self._bar is not None: self._bar.set_postfix(loss=f'{loss:.4f}', lr=f"{w['lrs'][-1]:.2e}", refresh=False)
     if self.writer is not None:
         for r in rows:
@@ -549,8 +572,10 @@ def _evaluate_and_track(self: Trainer):
     m = self.evaluate()
     self.last_eval = {'step': self.step, **m}
     self.history['eval'].append(self.last_eval)
-    self.log(f"eval step {self.step} | loss {m['loss']:.4f} | perplexity {m['perplexity']:.2f} | accuracy {m['accuracy']:.3f} | "
-             f"nats/char {m['nats_per_char']:.4f} ({m['nats_per_char'] / math.log(2):.3f} bits/char) | {m['tokens']:,} tokens")
+    self.log(fit_columns([f"eval step {self.step}", f"loss {m['loss']:.4f}", f"perplexity {m['perplexity']:.2f}",
+                          f"nats/char {m['nats_per_char']:.4f}"],
+                         [f"accuracy {m['accuracy']:.3f}", f"bits/char {m['nats_per_char'] / math.log(2):.3f}",
+                          f"{m['tokens']:,} tokens"]))
     if self.writer is not None:
         for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
         self.writer.flush()
@@ -689,9 +714,9 @@ def _header(self: Trainer) -> str:
     c, w = self.config, self.dist.world_size
     n = self.raw_model.num_parameters()
     return (f"training {n / 1e6:.2f}M parameters on {self.device} ({self.precision}"
-            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es); "
-            f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
-            f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
+            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es)\n"
+            f"  global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es)\n"
+            f"  {self.seq_len} tokens each: {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
             f"({self.steps_per_epoch} per epoch)")
 
 @patch
