@@ -7,13 +7,14 @@ Docs: https://transformer-nb.github.io/transformer_nb/generate.html.md"""
 # %% ../nbs/07_generate.ipynb #dc8c224f
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .config import UserError
+from .base import UserError
 from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES
 
 # %% auto #0
@@ -81,8 +82,8 @@ class IncrementalDecoder:
 def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and temperature >= 0 and temperature == temperature):
-        raise GenerationError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
+        raise GenerationError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise GenerationError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
