@@ -126,3 +126,105 @@ def test_training_output_in_an_80_column_terminal(assets, tmp_path):
         assert not glued, f'{marker!r} printed onto another line (the progress bar?):\n' + '\n'.join(glued)
     bars = [l for l in screen if re.search(r'\d+/8 \[', l)]
     assert len(bars) <= 1, 'copies of the progress bar left behind:\n' + '\n'.join(bars)
+
+
+# --- items 6 and 7: Ctrl-C and generate's messages ------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def checkpoint(assets, tmp_path_factory):
+    "A tiny trained checkpoint (context 64 tokens)."
+    from faults import config_dict, train_in_process, write_config
+    from transformer_nb.checkpoint import checkpoint_name
+    d = tmp_path_factory.mktemp('ckpt')
+    train_in_process(write_config(d / 'train.yaml', config_dict(assets, d / 'run', steps=2, every=2)))
+    return d / 'run' / 'checkpoints' / checkpoint_name(2)
+
+
+@pytest.mark.parametrize('flag,value', [('--temperature', 'inf'), ('--temperature', 'nan'), ('--top-p', '0'),
+                                        ('--top-p', '1.5'), ('--top-k', '0'), ('--max-new-tokens', '-1'),
+                                        ('--repetition-penalty', 'inf'), ('--seed', '-3')])
+def test_generate_names_a_bad_flag_before_loading(flag, value, tmp_path):
+    "The flag is checked first: a run directory that does not even exist is not what the error is about."
+    from faults import assert_user_error, command
+    r = command('generate', '--run-dir', tmp_path / 'no-such-run', '--prompt', 'x', flag, value)
+    line = assert_user_error(r.returncode, r.stderr, f'{flag} ', r.stdout)
+    assert line.startswith(f'error: {flag} ') and 'no-such-run' not in line, line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message for a machine without CUDA')
+def test_generate_device_error_names_the_flag(tmp_path):
+    from faults import assert_user_error, command
+    r = command('generate', '--run-dir', tmp_path / 'no-such-run', '--prompt', 'x', '--device', 'cuda')
+    line = assert_user_error(r.returncode, r.stderr, '--device cuda', r.stdout)
+    assert 'runtime.device' not in line, line
+
+
+def test_generate_says_how_much_of_a_long_prompt_is_dropped(checkpoint):
+    from faults import command
+    r = command('generate', '--checkpoint', checkpoint, '--prompt', 'the king ' * 100, '--max-new-tokens', '2', '--seed', '0')
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"the prompt is (\d+) tokens, the model's context 64: its first (\d+) tokens are dropped", r.stderr)
+    assert m and int(m.group(1)) + 1 - 64 == int(m.group(2)), r.stderr
+
+
+def test_ctrl_c_in_generate_ends_the_text_line(checkpoint):
+    "Ctrl-C while text streams out: the text's line is ended, so that `error: interrupted` starts a line of its own."
+    import signal, subprocess, threading, time
+    from faults import argv_of, env_with
+    p = subprocess.Popen(argv_of('generate', '--checkpoint', checkpoint, '--prompt', 'KING.', '--max-new-tokens', '1000000',
+                                 '--seed', '1'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_with())
+    err, loaded = [], threading.Event()
+    def read_err():
+        for line in p.stderr:
+            err.append(line.decode()); loaded.set() if b'loaded in' in line else None
+    t = threading.Thread(target=read_err, daemon=True); t.start()
+    out = []
+    threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True).start()
+    assert loaded.wait(120), ''.join(err)
+    time.sleep(1.0)                                    # text is streaming now (a million tokens asked for)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(60) == 130, ''.join(err)
+    t.join(10); time.sleep(0.2)
+    assert out and out[0].startswith(b'KING.') and out[0].endswith(b'\n'), repr(out[0][-200:] if out else None)
+    assert err[-1].startswith('error: interrupted'), ''.join(err)
+
+
+def test_second_ctrl_c_says_what_was_saved(assets, tmp_path):
+    "Ctrl-C twice while a save is under way: the message names the newest checkpoint there is to resume from."
+    import json, signal, time
+    from faults import Proc, config_dict, hook_dir, pause_env, write_config
+    from transformer_nb.checkpoint import checkpoint_name
+    cfg = write_config(tmp_path / 'train.yaml', config_dict(assets, tmp_path / 'run', steps=8, every=2))
+    marker = tmp_path / 'paused.json'
+    env = pause_env(hook_dir(tmp_path / 'hook'), marker, 'fsync',
+                    path=rf'/checkpoints/\.tmp-{checkpoint_name(4)}-[^/]+/manifest\.json$')
+    p = Proc('train', '--config', cfg, env=env)
+    assert p.wait_until(marker.exists, timeout=150), p.stderr
+    p.kill(signal.SIGINT); time.sleep(0.5); p.kill(signal.SIGINT)
+    assert p.wait() == 130, p.stderr
+    errors = [l for l in p.err if l.startswith('error:')]
+    assert len(errors) == 1, p.stderr
+    assert re.search(rf"second SIGINT: the checkpoint of step 2 is saved \(\S*{checkpoint_name(2)}\); continue with "
+                     r"--resume", errors[0]), errors[0]
+
+
+# --- item 4: --help -------------------------------------------------------------------------------------------------
+
+COMMANDS = ['validate-corpus', 'train-tokenizer', 'prepare-data', 'train', 'orchestrate', 'generate']
+
+
+def test_help_fits_80_columns_and_shows_each_default_once():
+    from faults import commands
+    results = commands([(c, ['--help'], {'env': {'COLUMNS': '80'}}) for c in COMMANDS])
+    for c, r in zip(COMMANDS, results):
+        assert r.returncode == 0, (c, r.stderr)
+        wide = [l for l in r.stdout.splitlines() if len(l) > 80]
+        assert not wide, f'{c} --help: lines wider than 80 columns:\n' + '\n'.join(wide)
+        text = ' '.join(r.stdout.split())                    # (a default may be wrapped onto the next line)
+        for bad in ('(default: None)', '(default: [])', '(default: False)'):
+            assert bad not in text, f'{c} --help shows {bad}'
+        blocks = re.split(r'\n(?=  -)', r.stdout)            # one block per option
+        twice = [b for b in blocks if b.count('(default') > 1]
+        assert not twice, f'{c} --help: an option with two defaults:\n' + '\n'.join(twice)
+    for c in ('train', 'generate'):
+        assert 'First:' in results[COMMANDS.index(c)].stdout, f'{c} --help does not say what to run first'

@@ -127,6 +127,7 @@ def say(*parts, file=None):
     """Print a line and flush it. Through tqdm, so that a progress bar on the terminal is lifted, not written over;
     in a terminal, a line wider than it wraps at spaces rather than in the middle of a number."""
     file = file or sys.stdout
+    if file is None: return                       # (e.g. inside contextlib.redirect_stdout(None))
     tqdm.write(fit_terminal(' '.join(map(str, parts)), file), file=file)
     try: file.flush()
     except (OSError, ValueError): pass

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import textwrap
 import sys
 import time
 import warnings
@@ -33,21 +34,51 @@ from .checkpoint import (_device, find_checkpoint, list_checkpoints, load_for_ge
 from .training import Trainer
 
 # %% auto #0
-__all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'torch_threads', 'validate_corpus_parser', 'validate_corpus_main',
-           'train_tokenizer_parser', 'train_tokenizer_main', 'prepare_data_parser', 'prepare_data_main', 'train_parser',
-           'train_main', 'profile_config', 'stream_text', 'default_prompts', 'write_samples', 'orchestrate',
-           'orchestrate_parser', 'orchestrate_main', 'generate_parser', 'generate_main']
+__all__ = ['logger', 'HELP_WIDTH', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'torch_threads', 'validate_corpus_parser',
+           'validate_corpus_main', 'train_tokenizer_parser', 'train_tokenizer_main', 'prepare_data_parser',
+           'prepare_data_main', 'train_parser', 'train_main', 'profile_config', 'stream_text', 'default_prompts',
+           'write_samples', 'orchestrate', 'orchestrate_parser', 'orchestrate_main', 'generate_parser', 'generate_main']
 
 # %% ../nbs/10_cli.ipynb #bd0ab101
 logger = logging.getLogger('transformer_nb.cli')
 
 # %% ../nbs/10_cli.ipynb #652f686d
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    "Keeps the description's line breaks and shows each flag's default."
+HELP_WIDTH = 80
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    "Help at most 80 columns wide (narrower terminals: theirs); a flag's default shown once, and only when it says something."
+    def __init__(self, prog, **kw):
+        kw.setdefault('width', min(shutil.get_terminal_size((HELP_WIDTH, 24)).columns, HELP_WIDTH) - 1)
+        super().__init__(prog, **kw)
+    def _get_help_string(self, action):
+        h, d = action.help or '', action.default
+        if 'default' in h or not action.option_strings or d is None or d is False or d == [] or d is argparse.SUPPRESS:
+            return h
+        return h + ' (default: %(default)s)'
+
+def _fill(text: str, width: int) -> str:
+    "Re-fill each paragraph of `text` to `width`; lines that start with a space (tables, commands) are kept as they are."
+    out = []
+    for para in text.split('\n\n'):
+        lines = para.split('\n')
+        out.append(para if any(l.startswith(' ') for l in lines) else textwrap.fill(' '.join(lines), width, break_on_hyphens=False,
+                                                                                     break_long_words=False))
+    return '\n\n'.join(out)
+
+def _example(line: str, width: int) -> str:
+    "A long example command split into shell continuation lines."
+    parts = []
+    while len(line) > width:
+        cut = line.rfind(' --', 0, width - 2)
+        if cut <= 4: break
+        parts.append(line[:cut] + ' \\'); line = '        ' + line[cut + 1:]
+    return '\n'.join(parts + [line])
 
 def _parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter,
-                                   epilog="examples:\n" + examples)
+    w = min(shutil.get_terminal_size((HELP_WIDTH, 24)).columns, HELP_WIDTH) - 1
+    epilog = "examples:\n" + '\n'.join(_example(l, w) for l in examples.rstrip('\n').split('\n')) + '\n'
+    return argparse.ArgumentParser(prog=prog, description=_fill(description, w), formatter_class=_HelpFormatter,
+                                   epilog=epilog)
 
 # %% ../nbs/10_cli.ipynb #2fcc8617
 class torch_threads:
@@ -94,7 +125,8 @@ def _warn_report(report, limit: int = 5):
 def _validate_corpus(args) -> int:
     t0 = time.time()
     report = _validate(args.paths, show_progress=sys.stderr.isatty())
-    say(str(report))
+    say(report.table(width=shutil.get_terminal_size((80, 24)).columns))   # columns dropped rather than wrapped
+    for w in report.warnings: say(f"warning: {w}")
     say(f"corpus OK: {_corpus_line(report)} ({fmt_secs(time.time() - t0)})")
     return 0
 
@@ -174,7 +206,10 @@ def train_parser() -> argparse.ArgumentParser:
     p = _parser('train',
                 "Train a model from a YAML config (model, tokenizer, data, optimizer, scheduler, runtime).\n"
                 "Checkpoints, the best checkpoint, TensorBoard logs go where runtime.* says; relative paths\n"
-                "in the config are relative to the config file's folder.",
+                "in the config are relative to the config file's folder.\n\n"
+                "First: a tokenizer where tokenizer.tokenizer_json points (train-tokenizer --input TEXT --out DIR)\n"
+                "and the text that data.train_shards names; each config's header lists its commands. Or let\n"
+                "`orchestrate --profile local --run-dir DIR` do it all, from your text to samples.",
                 "  train --config configs/m3_medium.yaml\n"
                 "  train --config configs/m3_medium.yaml --resume\n"
                 "  train --config configs/m3_medium.yaml --override optimizer.learning_rate=4e-5\n"
@@ -232,7 +267,7 @@ _RUNTIME_COMMON = {'precision': 'fp32', 'device': 'auto', 'compile': False}
 
 PROFILES: dict[str, dict] = {
     'local': {
-        'about': "tiny CPU run: 2 layers x 128, 4,096-token BPE, 256-token sequences, 300 steps",
+        'about': "CPU, minutes: 2 layers x 128, 4,096-token BPE, 256 tokens, 300 steps",
         'vocab_size': 4096, 'min_frequency': 2,
         'config': {
             'model': {'hidden_size': 128, 'intermediate_size': 512, 'num_layers': 2, 'num_attention_heads': 2,
@@ -251,7 +286,7 @@ PROFILES: dict[str, dict] = {
         'threads': 1,      # a model this small gains little from a 2nd thread, and loses 2-3x when the cores are shared
     },
     'full': {
-        'about': "the m3_medium run: 6 layers x 384, 32,000-token BPE, 512-token sequences, 10,000 steps (GPU)",
+        'about': "GPU: m3_medium, 6 layers x 384, 32,000-token BPE, 512 tokens, 10k steps",
         'vocab_size': 32000, 'min_frequency': 2,
         'config': {
             'model': {'hidden_size': 384, 'intermediate_size': 1536, 'num_layers': 6, 'num_attention_heads': 6,
@@ -594,9 +629,9 @@ def orchestrate_parser() -> argparse.ArgumentParser:
     p = _parser('orchestrate',
                 "Run the whole pipeline into one run directory: special tokens, tokenizer (trained unless\n"
                 "already there), corpus validation, token shards, the resolved config (training.yaml), an\n"
-                "evaluation, training, another evaluation, and samples.txt. Profiles:\n" +
+                "evaluation, training, another evaluation, and samples.txt. Profiles:\n\n" +
                 ''.join(f"  {k:6} {v['about']}\n" for k, v in PROFILES.items()) +
-                "With no --input the built-in Shakespeare corpus is used (downloaded once, then cached).",
+                "\nWith no --input the built-in Shakespeare corpus is used (downloaded once, then cached).",
                 "  orchestrate --profile local --run-dir runs/local-smoke\n"
                 "  orchestrate --profile local --input corpus.txt --run-dir runs/mine\n"
                 "  orchestrate --profile local --run-dir runs/local-smoke --resume --max-steps 600\n"
@@ -646,7 +681,9 @@ def generate_parser() -> argparse.ArgumentParser:
                 "The prompt starts a document; where the model ends one, a blank line and the next follow.\n"
                 "--run-dir picks the run's best checkpoint (lowest validation loss), else its newest valid\n"
                 "one; --checkpoint names a checkpoint folder (it holds its config and tokenizer).\n"
-                "Loading details and speed go to stderr.",
+                "Loading details and speed go to stderr.\n\n"
+                "First: a trained model, e.g. from `orchestrate --profile local --run-dir runs/local-smoke`\n"
+                "(or `train --config ...`, then --run-dir or --checkpoint where its checkpoints went).",
                 "  generate --run-dir runs/local-smoke --prompt \"ROMEO:\" --max-new-tokens 200\n"
                 "  generate --checkpoint runs/local-smoke/checkpoints/step_000000000300 --prompt \"To be\" --temperature 0\n"
                 "  generate --run-dir runs/local-smoke --prompt \"Juliet.\" --top-p 0.9 --seed 1 > sample.txt\n")

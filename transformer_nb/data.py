@@ -205,7 +205,8 @@ def _load_prepared(folder: Path) -> dict | None:
             if not p.is_file() or p.stat().st_size != s['bytes']: return None
     return man
 
-_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked
+_WRITTEN: set = set()        # (folder, key) of the prepared folders this process wrote
+_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked (or wrote)
 
 def _damaged_shard(folder: Path, man: dict) -> Path | None:
     "The first shard of `folder` whose SHA-256 differs from the manifest's (each folder hashed once per process)."
@@ -308,7 +309,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
     out = cache_dir/f'tokens-{key}'
     if (cached := _load_prepared(out)) is not None:
         if (bad := _damaged_shard(out, cached)) is None:
-            say(f'reusing cached token shards in {short_path(out)}')
+            if (str(out.resolve()), key) not in _WRITTEN: say(f'reusing cached token shards in {short_path(out)}')
             return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
         say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
         shutil.rmtree(out)
@@ -386,6 +387,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
+    _WRITTEN.add((str(out.resolve()), key)); _VERIFIED.add((str(out.resolve()), key))   # (no "reusing" news for these)
     say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {short_path(out)} in {data.seconds:.1f} s "
         f"({manifest['stats']['tokenize_mb_per_s']:.2f} MB/s)")
     return data

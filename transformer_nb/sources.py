@@ -331,19 +331,27 @@ class CorpusReport:
     @property
     def num_lines(self) -> int: return sum(f.lines for f in self.files)
 
-    def table(self, max_rows: int = 50) -> str:
-        "A fixed-width table: one row per file (the first `max_rows`), then the totals."
+    def table(self, max_rows: int = 50, width: int | None = None) -> str:
+        """A fixed-width table: one row per file (the first `max_rows`), then the totals. Within `width` columns
+        when given: the sha256, lines and characters columns are dropped, in that order, and long names cut."""
         names = _short_names([f.path for f in self.files])
         rows = [(n, f'{f.bytes:,}', f'{f.lines:,}', f'{f.documents:,}', f'{f.chars:,}', f.sha256[:12])
                 for n, f in zip(names, self.files)]
         shown = rows[:max_rows]
         if len(rows) > max_rows: shown.append((f'... {len(rows) - max_rows} more files', '', '', '', '', ''))
-        shown.append((f'total ({len(self.files)} files)', f'{self.num_bytes:,}', f'{self.num_lines:,}',
+        n = len(self.files)
+        shown.append((f"total ({n} file{'s' * (n != 1)})", f'{self.num_bytes:,}', f'{self.num_lines:,}',
                       f'{self.num_documents:,}', f'{self.num_chars:,}', ''))
         head = ('file', 'bytes', 'lines', 'documents', 'characters', 'sha256')
         w = [max(len(r[i]) for r in shown + [head]) for i in range(6)]
-        fmt = lambda r: '  '.join(c.ljust(w[i]) if i in (0, 5) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip()
-        sep = '  '.join('-' * x for x in w)
+        cols, too_wide = list(range(6)), lambda: width is not None and sum(w[i] + 2 for i in cols) - 2 > width
+        for drop in (5, 2, 4):
+            if too_wide(): cols.remove(drop)
+        if too_wide(): w[0] = max(12, width - sum(w[i] + 2 for i in cols[1:]))      # cut names, keep their ends
+        cut = lambda s, k: s if len(s) <= k else '…' + s[len(s) - k + 1:]
+        fmt = lambda r: '  '.join(cut(r[i], w[0]).ljust(w[0]) if i == 0 else r[i].ljust(w[i]) if i == 5 else
+                                  r[i].rjust(w[i]) for i in cols).rstrip()
+        sep = '  '.join('-' * w[i] for i in cols)
         return '\n'.join([fmt(head), sep, *map(fmt, shown[:-1]), sep, fmt(shown[-1])])
 
     def __str__(self) -> str:

@@ -275,7 +275,7 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
                     seconds=round(seconds, 3), mb_per_s=round(nbytes / 1e6 / max(seconds, 1e-9), 3))
     corpus = [dict(path=str(cf.path.resolve()), size=cf.size, sha256=cf.sha256, lines=cf.lines) for cf in files]
     save_tokenizer_artifacts(tok, out_dir, config=config, corpus=corpus, training=training)
-    _log.info("trained byte-level BPE: vocab %d (asked %d) from %d of %d lines, %d files, %.2f MB in %.2f s "
+    _log.debug("trained byte-level BPE: vocab %d (asked %d) from %d of %d lines, %d files, %.2f MB in %.2f s "
              "(%.2f MB/s) -> %s", tok.get_vocab_size(), vocab_size, n_used, total, len(files), nbytes / 1e6,
              seconds, nbytes / 1e6 / max(seconds, 1e-9), out_dir)
     return tok
