@@ -647,14 +647,14 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
 # %% ../nbs/09_training.ipynb #0362de42
 @patch
 def _warn_schedule_change(self: Trainer, old_total: int):
-    "Warn (rank 0) that a changed `total_steps` moves the learning rate to the new curve, not a stretched one."
+    "Log a changed `total_steps`; warn (rank 0) when it moves the learning rate: the new curve is not a stretched old one."
     sch, base = self.config.scheduler, self.config.optimizer.learning_rate
     old_lr, new_lr = lr_at(self.step, sch, base, old_total), lr_at(self.step, sch, base, self.total_steps)
-    msg = f"resume: run length changed: {old_total} -> {self.total_steps} steps"
+    self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
     if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and self.is_main:
-        warnings.warn(f"{msg}; the schedule is not stretched: the learning rate of step {self.step + 1} "
-                      f"moves from {old_lr:.3g} (old length) to {new_lr:.3g} (new length)", stacklevel=2)
-    else: self.log(msg)
+        warnings.warn(f"resume: the run length changed ({old_total} -> {self.total_steps} steps) and the schedule is not "
+                      f"stretched: the learning rate of step {self.step + 1} moves from {old_lr:.3g} (old length) to "
+                      f"{new_lr:.3g} (new length)", stacklevel=2)
 
 # %% ../nbs/09_training.ipynb #44be2f0c
 @patch
