@@ -40,13 +40,13 @@ def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
     return logits.masked_fill(logits < kth, float('-inf'))
 
 def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
-    "Keep the smallest set of most likely tokens whose probability sums to at least `p`; the rest -> -inf."
+    "Keep the smallest set of most likely tokens whose probability sums to at least `p` (and ties with its last one); the rest -> -inf."
     if p is None or p >= 1.0: return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.float().softmax(-1)
     remove_sorted = probs.cumsum(-1) - probs >= p            # mass *before* this token already reaches p
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float('-inf'))
+    cut = sorted_logits.masked_fill(remove_sorted, float('inf')).amin(-1, keepdim=True)   # the last logit kept
+    return logits.masked_fill(logits < cut, float('-inf'))   # ties with it are kept, as in top_k_filter
 
 # %% ../nbs/07_generate.ipynb #ff0cfaf0
 def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import CausalSelfAttention, KVCache, ModelShapeError, _attention_shape
-from .layers import MLP, init_linear, make_norm, residual_init_std, residual_step
+from .layers import LayerNorm, MLP, RMSNorm, init_linear, make_norm, residual_init_std, residual_step
 from .rope import rope_from_config
 
 # %% auto #0
@@ -74,10 +74,13 @@ class DecoderModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02):
-        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` for `attn.o_proj` and `mlp.down`."
+        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."
         nn.init.normal_(self.embed_tokens.weight, 0.0, std)
         for m in self.modules():
             if isinstance(m, nn.Linear): init_linear(m, std)
+            if isinstance(m, (RMSNorm, LayerNorm, nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(m.weight)
+                if getattr(m, 'bias', None) is not None: nn.init.zeros_(m.bias)
         for blk in self.layers:
             init_linear(blk.attn.o_proj, residual_init_std(self.config.num_layers, std))
             init_linear(blk.mlp.down, residual_init_std(self.config.num_layers, std))
