@@ -40,10 +40,10 @@ __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 
            'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state',
            'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers',
            'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step',
-           'latest_checkpoint', 'prune_checkpoints', 'load_model_tensors', 'load_checkpoint', 'check_dcp_metadata',
-           'SafeDCPReader', 'dcp_state_dict', 'write_dcp', 'stage_checkpoint', 'publish_checkpoint',
-           'save_dcp_checkpoint', 'is_dcp_checkpoint', 'load_dcp_model_tensors', 'checkpoint_model_tensors',
-           'load_dcp_checkpoint', 'RunLockError', 'RunLock']
+           'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata', 'SafeDCPReader', 'dcp_state_dict',
+           'write_dcp', 'stage_checkpoint', 'publish_checkpoint', 'save_dcp_checkpoint', 'is_dcp_checkpoint',
+           'load_dcp_model_tensors', 'checkpoint_model_tensors', 'load_dcp_checkpoint', 'checkpoint_vocab_size',
+           'load_model_tensors', 'load_checkpoint', 'RunLockError', 'RunLock']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -363,65 +363,6 @@ def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
     if doomed: _fsync_path(Path(dir_root))
     return doomed
 
-# %% ../nbs/08_checkpoint.ipynb #622e5009
-def load_model_tensors(path) -> dict[str, torch.Tensor]:
-    "The full state dict stored in a model.safetensors file (tied aliases re-created)."
-    path = Path(path)
-    try:
-        with safetensors.safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
-        sd = safetensors.torch.load_file(str(path))
-    except (OSError, safetensors.SafetensorError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from None
-    try:
-        for alias, name in json.loads(meta.get('aliases', '{}')).items(): sd[alias] = sd[name]
-    except (ValueError, KeyError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad 'aliases' metadata ({type(e).__name__}: {e})") from None
-    return sd
-
-def _is_sharded(model: nn.Module) -> bool:
-    "Whether any parameter of `model` is a DTensor (FSDP2-sharded)."
-    return any(type(p).__name__ == 'DTensor' for p in model.parameters())
-
-def _check_fits(sd: dict, model: nn.Module, where: Path):
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    bits = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + \
-           ([f"unexpected {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}"] if extra else []) + \
-           ([f"shape {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''} (checkpoint vs model)"] if shapes else [])
-    if bits: raise CheckpointError(f"{where}: does not fit this model: " + '; '.join(bits))
-
-def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, verify: bool = True) -> dict:
-    "Restore model weights (and optimizer state) from checkpoint folder `path`; returns the trainer state dict."
-    path = Path(path)
-    if verify and (problems := verify_checkpoint(path)):
-        raise CheckpointError(f"{path}: not a valid checkpoint: " + '; '.join(problems))
-    model = unwrap_model(model)
-    if is_dcp_checkpoint(path): load_dcp_checkpoint(path, model, optimizer)
-    elif _is_sharded(model):
-        raise CheckpointError(f"{path}: a safetensors checkpoint cannot be loaded into an FSDP-sharded model in place; "
-                              "resume it without runtime.distributed=fsdp, or from a DCP checkpoint")
-    else:
-        sd = load_model_tensors(path / MODEL_FILE)
-        _check_fits(sd, model, path / MODEL_FILE)
-        model.load_state_dict(sd, strict=True)
-    if optimizer is not None and not is_dcp_checkpoint(path):
-        if not (path / OPTIM_FILE).is_file() or not (path / OPTIM_JSON).is_file():
-            raise CheckpointError(f"{path / OPTIM_FILE}: missing; this checkpoint holds no optimizer state")
-        try: ots = safetensors.torch.load_file(str(path / OPTIM_FILE))
-        except (OSError, safetensors.SafetensorError) as e:
-            raise CheckpointError(f"{path / OPTIM_FILE}: not a readable safetensors file: {e}") from None
-        try: osd = unflatten_state(json.loads((path / OPTIM_JSON).read_text(encoding='utf-8')), ots)
-        except (OSError, KeyError, TypeError, ValueError) as e:      # JSONDecodeError, UnicodeDecodeError are ValueErrors
-            raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {type(e).__name__}: {e}") from None
-        try: optimizer.load_state_dict(osd)
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{path / OPTIM_JSON}: does not fit this optimizer: {e}") from None
-    try: state = json.loads((path / STATE_FILE).read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
-    if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")
-    return state
-
 # %% ../nbs/08_checkpoint.ipynb #4934a6f9
 DCP_DIR = 'dcp'             # the DCP folder inside a checkpoint: <rank>_0.distcp files + .metadata
 DCP_METADATA = f'{DCP_DIR}/.metadata'
@@ -479,8 +420,10 @@ def write_dcp(folder, model: nn.Module, optimizer=None, async_save: bool = False
     "Write model (+ optimizer) shards into `folder/dcp` (collective: every rank calls it); a Future when `async_save`."
     writer = dcp.FileSystemWriter(str(Path(folder) / DCP_DIR), single_file_per_rank=True, sync_files=True)
     sd = dcp_state_dict(model, optimizer)
-    if async_save: return dcp.async_save(sd, storage_writer=writer, process_group=process_group)
-    dcp.save(sd, storage_writer=writer, process_group=process_group)
+    with warnings.catch_warnings():          # DCP's notice when one process writes alone (intended)
+        warnings.filterwarnings('ignore', message='torch.distributed is disabled')
+        if async_save: return dcp.async_save(sd, storage_writer=writer, process_group=process_group)
+        dcp.save(sd, storage_writer=writer, process_group=process_group)
     return None
 
 # %% ../nbs/08_checkpoint.ipynb #1f4c3d79
@@ -549,7 +492,10 @@ def is_dcp_checkpoint(path) -> bool:
     return (Path(path) / DCP_METADATA).is_file()
 
 def _dcp_read(path: Path, sd: dict, no_dist: bool = False):
-    try: dcp.load(sd, storage_reader=SafeDCPReader(str(path / DCP_DIR)), no_dist=no_dist)
+    try:
+        with warnings.catch_warnings():      # DCP's notice that it reads in a single process (that is intended)
+            warnings.filterwarnings('ignore', message='torch.distributed is disabled')
+            dcp.load(sd, storage_reader=SafeDCPReader(str(path / DCP_DIR)), no_dist=no_dist)
     except CheckpointError: raise
     except Exception as e:        # DCP wraps a failing rank's error in a CheckpointException
         raise CheckpointError(f"{path / DCP_DIR}: cannot be read into this model: {type(e).__name__}: "
@@ -591,6 +537,80 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     model = unwrap_model(model)
     if optimizer is None: set_model_state_dict(model, sd['model'])
     else: set_state_dict(model, optimizer, model_state_dict=sd['model'], optim_state_dict=sd['optim'])
+
+def checkpoint_vocab_size(path) -> int:
+    "The vocabulary size of the model in checkpoint folder `path` (rows of `embed_tokens.weight`), read from the headers."
+    path = Path(path)
+    try:
+        if is_dcp_checkpoint(path):
+            check_dcp_metadata(path / DCP_METADATA)
+            meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+            return int(meta.state_dict_metadata['model.embed_tokens.weight'].size[0])
+        with safetensors.safe_open(str(path / MODEL_FILE), framework='pt') as f:
+            return int(f.get_slice('embed_tokens.weight').get_shape()[0])
+    except CheckpointError: raise
+    except Exception as e:
+        where = path / (DCP_METADATA if is_dcp_checkpoint(path) else MODEL_FILE)
+        raise CheckpointError(f"{where}: unreadable ({type(e).__name__}: {e})") from None
+
+# %% ../nbs/08_checkpoint.ipynb #622e5009
+def load_model_tensors(path) -> dict[str, torch.Tensor]:
+    "The full state dict stored in a model.safetensors file (tied aliases re-created)."
+    path = Path(path)
+    try:
+        with safetensors.safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
+        sd = safetensors.torch.load_file(str(path))
+    except (OSError, safetensors.SafetensorError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from None
+    try:
+        for alias, name in json.loads(meta.get('aliases', '{}')).items(): sd[alias] = sd[name]
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad 'aliases' metadata ({type(e).__name__}: {e})") from None
+    return sd
+
+def _is_sharded(model: nn.Module) -> bool:
+    "Whether any parameter of `model` is a DTensor (FSDP2-sharded)."
+    return any(type(p).__name__ == 'DTensor' for p in model.parameters())
+
+def _check_fits(sd: dict, model: nn.Module, where: Path):
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    bits = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + \
+           ([f"unexpected {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}"] if extra else []) + \
+           ([f"shape {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''} (checkpoint vs model)"] if shapes else [])
+    if bits: raise CheckpointError(f"{where}: does not fit this model: " + '; '.join(bits))
+
+def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, verify: bool = True) -> dict:
+    "Restore model weights (and optimizer state) from checkpoint folder `path`; returns the trainer state dict."
+    path = Path(path)
+    if verify and (problems := verify_checkpoint(path)):
+        raise CheckpointError(f"{path}: not a valid checkpoint: " + '; '.join(problems))
+    model = unwrap_model(model)
+    if is_dcp_checkpoint(path): load_dcp_checkpoint(path, model, optimizer)
+    elif _is_sharded(model):
+        raise CheckpointError(f"{path}: a safetensors checkpoint cannot be loaded into an FSDP-sharded model in place; "
+                              "resume it without runtime.distributed=fsdp, or from a DCP checkpoint")
+    else:
+        sd = load_model_tensors(path / MODEL_FILE)
+        _check_fits(sd, model, path / MODEL_FILE)
+        model.load_state_dict(sd, strict=True)
+    if optimizer is not None and not is_dcp_checkpoint(path):
+        if not (path / OPTIM_FILE).is_file() or not (path / OPTIM_JSON).is_file():
+            raise CheckpointError(f"{path / OPTIM_FILE}: missing; this checkpoint holds no optimizer state")
+        try: ots = safetensors.torch.load_file(str(path / OPTIM_FILE))
+        except (OSError, safetensors.SafetensorError) as e:
+            raise CheckpointError(f"{path / OPTIM_FILE}: not a readable safetensors file: {e}") from None
+        try: osd = unflatten_state(json.loads((path / OPTIM_JSON).read_text(encoding='utf-8')), ots)
+        except (OSError, KeyError, TypeError, ValueError) as e:      # JSONDecodeError, UnicodeDecodeError are ValueErrors
+            raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {type(e).__name__}: {e}") from None
+        try: optimizer.load_state_dict(osd)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path / OPTIM_JSON}: does not fit this optimizer: {e}") from None
+    try: state = json.loads((path / STATE_FILE).read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
+    if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")
+    return state
 
 # %% ../nbs/08_checkpoint.ipynb #9fd1e65e
 try: import fcntl

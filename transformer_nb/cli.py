@@ -792,8 +792,7 @@ def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
 
 def load_for_generation(ckpt, device: str = 'auto'):
     "(model, tokenizer, config) from a self-contained checkpoint folder, the model in eval mode on `device`."
-    import safetensors
-    from transformer_nb.checkpoint import CheckpointError, load_checkpoint, MODEL_FILE, CONFIG_FILE, TOKENIZER_DIR
+    from transformer_nb.checkpoint import CheckpointError, load_checkpoint, checkpoint_vocab_size, CONFIG_FILE, TOKENIZER_DIR
     from transformer_nb.config import load_config
     from transformer_nb.tokenizer import build_from_artifacts
     from transformer_nb.model import DecoderModel
@@ -807,12 +806,7 @@ def load_for_generation(ckpt, device: str = 'auto'):
         if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
                                                         f"{cfg.tokenizer.tokenizer_json} is not there either")
     tok = build_from_artifacts(tok_src)
-    try:
-        with safetensors.safe_open(str(ckpt / MODEL_FILE), framework='pt') as f:
-            vocab = f.get_slice('embed_tokens.weight').get_shape()[0]
-    except Exception as e:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: unreadable ({type(e).__name__}: {one_line(e)})") from None
-    model = DecoderModel(cfg.model, vocab)
+    model = DecoderModel(cfg.model, checkpoint_vocab_size(ckpt))      # safetensors or DCP (consolidated here)
     load_checkpoint(ckpt, model)
     dev = _device(device)
     return model.to(dev).eval(), tok, cfg
