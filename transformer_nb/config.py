@@ -15,11 +15,11 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'UserError', 'ConfigError', 'sha256_file', 'sha256_bytes',
-           'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
-           'OptimizerConfig', 'SchedulerConfig', 'CheckpointConfig', 'BestConfig', 'EvaluationConfig', 'LoggingConfig',
-           'RuntimeConfig', 'Config', 'schema_keys', 'validate_config', 'config_to_dict', 'config_from_dict',
-           'read_config_file', 'load_config', 'apply_overrides', 'config_to_yaml', 'save_config', 'model_config_dict',
-           'config_sha256', 'diff_configs']
+           'fsync_dir', 'file_mode', 'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'ModelConfig',
+           'TokenizerConfig', 'DataConfig', 'OptimizerConfig', 'SchedulerConfig', 'CheckpointConfig', 'BestConfig',
+           'EvaluationConfig', 'LoggingConfig', 'RuntimeConfig', 'Config', 'schema_keys', 'validate_config',
+           'config_to_dict', 'config_from_dict', 'read_config_file', 'load_config', 'apply_overrides', 'config_to_yaml',
+           'save_config', 'model_config_dict', 'config_sha256', 'diff_configs']
 
 # %% ../nbs/00_config.ipynb #a67a14af
 class UserError(Exception):
@@ -41,8 +41,26 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 # %% ../nbs/00_config.ipynb #d645862d
+def fsync_dir(path) -> None:
+    "fsync folder `path`, so that the names created or renamed in it survive a power cut (where the OS allows it)."
+    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    except OSError: return                                    # e.g. Windows: folders can't be opened
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
+def file_mode() -> int:
+    "The mode a new file gets from `open()`: 0o666 less the process umask (read without changing it, where possible)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    old = os.umask(0o022); os.umask(old)
+    return 0o666 & ~old
+
 def atomic_write_bytes(path, data: bytes):
-    "Write `data` to `path` via a temporary file in the same folder and an atomic rename (fsynced)."
+    """Write `data` to `path` durably: a temporary file in the same folder (fsynced, given the mode a plain
+    `open()` would give), renamed over `path`, then the folder fsynced so that the new name is on disk too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -50,11 +68,13 @@ def atomic_write_bytes(path, data: bytes):
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
+            if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 def atomic_write_text(path, text: str):
     "Write `text` (UTF-8) to `path` atomically."
@@ -477,9 +497,9 @@ def _check_relations(cfg: Config, where: str):
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
-    need(d.batch_size % d.gradient_accumulation_steps == 0,
+    need(d.batch_size % d.gradient_accumulation_steps == 0 or d.batch_size < d.gradient_accumulation_steps,
          f"data.batch_size ({d.batch_size}, the global batch) must be divisible by "
-         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps})")
+         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps}), or smaller than it (the micro-batch)")
     need(cfg.sequence_length <= m.max_position_embeddings, f"data.sequence_length ({d.sequence_length}) "
          f"exceeds model.max_position_embeddings ({m.max_position_embeddings})")
     need(s.total_steps is None or s.warmup_steps <= s.total_steps,

