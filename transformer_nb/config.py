@@ -7,82 +7,23 @@ Docs: https://transformer-nb.github.io/transformer_nb/config.html.md"""
 # %% ../nbs/00_config.ipynb #a2b4f219
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
+from .base import (UserError, atomic_write_bytes, atomic_write_text, file_mode, fsync_dir, sha256_bytes,
+                                 sha256_file, utc_now_iso)   # re-exported: they lived here before base
+
 # %% auto #0
-__all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'UserError', 'ConfigError', 'sha256_file', 'sha256_bytes',
-           'fsync_dir', 'file_mode', 'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'ModelConfig',
-           'TokenizerConfig', 'DataConfig', 'OptimizerConfig', 'SchedulerConfig', 'CheckpointConfig', 'BestConfig',
-           'EvaluationConfig', 'LoggingConfig', 'RuntimeConfig', 'Config', 'schema_keys', 'validate_config',
-           'config_to_dict', 'config_from_dict', 'read_config_file', 'load_config', 'apply_overrides', 'config_to_yaml',
-           'save_config', 'model_config_dict', 'config_sha256', 'diff_configs']
+__all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
+           'OptimizerConfig', 'SchedulerConfig', 'CheckpointConfig', 'BestConfig', 'EvaluationConfig', 'LoggingConfig',
+           'RuntimeConfig', 'Config', 'schema_keys', 'validate_config', 'config_to_dict', 'config_from_dict',
+           'read_config_file', 'load_config', 'apply_overrides', 'config_to_yaml', 'save_config', 'model_config_dict',
+           'config_sha256', 'diff_configs']
 
 # %% ../nbs/00_config.ipynb #a67a14af
-class UserError(Exception):
-    "An error the user can fix: commands print its message on one line and exit with status 2."
-
 class ConfigError(UserError):
     "A config file, key, value or override is wrong; the message names the file and the key path."
-
-# %% ../nbs/00_config.ipynb #f0e6897e
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    "Hex SHA-256 of the file at `path`, read in chunks (constant memory)."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(chunk_size): h.update(chunk)
-    return h.hexdigest()
-
-def sha256_bytes(data: bytes) -> str:
-    "Hex SHA-256 of `data`."
-    return hashlib.sha256(data).hexdigest()
-
-# %% ../nbs/00_config.ipynb #d645862d
-def fsync_dir(path) -> None:
-    "fsync folder `path`, so that the names created or renamed in it survive a power cut (where the OS allows it)."
-    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
-    except OSError: return                                    # e.g. Windows: folders can't be opened
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
-def file_mode() -> int:
-    "The mode a new file gets from `open()`: 0o666 less the process umask (read without changing it, where possible)."
-    try:
-        for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('Umask:'): return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError): pass
-    old = os.umask(0o022); os.umask(old)
-    return 0o666 & ~old
-
-def atomic_write_bytes(path, data: bytes):
-    """Write `data` to `path` durably: a temporary file in the same folder (fsynced, given the mode a plain
-    `open()` would give), renamed over `path`, then the folder fsynced so that the new name is on disk too."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-def atomic_write_text(path, text: str):
-    "Write `text` (UTF-8) to `path` atomically."
-    atomic_write_bytes(path, text.encode('utf-8'))
-
-def utc_now_iso() -> str:
-    "The current time as a UTC ISO-8601 string, e.g. '2026-11-25T07:08:07Z'."
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace('+00:00', 'Z')
 
 # %% ../nbs/00_config.ipynb #2ee2334e
 import copy
