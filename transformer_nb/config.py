@@ -140,6 +140,8 @@ class CheckpointConfig:
     every_n_steps: int | None = None
     every_n_epochs: int | None = None
     max_keep: int = 3
+    format: str | None = None  # safetensors | dcp; None: dcp under runtime.distributed=fsdp, else safetensors
+    async_save: bool = False  # dcp only: write in the background while training goes on
 
 @dataclass
 class BestConfig:
@@ -178,6 +180,8 @@ class RuntimeConfig:
     log_every_n_steps: int = 10
     device: str = 'auto'
     compile: bool = False
+    distributed: str = 'auto'  # auto | ddp | fsdp (auto: ddp when started with more than one process)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -233,6 +237,8 @@ CHOICES = {
     'scheduler.strategy': ('constant', 'linear_warmup', 'cosine', 'cosine_with_warmup', 'polynomial'),
     'runtime.precision': ('fp32', 'bf16', 'fp16'),
     'runtime.device': ('auto', 'cpu', 'cuda', 'mps'),  # and 'cuda:N'
+    'runtime.distributed': ('auto', 'ddp', 'fsdp'),
+    'runtime.checkpoint.format': ('safetensors', 'dcp'),
 }
 
 # other spellings accepted for enumerated keys, and the value each one stands for

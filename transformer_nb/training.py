@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -23,8 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 from fastcore.basics import patch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.overrides import TorchFunctionMode
 
 from .base import sha256_file, UserError
 from .config import Config, ConfigError, DataConfig, load_config
@@ -35,13 +40,16 @@ from .model import DecoderModel
 from .generate import generate
 from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
                                        latest_checkpoint, list_checkpoints, load_checkpoint, read_manifest, remove_leftovers,
-                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint)
+                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint,
+                                       stage_checkpoint, write_dcp, publish_checkpoint)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
-           'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups', 'MuonWithAdamW', 'newton_schulz',
-           'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed', 'micro_batch_size', 'measure_matmul_flops',
-           'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics']
+__all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
+           'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
+           'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
+           'micro_batch_size', 'measure_matmul_flops', 'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics',
+           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
+           'shard_model']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -418,6 +426,7 @@ def _resolve_paths(self: Trainer, run_dir=None):
 @patch
 def _setup(self: Trainer):
     cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+    self._check_parallel()
     seed_everything(cfg.runtime.seed)
     self.tokenizer = tokenizer_from_config(cfg.tokenizer)
     self.tokenizer_source = self._tokenizer_source()
@@ -433,7 +442,7 @@ def _setup(self: Trainer):
     self.global_batch = self.micro_batch * self.grad_accum * world   # = data.batch_size, unless that is the micro-batch
     self.tokens_per_step = self.global_batch * self.seq_len
     self._prepare_data()
-    self.raw_model = DecoderModel(cfg.model, vocab).to(self.device)
+    self.raw_model = self._build_model(vocab)
     if self.dist.enabled: torch.manual_seed(cfg.runtime.seed + rank)       # own dropout masks per rank
     self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
     self.fused = bool(self.optimizer.param_groups[0].get('fused'))
@@ -448,7 +457,7 @@ def _setup(self: Trainer):
     if self.resume: self._resume()
     self.model = self.eval_model = self.raw_model
     if cfg.runtime.compile: self.model = self.eval_model = torch.compile(self.raw_model)
-    if self.dist.enabled:
+    if self.parallel == 'ddp':
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
     self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
@@ -518,8 +527,7 @@ def _train_step(self: Trainer):
     for i in range(self.grad_accum):
         x, y = next(self.train_sampler)
         x, y = self._to_device(x), self._to_device(y)
-        sync = self.model.no_sync() if self.dist.enabled and i < self.grad_accum - 1 else contextlib.nullcontext()
-        with sync:
+        with self._grad_sync(i == self.grad_accum - 1):
             with self._autocast(): _, loss = self.model(x, y)
             loss_sum += loss.detach().float()
             out = loss / self.grad_accum
@@ -530,6 +538,7 @@ def _train_step(self: Trainer):
     if self.scaler is not None: self.scaler.unscale_(opt)
     max_norm = cfg.optimizer.max_grad_norm
     norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm if max_norm else float('inf'))
+    if isinstance(norm, DTensor): norm = norm.full_tensor()         # FSDP: the norm over all shards
     loss_bad = ~torch.isfinite(loss)
     bad = loss_bad | ~torch.isfinite(norm)
     if self.scaler is not None:                 # fp16: the scaler skips overflowing steps by itself
@@ -781,6 +790,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
     max_keep = max_keep if max_keep is not None else self.config.runtime.checkpoint.max_keep
     if hasattr(self, '_streak_t'): self._check_streak()
     state = self.trainer_state()
+    if self.ckpt_format == 'dcp': return self._save_dcp(directory, max_keep, state, regular, sample)
     self._barrier()
     path, err = None, None
     if self.is_main:
@@ -800,7 +810,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
-    if self.writer is None: return
+    if self.writer is None or self.parallel == 'fsdp': return      # FSDP: a forward needs every rank
     try:
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
@@ -873,7 +883,8 @@ def _header(self: Trainer) -> str:
     c, w = self.config, self.dist.world_size
     n = self.raw_model.num_parameters()
     return (f"training {n / 1e6:.2f}M parameters on {self.device} ({self.precision}"
-            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es); "
+            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es)"
+            f"{' (' + self.parallel.upper() + ')' if self.parallel != 'none' else ''}; "
             f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
             f"({self.steps_per_epoch} per epoch)")
@@ -885,6 +896,8 @@ def fit(self: Trainer) -> dict:
     self._install_signals()
     try:
         result = self._fit()
+        self._finish_saves()                 # background (async) checkpoint writes end and are published
+        result['checkpoint'] = str(self.last_checkpoint) if self.last_checkpoint else None
         self._fit_completed = True
         return result
     finally:
@@ -944,3 +957,195 @@ def _result(self: Trainer) -> dict:
             'skipped_steps': self.skipped_steps, 'checkpoint': str(self.last_checkpoint) if self.last_checkpoint else None,
             'interrupted': self._stop_signal,
             'elapsed_seconds': self._elapsed_before + time.perf_counter() - self._fit_t0}
+
+# %% ../nbs/09_training.ipynb #a6d31a3d
+DISTRIBUTED = ('auto', 'ddp', 'fsdp')
+
+def resolve_parallelism(mode: str | None, world_size: int) -> str:
+    "'none' (one process), 'ddp' or 'fsdp' for `runtime.distributed` at `world_size` processes."
+    m = (mode or 'auto').lower()
+    if m not in DISTRIBUTED: raise TrainingError(f"runtime.distributed: unknown {mode!r} ({', '.join(DISTRIBUTED)})")
+    if world_size <= 1: return 'none'
+    return 'fsdp' if m == 'fsdp' else 'ddp'
+
+def checkpoint_format(runtime) -> str:
+    "`runtime.checkpoint.format`, defaulting to 'dcp' under `runtime.distributed: fsdp` and 'safetensors' otherwise."
+    f = runtime.checkpoint.format
+    if f: return str(f).lower()
+    return 'dcp' if str(runtime.distributed or 'auto').lower() == 'fsdp' else 'safetensors'
+
+# %% ../nbs/09_training.ipynb #1899aa67
+_NOT_VALUES = {'requires_grad_', 'share_memory_', 'retain_grad_'}
+_FACTORIES = {'ones', 'zeros', 'full', 'empty', 'ones_like', 'zeros_like', 'full_like', 'empty_like', 'tensor', 'arange'}
+
+class ShardedInit(TorchFunctionMode):
+    "Record rank `rank`'s rows (of `world_size`) of every tensor initialised on the meta device while active."
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank, self.world_size, self.rows = rank, world_size, {}
+
+    @staticmethod
+    def _key(t: torch.Tensor): return t.untyped_storage()._cdata
+
+    def _mine(self, full: torch.Tensor) -> torch.Tensor:
+        if full.dim() == 0: return full.clone()
+        chunks = torch.chunk(full, self.world_size, dim=0)
+        return (chunks[self.rank] if self.rank < len(chunks) else full[:0]).clone()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        if args: t, rest, kw = args[0], args[1:], kwargs
+        else: t, rest, kw = kwargs.get('tensor'), (), {k: v for k, v in kwargs.items() if k != 'tensor'}  # nn.init.*
+        if isinstance(t, torch.Tensor) and t.is_meta and name.endswith('_') and not name.startswith('_') and name not in _NOT_VALUES:
+            if t._is_view() or any(isinstance(a, torch.Tensor) for a in (*rest, *kw.values())):
+                raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a view or with tensor arguments")
+            if getattr(func, '__module__', '') == 'torch.nn.init' or name in ('normal_', 'uniform_', 'zero_', 'fill_'):
+                full = torch.empty(t.shape, dtype=t.dtype, device='cpu')     # overwrites every element: draw in full
+                func(full, *rest, **kw)
+                self.rows[self._key(t)] = self._mine(full)
+            elif self._key(t) in self.rows: func(self.rows[self._key(t)], *rest, **kw)
+            else: raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a tensor of unknown value")
+        elif name in _FACTORIES and isinstance(out, torch.Tensor) and out.is_meta:
+            self.rows[self._key(out)] = self._mine(func(*args, **{**kwargs, 'device': 'cpu'}))
+        return out
+
+    def local_rows(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        "This rank's rows of each parameter of `model` (built on meta while this mode was active), by name."
+        missing = [n for n, p in model.named_parameters() if self._key(p) not in self.rows]
+        if missing: raise TrainingError(f"runtime.distributed=fsdp: no initial value recorded for {', '.join(missing[:4])}")
+        return {n: self.rows[self._key(p)] for n, p in model.named_parameters()}
+
+# %% ../nbs/09_training.ipynb #b70960af
+def materialize(model: nn.Module, rows: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+    "Allocate the (sharded) parameters of a meta-device `model` on `device` and fill in this rank's `rows`."
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, 'to_local') else p
+            if tuple(local.shape) != tuple(rows[name].shape):
+                raise TrainingError(f"{name}: shard {tuple(local.shape)} != recorded rows {tuple(rows[name].shape)}")
+            local.copy_(rows[name])
+        for name, b in model.named_buffers():
+            if b.numel(): raise TrainingError(f"runtime.distributed=fsdp: buffer {name} would be left uninitialised")
+    return model
+
+def _checkpointed(forward):
+    "`forward` under non-reentrant activation checkpointing while gradients are on."
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled(): return forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    "Recompute each decoder block's activations in the backward pass (parameter names unchanged)."
+    for blk in model.layers: blk.forward = _checkpointed(blk.forward)
+    return model
+
+def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
+    "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
+    kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
+    for blk in model.layers: fully_shard(blk, **kw)
+    fully_shard(model, **kw)
+    return model
+
+# %% ../nbs/09_training.ipynb #47237eb2
+@patch
+def _build_model(self: Trainer, vocab: int) -> nn.Module:
+    "The model on this rank: plain (single process, DDP) or built on meta, sharded and materialised (FSDP)."
+    cfg, rt = self.config, self.config.runtime
+    if self.parallel != 'fsdp':
+        model = DecoderModel(cfg.model, vocab).to(self.device)
+        return apply_activation_checkpointing(model) if rt.activation_checkpointing else model
+    if self.precision == 'fp16':
+        raise TrainingError("runtime.precision=fp16 with runtime.distributed=fsdp: use bf16 (or fp32); fp16 loss "
+                            "scaling of sharded gradients is not supported")
+    rec = ShardedInit(self.dist.rank, self.dist.world_size)
+    with torch.device('meta'), rec: model = DecoderModel(cfg.model, vocab)
+    rows = rec.local_rows(model); del rec
+    if rt.activation_checkpointing: apply_activation_checkpointing(model)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if self.device.type == 'cuda' and self.precision == 'bf16' else None)
+    return materialize(shard_model(model, mp), rows, self.device)
+
+@patch
+def _check_parallel(self: Trainer):
+    "Settings that cannot work together, refused before any work (one line each)."
+    rt = self.config.runtime
+    self.parallel = resolve_parallelism(rt.distributed, self.dist.world_size)
+    self.ckpt_format = checkpoint_format(rt)
+    self.async_save = bool(rt.checkpoint.async_save)
+    if self.async_save and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.async_save needs runtime.checkpoint.format: dcp")
+    if self.parallel == 'fsdp' and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.format=safetensors with runtime.distributed=fsdp would gather the whole "
+                            "model on rank 0: use dcp (generate and export-hf read DCP checkpoints)")
+    algo = str(self.config.optimizer.algorithm).lower()
+    if self.parallel == 'fsdp' and algo == 'muon':
+        raise TrainingError("optimizer.algorithm=muon with runtime.distributed=fsdp: Muon orthogonalises whole matrices "
+                            "and FSDP gives it row shards (wrong updates, no error); use runtime.distributed=ddp")
+    self._ckpt_group = dist.new_group(backend='gloo') if self.async_save and self.dist.enabled else None
+    self._pending_saves = []
+
+@patch
+def _grad_sync(self: Trainer, last: bool):
+    "Context for one micro-step: gradients are reduced across processes only on the `last` one."
+    if self.parallel == 'fsdp':
+        self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if self.parallel == 'ddp' and not last: return self.model.no_sync()
+    return contextlib.nullcontext()
+
+# %% ../nbs/09_training.ipynb #cdb8f9d3
+@patch
+def _save_dcp(self: Trainer, directory: Path, max_keep, state: dict, regular: bool, sample: bool = True) -> Path | None:
+    "Every rank writes its shards into rank 0's staging folder; rank 0 publishes (now, or when an async write ends)."
+    self._finish_saves()
+    tmp, err = None, None
+    if self.is_main:
+        try: tmp = stage_checkpoint(directory, self.step)
+        except BaseException as e: err = e
+    if not self._all_true(err is None):
+        raise err if err is not None else CheckpointError(f"{directory}: rank 0 could not stage the checkpoint of step {self.step}")
+    tmp = Path(self._gather_json(str(tmp) if tmp is not None else None)[0])
+    job = {'tmp': tmp, 'step': self.step, 'state': state, 'max_keep': max_keep, 'regular': regular, 'fut': None, 'err': None}
+    try: job['fut'] = write_dcp(tmp, self.raw_model, self.optimizer, self.async_save, self._ckpt_group)
+    except Exception as e: job['err'] = e
+    if regular: self._saved_step = self.step
+    if job['fut'] is not None: self._pending_saves.append(job); path = None
+    else: path = self._publish(job)
+    if regular and sample and self.is_main: self._sample_to_tensorboard()
+    return path
+
+@patch
+def _publish(self: Trainer, job: dict) -> Path | None:
+    "Wait for every rank's shards of `job`, then rank 0 writes the manifest and renames the folder into place."
+    err = job['err']
+    if job['fut'] is not None:
+        try: job['fut'].result()
+        except Exception as e: err = e
+    wrote = self._all_true(err is None)
+    path, perr = None, None
+    if self.is_main:
+        try:
+            if wrote: path = publish_checkpoint(job['tmp'], job['step'], job['state'], self.config, self.tokenizer_source,
+                                                job['max_keep'], self.raw_model.vocab_size)
+            else: shutil.rmtree(job['tmp'], ignore_errors=True)
+        except BaseException as e: perr = e
+    published = self._all_true(perr is None)
+    if perr is not None: raise perr
+    if not wrote or not published:
+        cause = f" ({type(err).__name__}: {err})" if err is not None else ''
+        raise CheckpointError(f"{job['tmp'].parent}: writing the checkpoint of step {job['step']} failed{cause}; "
+                              "earlier checkpoints are intact")
+    if job['regular'] and self.is_main:
+        self.last_checkpoint = path
+        self.log(f"checkpoint: {path}")
+    return path
+
+@patch
+def _finish_saves(self: Trainer):
+    "Publish the checkpoints still being written in the background (in order)."
+    while getattr(self, '_pending_saves', None):
+        self._publish(self._pending_saves.pop(0))
