@@ -790,7 +790,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
     max_keep = max_keep if max_keep is not None else self.config.runtime.checkpoint.max_keep
     if hasattr(self, '_streak_t'): self._check_streak()
     state = self.trainer_state()
-    if self.ckpt_format == 'dcp': return self._save_dcp(directory, max_keep, state, regular, sample)
+    if getattr(self, 'ckpt_format', 'safetensors') == 'dcp': return self._save_dcp(directory, max_keep, state, regular, sample)
     self._barrier()
     path, err = None, None
     if self.is_main:
@@ -810,7 +810,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
-    if self.writer is None or self.parallel == 'fsdp': return      # FSDP: a forward needs every rank
+    if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
     try:
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
@@ -1091,10 +1091,11 @@ def _check_parallel(self: Trainer):
 @patch
 def _grad_sync(self: Trainer, last: bool):
     "Context for one micro-step: gradients are reduced across processes only on the `last` one."
-    if self.parallel == 'fsdp':
+    mode = getattr(self, 'parallel', 'ddp' if self.dist.enabled else 'none')   # (subclasses that skip _setup)
+    if mode == 'fsdp':
         self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
-    if self.parallel == 'ddp' and not last: return self.model.no_sync()
+    if mode == 'ddp' and not last: return self.model.no_sync()
     return contextlib.nullcontext()
 
 # %% ../nbs/09_training.ipynb #cdb8f9d3
