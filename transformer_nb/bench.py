@@ -633,7 +633,7 @@ def _print_train(rows: list[dict], show=print):
                         '-' if r['compile_s'] is None else f"{r['compile_s']:.1f}",
                         '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"] for r in rows]))
 
-def _print_generate(g: dict, show=print, title: str = 'generation'):
+def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
     rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
     show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new tokens "
          f"per row, greedy; the same tokens in every mode: {g['same_tokens']})")
