@@ -161,13 +161,6 @@ class DecoderModel(nn.Module):
         H, KV, d = _attention_shape(self.config)
         return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device, dtype=c.dtype)
 
-    @classmethod
-    def from_hf(cls, path, dtype=None, device=None) -> "DecoderModel":
-        """Load a local Hugging Face Llama folder (config.json + safetensors, no network, no pickle):
-        see [12_export](12_export.ipynb) for the name mapping and what is refused."""
-        from transformer_nb.export import load_hf
-        return load_hf(path, dtype=dtype, device=device)
-
 # %% ../nbs/06_model.ipynb #759ed8a0
 @patch
 def _static_mask(self: DecoderModel, cache: StaticKVCache, attention_mask: Tensor | None) -> Tensor:

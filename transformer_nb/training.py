@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -23,18 +24,31 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 from fastcore.basics import patch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.overrides import TorchFunctionMode
 
-from .config import UserError, ConfigError, sha256_file
-from .checkpoint import (CheckpointError, RunLock, checkpoint_name, config_dict, diff_dicts,
-                                       get_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                       read_manifest, save_checkpoint, set_rng_state, unwrap_model)
+from .base import sha256_file, UserError
+from .config import Config, ConfigError, DataConfig, load_config
+from .sources import CorpusError
+from .tokenizer import tokenizer_from_config
+from .data import prepare, SequentialSampler
+from .model import DecoderModel
+from .generate import generate
+from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
+                                       latest_checkpoint, list_checkpoints, load_checkpoint, read_manifest, remove_leftovers,
+                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint,
+                                       stage_checkpoint, write_dcp, publish_checkpoint)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
-           'make_scheduler', 'param_groups', 'build_optimizer', 'DistInfo', 'init_distributed', 'micro_batch_size',
-           'measure_matmul_flops', 'peak_flops', 'Trainer']
+__all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
+           'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'DistInfo',
+           'init_distributed', 'micro_batch_size', 'measure_matmul_flops', 'peak_flops', 'Trainer',
+           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
+           'shard_model']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -168,12 +182,9 @@ def init_distributed(device_name: str | None = 'auto') -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, backend, created, ctl)
 
 def micro_batch_size(batch_size: int, grad_accum: int, world_size: int = 1) -> int:
-    "Sequences per forward pass: the global `batch_size` split over accumulation steps and processes."
-    parts = grad_accum * world_size
-    if batch_size % parts:
-        raise TrainingError(f"data.batch_size ({batch_size}, the global batch) must be divisible by "
-                            f"gradient_accumulation_steps x processes ({grad_accum} x {world_size} = {parts})")
-    return batch_size // parts
+    """Sequences per forward pass: the global `batch_size` split over accumulation steps and processes; a
+    `batch_size` smaller than that is the micro-batch itself (with a warning), as `Config.micro_batch_size` says."""
+    return Config(data=DataConfig(batch_size=batch_size, gradient_accumulation_steps=grad_accum)).micro_batch_size(world_size)
 
 # %% ../nbs/09_training.ipynb #58cc0922
 _GPU_PEAK = {  # dense TFLOP/s: (bf16/fp16 tensor cores, tf32 for fp32)
@@ -223,7 +234,6 @@ class Trainer:
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None):
         if isinstance(config, (str, os.PathLike)):
-            from transformer_nb.config import load_config
             config = load_config(config)
         self.config, self.resume, self.max_bad_steps = config, bool(resume), int(max_bad_steps)
         self._peak_flops = peak_flops
@@ -303,9 +313,8 @@ def _resolve_paths(self: Trainer, run_dir=None):
 # %% ../nbs/09_training.ipynb #9ec3fbf3
 @patch
 def _setup(self: Trainer):
-    from transformer_nb.tokenizer import tokenizer_from_config
-    from transformer_nb.model import DecoderModel
     cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+    self._check_parallel()
     seed_everything(cfg.runtime.seed)
     self.tokenizer = tokenizer_from_config(cfg.tokenizer)
     self.tokenizer_source = self._tokenizer_source()
@@ -318,9 +327,10 @@ def _setup(self: Trainer):
         raise TrainingError(f"data.sequence_length ({self.seq_len}) exceeds model.max_position_embeddings ({cfg.model.max_position_embeddings})")
     self.grad_accum = cfg.data.gradient_accumulation_steps
     self.micro_batch = micro_batch_size(cfg.data.batch_size, self.grad_accum, world)
-    self.tokens_per_step = cfg.data.batch_size * self.seq_len
+    self.global_batch = self.micro_batch * self.grad_accum * world   # = data.batch_size, unless that is the micro-batch
+    self.tokens_per_step = self.global_batch * self.seq_len
     self._prepare_data()
-    self.raw_model = DecoderModel(cfg.model, vocab).to(self.device)
+    self.raw_model = self._build_model(vocab)
     if self.dist.enabled: torch.manual_seed(cfg.runtime.seed + rank)       # own dropout masks per rank
     self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
     self.fused = bool(self.optimizer.param_groups[0].get('fused'))
@@ -335,7 +345,7 @@ def _setup(self: Trainer):
     if self.resume: self._resume()
     self.model = self.eval_model = self.raw_model
     if cfg.runtime.compile: self.model = self.eval_model = torch.compile(self.raw_model)
-    if self.dist.enabled:
+    if self.parallel == 'ddp':
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
     self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
@@ -348,17 +358,14 @@ def _setup(self: Trainer):
 
 @patch
 def _tokenizer_source(self: Trainer):
-    "What to copy into checkpoints: the tokenizer.json / artifacts folder, else the Tokenizer itself."
-    t = self.config.tokenizer
-    if t.tokenizer_json: return Path(t.tokenizer_json)
-    if t.vocab and t.merges and Path(t.vocab).parent == Path(t.merges).parent and Path(t.vocab).name == 'vocab.json' \
-            and Path(t.merges).name == 'merges.txt':
-        return Path(t.vocab).parent
-    return self.tokenizer
+    """What to copy into checkpoints: the tokenizer.json (or its folder) that `tokenizer_json` names, else the
+    Tokenizer built from vocab.json + merges.txt (with the config's special tokens, if any): what was loaded."""
+    p = Path(self.config.tokenizer.tokenizer_json or '')
+    loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
+    return p if self.config.tokenizer.tokenizer_json and loaded_json else self.tokenizer
 
 @patch
 def _prepare_data(self: Trainer):
-    from transformer_nb.data import prepare
     d = self.config.data
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
@@ -377,7 +384,6 @@ def _prepare_data(self: Trainer):
 
 @patch
 def _sampler(self: Trainer, shards, shuffle: bool, drop_last: bool = False):
-    from transformer_nb.data import SequentialSampler
     return SequentialSampler(shards, self.micro_batch, self.seq_len, seed=self.config.runtime.seed, rank=self.dist.rank,
                              world_size=self.dist.world_size, shuffle=shuffle, drop_last=drop_last,
                              pin_memory=self.device.type == 'cuda')
@@ -409,8 +415,7 @@ def _train_step(self: Trainer):
     for i in range(self.grad_accum):
         x, y = next(self.train_sampler)
         x, y = self._to_device(x), self._to_device(y)
-        sync = self.model.no_sync() if self.dist.enabled and i < self.grad_accum - 1 else contextlib.nullcontext()
-        with sync:
+        with self._grad_sync(i == self.grad_accum - 1):
             with self._autocast(): _, loss = self.model(x, y)
             loss_sum += loss.detach().float()
             out = loss / self.grad_accum
@@ -421,6 +426,7 @@ def _train_step(self: Trainer):
     if self.scaler is not None: self.scaler.unscale_(opt)
     max_norm = cfg.optimizer.max_grad_norm
     norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm if max_norm else float('inf'))
+    if isinstance(norm, DTensor): norm = norm.full_tensor()         # FSDP: the norm over all shards
     loss_bad = ~torch.isfinite(loss)
     bad = loss_bad | ~torch.isfinite(norm)
     if self.scaler is not None:                 # fp16: the scaler skips overflowing steps by itself
@@ -521,7 +527,6 @@ def _write_metrics(self: Trainer, rows: list[dict]):
 @patch
 def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
     "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char."
-    from transformer_nb.data import CorpusError
     n_micro = (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
     try: sampler = self._sampler(self.data.val, shuffle=False, drop_last=True)
     except CorpusError:
@@ -584,7 +589,7 @@ def trainer_state(self: Trainer) -> dict:
     "Everything besides model and optimizer needed to continue exactly (collective under DDP)."
     sch = self.config.scheduler
     return {'step': self.step, 'tokens_seen': self.tokens_seen, 'epoch': self.epoch, 'total_steps': self.total_steps,
-            'world_size': self.dist.world_size, 'global_batch_size': self.config.data.batch_size, 'seq_len': self.seq_len,
+            'world_size': self.dist.world_size, 'global_batch_size': self.global_batch, 'seq_len': self.seq_len,
             'scheduler': {'strategy': sch.strategy, 'next_lr': lr_at(self.step, sch, self.config.optimizer.learning_rate, self.total_steps)},
             'grad_scaler': self.scaler.state_dict() if self.scaler is not None else None,
             'sampler': self.train_sampler.state_dict(), 'rng': self._gather_json(get_rng_state()),
@@ -600,6 +605,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
     max_keep = max_keep if max_keep is not None else self.config.runtime.checkpoint.max_keep
     if hasattr(self, '_streak_t'): self._check_streak()
     state = self.trainer_state()
+    if self.ckpt_format == 'dcp': return self._save_dcp(directory, max_keep, state, regular, sample)
     self._barrier()
     path, err = None, None
     if self.is_main:
@@ -619,9 +625,8 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
-    if self.writer is None: return
+    if self.writer is None or self.parallel == 'fsdp': return      # FSDP: a forward needs every rank
     try:
-        from transformer_nb.generate import generate
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices), self._autocast():
@@ -636,13 +641,14 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
 @patch
 def _resume(self: Trainer):
     import yaml
+    if self.is_main: remove_leftovers(self.checkpoint_dir)   # (puts back a checkpoint whose re-save a crash cut short)
+    self._barrier()
     found = list_checkpoints(self.checkpoint_dir)
     with warnings.catch_warnings():
         if not self.is_main: warnings.simplefilter('ignore')
         ck = latest_checkpoint(self.checkpoint_dir)
     if ck is None:
         if found:
-            from transformer_nb.checkpoint import verify_checkpoint
             raise CheckpointError(f"{self.checkpoint_dir}: --resume found {len(found)} checkpoint(s) but none is valid "
                                   f"(newest: {'; '.join(verify_checkpoint(found[-1]))}); move them away to start over")
         self.log(f"notice: --resume: no checkpoint in {self.checkpoint_dir} yet; starting from scratch")
@@ -691,8 +697,9 @@ def _header(self: Trainer) -> str:
     c, w = self.config, self.dist.world_size
     n = self.raw_model.num_parameters()
     return (f"training {n / 1e6:.2f}M parameters on {self.device} ({self.precision}"
-            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es); "
-            f"global batch {c.data.batch_size} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
+            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es)"
+            f"{' (' + self.parallel.upper() + ')' if self.parallel != 'none' else ''}; "
+            f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
             f"({self.steps_per_epoch} per epoch)")
 
@@ -703,6 +710,8 @@ def fit(self: Trainer) -> dict:
     self._install_signals()
     try:
         result = self._fit()
+        self._finish_saves()                 # background (async) checkpoint writes end and are published
+        result['checkpoint'] = str(self.last_checkpoint) if self.last_checkpoint else None
         self._fit_completed = True
         return result
     finally:
@@ -762,3 +771,195 @@ def _result(self: Trainer) -> dict:
             'skipped_steps': self.skipped_steps, 'checkpoint': str(self.last_checkpoint) if self.last_checkpoint else None,
             'interrupted': self._stop_signal,
             'elapsed_seconds': self._elapsed_before + time.perf_counter() - self._fit_t0}
+
+# %% ../nbs/09_training.ipynb #a6d31a3d
+DISTRIBUTED = ('auto', 'ddp', 'fsdp')
+
+def resolve_parallelism(mode: str | None, world_size: int) -> str:
+    "'none' (one process), 'ddp' or 'fsdp' for `runtime.distributed` at `world_size` processes."
+    m = (mode or 'auto').lower()
+    if m not in DISTRIBUTED: raise TrainingError(f"runtime.distributed: unknown {mode!r} ({', '.join(DISTRIBUTED)})")
+    if world_size <= 1: return 'none'
+    return 'fsdp' if m == 'fsdp' else 'ddp'
+
+def checkpoint_format(runtime) -> str:
+    "`runtime.checkpoint.format`, defaulting to 'dcp' under `runtime.distributed: fsdp` and 'safetensors' otherwise."
+    f = runtime.checkpoint.format
+    if f: return str(f).lower()
+    return 'dcp' if str(runtime.distributed or 'auto').lower() == 'fsdp' else 'safetensors'
+
+# %% ../nbs/09_training.ipynb #1899aa67
+_NOT_VALUES = {'requires_grad_', 'share_memory_', 'retain_grad_'}
+_FACTORIES = {'ones', 'zeros', 'full', 'empty', 'ones_like', 'zeros_like', 'full_like', 'empty_like', 'tensor', 'arange'}
+
+class ShardedInit(TorchFunctionMode):
+    "Record rank `rank`'s rows (of `world_size`) of every tensor initialised on the meta device while active."
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank, self.world_size, self.rows = rank, world_size, {}
+
+    @staticmethod
+    def _key(t: torch.Tensor): return t.untyped_storage()._cdata
+
+    def _mine(self, full: torch.Tensor) -> torch.Tensor:
+        if full.dim() == 0: return full.clone()
+        chunks = torch.chunk(full, self.world_size, dim=0)
+        return (chunks[self.rank] if self.rank < len(chunks) else full[:0]).clone()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        if args: t, rest, kw = args[0], args[1:], kwargs
+        else: t, rest, kw = kwargs.get('tensor'), (), {k: v for k, v in kwargs.items() if k != 'tensor'}  # nn.init.*
+        if isinstance(t, torch.Tensor) and t.is_meta and name.endswith('_') and not name.startswith('_') and name not in _NOT_VALUES:
+            if t._is_view() or any(isinstance(a, torch.Tensor) for a in (*rest, *kw.values())):
+                raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a view or with tensor arguments")
+            if getattr(func, '__module__', '') == 'torch.nn.init' or name in ('normal_', 'uniform_', 'zero_', 'fill_'):
+                full = torch.empty(t.shape, dtype=t.dtype, device='cpu')     # overwrites every element: draw in full
+                func(full, *rest, **kw)
+                self.rows[self._key(t)] = self._mine(full)
+            elif self._key(t) in self.rows: func(self.rows[self._key(t)], *rest, **kw)
+            else: raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a tensor of unknown value")
+        elif name in _FACTORIES and isinstance(out, torch.Tensor) and out.is_meta:
+            self.rows[self._key(out)] = self._mine(func(*args, **{**kwargs, 'device': 'cpu'}))
+        return out
+
+    def local_rows(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        "This rank's rows of each parameter of `model` (built on meta while this mode was active), by name."
+        missing = [n for n, p in model.named_parameters() if self._key(p) not in self.rows]
+        if missing: raise TrainingError(f"runtime.distributed=fsdp: no initial value recorded for {', '.join(missing[:4])}")
+        return {n: self.rows[self._key(p)] for n, p in model.named_parameters()}
+
+# %% ../nbs/09_training.ipynb #b70960af
+def materialize(model: nn.Module, rows: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+    "Allocate the (sharded) parameters of a meta-device `model` on `device` and fill in this rank's `rows`."
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, 'to_local') else p
+            if tuple(local.shape) != tuple(rows[name].shape):
+                raise TrainingError(f"{name}: shard {tuple(local.shape)} != recorded rows {tuple(rows[name].shape)}")
+            local.copy_(rows[name])
+        for name, b in model.named_buffers():
+            if b.numel(): raise TrainingError(f"runtime.distributed=fsdp: buffer {name} would be left uninitialised")
+    return model
+
+def _checkpointed(forward):
+    "`forward` under non-reentrant activation checkpointing while gradients are on."
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled(): return forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    "Recompute each decoder block's activations in the backward pass (parameter names unchanged)."
+    for blk in model.layers: blk.forward = _checkpointed(blk.forward)
+    return model
+
+def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
+    "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
+    kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
+    for blk in model.layers: fully_shard(blk, **kw)
+    fully_shard(model, **kw)
+    return model
+
+# %% ../nbs/09_training.ipynb #47237eb2
+@patch
+def _build_model(self: Trainer, vocab: int) -> nn.Module:
+    "The model on this rank: plain (single process, DDP) or built on meta, sharded and materialised (FSDP)."
+    cfg, rt = self.config, self.config.runtime
+    if self.parallel != 'fsdp':
+        model = DecoderModel(cfg.model, vocab).to(self.device)
+        return apply_activation_checkpointing(model) if rt.activation_checkpointing else model
+    if self.precision == 'fp16':
+        raise TrainingError("runtime.precision=fp16 with runtime.distributed=fsdp: use bf16 (or fp32); fp16 loss "
+                            "scaling of sharded gradients is not supported")
+    rec = ShardedInit(self.dist.rank, self.dist.world_size)
+    with torch.device('meta'), rec: model = DecoderModel(cfg.model, vocab)
+    rows = rec.local_rows(model); del rec
+    if rt.activation_checkpointing: apply_activation_checkpointing(model)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if self.device.type == 'cuda' and self.precision == 'bf16' else None)
+    return materialize(shard_model(model, mp), rows, self.device)
+
+@patch
+def _check_parallel(self: Trainer):
+    "Settings that cannot work together, refused before any work (one line each)."
+    rt = self.config.runtime
+    self.parallel = resolve_parallelism(rt.distributed, self.dist.world_size)
+    self.ckpt_format = checkpoint_format(rt)
+    self.async_save = bool(rt.checkpoint.async_save)
+    if self.async_save and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.async_save needs runtime.checkpoint.format: dcp")
+    if self.parallel == 'fsdp' and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.format=safetensors with runtime.distributed=fsdp would gather the whole "
+                            "model on rank 0: use dcp (generate and export-hf read DCP checkpoints)")
+    algo = str(self.config.optimizer.algorithm).lower()
+    if self.parallel == 'fsdp' and algo == 'muon':
+        raise TrainingError("optimizer.algorithm=muon with runtime.distributed=fsdp: Muon orthogonalises whole matrices "
+                            "and FSDP gives it row shards (wrong updates, no error); use runtime.distributed=ddp")
+    self._ckpt_group = dist.new_group(backend='gloo') if self.async_save and self.dist.enabled else None
+    self._pending_saves = []
+
+@patch
+def _grad_sync(self: Trainer, last: bool):
+    "Context for one micro-step: gradients are reduced across processes only on the `last` one."
+    if self.parallel == 'fsdp':
+        self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if self.parallel == 'ddp' and not last: return self.model.no_sync()
+    return contextlib.nullcontext()
+
+# %% ../nbs/09_training.ipynb #cdb8f9d3
+@patch
+def _save_dcp(self: Trainer, directory: Path, max_keep, state: dict, regular: bool, sample: bool = True) -> Path | None:
+    "Every rank writes its shards into rank 0's staging folder; rank 0 publishes (now, or when an async write ends)."
+    self._finish_saves()
+    tmp, err = None, None
+    if self.is_main:
+        try: tmp = stage_checkpoint(directory, self.step)
+        except BaseException as e: err = e
+    if not self._all_true(err is None):
+        raise err if err is not None else CheckpointError(f"{directory}: rank 0 could not stage the checkpoint of step {self.step}")
+    tmp = Path(self._gather_json(str(tmp) if tmp is not None else None)[0])
+    job = {'tmp': tmp, 'step': self.step, 'state': state, 'max_keep': max_keep, 'regular': regular, 'fut': None, 'err': None}
+    try: job['fut'] = write_dcp(tmp, self.raw_model, self.optimizer, self.async_save, self._ckpt_group)
+    except Exception as e: job['err'] = e
+    if regular: self._saved_step = self.step
+    if job['fut'] is not None: self._pending_saves.append(job); path = None
+    else: path = self._publish(job)
+    if regular and sample and self.is_main: self._sample_to_tensorboard()
+    return path
+
+@patch
+def _publish(self: Trainer, job: dict) -> Path | None:
+    "Wait for every rank's shards of `job`, then rank 0 writes the manifest and renames the folder into place."
+    err = job['err']
+    if job['fut'] is not None:
+        try: job['fut'].result()
+        except Exception as e: err = e
+    wrote = self._all_true(err is None)
+    path, perr = None, None
+    if self.is_main:
+        try:
+            if wrote: path = publish_checkpoint(job['tmp'], job['step'], job['state'], self.config, self.tokenizer_source,
+                                                job['max_keep'], self.raw_model.vocab_size)
+            else: shutil.rmtree(job['tmp'], ignore_errors=True)
+        except BaseException as e: perr = e
+    published = self._all_true(perr is None)
+    if perr is not None: raise perr
+    if not wrote or not published:
+        cause = f" ({type(err).__name__}: {err})" if err is not None else ''
+        raise CheckpointError(f"{job['tmp'].parent}: writing the checkpoint of step {job['step']} failed{cause}; "
+                              "earlier checkpoints are intact")
+    if job['regular'] and self.is_main:
+        self.last_checkpoint = path
+        self.log(f"checkpoint: {path}")
+    return path
+
+@patch
+def _finish_saves(self: Trainer):
+    "Publish the checkpoints still being written in the background (in order)."
+    while getattr(self, '_pending_saves', None):
+        self._publish(self._pending_saves.pop(0))
