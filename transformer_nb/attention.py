@@ -14,11 +14,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ConfigError
-from .layers import init_linear, residual_init_std
 
 # %% auto #0
-__all__ = ['SDPA_GQA', 'ModelShapeError', 'make_attention_mask', 'attention_reference', 'repeat_kv', 'KVCache',
-           'CausalSelfAttention']
+__all__ = ['SDPA_GQA', 'init_linear', 'residual_init_std', 'ModelShapeError', 'make_attention_mask', 'attention_reference',
+           'repeat_kv', 'KVCache', 'CausalSelfAttention']
+
+# %% ../nbs/04_attention.ipynb #f16d5628
+def init_linear(linear: nn.Linear, std: float = 0.02) -> nn.Linear:
+    "Initialise `linear` in place: weights from normal(0, `std`), bias (if any) to zero. Returns it."
+    nn.init.normal_(linear.weight, mean=0.0, std=std)
+    if linear.bias is not None: nn.init.zeros_(linear.bias)
+    return linear
+
+def residual_init_std(num_layers: int, std: float = 0.02) -> float:
+    "The std for projections that write into the residual stream: `std / sqrt(2 * num_layers)`."
+    return std / math.sqrt(2 * num_layers)
 
 # %% ../nbs/04_attention.ipynb #f3a6a49c
 class ModelShapeError(ConfigError, ValueError):

@@ -28,15 +28,20 @@ import safetensors
 import safetensors.torch
 from torch import nn
 
-from .config import UserError, sha256_bytes, sha256_file, utc_now_iso
+import transformer_nb
+from .base import _existing, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .config import config_to_dict, config_to_yaml, load_config
+from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
+from .model import DecoderModel
 
 # %% auto #0
 __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
-           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'LOCK_NAME', 'CheckpointError', 'CheckpointWarning',
-           'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state', 'set_rng_state',
-           'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers', 'save_checkpoint',
-           'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step', 'latest_checkpoint',
-           'prune_checkpoints', 'load_model_tensors', 'load_checkpoint', 'RunLockError', 'RunLock']
+           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'RUN_LAYOUT', 'LOCK_NAME', 'CheckpointError',
+           'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state',
+           'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers',
+           'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step',
+           'latest_checkpoint', 'prune_checkpoints', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint',
+           'load_for_generation', 'RunLockError', 'RunLock']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -171,7 +176,6 @@ def _json_dumps(obj) -> str: return json.dumps(obj, indent=1, sort_keys=True, al
 def config_dict(config) -> dict | None:
     "A plain dict of `config` (a `Config`, a dict, or None)."
     if config is None or isinstance(config, dict): return config
-    from transformer_nb.config import config_to_dict
     return config_to_dict(config)
 
 def canonical_sha256(obj) -> str:
@@ -189,7 +193,6 @@ def diff_dicts(old: dict, new: dict, prefix: str = '') -> list[str]:
 
 # %% ../nbs/08_checkpoint.ipynb #09ceaf16
 def _versions() -> dict:
-    import transformer_nb
     v = {'transformer_nb': getattr(transformer_nb, '__version__', None), 'torch': torch.__version__,
          'safetensors': safetensors.__version__, 'numpy': np.__version__, 'python': platform.python_version()}
     try:
@@ -201,18 +204,11 @@ def _copy_tokenizer(src, dst: Path):
     "Copy tokenizer artifacts (a folder or a tokenizer.json) into `dst`; a `tokenizers.Tokenizer` is saved as tokenizer.json."
     if hasattr(src, 'to_str'):
         dst.mkdir(parents=True, exist_ok=True); (dst / 'tokenizer.json').write_text(src.to_str(), encoding='utf-8'); return
-    try:
-        from transformer_nb.tokenizer import copy_tokenizer_artifacts
-    except ImportError: copy_tokenizer_artifacts = None
-    if copy_tokenizer_artifacts is not None: copy_tokenizer_artifacts(src, dst); return
-    src = Path(src); dst.mkdir(parents=True, exist_ok=True)
-    files = [src] if src.is_file() else [p for p in sorted(src.iterdir()) if p.is_file()]
-    for f in files: shutil.copyfile(f, dst / f.name)
+    copy_tokenizer_artifacts(src, dst)
 
 def _config_yaml(config, cfg: dict) -> str:
     "The YAML text of the config: `config_to_yaml` for a `Config` (what `load_config` reads back), else a plain dump."
     if not isinstance(config, dict):
-        from transformer_nb.config import config_to_yaml
         return config_to_yaml(config, header=f'resolved config of the run (checkpoint written {utc_now_iso()})')
     import yaml
     return yaml.safe_dump(cfg, sort_keys=False)
@@ -405,6 +401,75 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
     if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")
     return state
+
+# %% ../nbs/08_checkpoint.ipynb #a5d0c3fe
+# the run directory's layout (names relative to it)
+RUN_LAYOUT = {'special_tokens': 'special_tokens.txt', 'tokenizer': 'tokenizer', 'config': 'training.yaml',
+              'data': 'data', 'checkpoints': 'checkpoints', 'best': 'best', 'tensorboard': 'tensorboard',
+              'samples': 'samples.txt'}
+
+def _config_dirs(run: Path) -> tuple[Path, Path]:
+    "The (best, checkpoints) folders of a run directory: from its training.yaml when there is one."
+    best, ckpts = run / RUN_LAYOUT['best'], run / RUN_LAYOUT['checkpoints']
+    cfg_file = run / RUN_LAYOUT['config']
+    if cfg_file.is_file():
+        try:
+            cfg = load_config(cfg_file)
+            if cfg.runtime.evaluation.best.directory: best = Path(cfg.runtime.evaluation.best.directory)
+            if cfg.runtime.checkpoint.directory: ckpts = Path(cfg.runtime.checkpoint.directory)
+        except UserError as e: logger.warning(f"{cfg_file}: ignored ({one_line(e)})")
+    return best, ckpts
+
+def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
+    "The checkpoint folder to generate from: `checkpoint` itself (or the newest valid one in it), or the best/newest of `run_dir`."
+    p = _existing(checkpoint, 'checkpoint folder', 'dir') if checkpoint is not None else None
+    run = _existing(run_dir, 'run directory', 'dir') if checkpoint is None else None
+    if p is not None:
+        if (p / 'manifest.json').is_file():
+            if problems := verify_checkpoint(p): raise CheckpointError(f"{checkpoint}: not a valid checkpoint: {problems[0]}")
+            return p
+        if list_checkpoints(p):
+            if (found := latest_checkpoint(p)) is None: raise CheckpointError(f"{checkpoint}: no valid checkpoint in it")
+            return found
+        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (no manifest.json) and holds no step_* checkpoints")
+    best, ckpts = _config_dirs(run)
+    for folder in (best, ckpts, run):           # (a folder of step_* checkpoints given as --run-dir works too)
+        if list_checkpoints(folder) and (found := latest_checkpoint(folder)) is not None: return found
+    raise CheckpointError(f"{run_dir}: no valid checkpoint in {best} or {ckpts} (train first, or give --checkpoint DIR)")
+
+# %% ../nbs/08_checkpoint.ipynb #b3eadb83
+def _device(name: str | None = 'auto') -> torch.device:
+    "The device to run a loaded model on (auto: cuda > mps > cpu); a CheckpointError when it is not available."
+    name = (name or 'auto').lower()
+    mps_ok = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps_ok else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise CheckpointError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+    if name == 'mps' and not mps_ok: raise CheckpointError("device 'mps' requested but MPS is not available")
+    try: return torch.device(name)
+    except RuntimeError: raise CheckpointError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+
+def load_for_generation(ckpt, device: str = 'auto'):
+    "(model, tokenizer, config) from a self-contained checkpoint folder, the model in eval mode on `device`."
+    ckpt = Path(ckpt)
+    if not (ckpt / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: missing; this checkpoint does not hold its config")
+    cfg = load_config(ckpt / CONFIG_FILE)
+    tok_src = ckpt / TOKENIZER_DIR
+    if not tok_src.is_dir():
+        tok_src = Path(cfg.tokenizer.tokenizer_json or '')
+        if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
+                                                        f"{cfg.tokenizer.tokenizer_json} is not there either")
+    tok = build_from_artifacts(tok_src)
+    try:
+        with safetensors.safe_open(str(ckpt / MODEL_FILE), framework='pt') as f:
+            vocab = f.get_slice('embed_tokens.weight').get_shape()[0]
+    except Exception as e:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: unreadable ({type(e).__name__}: {one_line(e)})") from None
+    model = DecoderModel(cfg.model, vocab)
+    load_checkpoint(ckpt, model)
+    dev = _device(device)
+    return model.to(dev).eval(), tok, cfg
 
 # %% ../nbs/08_checkpoint.ipynb #9fd1e65e
 try: import fcntl

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .config import UserError
+from .base import UserError
 from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES
 
 # %% auto #0

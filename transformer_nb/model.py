@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CausalSelfAttention, KVCache, ModelShapeError, _attention_shape
-from .layers import MLP, init_linear, make_norm, residual_init_std, residual_step
 from .rope import rope_from_config
+from .attention import _attention_shape, CausalSelfAttention, KVCache, ModelShapeError
+from .layers import init_linear, make_norm, MLP, residual_init_std, residual_step
 
 # %% auto #0
 __all__ = ['DecoderBlock', 'DecoderModel']
@@ -147,10 +147,3 @@ class DecoderModel(nn.Module):
         max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
         H, KV, d = _attention_shape(self.config)
         return KVCache(self.config.num_layers, batch_size, KV, max_len, d, device=device, dtype=dtype)
-
-    @classmethod
-    def from_hf(cls, path, dtype=None, device=None) -> "DecoderModel":
-        """Load a local Hugging Face Llama folder (config.json + safetensors, no network, no pickle):
-        see [12_export](12_export.ipynb) for the name mapping and what is refused."""
-        from transformer_nb.export import load_hf
-        return load_hf(path, dtype=dtype, device=device)

@@ -24,8 +24,10 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from .config import (UserError, atomic_write_bytes, atomic_write_text, sha256_bytes,
-                                   sha256_file, utc_now_iso)
+import transformer_nb
+from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
+                                 utc_now_iso)
+from .sources import resolve_sources
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
@@ -279,7 +281,6 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
 
 # %% ../nbs/01_tokenizer.ipynb #a9beac60
 def _versions() -> dict:
-    import transformer_nb
     return {'transformer_nb': getattr(transformer_nb, '__version__', None), 'tokenizers': tokenizers.__version__,
             'python': platform.python_version()}
 
@@ -509,9 +510,7 @@ class TokenizerTrainingSummary:
         return '\n'.join(lines)
 
 def _resolve(inputs) -> list[Path]:
-    try: from transformer_nb.data import resolve_sources  # optional: named sources like 'shakespeare'
-    except ImportError: return expand_inputs(inputs)
-    return list(resolve_sources(inputs))
+    return list(resolve_sources(inputs))   # files, folders, globs, and named sources like 'shakespeare'
 
 def _sample_lines(paths: Sequence[Path], max_chars: int) -> Iterator[str]:
     n = 0

@@ -26,10 +26,16 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch import nn
 
-from .config import UserError, ConfigError, sha256_file
-from .checkpoint import (CheckpointError, RunLock, checkpoint_name, config_dict, diff_dicts,
-                                       get_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                       read_manifest, save_checkpoint, set_rng_state, unwrap_model)
+from .base import sha256_file, UserError
+from .config import ConfigError, load_config
+from .sources import CorpusError
+from .tokenizer import tokenizer_from_config
+from .data import prepare, SequentialSampler
+from .model import DecoderModel
+from .generate import generate
+from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
+                                       latest_checkpoint, list_checkpoints, load_checkpoint, read_manifest, RunLock,
+                                       save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
@@ -223,7 +229,6 @@ class Trainer:
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None):
         if isinstance(config, (str, os.PathLike)):
-            from transformer_nb.config import load_config
             config = load_config(config)
         self.config, self.resume, self.max_bad_steps = config, bool(resume), int(max_bad_steps)
         self._peak_flops = peak_flops
@@ -303,8 +308,6 @@ def _resolve_paths(self: Trainer, run_dir=None):
 # %% ../nbs/09_training.ipynb #9ec3fbf3
 @patch
 def _setup(self: Trainer):
-    from transformer_nb.tokenizer import tokenizer_from_config
-    from transformer_nb.model import DecoderModel
     cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
     seed_everything(cfg.runtime.seed)
     self.tokenizer = tokenizer_from_config(cfg.tokenizer)
@@ -358,7 +361,6 @@ def _tokenizer_source(self: Trainer):
 
 @patch
 def _prepare_data(self: Trainer):
-    from transformer_nb.data import prepare
     d = self.config.data
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
@@ -377,7 +379,6 @@ def _prepare_data(self: Trainer):
 
 @patch
 def _sampler(self: Trainer, shards, shuffle: bool, drop_last: bool = False):
-    from transformer_nb.data import SequentialSampler
     return SequentialSampler(shards, self.micro_batch, self.seq_len, seed=self.config.runtime.seed, rank=self.dist.rank,
                              world_size=self.dist.world_size, shuffle=shuffle, drop_last=drop_last,
                              pin_memory=self.device.type == 'cuda')
@@ -521,7 +522,6 @@ def _write_metrics(self: Trainer, rows: list[dict]):
 @patch
 def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
     "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char."
-    from transformer_nb.data import CorpusError
     n_micro = (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
     try: sampler = self._sampler(self.data.val, shuffle=False, drop_last=True)
     except CorpusError:
@@ -621,7 +621,6 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None: return
     try:
-        from transformer_nb.generate import generate
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices), self._autocast():
@@ -642,7 +641,6 @@ def _resume(self: Trainer):
         ck = latest_checkpoint(self.checkpoint_dir)
     if ck is None:
         if found:
-            from transformer_nb.checkpoint import verify_checkpoint
             raise CheckpointError(f"{self.checkpoint_dir}: --resume found {len(found)} checkpoint(s) but none is valid "
                                   f"(newest: {'; '.join(verify_checkpoint(found[-1]))}); move them away to start over")
         self.log(f"notice: --resume: no checkpoint in {self.checkpoint_dir} yet; starting from scratch")
