@@ -515,7 +515,7 @@ def _build(job: _Job, out: Path) -> dict:
     if not man['val']['num_tokens']:
         shutil.rmtree(part, ignore_errors=True)
         raise CorpusError(f"{job.train[0].name}: the validation split came out empty")
-    (part/_JOURNAL).unlink()
+    (part/_JOURNAL).unlink(missing_ok=True)
     atomic_write_text(part/'manifest.json', json.dumps(man, indent=1))
     try: os.rename(part, out)
     except OSError:                                        # a broken leftover under the final name: replace it

@@ -489,6 +489,8 @@ def _text_value(v, field: str, where: str) -> str:
     raise CorpusError(f"{where}: field {field!r} is {_json_type(v)}, not a string")
 
 # %% ../nbs/01_sources.ipynb #e80e67eb
+_ARRAY_HINT = " (a JSON array, not JSON Lines: write one object per line, e.g. with jq -c '.[]')"
+
 def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
     "`(record index, text)` of a JSON Lines file, from record `start` on (blank lines are no records)."
     index = -1
@@ -499,14 +501,16 @@ def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
             index += 1
             if index < start: continue
             where = f"{src.path}:{lineno}"
-            try: line = raw.decode('utf-8')
+            try: line = raw.rstrip(b'\r\n').decode('utf-8')
             except UnicodeDecodeError as e:
                 raise CorpusError(f"{where}: not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
             try: rec = json.loads(line)
             except json.JSONDecodeError as e:
-                hint = (" (a JSON array, not JSON Lines: write one object per line, e.g. with jq -c '.[]')"
-                        if lineno == 1 and line.lstrip().startswith('[') else '')
-                raise CorpusError(f"{where}: invalid JSON: {e.msg} at column {e.colno}{hint}") from None
+                hint = _ARRAY_HINT if lineno == 1 and line.lstrip().startswith('[') else ''
+                raise CorpusError(f"{where}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+            if not isinstance(rec, dict):
+                raise CorpusError(f"{where}: a record must be a JSON object, this is {_json_type(rec)}"
+                                  + (_ARRAY_HINT if isinstance(rec, list) else ''))
             yield index, normalize_text(_text_value(get_field(rec, src.field, where), src.field, where))
 
 # %% ../nbs/01_sources.ipynb #3aed1cc5
