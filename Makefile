@@ -3,6 +3,7 @@
 #   make demo   set up, then the local end-to-end run (tokenizer -> data -> model -> samples)
 #   make test   set up, then every test: notebooks clean and in sync, nbdev-test, pytest
 #   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
+#   make docs-check   build the site, check its HTML, screenshot it with headless Chromium if present
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,11 +13,11 @@ RUN    ?= runs/local-smoke
 # (multi-GB CUDA) download; pyproject.toml only declares a range that this satisfies.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test test-nbs test-py sync docs docs-quarto nbs clean
+.PHONY: venv demo test test-nbs test-py sync docs docs-check docs-quarto nbs clean
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '2,5p' Makefile | sed 's/^# *//'
+	@sed -n '2,6p' Makefile | sed 's/^# *//'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transformer_nb needs Python 3.11 or newer (found %s)" % sys.version.split()[0])'
@@ -46,6 +47,13 @@ test-py: venv
 
 docs: venv
 	$(BIN)/python tools/build_docs.py --out docs
+
+# the site built, then checked: tests/test_docs.py on its HTML (math and search offline, outputs
+# apart from code, no temp paths or warnings, classes, 404 page, alt text), then screenshots and
+# in-browser checks with headless Chromium where it is installed (skipped with a message where not)
+docs-check: docs
+	TNB_DOCS_SITE=docs $(BIN)/python -m pytest -q tests/test_docs.py
+	$(BIN)/python tools/docs_check.py --site docs --out _proc/screenshots
 
 # the Quarto site (where Quarto is installed)
 docs-quarto: venv

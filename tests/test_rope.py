@@ -85,3 +85,13 @@ def test_from_config_reads_only_attributes():
         return
     r = rope_from_config(ModelConfig())
     assert r.head_dim == ModelConfig().hidden_size // ModelConfig().num_attention_heads and r.scaling is None
+
+
+def test_cos_sin_device_without_index_is_a_hit():
+    "'cpu:0' (or 'cuda' on a GPU) names the cache's device: no rebuild on every call."
+    devices = ['cpu:0'] + (['cuda', 'cuda:0'] if torch.cuda.is_available() else [])
+    for dev in devices:
+        r = RotaryEmbedding(16)
+        for _ in range(3): cos, _ = r.cos_sin(8, device=dev)
+        assert r.stats == {'hits': 2, 'misses': 1, 'rebuilds': 0}, (dev, r.stats)
+        assert cos.device == torch.empty(0, device=dev).device

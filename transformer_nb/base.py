@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso',
-           'say', 'human', 'fmt_secs', 'one_line', 'run_command', 'setup_logging']
+__all__ = ['UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode', 'atomic_write_bytes',
+           'atomic_write_text', 'utc_now_iso', 'say', 'human', 'fmt_secs', 'one_line', 'run_command', 'setup_logging']
 
 # %% ../nbs/00_base.ipynb #f3e3a19c
 class UserError(Exception):
@@ -42,8 +42,26 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 # %% ../nbs/00_base.ipynb #d645862d
+def fsync_dir(path) -> None:
+    "fsync folder `path`, so that the names created or renamed in it survive a power cut (where the OS allows it)."
+    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    except OSError: return                                    # e.g. Windows: folders can't be opened
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
+def file_mode() -> int:
+    "The mode a new file gets from `open()`: 0o666 less the process umask (read without changing it, where possible)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    old = os.umask(0o022); os.umask(old)
+    return 0o666 & ~old
+
 def atomic_write_bytes(path, data: bytes):
-    "Write `data` to `path` via a temporary file in the same folder and an atomic rename (fsynced)."
+    """Write `data` to `path` durably: a temporary file in the same folder (fsynced, given the mode a plain
+    `open()` would give), renamed over `path`, then the folder fsynced so that the new name is on disk too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -51,11 +69,13 @@ def atomic_write_bytes(path, data: bytes):
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
+            if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 def atomic_write_text(path, text: str):
     "Write `text` (UTF-8) to `path` atomically."

@@ -295,8 +295,8 @@ class StepRunner(Trainer):
             self.precision, self.amp_dtype = resolve_precision(config.runtime.precision, self.device)
         self.seq_len = config.sequence_length
         self.grad_accum = config.data.gradient_accumulation_steps
-        self.micro_batch = config.data.batch_size // self.grad_accum
-        self.tokens_per_step = config.data.batch_size * self.seq_len
+        self.micro_batch = config.micro_batch_size()
+        self.tokens_per_step = self.micro_batch * self.grad_accum * self.seq_len
         torch.manual_seed(config.runtime.seed)
         self.raw_model = DecoderModel(config.model, vocab_size).to(self.device)
         self.optimizer = build_optimizer(self.raw_model, config.optimizer, self.device)

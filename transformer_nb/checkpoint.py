@@ -8,6 +8,8 @@ Docs: https://transformer-nb.github.io/transformer_nb/checkpoint.html.md"""
 from __future__ import annotations
 
 import base64
+import ctypes
+import errno
 import json
 import logging
 import os
@@ -29,7 +31,7 @@ import safetensors.torch
 from torch import nn
 
 import transformer_nb
-from .base import _existing, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
 from .model import DecoderModel
@@ -130,7 +132,7 @@ def set_rng_state(state: dict) -> None:
 
 # %% ../nbs/08_checkpoint.ipynb #172aeec0
 CHECKPOINT_RE = re.compile(r'^step_(\d{12})$')
-_LEFTOVER_RE = re.compile(r'^\.(tmp|trash)-step_\d{12}-(\d+)-[0-9a-f]+$')
+_LEFTOVER_RE = re.compile(r'^\.(tmp|trash|old)-(step_\d{12})-(\d+)-[0-9a-f]+$')
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON, STATE_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR = (
     'model.safetensors', 'optimizer.safetensors', 'optimizer.json', 'trainer_state.json',
     'training.yaml', 'manifest.json', 'tokenizer')
@@ -158,6 +160,7 @@ def _write_bytes(path: Path, data: bytes) -> dict:
 def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     "Save tensors with safetensors, fsync, and return the manifest entry."
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, file_mode())                              # safetensors makes it 0600; the run's files follow the umask
     _fsync_path(path)
     return {'sha256': sha256_file(path), 'size': path.stat().st_size}
 
@@ -171,6 +174,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 def _json_dumps(obj) -> str: return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + '\n'
+
+# %% ../nbs/08_checkpoint.ipynb #5edf880d
+def _load_swap():
+    "The platform's atomic swap of two paths, as `f(a: bytes, b: bytes) -> errno` (0: done), or None."
+    try: libc = ctypes.CDLL(None, use_errno=True)
+    except (OSError, TypeError): return None
+    if sys.platform.startswith('linux') and hasattr(libc, 'renameat2'):
+        fn, args, call = libc.renameat2, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], \
+            lambda f, a, b: f(-100, a, -100, b, 2)           # AT_FDCWD, RENAME_EXCHANGE
+    elif sys.platform == 'darwin' and hasattr(libc, 'renamex_np'):
+        fn, args, call = libc.renamex_np, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint], \
+            lambda f, a, b: f(a, b, 2)                       # RENAME_SWAP
+    else: return None
+    fn.argtypes, fn.restype = args, ctypes.c_int
+    return lambda a, b: 0 if call(fn, a, b) == 0 else ctypes.get_errno()
+
+_SWAP = _load_swap()
+
+def _rename_exchange(a, b) -> bool:
+    "Swap the paths `a` and `b` (both exist) atomically; False where the platform or the filesystem can't."
+    if _SWAP is None: return False
+    err = _SWAP(os.fsencode(a), os.fsencode(b))
+    if err == 0: return True
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV): return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    "Put the complete folder `tmp` in place as `final`; an existing `final` stays valid until the new one is there."
+    if not final.exists(): os.rename(tmp, final)
+    elif _rename_exchange(tmp, final): pass                 # `tmp` now holds the old folder
+    else:
+        old = final.with_name(f'.old-{final.name}-{os.getpid()}-{secrets.token_hex(4)}')
+        os.rename(final, old)                                # a crash now: remove_leftovers puts it back
+        try: os.rename(tmp, final)
+        except BaseException: os.rename(old, final); raise
+        tmp = old
+    _fsync_path(final.parent)
+    if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/08_checkpoint.ipynb #5b9bf695
 def config_dict(config) -> dict | None:
@@ -214,13 +255,17 @@ def _config_yaml(config, cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 def remove_leftovers(dir_root) -> list[Path]:
-    "Delete temporary/trash folders left in `dir_root` by saves whose process is gone (or by this one)."
+    """Clean up after saves whose process is gone (or this one): delete their temporary/trash folders, and put
+    back an `.old-step_N-…` folder whose replacement never got into place (else delete it)."""
     removed = []
-    for p in Path(dir_root).iterdir() if Path(dir_root).is_dir() else []:
+    for p in sorted(Path(dir_root).iterdir()) if Path(dir_root).is_dir() else []:
         m = _LEFTOVER_RE.match(p.name)
-        if m and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
-            shutil.rmtree(p, ignore_errors=True); removed.append(p)
-            logger.info("removed leftover %s", p)
+        if not m or (int(m.group(3)) != os.getpid() and _pid_alive(int(m.group(3)))): continue
+        if m.group(1) == 'old' and not (p.parent / m.group(2)).exists():
+            os.rename(p, p.parent / m.group(2)); _fsync_path(p.parent)
+            logger.info("restored %s (its replacement was never put in place)", p.parent / m.group(2)); continue
+        shutil.rmtree(p, ignore_errors=True); removed.append(p)
+        logger.info("removed leftover %s", p)
     return removed
 
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -268,13 +313,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
                     'tied_weights': aliases, 'versions': _versions()}
         _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
         _fsync_path(tmp)
-        trash = None
-        if final.exists():
-            trash = dir_root / f'.trash-{name}-{os.getpid()}-{secrets.token_hex(4)}'
-            os.rename(final, trash)
-        os.rename(tmp, final)
-        _fsync_path(dir_root)
-        if trash is not None: shutil.rmtree(trash, ignore_errors=True)
+        _publish_dir(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, RuntimeError, safetensors.SafetensorError)):

@@ -332,9 +332,10 @@ def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), over
 def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | None = None, max_new_tokens: int = 100,
                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                 repetition_penalty: float = 1.0, seed: int | None = None, use_kv_cache: bool = True,
-                stop_at_eos: bool = False, doc_break: str = '\n\n') -> tuple[str, int]:
+                stop_at_eos: bool = False, doc_break: str = '\n\n', compile: bool = False) -> tuple[str, int]:
     """Continue `prompt` (as the start of a document), passing each decoded piece to `write` as it comes;
-    an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). Returns (text, tokens)."""
+    an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). `compile`: static KV cache and
+    a `torch.compile`d decoding step (07_generate). Returns (text, tokens)."""
     model = unwrap_model(model)
     eos = eos_id(tokenizer)
     pad = pad_id(tokenizer)
@@ -354,7 +355,7 @@ def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | 
                 out(doc_break[k:])
         else: out(dec[0].push(t))
     generate_ids(model, [ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, use_kv_cache,
-                 eos if stop_at_eos else None, eos if pad is None else pad, on_step)
+                 eos if stop_at_eos else None, eos if pad is None else pad, on_step, compile=compile)
     out(dec[0].flush())
     return ''.join(parts), n[0]
 
@@ -685,6 +686,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument('--repetition-penalty', type=float, default=1.0, metavar='R', help="> 1 discourages repeating tokens")
     p.add_argument('--seed', type=int, metavar='S', help="seed for reproducible sampling")
     p.add_argument('--no-kv-cache', action='store_true', help="recompute the whole context each step (slower; for checking)")
+    p.add_argument('--compile', action='store_true', help="static KV cache and a torch.compile'd decoding step (CUDA "
+                   "graphs on a GPU): faster per token after a one-off compile of some seconds")
     p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
     p.add_argument('--no-echo', action='store_true', help="print only the generated text, not the prompt")
@@ -693,10 +696,12 @@ def generate_parser() -> argparse.ArgumentParser:
     p.set_defaults(_info_to_stderr=True)
     return p
 
+# %% ../nbs/10_cli.ipynb #9c757fbe
 def _generate(args) -> int:
     with torch_threads(args.threads): return _generate_with(args)
 
 def _generate_with(args) -> int:
+    if args.compile and args.no_kv_cache: raise CommandError("--compile needs the KV cache: drop --no-kv-cache")
     ckpt = find_checkpoint(args.run_dir, args.checkpoint)
     t0 = time.time()
     model, tok, cfg = load_for_generation(ckpt, args.device)
@@ -712,11 +717,11 @@ def _generate_with(args) -> int:
     t1 = time.time()
     _, n = stream_text(model, tok, prompt, write, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                       use_kv_cache=not args.no_kv_cache, stop_at_eos=args.stop_at_eos)
+                       use_kv_cache=not args.no_kv_cache, stop_at_eos=args.stop_at_eos, compile=args.compile)
     sys.stdout.write((prompt if echo[0] else '') + '\n'); sys.stdout.flush()
     dt = time.time() - t1
     err(f"generate: {n} tokens in {fmt_secs(dt)} ({n / max(dt, 1e-9):.1f} tokens/s"
-        f"{', no KV cache' if args.no_kv_cache else ''})")
+        f"{', no KV cache' if args.no_kv_cache else ''}{', compiled (includes compiling)' if args.compile else ''})")
     return 0
 
 def generate_main(argv: Sequence[str] | None = None) -> int:

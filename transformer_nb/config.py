@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
-                                 utc_now_iso)
+from .base import (UserError, atomic_write_bytes, atomic_write_text, file_mode, fsync_dir, sha256_bytes,
+                                 sha256_file, utc_now_iso)   # re-exported: they lived here before base
 
 # %% auto #0
 __all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
@@ -438,9 +438,9 @@ def _check_relations(cfg: Config, where: str):
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
-    need(d.batch_size % d.gradient_accumulation_steps == 0,
+    need(d.batch_size % d.gradient_accumulation_steps == 0 or d.batch_size < d.gradient_accumulation_steps,
          f"data.batch_size ({d.batch_size}, the global batch) must be divisible by "
-         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps})")
+         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps}), or smaller than it (the micro-batch)")
     need(cfg.sequence_length <= m.max_position_embeddings, f"data.sequence_length ({d.sequence_length}) "
          f"exceeds model.max_position_embeddings ({m.max_position_embeddings})")
     need(s.total_steps is None or s.warmup_steps <= s.total_steps,

