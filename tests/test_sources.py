@@ -7,7 +7,7 @@ normalisation shared by the tokenizer and prepare (issue 19, item 3).
 - bad input is one line naming the place (file:line, the fields present, the columns, the
   compressed byte offset, an unreachable hf: name), exit status 2 from a command, no cache left;
 - prepare: byte-identical shards for 1, 2 and 3 workers; bounded shard files; a SIGKILLed
-  prepare-data resumes and ends byte-identical to an uninterrupted run; duplicate documents
+  prepare (and its workers) resumes and ends byte-identical to an uninterrupted run; duplicate documents
   counted and dropped with --dedupe;
 - a CRLF + byte-order-mark corpus trains the same tokenizer and gives the same shards as its
   LF twin (fails without the shared normalisation: the tokenizer learns '\\r' merges).
@@ -219,26 +219,29 @@ def test_dedupe_counts_and_drops(tmp_path, tok):
     assert (n(kept), n(dropped)) == (7, 5)
 
 
-def test_killed_prepare_data_resumes_byte_identical(tmp_path, tok):
+PREPARE = ("import sys; from transformer_nb.data import prepare; "
+           "prepare(sys.argv[1], sys.argv[2], sys.argv[3], workers=2, batch_chars=20_000, shard_tokens=4_000, show_progress=False)")
+
+
+def test_killed_prepare_resumes_byte_identical(tmp_path, tok):
     (tmp_path/'in').mkdir()
     with gzip.open(tmp_path/'in'/'big.jsonl.gz', 'wt') as f:
         for t in make_docs(12_000, seed=3): f.write(json.dumps({'text': t}) + '\n')
-    args = ['--tokenizer', tok, '--input', tmp_path/'in', '--workers', '2', '--shard-tokens', '4000', '--no-progress']
-    whole = run('prepare-data', *args, '--out', tmp_path/'whole')
+    job = lambda out: [sys.executable, '-c', PREPARE, str(tmp_path/'in'), str(tok), str(tmp_path/out)]
+    whole = subprocess.run(job('whole'), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    p = subprocess.Popen([str(BIN/'prepare-data'), *map(str, args), '--out', tmp_path/'cut'], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(job('cut'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None and not list((tmp_path/'cut').glob('.partial-*/journal.json')):
-        time.sleep(0.05)
-    assert p.poll() is None, 'prepare-data finished before it could be killed'
-    os.killpg(p.pid, signal.SIGKILL); p.wait()
+        time.sleep(0.02)
+    assert p.poll() is None, 'prepare finished before it could be killed'
+    os.killpg(p.pid, signal.SIGKILL); p.wait()                  # the process and its workers, mid-run
     assert not list((tmp_path/'cut').glob('tokens-*'))
-    again = run('prepare-data', *args, '--out', tmp_path/'cut')
+    again = subprocess.run(job('cut'), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and 'resuming the interrupted prepare' in again.stderr, again.stderr
     (a,), (b,) = (list((tmp_path/x).glob('tokens-*')) for x in ('whole', 'cut'))
     ma, mb = (json.loads((d/'manifest.json').read_text()) for d in (a, b))
+    assert len(ma['train']['shards']) > 10
     assert [s['sha256'] for s in ma['train']['shards'] + ma['val']['shards']] == \
            [s['sha256'] for s in mb['train']['shards'] + mb['val']['shards']]
     assert sorted(p.name for p in (tmp_path/'cut').iterdir()) == [b.name]

@@ -413,8 +413,8 @@ def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val
     """`(take_val, break_after, dropped)`: `take_val()` is asked once per document kept, `break_after` splits a
     one-document corpus after that many lines, `dropped` numbers the duplicate documents left out."""
     n_train = sum(f.documents for f in report.files[:n_train_sources])
-    dropped = list(report.duplicates) if dedupe else []
-    n_docs = n_train - sum(1 for i in dropped if i < n_train)
+    dropped = report.duplicates if dedupe else ()
+    n_docs = n_train - int(np.searchsorted(dropped, n_train))
     if val_files: return (lambda: False), None, dropped
     if n_docs >= 2:
         n_val = min(max(1, round(val_fraction * n_docs)), n_docs - 1)
@@ -502,7 +502,7 @@ def _build(job: _Job, out: Path) -> dict:
     "Validate, split, tokenize into the partial folder (resuming it), then publish it as `out`; returns the manifest."
     report = validate_corpus(Corpus(list(job.train) + list(job.val)), show_progress=job.show_progress)
     for w in report.warnings: job.say(f'warning: {w}')
-    if report.duplicates:
+    if report.num_duplicates:
         job.say(f"{report.num_duplicates:,} exact duplicate document(s)" + (' left out (dedupe)' if job.dedupe else ''))
     t_val = time.perf_counter() - job.t0
     take_val, break_after, dropped = _split_plan(report, len(job.train), len(job.val) > 0, job.val_fraction, job.seed,

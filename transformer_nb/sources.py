@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl
 
+import numpy as np
 from tqdm import tqdm
 
 from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
@@ -686,7 +687,7 @@ class CorpusReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     skipped: Counter = field(default_factory=Counter)    # files left out of folders, by extension
-    duplicates: list[int] = field(default_factory=list)  # indices (over the whole corpus) of repeated documents
+    duplicates: Sequence[int] = ()   # numbers (over the whole corpus, sorted) of the repeated documents
 
     @property
     def num_bytes(self) -> int: return sum(f.bytes for f in self.files)
@@ -720,7 +721,7 @@ class CorpusReport:
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
                    f'{self.num_chars:,} characters ({self.seconds:.2f} s, {mb / max(self.seconds, 1e-9):.1f} MB/s)')
         if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
-        if self.duplicates: out.append(f'{self.num_duplicates:,} exact duplicate document(s) (--dedupe drops them)')
+        if len(self.duplicates): out.append(f'{self.num_duplicates:,} exact duplicate document(s) (--dedupe drops them)')
         if self.warnings: out += [f'{len(self.warnings)} warning(s):'] + [f'  warning: {w}' for w in self.warnings]
         else: out.append('no warnings')
         return '\n'.join(out)
@@ -745,12 +746,20 @@ def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
     return w
 
 class _Duplicates:
-    "Exact duplicate documents: an 8-byte BLAKE2b digest per distinct document, and the indices of the repeats."
-    def __init__(self): self.seen, self.indices, self.n = set(), [], 0
+    """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in numpy
+    chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
+    def __init__(self): self.chunks, self.cur = [], []
     def add(self, digest: bytes):
-        if digest in self.seen: self.indices.append(self.n)
-        else: self.seen.add(digest)
-        self.n += 1
+        self.cur.append(int.from_bytes(digest, 'little'))
+        if len(self.cur) == 1 << 16: self.chunks.append(np.array(self.cur, dtype=np.uint64)); self.cur = []
+    @property
+    def indices(self) -> np.ndarray:
+        "Document numbers (sorted) of the repeats."
+        d = np.concatenate(self.chunks + [np.array(self.cur, dtype=np.uint64)])
+        order = np.argsort(d, kind='stable')              # equal digests stay in document order
+        s = d[order]
+        return np.sort(order[1:][s[1:] == s[:-1]])
+
 
 # %% ../nbs/01_sources.ipynb #70b7dc36
 def describe_source(src: Source, sha256: str | None = None) -> dict:
