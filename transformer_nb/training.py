@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from .base import sha256_file, UserError
 from .config import Config, ConfigError, DataConfig, load_config
 from .sources import CorpusError
-from .tokenizer import tokenizer_from_config
+from .tokenizer import eos_id, tokenizer_from_config
 from .data import prepare, SequentialSampler
 from .model import DecoderModel
 from .generate import generate
@@ -45,10 +45,11 @@ from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dic
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
-           'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'DistInfo',
-           'init_distributed', 'micro_batch_size', 'measure_matmul_flops', 'peak_flops', 'Trainer',
-           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
-           'shard_model']
+           'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
+           'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
+           'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'model_flops_utilization', 'measure_matmul_flops',
+           'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism', 'checkpoint_format',
+           'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -139,15 +140,126 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{'params': groups[True][0], 'weight_decay': weight_decay, 'names': groups[True][1]},
             {'params': groups[False][0], 'weight_decay': 0.0, 'names': groups[False][1]}]
 
-def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None) -> torch.optim.AdamW:
-    "AdamW from the `optimizer` config section, with `param_groups`, fused where the device supports it."
-    algo = str(opt_cfg.algorithm).lower().replace('-', '_')
-    if algo not in ('adam_w', 'adamw'): raise TrainingError(f"optimizer.algorithm: {opt_cfg.algorithm!r} is not supported (adam_w)")
-    groups = [{k: v for k, v in g.items() if k != 'names'} for g in param_groups(model, opt_cfg.weight_decay)]
+def _adamw(groups: list[dict], opt_cfg) -> torch.optim.AdamW:
+    "AdamW over `groups` with the config's betas and epsilon, fused where the device supports it."
+    groups = [{k: v for k, v in g.items() if k != 'names'} for g in groups]
     kw = dict(lr=opt_cfg.learning_rate, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.epsilon)
     try: return torch.optim.AdamW(groups, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):       # device/dtype without a fused kernel
         return torch.optim.AdamW(groups, **kw)
+
+def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None):
+    "The optimizer of the `optimizer` config section: AdamW with `param_groups`, or `MuonWithAdamW` (below) for `muon`."
+    algo = str(opt_cfg.algorithm).lower().replace('-', '_')
+    if algo == 'muon': return muon_with_adamw(model, opt_cfg, device)
+    if algo not in ('adam_w', 'adamw'): raise TrainingError(f"optimizer.algorithm: {opt_cfg.algorithm!r} is not supported (adam_w, muon)")
+    return _adamw(param_groups(model, opt_cfg.weight_decay), opt_cfg)
+
+# %% ../nbs/09_training.ipynb #6aa27de8
+def muon_param_groups(model: nn.Module, weight_decay: float, muon_weight_decay: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """(Muon groups, AdamW groups) with 'names': the 2-D weights inside the blocks (`layers.*`) go to Muon;
+    the rest is grouped as `param_groups` does. Empty groups are left out."""
+    muon, rest = ([], []), []
+    for g in param_groups(model, weight_decay):
+        keep = ([], [])
+        for p, n in zip(g['params'], g['names']):
+            into = muon if n.startswith('layers.') and p.ndim == 2 else keep
+            into[0].append(p); into[1].append(n)
+        if keep[0]: rest.append({**g, 'params': keep[0], 'names': keep[1]})
+    groups = [{'params': muon[0], 'weight_decay': muon_weight_decay, 'names': muon[1]}] if muon[0] else []
+    return groups, rest
+
+# %% ../nbs/09_training.ipynb #d6828d39
+class MuonWithAdamW:
+    "`torch.optim.Muon` and `torch.optim.AdamW` stepped as one optimizer (`.muon`, `.adamw`)."
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def optimizers(self) -> tuple: return (self.muon, self.adamw)
+    @property
+    def param_groups(self) -> list[dict]: return self.muon.param_groups + self.adamw.param_groups
+    @property
+    def state(self) -> dict: return {**self.muon.state, **self.adamw.state}
+    @property
+    def defaults(self) -> dict: return self.adamw.defaults
+
+    def step(self, closure=None):
+        "One step of both (a closure is evaluated once)."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for opt in self.optimizers: opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers: opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict: return {'muon': self.muon.state_dict(), 'adam_w': self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict):
+        "Load both parts; each group's `lr_scale` stays the configured one (a changed muon_learning_rate applies)."
+        if not isinstance(state_dict, dict) or set(state_dict) != {'muon', 'adam_w'}:
+            found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"expected the state of Muon + AdamW (keys 'adam_w', 'muon'), found {found}: "
+                             "was this checkpoint trained with another optimizer.algorithm?")
+        scales = [g.get('lr_scale') for g in self.param_groups]
+        self.muon.load_state_dict(state_dict['muon']); self.adamw.load_state_dict(state_dict['adam_w'])
+        for g, s in zip(self.param_groups, scales):
+            if s is not None: g['lr_scale'] = s
+
+    def __repr__(self): return f"MuonWithAdamW(\n{self.muon!r},\n{self.adamw!r})"
+
+# %% ../nbs/09_training.ipynb #08114e16
+def newton_schulz(g: torch.Tensor, coefficients=(3.4445, -4.7750, 2.0315), steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    "The quintic Newton-Schulz iteration of `torch.optim.Muon` (an approximate `U V^T` of `g = U S V^T`), in `g`'s dtype."
+    a, b, c = coefficients
+    x = g.T if g.size(0) > g.size(1) else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+class Muon32(torch.optim.Muon):
+    "`torch.optim.Muon` with the Newton-Schulz iteration in float32 instead of bfloat16 (for CPUs)."
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for group in self.param_groups:
+            lr, mom = group['lr'], group['momentum']
+            for p in group['params']:
+                if p.grad is None: continue
+                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mom)
+                u = p.grad.lerp(buf, mom) if group['nesterov'] else buf
+                u = newton_schulz(u.float(), group['ns_coefficients'], group['ns_steps'], group['eps'])
+                A, B = p.shape
+                scale = 0.2 * math.sqrt(max(A, B)) if group['adjust_lr_fn'] == 'match_rms_adamw' else math.sqrt(max(1, A / B))
+                p.mul_(1 - lr * group['weight_decay'])
+                p.add_(u.to(p.dtype), alpha=-lr * scale)
+        return loss
+
+# %% ../nbs/09_training.ipynb #27c5d988
+def muon_with_adamw(model: nn.Module, opt_cfg, device=None) -> MuonWithAdamW:
+    "`MuonWithAdamW` from the `optimizer` config section (its `muon_*` keys for Muon, the AdamW keys for the rest) for `device`."
+    c = opt_cfg
+    muon_groups, rest = muon_param_groups(model, c.weight_decay, c.muon_weight_decay)
+    if not muon_groups: raise TrainingError("optimizer.algorithm=muon: the model has no 2-D weights inside its blocks")
+    adjust = str(c.muon_adjust_lr).lower()
+    if adjust not in ('original', 'match_rms_adamw'):
+        raise TrainingError(f"optimizer.muon_adjust_lr: expected 'original' or 'match_rms_adamw', got {c.muon_adjust_lr!r}")
+    for g in muon_groups: g.pop('names'); g['lr_scale'] = c.muon_learning_rate / c.learning_rate
+    ns = str(c.muon_ns_dtype).lower()
+    if ns == 'auto': ns = 'bfloat16' if device is not None and torch.device(device).type == 'cuda' else 'float32'
+    if ns not in ('bfloat16', 'float32'):
+        raise TrainingError(f"optimizer.muon_ns_dtype: expected auto, bfloat16 or float32, got {c.muon_ns_dtype!r}")
+    cls = torch.optim.Muon if ns == 'bfloat16' else Muon32
+    muon = cls(muon_groups, lr=c.muon_learning_rate, momentum=c.muon_momentum, nesterov=c.muon_nesterov,
+               ns_steps=c.muon_ns_steps, adjust_lr_fn=adjust)
+    return MuonWithAdamW(muon, _adamw(rest, c))
 
 # %% ../nbs/09_training.ipynb #57fda2f4
 @dataclass
@@ -187,9 +299,26 @@ def micro_batch_size(batch_size: int, grad_accum: int, world_size: int = 1) -> i
     return Config(data=DataConfig(batch_size=batch_size, gradient_accumulation_steps=grad_accum)).micro_batch_size(world_size)
 
 # %% ../nbs/09_training.ipynb #58cc0922
-_GPU_PEAK = {  # dense TFLOP/s: (bf16/fp16 tensor cores, tf32 for fp32)
-    'H200': (989e12, 494e12), 'H100': (989e12, 494e12), 'A100': (312e12, 156e12), 'L40S': (362e12, 183e12),
-    'A10G': (70e12, 35e12), 'L4': (121e12, 60e12), 'V100': (125e12, 15.7e12), 'T4': (65e12, 8.1e12)}
+_GPU_PEAK = {  # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
+    'H200': (989e12, 494e12, 67e12), 'H100': (989e12, 494e12, 67e12), 'A100': (312e12, 156e12, 19.5e12),
+    'L40S': (362e12, 183e12, 91.6e12), 'A10G': (70e12, 35e12, 31.2e12), 'L4': (121e12, 60e12, 30.3e12),
+    'V100': (125e12, 15.7e12, 15.7e12), 'T4': (65e12, 8.1e12, 8.1e12)}
+
+def tf32_enabled() -> bool:
+    "Whether fp32 matmuls may use TF32 tensor cores (`torch.set_float32_matmul_precision` not 'highest')."
+    return torch.get_float32_matmul_precision() != 'highest'
+
+def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = None) -> float | None:
+    "Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the current setting)."
+    tf32 = tf32_enabled() if tf32 is None else tf32
+    for key, (half, t32, f32) in _GPU_PEAK.items():
+        if key in gpu_name: return half if precision in ('bf16', 'fp16') else (t32 if tf32 else f32)
+    return None
+
+def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,
+                            world_size: int = 1) -> float:
+    "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
+    return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
 
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, trials: int = 5,
                          seconds: float = 0.05) -> float:
@@ -210,12 +339,11 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 102
     return best
 
 def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
-    "Peak matmul FLOP/s for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
+    "Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
     if os.environ.get('TNB_PEAK_FLOPS'): return float(os.environ['TNB_PEAK_FLOPS'])
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        for key, (half, tf32) in _GPU_PEAK.items():
-            if key in name: return half if precision in ('bf16', 'fp16') else tf32
+        peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        if peak is not None: return peak
     return measure_matmul_flops(device, _PRECISIONS.get(precision) or torch.float32)
 
 # %% ../nbs/09_training.ipynb #8c755c41
@@ -377,7 +505,9 @@ def _prepare_data(self: Trainer):
                           "training documents for validation", stacklevel=4)
         val = None
     src = self.tokenizer_source
-    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val)
+    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val, text_field=d.text_field,
+              workers=max(1, d.num_workers) if d.num_workers is not None else None, dedupe=d.dedupe,
+              **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
     if self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=self.show_progress, **kw)
     self._barrier()
     if not self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=False, verbose=False, **kw)
@@ -410,7 +540,7 @@ def _train_step(self: Trainer):
     "One optimizer step; returns (lr, loss, grad_norm, bad) with the last three as device tensors."
     cfg, opt = self.config, self.optimizer
     lr = lr_at(self.step, cfg.scheduler, cfg.optimizer.learning_rate, self.total_steps)
-    for g in opt.param_groups: g['lr'] = lr
+    for g in opt.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)     # lr_scale: Muon's groups
     loss_sum = torch.zeros((), device=self.device)
     for i in range(self.grad_accum):
         x, y = next(self.train_sampler)
@@ -488,7 +618,7 @@ def _log_window(self: Trainer):
     norm = sum(norms) / len(norms) if norms else float('nan')
     dt = max(now - w['t'], 1e-9)
     tps = (n - w['n0']) * self.tokens_per_step / dt if n > w['n0'] else float('nan')   # steps since the clock (re)started
-    mfu = self.flops_per_token * tps / self._peak if self._peak else float('nan')
+    mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size) if self._peak else float('nan')
     elapsed = now - self._fit_t0
     done_here = self.step - self._fit_step0
     eta = (self.total_steps - self.step) * elapsed / done_here if done_here else float('nan')
@@ -526,7 +656,7 @@ def _write_metrics(self: Trainer, rows: list[dict]):
 # %% ../nbs/09_training.ipynb #afab8380
 @patch
 def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
-    "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char."
+    "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char, bpb."
     n_micro = (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
     try: sampler = self._sampler(self.data.val, shuffle=False, drop_last=True)
     except CorpusError:
@@ -534,7 +664,8 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
         except CorpusError as e: raise TrainingError(f"validation split: {e}") from None
     model, was_training = self.eval_model, self.eval_model.training
     fdtype = torch.float32 if self.device.type == 'mps' else torch.float64
-    sums = torch.zeros(3, dtype=fdtype, device=self.device)
+    sums = torch.zeros(4, dtype=fdtype, device=self.device)
+    nbytes = self._token_bytes()
     devices = [self.device.index or 0] if self.device.type == 'cuda' else []
     model.eval()
     try:
@@ -544,14 +675,15 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
                 with self._autocast(): logits, loss = model(x, y)
                 n = y.numel()
                 sums += torch.stack([loss.to(fdtype) * n, (logits.argmax(-1) == y).sum().to(fdtype),
-                                     torch.tensor(float(n), dtype=fdtype, device=self.device)])
+                                     torch.tensor(float(n), dtype=fdtype, device=self.device), nbytes[y].sum().to(fdtype)])
     finally: model.train(was_training)
     if self.dist.enabled: dist.all_reduce(sums)
-    loss_sum, correct, count = sums.tolist()
+    loss_sum, correct, count, byte_count = sums.tolist()
     loss = loss_sum / count
     cpt = self.data.val.num_chars / max(self.data.val.num_tokens, 1)
     return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'accuracy': correct / count,
-            'nats_per_char': loss_sum / (count * cpt) if cpt else float('nan'), 'tokens': int(count)}
+            'nats_per_char': loss_sum / (count * cpt) if cpt else float('nan'),
+            'bpb': loss_sum / math.log(2) / byte_count if byte_count else float('nan'), 'tokens': int(count)}
 
 @patch
 def _evaluate_and_track(self: Trainer):
@@ -559,9 +691,9 @@ def _evaluate_and_track(self: Trainer):
     self.last_eval = {'step': self.step, **m}
     self.history['eval'].append(self.last_eval)
     self.log(f"eval step {self.step} | loss {m['loss']:.4f} | perplexity {m['perplexity']:.2f} | accuracy {m['accuracy']:.3f} | "
-             f"nats/char {m['nats_per_char']:.4f} ({m['nats_per_char'] / math.log(2):.3f} bits/char) | {m['tokens']:,} tokens")
+             f"nats/char {m['nats_per_char']:.4f} ({m['nats_per_char'] / math.log(2):.3f} bits/char) | bpb {m['bpb']:.4f} | {m['tokens']:,} tokens")
     if self.writer is not None:
-        for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
+        for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bpb'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
         self.writer.flush()
     self._write_metrics([{'kind': 'eval', **self.last_eval}])
     if math.isfinite(m['loss']) and (self.best is None or m['loss'] < self.best['value']):
@@ -569,6 +701,77 @@ def _evaluate_and_track(self: Trainer):
         p = self.save(self.best_dir, self.config.runtime.evaluation.best.max_keep, sample=False)
         if p is not None: self.log(f"best eval loss so far: saved {p}")
     return m
+
+# %% ../nbs/09_training.ipynb #34341626
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of the text behind each token id of `tokenizer` (int64, one per id): byte-level tokens
+    count their characters (one byte each); special tokens 0; other added tokens their content's bytes."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    alphabet = set(ByteLevel.alphabet())
+    added = tokenizer.get_added_tokens_decoder()
+    out = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    for tok, i in tokenizer.get_vocab(with_added_tokens=True).items():
+        if i in added: out[i] = 0 if added[i].special else len(added[i].content.encode('utf-8'))
+        elif set(tok) <= alphabet: out[i] = len(tok)
+        else: out[i] = len(tokenizer.decode([i]).encode('utf-8'))     # not a byte-level token
+    return out
+
+@patch
+def _token_bytes(self: Trainer) -> torch.Tensor:
+    "`token_byte_lengths` of the run's tokenizer as a device tensor, padded with zeros to the model's vocabulary (cached)."
+    if getattr(self, '_token_bytes_t', None) is None:
+        n = token_byte_lengths(self.tokenizer)
+        n = np.pad(n, (0, max(0, self.raw_model.vocab_size - len(n))))
+        self._token_bytes_t = torch.from_numpy(n).to(self.device)
+    return self._token_bytes_t
+
+# %% ../nbs/09_training.ipynb #bdccc8a6
+def _token_stream(tokenizer, documents, max_tokens: int | None = None) -> tuple[np.ndarray, int, int]:
+    "(EOS + each document's tokens + EOS ..., characters, bytes) of `documents`, cut after `max_tokens` predictions."
+    eos, lens = eos_id(tokenizer), token_byte_lengths(tokenizer)
+    ids, chars = [eos], 0
+    for doc in documents:
+        enc = tokenizer.encode(doc, add_special_tokens=False).ids + [eos]
+        room = None if max_tokens is None else max_tokens - (len(ids) - 1)
+        if room is not None and room < len(enc):
+            enc = enc[:room]
+            chars += len(tokenizer.decode([t for t in enc if t != eos]))
+        else: chars += len(doc)
+        ids += enc
+        if max_tokens is not None and len(ids) - 1 >= max_tokens: break
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids, chars, int(lens[ids[1:]].sum())
+
+# %% ../nbs/09_training.ipynb #732833fe
+@torch.no_grad()
+def text_metrics(model: nn.Module, tokenizer, documents, seq_len: int, batch_size: int = 8,
+                 max_tokens: int | None = None, show_progress: bool = False) -> dict:
+    """`model` on `documents` (an iterable of strings): loss (nats/token), perplexity, bpb (bits per UTF-8
+    byte), nats_per_char, and the counts (tokens predicted, characters, bytes)."""
+    ids, chars, nbytes = _token_stream(tokenizer, documents, max_tokens)
+    n = len(ids) - 1
+    if n < 1: raise TrainingError("no text to evaluate: the input holds no tokens")
+    device, was_training = next(model.parameters()).device, model.training
+    t = torch.from_numpy(ids)
+    starts = list(range(0, n, seq_len))
+    total = 0.0
+    from tqdm.auto import tqdm
+    model.eval()
+    try:
+        with tqdm(total=n, unit='tok', unit_scale=True, desc='evaluate', disable=not show_progress) as bar:
+            for i in range(0, len(starts), batch_size):
+                for group in ([s for s in starts[i:i + batch_size] if s + seq_len <= n], [s for s in starts[i:i + batch_size] if s + seq_len > n]):
+                    if not group: continue
+                    L = min(seq_len, n - group[0])
+                    x = torch.stack([t[s:s + L] for s in group]).to(device)
+                    y = torch.stack([t[s + 1:s + 1 + L] for s in group]).to(device)
+                    logits = model(x)
+                    total += float(nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum'))
+                    bar.update(y.numel())
+    finally: model.train(was_training)
+    loss = total / n
+    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'bpb': total / math.log(2) / max(nbytes, 1),
+            'nats_per_char': total / max(chars, 1), 'tokens': n, 'chars': chars, 'bytes': nbytes}
 
 # %% ../nbs/09_training.ipynb #640d3aac
 @patch
@@ -637,6 +840,18 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     except Exception as e:          # a sample must never stop training
         warnings.warn(f"could not generate a sample at step {self.step}: {type(e).__name__}: {e}")
 
+# %% ../nbs/09_training.ipynb #0362de42
+@patch
+def _warn_schedule_change(self: Trainer, old_total: int):
+    "Log a changed `total_steps`; warn (rank 0) when it moves the learning rate: the new curve is not a stretched old one."
+    sch, base = self.config.scheduler, self.config.optimizer.learning_rate
+    old_lr, new_lr = lr_at(self.step, sch, base, old_total), lr_at(self.step, sch, base, self.total_steps)
+    self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+    if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and self.is_main:
+        warnings.warn(f"resume: the run length changed ({old_total} -> {self.total_steps} steps) and the schedule is not "
+                      f"stretched: the learning rate of step {self.step + 1} moves from {old_lr:.3g} (old length) to "
+                      f"{new_lr:.3g} (new length)", stacklevel=2)
+
 # %% ../nbs/09_training.ipynb #44be2f0c
 @patch
 def _resume(self: Trainer):
@@ -655,7 +870,8 @@ def _resume(self: Trainer):
         return
     manifest, new = read_manifest(ck), config_dict(self.config)
     if manifest.get('model_config') is not None:
-        diffs = diff_dicts(manifest['model_config'], new['model'], 'model.')
+        defaults = config_dict(type(self.config)())['model']     # keys added since the checkpoint: their defaults
+        diffs = diff_dicts({**defaults, **manifest['model_config']}, new['model'], 'model.')
         if diffs:
             raise CheckpointError(f"{ck}: cannot resume with a different model config ({'; '.join(diffs)}; checkpoint -> "
                                   f"config): restore those keys or use a new checkpoint directory")
@@ -682,7 +898,7 @@ def _resume(self: Trainer):
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
     old_total = st.get('total_steps')
     if old_total is not None and old_total != self.total_steps:
-        self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+        self._warn_schedule_change(int(old_total))
     self.last_checkpoint, self._saved_step = ck, self.step
     self.log(f"resumed from {ck} (step {self.step}, {self.tokens_seen:,} tokens seen)")
 
