@@ -507,7 +507,9 @@ def _prepare_data(self: Trainer):
                           "training documents for validation", stacklevel=4)
         val = None
     src = self.tokenizer_source
-    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val)
+    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val, text_field=d.text_field,
+              workers=max(1, d.num_workers) if d.num_workers is not None else None, dedupe=d.dedupe,
+              **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
     if self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=self.show_progress, **kw)
     self._barrier()
     if not self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=False, verbose=False, **kw)
