@@ -5,7 +5,8 @@
 - `command(...)` / `Proc(...)`: run a console script (`train`, `validate-corpus`, ...) as a user does,
   in its own process, with the environment pinned (1 thread, no FLOP measurement, unbuffered output).
 - `PAUSE_HOOK`: the source of a `sitecustomize.py` that makes a process stop dead at one chosen
-  filesystem event inside a checkpoint save (a `mkdir`, an `fsync` of a given file, a `rename`): it
+  filesystem event inside a checkpoint save (a `mkdir`, an `fsync` of a given file, a `rename`, the
+  atomic `exchange` of a re-saved step; optionally with that swap disabled, as on other platforms): it
   writes a marker file and sleeps until the test SIGKILLs it. This is how the crash test lands a
   SIGKILL *inside* a checkpoint write deterministically, without sleeps and without touching the
   package (the hook lives in the test's temporary folder and is only on that process's PYTHONPATH).
@@ -252,6 +253,17 @@ if _os.environ.get('TNB_FAULT_PAUSE'):
             if _match('src', src) and _match('dst', dst): _pause('rename %s -> %s' % (_os.fspath(src), _os.fspath(dst)))
             return r
         _os.rename = rename
+    elif _ev == 'exchange':                      # the atomic swap of a re-saved checkpoint (transformer_nb.checkpoint)
+        import transformer_nb.checkpoint as _ck
+        _swap = _ck._rename_exchange
+        def _rename_exchange(a, b):
+            r = _swap(a, b)
+            if r and _match('src', a) and _match('dst', b): _pause('exchange %s <-> %s' % (_os.fspath(a), _os.fspath(b)))
+            return r
+        _ck._rename_exchange = _rename_exchange
+    if _spec.get('no_exchange'):                 # as on a platform without an atomic swap: the fallback path
+        import transformer_nb.checkpoint as _ck
+        _ck._SWAP = None
 '''
 
 
@@ -263,7 +275,8 @@ def hook_dir(d: Path) -> Path:
 
 
 def pause_env(hook: Path, marker: Path, event: str, **patterns) -> dict:
-    "Environment making a process pause after the first `event` ('mkdir'|'fsync'|'rename') matching `patterns`."
+    """Environment making a process pause after the first `event` ('mkdir'|'fsync'|'rename'|'exchange') matching
+    `patterns` (`no_exchange=True`: the checkpoint code finds no atomic swap and takes its fallback path)."""
     return {'PYTHONPATH': str(hook), PAUSE_ENV: json.dumps({'event': event, 'marker': str(marker), **patterns})}
 
 

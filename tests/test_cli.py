@@ -219,6 +219,18 @@ def test_generate(run_dir):
     assert ck.name in r.stderr and 'no KV cache' in r.stderr
 
 
+
+def test_generate_compile(run_dir):
+    "--compile (static KV cache + torch.compile'd step) gives the same greedy text as the eager cached and uncached loops."
+    ck = sorted((run_dir / 'checkpoints').glob('step_*'))[-1]
+    common = ('--checkpoint', ck, '--prompt', 'the', '--max-new-tokens', '24', '--temperature', '0', '--no-echo',
+              '--threads', '1')
+    outs = [run('generate', *common, *extra) for extra in ((), ('--compile',), ('--no-kv-cache',))]
+    for r in outs: assert r.returncode == 0, r.stderr
+    assert outs[0].stdout == outs[1].stdout == outs[2].stdout
+    assert 'compiled' in outs[1].stderr
+    assert_user_error(run('generate', *common, '--compile', '--no-kv-cache'), '--compile needs the KV cache')
+
 def test_resume(run_dir, corpus):
     r = run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', run_dir, '--max-steps', '16',
             '--resume', *TINY)

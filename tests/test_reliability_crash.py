@@ -11,7 +11,8 @@ command after each kill. 7 of the kills land *inside* a checkpoint write, at a c
     manifest-written   the temporary folder is complete but not yet renamed into place
     renamed            the checkpoint was renamed into place; pruning and the log line not done yet
     pruning            an old checkpoint was moved aside for deletion but not deleted
-    replacing          a corrupt checkpoint of the same step was moved aside, the new one not yet in place
+    replacing          a corrupt checkpoint of the same step was just swapped for the new one (atomic exchange;
+                       where the platform has none: moved aside, the new one not yet in place)
 
 The other 3 are random moments: after a seeded step number shows up in the log, plus a seeded delay.
 The order of the 10 kills, the steps and the delays come from one seed (`$TNB_RELIABILITY_SEED`).
@@ -40,7 +41,7 @@ from safetensors.torch import load_file
 
 from faults import (CKPT_RE, RESUMED_RE, STEP_RE, Proc, assert_user_error, command, config_dict, flip_byte,
                     hook_dir, make_assets, pause_env, print_summary, tally, train_in_process, write_config)
-from transformer_nb.checkpoint import checkpoint_name, checkpoint_step, latest_checkpoint, list_checkpoints, verify_checkpoint
+from transformer_nb.checkpoint import _SWAP, checkpoint_name, checkpoint_step, latest_checkpoint, list_checkpoints, verify_checkpoint
 
 T, EVERY, KEEP = 40, 2, 2          # steps, checkpoint period, checkpoints kept
 SEED = int(os.environ.get('TNB_RELIABILITY_SEED', '72025'))     # the seed of the kill plan
@@ -80,7 +81,8 @@ def pause_spec(phase: str, s: int) -> tuple[str, dict]:
             'manifest-written': ('fsync', {'path': tmp + r'/manifest\.json$'}),
             'renamed': ('rename', {'src': tmp + '$', 'dst': rf'/checkpoints/{n}$'}),
             'pruning': ('rename', {'src': r'/checkpoints/step_\d{12}$', 'dst': r'/checkpoints/\.trash-step_\d{12}-'}),
-            'replacing': ('rename', {'src': rf'/checkpoints/{n}$', 'dst': rf'/checkpoints/\.trash-{n}-'}),
+            'replacing': ('exchange', {'src': tmp + '$', 'dst': rf'/checkpoints/{n}$'}) if _SWAP is not None else
+                         ('rename', {'src': rf'/checkpoints/{n}$', 'dst': rf'/checkpoints/\.old-{n}-'}),
             }[phase]
 
 

@@ -308,7 +308,7 @@ def unpickling_spy():
 
 
 def test_planted_pickles_are_refused_in_process(base, tmp_path, tmp_path_factory):
-    from transformer_nb.cli import load_for_generation
+    from transformer_nb.checkpoint import load_for_generation
     from transformer_nb.config import load_config
     from transformer_nb.export import read_hf_tensors
     from transformer_nb.tokenizer import build_from_artifacts

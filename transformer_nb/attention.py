@@ -11,14 +11,26 @@ import math
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor, nn
 
 from .config import ConfigError
-from .layers import init_linear, residual_init_std
+from .rope import apply_rotary
 
 # %% auto #0
-__all__ = ['SDPA_GQA', 'ModelShapeError', 'make_attention_mask', 'attention_reference', 'repeat_kv', 'KVCache',
-           'CausalSelfAttention']
+__all__ = ['SDPA_GQA', 'init_linear', 'residual_init_std', 'ModelShapeError', 'make_attention_mask', 'attention_reference',
+           'repeat_kv', 'KVCache', 'StaticKVCache', 'CausalSelfAttention']
+
+# %% ../nbs/04_attention.ipynb #f16d5628
+def init_linear(linear: nn.Linear, std: float = 0.02) -> nn.Linear:
+    "Initialise `linear` in place: weights from normal(0, `std`), bias (if any) to zero. Returns it."
+    nn.init.normal_(linear.weight, mean=0.0, std=std)
+    if linear.bias is not None: nn.init.zeros_(linear.bias)
+    return linear
+
+def residual_init_std(num_layers: int, std: float = 0.02) -> float:
+    "The std for projections that write into the residual stream: `std / sqrt(2 * num_layers)`."
+    return std / math.sqrt(2 * num_layers)
 
 # %% ../nbs/04_attention.ipynb #f3a6a49c
 class ModelShapeError(ConfigError, ValueError):
@@ -137,6 +149,63 @@ class KVCache:
         return (f"KVCache(layers={self.num_layers}, batch={self.batch_size}, kv_heads={self.k[0].shape[1]}, "
                 f"max_len={self.max_len}, head_dim={self.k[0].shape[3]}, length={self.length}, dtype={self.dtype})")
 
+# %% ../nbs/04_attention.ipynb #84fef14e
+class StaticKVCache:
+    """Fixed-shape key/value buffers `(batch, kv_heads, max_len, head_dim)` per layer, written in place.
+
+    Set `.positions` (a `(T,)` long tensor) before each call: the tokens of the call go to those slots,
+    and they attend to every slot `j <= position` whose `key_mask` is True (False = padding). With `rope`
+    (a `RotaryEmbedding`) the cache holds its cos/sin rows for positions `0 ... max_len-1`.
+    `.length` (positions written so far) is kept by the caller."""
+    def __init__(self, num_layers: int, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
+                 rope=None, device=None, dtype: torch.dtype = torch.float32):
+        shape = (batch_size, kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.key_mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.slots = torch.arange(max_len, device=device)
+        self.positions = torch.zeros(1, dtype=torch.long, device=device)
+        self.cos = self.sin = None
+        if rope is not None: self.cos, self.sin = rope.cos_sin(max_len, 0, device=device)
+        self.length = 0
+        if self.slots.device.type == 'cuda':       # CUDA graphs: these addresses never change
+            for t in self.k + self.v + [self.key_mask]: torch._dynamo.mark_static_address(t)
+
+    @property
+    def num_layers(self) -> int: return len(self.k)
+    @property
+    def batch_size(self) -> int: return self.k[0].shape[0]
+    @property
+    def max_len(self) -> int: return self.k[0].shape[2]
+    @property
+    def dtype(self) -> torch.dtype: return self.k[0].dtype
+
+    def attention_mask(self) -> Tensor:
+        "`(B, 1, T, max_len)`: True where the token at `positions[t]` may attend to slot `j` (causal, not padding, or itself)."
+        q = self.positions[:, None]                                     # (T, 1)
+        causal = self.slots[None, :] <= q                               # (T, max_len)
+        return ((causal[None] & self.key_mask[:, None, :]) | (self.slots[None, :] == q)[None])[:, None]
+
+    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        "RoPE for q and k `(B, heads, T, d)` at `positions`, from the cache's cos/sin table."
+        if self.cos is None: raise ModelShapeError("this StaticKVCache was made without rope: it cannot rotate q and k")
+        cos, sin = self.cos[self.positions], self.sin[self.positions]
+        return (apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype)))
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        "Write `k`, `v` `(batch, kv_heads, T, head_dim)` into slots `positions` of layer `layer_idx`; return the full buffers."
+        self.k[layer_idx].index_copy_(2, self.positions, k.to(self.dtype))
+        self.v[layer_idx].index_copy_(2, self.positions, v.to(self.dtype))
+        return self.k[layer_idx], self.v[layer_idx]
+
+    def nbytes(self) -> int:
+        "Memory held by the key/value buffers, in bytes."
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def __repr__(self):
+        return (f"StaticKVCache(layers={self.num_layers}, batch={self.batch_size}, kv_heads={self.k[0].shape[1]}, "
+                f"max_len={self.max_len}, head_dim={self.k[0].shape[3]}, length={self.length}, dtype={self.dtype})")
+
 # %% ../nbs/04_attention.ipynb #89fc1d82
 def _attention_shape(cfg) -> tuple[int, int, int]:
     "(heads, kv_heads, head_dim) from a model config, checked."
@@ -189,6 +258,8 @@ class CausalSelfAttention(nn.Module):
         `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
         B, T, _ = x.shape
         q, k, v = self.split_heads(x)
+        if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
+            return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
         offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
         if rope is not None: q, k = rope(q, k, offset=offset)
         if kv_cache is not None:
@@ -210,3 +281,24 @@ class CausalSelfAttention(nn.Module):
             if mask is None and T > 1: mask = make_attention_mask(T, k_len, device=x.device)
             y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+# %% ../nbs/04_attention.ipynb #c97283d9
+@patch
+def _attend_static(self: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor, cache: StaticKVCache, layer_idx: int,
+                   rotate: bool, mask: Tensor | None = None) -> Tensor:
+    "Attention over a `StaticKVCache`: q `(B, H, T, d)`, k and v `(B, KV, T, d)` of the tokens at `cache.positions`."
+    B, _, T, _ = q.shape
+    if rotate: q, k = cache.rotate(q, k)
+    k, v = cache.update(layer_idx, k, v)
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    if mask is None: mask = cache.attention_mask()
+    elif mask.dim() != 4: raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
+    n_rep = self.num_heads // self.num_kv_heads
+    dropout_p = self.attn_dropout if self.training else 0.0
+    if self.use_sdpa:
+        gqa = n_rep > 1 and SDPA_GQA
+        if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                           **({'enable_gqa': True} if gqa else {}))
+    else: y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
+    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

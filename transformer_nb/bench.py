@@ -27,10 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import (Config, DataConfig, ModelConfig, OptimizerConfig, RuntimeConfig, SchedulerConfig,
-                                   UserError, atomic_write_text, config_to_dict, load_config, utc_now_iso)
+import transformer_nb
+from .base import atomic_write_text, UserError, utc_now_iso
+from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfig, OptimizerConfig,
+                                   RuntimeConfig, SchedulerConfig)
+from .sources import iter_documents
+from .tokenizer import build_from_artifacts, train_bbpe
+from .data import prepare, RandomWindowSampler
 from .model import DecoderModel
-from .training import DistInfo, Trainer, build_optimizer, resolve_device, resolve_precision
+from .generate import generate_ids
+from .training import build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
 
 # %% auto #0
 __all__ = ['SHAPE_NAMES', 'PARTS', 'BenchError', 'summarize', 'load_average', 'machine_info', 'CpuShare', 'rss_bytes',
@@ -230,7 +236,6 @@ _BUILTIN = {
                       activation='silu', bias=True, norm='rmsnorm', tie_embeddings=True)}
 
 def _repo_root() -> Path:
-    import transformer_nb
     return Path(transformer_nb.__file__).resolve().parent.parent
 
 def configs_dir() -> Path:
@@ -282,7 +287,6 @@ class StepRunner(Trainer):
     the Trainer's own sampler (shuffled epochs of non-overlapping windows)."""
     def __init__(self, config: Config, vocab_size: int, tokens=None, shards=None):
         # Trainer.__init__ is not called on purpose: it would set up a run directory, a tokenizer and data.
-        from transformer_nb.data import RandomWindowSampler
         self.config, self._closed = config, True
         self.dist = DistInfo()
         self.device = resolve_device(config.runtime.device)
@@ -291,8 +295,8 @@ class StepRunner(Trainer):
             self.precision, self.amp_dtype = resolve_precision(config.runtime.precision, self.device)
         self.seq_len = config.sequence_length
         self.grad_accum = config.data.gradient_accumulation_steps
-        self.micro_batch = config.data.batch_size // self.grad_accum
-        self.tokens_per_step = config.data.batch_size * self.seq_len
+        self.micro_batch = config.micro_batch_size()
+        self.tokens_per_step = self.micro_batch * self.grad_accum * self.seq_len
         torch.manual_seed(config.runtime.seed)
         self.raw_model = DecoderModel(config.model, vocab_size).to(self.device)
         self.optimizer = build_optimizer(self.raw_model, config.optimizer, self.device)
@@ -379,7 +383,6 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
 def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: int = 16, repeats: int = 3,
                           device: str = 'cpu', seed: int = 0) -> dict:
     "Greedy generation tokens/s (batch 1) of `shape`'s model, with and without the KV cache."
-    from transformer_nb.generate import generate_ids
     if prompt_len + new_tokens > shape.model.max_position_embeddings:
         raise BenchError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceed the "
                          f"{shape.model.max_position_embeddings} positions of shape {shape.name}")
@@ -423,8 +426,6 @@ def _corpus(path) -> Path:
 def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096, repeats: int = 3,
                        batch_chars: int = 1 << 20) -> dict:
     "MB/s of `data.prepare` and of plain `Tokenizer.encode_batch` on `corpus` repeated to `size_mb` MB."
-    from transformer_nb.data import iter_documents, prepare
-    from transformer_nb.tokenizer import build_from_artifacts, train_bbpe
     src = _corpus(corpus)
     text = src.read_bytes()
     with tempfile.TemporaryDirectory(prefix='tnb-bench-') as tmp:
@@ -522,8 +523,6 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
     machine with one thread)."""
     if clock not in ('wall', 'process'): raise BenchError(f"--clock: expected wall or process, got {clock!r}")
     now = time.perf_counter if clock == 'wall' else time.process_time
-    from transformer_nb.data import prepare
-    from transformer_nb.tokenizer import train_bbpe
     src = _corpus(corpus)
     if not budget_s > 0: raise BenchError(f"--budget must be > 0 seconds, got {budget_s}")
     say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)

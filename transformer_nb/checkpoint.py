@@ -8,6 +8,8 @@ Docs: https://transformer-nb.github.io/transformer_nb/checkpoint.html.md"""
 from __future__ import annotations
 
 import base64
+import ctypes
+import errno
 import json
 import logging
 import os
@@ -28,15 +30,20 @@ import safetensors
 import safetensors.torch
 from torch import nn
 
-from .config import UserError, sha256_bytes, sha256_file, utc_now_iso
+import transformer_nb
+from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .config import config_to_dict, config_to_yaml, load_config
+from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
+from .model import DecoderModel
 
 # %% auto #0
 __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
-           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'LOCK_NAME', 'CheckpointError', 'CheckpointWarning',
-           'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state', 'set_rng_state',
-           'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers', 'save_checkpoint',
-           'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step', 'latest_checkpoint',
-           'prune_checkpoints', 'load_model_tensors', 'load_checkpoint', 'RunLockError', 'RunLock']
+           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'RUN_LAYOUT', 'LOCK_NAME', 'CheckpointError',
+           'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state',
+           'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers',
+           'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step',
+           'latest_checkpoint', 'prune_checkpoints', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint',
+           'load_for_generation', 'RunLockError', 'RunLock']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -125,7 +132,7 @@ def set_rng_state(state: dict) -> None:
 
 # %% ../nbs/08_checkpoint.ipynb #172aeec0
 CHECKPOINT_RE = re.compile(r'^step_(\d{12})$')
-_LEFTOVER_RE = re.compile(r'^\.(tmp|trash)-step_\d{12}-(\d+)-[0-9a-f]+$')
+_LEFTOVER_RE = re.compile(r'^\.(tmp|trash|old)-(step_\d{12})-(\d+)-[0-9a-f]+$')
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON, STATE_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR = (
     'model.safetensors', 'optimizer.safetensors', 'optimizer.json', 'trainer_state.json',
     'training.yaml', 'manifest.json', 'tokenizer')
@@ -153,6 +160,7 @@ def _write_bytes(path: Path, data: bytes) -> dict:
 def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     "Save tensors with safetensors, fsync, and return the manifest entry."
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, file_mode())                              # safetensors makes it 0600; the run's files follow the umask
     _fsync_path(path)
     return {'sha256': sha256_file(path), 'size': path.stat().st_size}
 
@@ -167,11 +175,48 @@ def _pid_alive(pid: int) -> bool:
 
 def _json_dumps(obj) -> str: return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + '\n'
 
+# %% ../nbs/08_checkpoint.ipynb #5edf880d
+def _load_swap():
+    "The platform's atomic swap of two paths, as `f(a: bytes, b: bytes) -> errno` (0: done), or None."
+    try: libc = ctypes.CDLL(None, use_errno=True)
+    except (OSError, TypeError): return None
+    if sys.platform.startswith('linux') and hasattr(libc, 'renameat2'):
+        fn, args, call = libc.renameat2, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], \
+            lambda f, a, b: f(-100, a, -100, b, 2)           # AT_FDCWD, RENAME_EXCHANGE
+    elif sys.platform == 'darwin' and hasattr(libc, 'renamex_np'):
+        fn, args, call = libc.renamex_np, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint], \
+            lambda f, a, b: f(a, b, 2)                       # RENAME_SWAP
+    else: return None
+    fn.argtypes, fn.restype = args, ctypes.c_int
+    return lambda a, b: 0 if call(fn, a, b) == 0 else ctypes.get_errno()
+
+_SWAP = _load_swap()
+
+def _rename_exchange(a, b) -> bool:
+    "Swap the paths `a` and `b` (both exist) atomically; False where the platform or the filesystem can't."
+    if _SWAP is None: return False
+    err = _SWAP(os.fsencode(a), os.fsencode(b))
+    if err == 0: return True
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV): return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    "Put the complete folder `tmp` in place as `final`; an existing `final` stays valid until the new one is there."
+    if not final.exists(): os.rename(tmp, final)
+    elif _rename_exchange(tmp, final): pass                 # `tmp` now holds the old folder
+    else:
+        old = final.with_name(f'.old-{final.name}-{os.getpid()}-{secrets.token_hex(4)}')
+        os.rename(final, old)                                # a crash now: remove_leftovers puts it back
+        try: os.rename(tmp, final)
+        except BaseException: os.rename(old, final); raise
+        tmp = old
+    _fsync_path(final.parent)
+    if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
 # %% ../nbs/08_checkpoint.ipynb #5b9bf695
 def config_dict(config) -> dict | None:
     "A plain dict of `config` (a `Config`, a dict, or None)."
     if config is None or isinstance(config, dict): return config
-    from transformer_nb.config import config_to_dict
     return config_to_dict(config)
 
 def canonical_sha256(obj) -> str:
@@ -189,7 +234,6 @@ def diff_dicts(old: dict, new: dict, prefix: str = '') -> list[str]:
 
 # %% ../nbs/08_checkpoint.ipynb #09ceaf16
 def _versions() -> dict:
-    import transformer_nb
     v = {'transformer_nb': getattr(transformer_nb, '__version__', None), 'torch': torch.__version__,
          'safetensors': safetensors.__version__, 'numpy': np.__version__, 'python': platform.python_version()}
     try:
@@ -201,30 +245,27 @@ def _copy_tokenizer(src, dst: Path):
     "Copy tokenizer artifacts (a folder or a tokenizer.json) into `dst`; a `tokenizers.Tokenizer` is saved as tokenizer.json."
     if hasattr(src, 'to_str'):
         dst.mkdir(parents=True, exist_ok=True); (dst / 'tokenizer.json').write_text(src.to_str(), encoding='utf-8'); return
-    try:
-        from transformer_nb.tokenizer import copy_tokenizer_artifacts
-    except ImportError: copy_tokenizer_artifacts = None
-    if copy_tokenizer_artifacts is not None: copy_tokenizer_artifacts(src, dst); return
-    src = Path(src); dst.mkdir(parents=True, exist_ok=True)
-    files = [src] if src.is_file() else [p for p in sorted(src.iterdir()) if p.is_file()]
-    for f in files: shutil.copyfile(f, dst / f.name)
+    copy_tokenizer_artifacts(src, dst)
 
 def _config_yaml(config, cfg: dict) -> str:
     "The YAML text of the config: `config_to_yaml` for a `Config` (what `load_config` reads back), else a plain dump."
     if not isinstance(config, dict):
-        from transformer_nb.config import config_to_yaml
         return config_to_yaml(config, header=f'resolved config of the run (checkpoint written {utc_now_iso()})')
     import yaml
     return yaml.safe_dump(cfg, sort_keys=False)
 
 def remove_leftovers(dir_root) -> list[Path]:
-    "Delete temporary/trash folders left in `dir_root` by saves whose process is gone (or by this one)."
+    """Clean up after saves whose process is gone (or this one): delete their temporary/trash folders, and put
+    back an `.old-step_N-…` folder whose replacement never got into place (else delete it)."""
     removed = []
-    for p in Path(dir_root).iterdir() if Path(dir_root).is_dir() else []:
+    for p in sorted(Path(dir_root).iterdir()) if Path(dir_root).is_dir() else []:
         m = _LEFTOVER_RE.match(p.name)
-        if m and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
-            shutil.rmtree(p, ignore_errors=True); removed.append(p)
-            logger.info("removed leftover %s", p)
+        if not m or (int(m.group(3)) != os.getpid() and _pid_alive(int(m.group(3)))): continue
+        if m.group(1) == 'old' and not (p.parent / m.group(2)).exists():
+            os.rename(p, p.parent / m.group(2)); _fsync_path(p.parent)
+            logger.info("restored %s (its replacement was never put in place)", p.parent / m.group(2)); continue
+        shutil.rmtree(p, ignore_errors=True); removed.append(p)
+        logger.info("removed leftover %s", p)
     return removed
 
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -272,13 +313,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
                     'tied_weights': aliases, 'versions': _versions()}
         _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
         _fsync_path(tmp)
-        trash = None
-        if final.exists():
-            trash = dir_root / f'.trash-{name}-{os.getpid()}-{secrets.token_hex(4)}'
-            os.rename(final, trash)
-        os.rename(tmp, final)
-        _fsync_path(dir_root)
-        if trash is not None: shutil.rmtree(trash, ignore_errors=True)
+        _publish_dir(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, RuntimeError, safetensors.SafetensorError)):
@@ -405,6 +440,75 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
     if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")
     return state
+
+# %% ../nbs/08_checkpoint.ipynb #a5d0c3fe
+# the run directory's layout (names relative to it)
+RUN_LAYOUT = {'special_tokens': 'special_tokens.txt', 'tokenizer': 'tokenizer', 'config': 'training.yaml',
+              'data': 'data', 'checkpoints': 'checkpoints', 'best': 'best', 'tensorboard': 'tensorboard',
+              'samples': 'samples.txt'}
+
+def _config_dirs(run: Path) -> tuple[Path, Path]:
+    "The (best, checkpoints) folders of a run directory: from its training.yaml when there is one."
+    best, ckpts = run / RUN_LAYOUT['best'], run / RUN_LAYOUT['checkpoints']
+    cfg_file = run / RUN_LAYOUT['config']
+    if cfg_file.is_file():
+        try:
+            cfg = load_config(cfg_file)
+            if cfg.runtime.evaluation.best.directory: best = Path(cfg.runtime.evaluation.best.directory)
+            if cfg.runtime.checkpoint.directory: ckpts = Path(cfg.runtime.checkpoint.directory)
+        except UserError as e: logger.warning(f"{cfg_file}: ignored ({one_line(e)})")
+    return best, ckpts
+
+def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
+    "The checkpoint folder to generate from: `checkpoint` itself (or the newest valid one in it), or the best/newest of `run_dir`."
+    p = _existing(checkpoint, 'checkpoint folder', 'dir') if checkpoint is not None else None
+    run = _existing(run_dir, 'run directory', 'dir') if checkpoint is None else None
+    if p is not None:
+        if (p / 'manifest.json').is_file():
+            if problems := verify_checkpoint(p): raise CheckpointError(f"{checkpoint}: not a valid checkpoint: {problems[0]}")
+            return p
+        if list_checkpoints(p):
+            if (found := latest_checkpoint(p)) is None: raise CheckpointError(f"{checkpoint}: no valid checkpoint in it")
+            return found
+        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (no manifest.json) and holds no step_* checkpoints")
+    best, ckpts = _config_dirs(run)
+    for folder in (best, ckpts, run):           # (a folder of step_* checkpoints given as --run-dir works too)
+        if list_checkpoints(folder) and (found := latest_checkpoint(folder)) is not None: return found
+    raise CheckpointError(f"{run_dir}: no valid checkpoint in {best} or {ckpts} (train first, or give --checkpoint DIR)")
+
+# %% ../nbs/08_checkpoint.ipynb #b3eadb83
+def _device(name: str | None = 'auto') -> torch.device:
+    "The device to run a loaded model on (auto: cuda > mps > cpu); a CheckpointError when it is not available."
+    name = (name or 'auto').lower()
+    mps_ok = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps_ok else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise CheckpointError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+    if name == 'mps' and not mps_ok: raise CheckpointError("device 'mps' requested but MPS is not available")
+    try: return torch.device(name)
+    except RuntimeError: raise CheckpointError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+
+def load_for_generation(ckpt, device: str = 'auto'):
+    "(model, tokenizer, config) from a self-contained checkpoint folder, the model in eval mode on `device`."
+    ckpt = Path(ckpt)
+    if not (ckpt / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: missing; this checkpoint does not hold its config")
+    cfg = load_config(ckpt / CONFIG_FILE)
+    tok_src = ckpt / TOKENIZER_DIR
+    if not tok_src.is_dir():
+        tok_src = Path(cfg.tokenizer.tokenizer_json or '')
+        if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
+                                                        f"{cfg.tokenizer.tokenizer_json} is not there either")
+    tok = build_from_artifacts(tok_src)
+    try:
+        with safetensors.safe_open(str(ckpt / MODEL_FILE), framework='pt') as f:
+            vocab = f.get_slice('embed_tokens.weight').get_shape()[0]
+    except Exception as e:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: unreadable ({type(e).__name__}: {one_line(e)})") from None
+    model = DecoderModel(cfg.model, vocab)
+    load_checkpoint(ckpt, model)
+    dev = _device(device)
+    return model.to(dev).eval(), tok, cfg
 
 # %% ../nbs/08_checkpoint.ipynb #9fd1e65e
 try: import fcntl

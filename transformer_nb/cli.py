@@ -18,120 +18,30 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import UserError, atomic_write_text, utc_now_iso
+from .base import (atomic_write_text, CommandError, _existing, fmt_secs, human, one_line, run_command,
+                                 say, setup_logging, sha256_file, UserError, utc_now_iso)
+from .config import (apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
+                                   read_config_file, save_config)
+from .sources import iter_documents, resolve_sources, validate_corpus
+from .tokenizer import (build_from_artifacts, copy_tokenizer_artifacts, DEFAULT_SPECIAL_TOKENS, eos_id,
+                                      pad_id, read_special_tokens, train_tokenizer)
+from .data import prepare
+from .generate import generate_ids, IncrementalDecoder
+from .checkpoint import (find_checkpoint, list_checkpoints, load_for_generation, RUN_LAYOUT, RunLock,
+                                       unwrap_model)
+from .training import Trainer
 
 # %% auto #0
-__all__ = ['logger', 'PROFILES', 'RUN_LAYOUT', 'SHAKESPEARE_PROMPTS', 'CommandError', 'one_line', 'run_command', 'setup_logging',
-           'say', 'human', 'fmt_secs', 'torch_threads', 'validate_corpus_parser', 'validate_corpus_main',
+__all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'torch_threads', 'validate_corpus_parser', 'validate_corpus_main',
            'train_tokenizer_parser', 'train_tokenizer_main', 'prepare_data_parser', 'prepare_data_main', 'train_parser',
            'train_main', 'profile_config', 'stream_text', 'default_prompts', 'write_samples', 'orchestrate',
-           'orchestrate_parser', 'orchestrate_main', 'find_checkpoint', 'load_for_generation', 'generate_parser',
-           'generate_main']
+           'orchestrate_parser', 'orchestrate_main', 'generate_parser', 'generate_main']
 
 # %% ../nbs/10_cli.ipynb #766157f5
 from .training import lr_find
 
 # %% ../nbs/10_cli.ipynb #bd0ab101
 logger = logging.getLogger('transformer_nb.cli')
-
-class CommandError(UserError):
-    "A command-line argument is wrong: a path that does not exist, flags that do not go together."
-
-def one_line(message) -> str:
-    "`message` folded onto a single line (its lines joined with ' | ', blank ones dropped)."
-    lines = [l.strip() for l in str(message).splitlines() if l.strip()]
-    return ' | '.join(lines) if lines else '(no message)'
-
-# %% ../nbs/10_cli.ipynb #72971cb6
-def _flush_std():
-    for s in (sys.stdout, sys.stderr):
-        try: s.flush()
-        except (OSError, ValueError): pass
-
-def run_command(command: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
-                argv: Sequence[str] | None = None) -> int:
-    "Parse `argv` with `parser`, run `command(args)`; UserError -> 'error: ...' on stderr and 2, Ctrl-C -> 130."
-    args = parser.parse_args(argv)        # usage errors: argparse prints them and exits with 2
-    restore = setup_logging(info_to_stderr=getattr(args, '_info_to_stderr', False))
-    try:
-        rc = command(args)
-        _flush_std()
-        return 0 if rc is None else int(rc)
-    except UserError as e:
-        _flush_std()
-        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        _flush_std()
-        print("error: interrupted", file=sys.stderr, flush=True)
-        return 130
-    except BrokenPipeError:               # e.g. `generate ... | head`: the reader went away
-        try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except OSError: pass
-        return 0
-    finally:
-        restore()
-
-# %% ../nbs/10_cli.ipynb #b68b313a
-class _Dedup(logging.Filter):
-    "Remembers the warning messages already shown, so a `warnings.warn` of the same text is not repeated."
-    def __init__(self): super().__init__(); self.seen = set()
-    def filter(self, record):
-        if record.levelno >= logging.WARNING:
-            msg = record.getMessage()
-            if msg in self.seen: return False
-            self.seen.add(msg)
-        return True
-
-def setup_logging(info_to_stderr: bool = False, level: int = logging.INFO) -> Callable[[], None]:
-    "Route `transformer_nb` logs: INFO to stdout (or stderr), warnings to stderr as one line; returns an undo function."
-    lib = logging.getLogger('transformer_nb')
-    dedup = _Dedup()
-    info = logging.StreamHandler(sys.stderr if info_to_stderr else sys.stdout)
-    info.setLevel(level); info.addFilter(lambda r: r.levelno < logging.WARNING)
-    info.setFormatter(logging.Formatter('%(message)s'))
-    warn = logging.StreamHandler(sys.stderr)
-    warn.setLevel(logging.WARNING); warn.addFilter(dedup)
-    warn.setFormatter(_LevelFormatter())
-    old_level, old_prop, old_show = lib.level, lib.propagate, warnings.showwarning
-    lib.addHandler(info); lib.addHandler(warn); lib.setLevel(level); lib.propagate = False
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        msg = one_line(message)
-        if msg in dedup.seen: return
-        dedup.seen.add(msg)
-        print(f"warning: {msg}", file=sys.stderr, flush=True)
-    warnings.showwarning = show
-
-    def restore():
-        lib.removeHandler(info); lib.removeHandler(warn)
-        lib.setLevel(old_level); lib.propagate = old_prop
-        warnings.showwarning = old_show
-    return restore
-
-class _LevelFormatter(logging.Formatter):
-    def format(self, record): return f"{record.levelname.lower()}: {one_line(record.getMessage())}"
-
-# %% ../nbs/10_cli.ipynb #118e31f1
-def say(*parts, file=None):
-    "Print a progress line and flush it."
-    print(*parts, file=file or sys.stdout, flush=True)
-
-def human(n: float, unit: str = '') -> str:
-    "1234567 -> '1.23M'; with unit 'B' -> '1.18 MiB'."
-    if unit == 'B':
-        for u in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-            if abs(n) < 1024 or u == 'TiB': return f"{n:.0f} {u}" if u == 'B' else f"{n:.2f} {u}"
-            n /= 1024
-    for u, d in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
-        if abs(n) >= d: return f"{n / d:.2f}{u}{unit}"
-    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
-
-def fmt_secs(s: float) -> str:
-    "Seconds as '12.3s', '4m05s' or '2h03m'."
-    if s < 60: return f"{s:.1f}s"
-    if s < 3600: return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 # %% ../nbs/10_cli.ipynb #652f686d
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -140,14 +50,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def _parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter,
                                    epilog="examples:\n" + examples)
-
-def _existing(path: str, what: str, kind: str = 'any') -> Path:
-    "`path` as a Path; CommandError naming it when it does not exist (or is not a file/directory)."
-    p = Path(path).expanduser()
-    if not p.exists(): raise CommandError(f"{path}: {what} not found")
-    if kind == 'file' and not p.is_file(): raise CommandError(f"{path}: {what} must be a file, found a directory")
-    if kind == 'dir' and not p.is_dir(): raise CommandError(f"{path}: {what} must be a directory")
-    return p
 
 # %% ../nbs/10_cli.ipynb #2fcc8617
 class torch_threads:
@@ -179,7 +81,6 @@ def validate_corpus_parser() -> argparse.ArgumentParser:
 
 def _validate(sources, show_progress: bool = False):
     "Validate the corpus `sources` (anything `resolve_sources` takes); returns the CorpusReport."
-    from transformer_nb.data import validate_corpus
     return validate_corpus(list(sources), show_progress=show_progress)
 
 def _corpus_line(report) -> str:
@@ -222,7 +123,6 @@ def train_tokenizer_parser() -> argparse.ArgumentParser:
     return p
 
 def _train_tokenizer(args) -> int:
-    from transformer_nb.tokenizer import train_tokenizer
     specials = None
     if args.special_tokens: specials = _existing(args.special_tokens, 'special tokens file', 'file')
     t0 = time.time()
@@ -258,7 +158,6 @@ def prepare_data_parser() -> argparse.ArgumentParser:
 
 def _prepare(sources, tokenizer, out, val_fraction: float, seed: int, show_progress: bool):
     "Run `data.prepare` (a cache: reused when the corpus and tokenizer are unchanged) and print its summary."
-    from transformer_nb.data import prepare
     pd = prepare(list(sources), tokenizer, out, val_fraction=val_fraction, seed=seed, show_progress=show_progress)
     say(pd.summary())
     return pd
@@ -333,10 +232,8 @@ def _lr_find(cfg, args) -> int:
     return 0
 
 def _train(args) -> int:
-    from transformer_nb.config import load_config
     cfg = load_config(args.config, overrides=args.override)
     say(f"config: {args.config}" + (f" with {len(args.override)} override(s): {' '.join(args.override)}" if args.override else ''))
-    from transformer_nb.training import Trainer
     if args.lr_find: return _lr_find(cfg, args)
     t0 = time.time()
     with torch_threads(args.threads):
@@ -394,11 +291,6 @@ PROFILES: dict[str, dict] = {
     },
 }
 
-# the run directory's layout (names relative to it)
-RUN_LAYOUT = {'special_tokens': 'special_tokens.txt', 'tokenizer': 'tokenizer', 'config': 'training.yaml',
-              'data': 'data', 'checkpoints': 'checkpoints', 'best': 'best', 'tensorboard': 'tensorboard',
-              'samples': 'samples.txt'}
-
 # prompts for the built-in Shakespeare corpus (speakers as they appear in its texts)
 SHAKESPEARE_PROMPTS = ["Romeo.\n", "Juliet.\n", "MACBETH.\n", "PROSPERO.\n"]
 
@@ -406,7 +298,6 @@ SHAKESPEARE_PROMPTS = ["Romeo.\n", "Juliet.\n", "MACBETH.\n", "PROSPERO.\n"]
 def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), overrides: Sequence[str] = (),
                    max_steps: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
     "The raw config mapping of an orchestrated run: the profile, run-directory paths (relative), then the changes."
-    from transformer_nb.config import apply_overrides
     import copy
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
     d = copy.deepcopy(PROFILES[profile]['config'])
@@ -435,12 +326,10 @@ def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), over
 def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | None = None, max_new_tokens: int = 100,
                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                 repetition_penalty: float = 1.0, seed: int | None = None, use_kv_cache: bool = True,
-                stop_at_eos: bool = False, doc_break: str = '\n\n') -> tuple[str, int]:
+                stop_at_eos: bool = False, doc_break: str = '\n\n', compile: bool = False) -> tuple[str, int]:
     """Continue `prompt` (as the start of a document), passing each decoded piece to `write` as it comes;
-    an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). Returns (text, tokens)."""
-    from transformer_nb.generate import generate_ids, IncrementalDecoder
-    from transformer_nb.tokenizer import eos_id, pad_id
-    from transformer_nb.checkpoint import unwrap_model
+    an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). `compile`: static KV cache and
+    a `torch.compile`d decoding step (07_generate). Returns (text, tokens)."""
     model = unwrap_model(model)
     eos = eos_id(tokenizer)
     pad = pad_id(tokenizer)
@@ -460,7 +349,7 @@ def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | 
                 out(doc_break[k:])
         else: out(dec[0].push(t))
     generate_ids(model, [ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, use_kv_cache,
-                 eos if stop_at_eos else None, eos if pad is None else pad, on_step)
+                 eos if stop_at_eos else None, eos if pad is None else pad, on_step, compile=compile)
     out(dec[0].flush())
     return ''.join(parts), n[0]
 
@@ -469,7 +358,6 @@ def default_prompts(sources: Sequence[str], paths: Sequence[Path], n: int = 4, s
     "Prompts for the samples: Shakespeare speakers for the built-in corpus, else the first words of `n` documents."
     if list(sources) == ['shakespeare']: return list(SHAKESPEARE_PROMPTS)
     import random
-    from transformer_nb.data import iter_documents
     docs = []
     for d in iter_documents(paths, max_chars=2000):
         docs.append(d)
@@ -506,13 +394,11 @@ def _tokenizer_vocab(folder: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError): return None
 
 def _same_file(a: Path, b: Path) -> bool:
-    from transformer_nb.config import sha256_file
     return a.is_file() and b.is_file() and sha256_file(a) == sha256_file(b)
 
 def _setup_tokenizer(L: dict, paths, *, vocab_size, min_frequency, seed, force, skip, tokenizer_json,
                      has_checkpoints: bool, show_progress) -> str:
     "Make sure L['tokenizer'] holds valid artifacts; returns what was done ('reused', 'trained', 'copied')."
-    from transformer_nb.tokenizer import build_from_artifacts, copy_tokenizer_artifacts, train_tokenizer
     tok_dir = L['tokenizer']
     have = (tok_dir / 'tokenizer.json').is_file()
     if tokenizer_json:
@@ -561,8 +447,6 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
                 show_progress: bool | None = None) -> dict:
     """Tokenizer -> data -> config -> evaluate -> train -> evaluate -> samples, into the run directory `run_dir`.
     Returns a summary dict (paths, metrics, seconds per step). `threads`: CPU threads (default: the profile's)."""
-    from transformer_nb.config import (config_from_dict, config_to_dict, load_config, save_config, read_config_file,
-                                       diff_configs)
 
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
     if skip_tokenizer and force_retrain_tokenizer:
@@ -586,9 +470,6 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
     raw = profile_config(profile, sources, overrides, max_steps, seed, device)
     cfg_rel = config_from_dict(raw, source='orchestrate')      # checked; paths kept relative
     say(f"orchestrate: profile {profile} ({prof['about']}) -> {run}")
-    from transformer_nb.tokenizer import DEFAULT_SPECIAL_TOKENS, read_special_tokens, build_from_artifacts
-    from transformer_nb.data import resolve_sources
-    from transformer_nb.checkpoint import list_checkpoints, RunLock
 
     # 0. the run directory: a new run, a resumed one, or one to start again
     existing = list_checkpoints(L['checkpoints'])
@@ -668,7 +549,6 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
     # 6. training, with an evaluation before and after
     t = time.time()
     say(f"\n[6/7] training")
-    from transformer_nb.training import Trainer
     threads = threads if threads is not None else prof.get('threads')
     if threads is not None: say(f"CPU threads: {threads} (--threads N to change)")
     nthreads = torch_threads(threads if cfg.runtime.device in ('auto', 'cpu') else None).__enter__()
@@ -778,76 +658,6 @@ def orchestrate_main(argv: Sequence[str] | None = None) -> int:
     "Console script `orchestrate --profile local|full [--input PATH ...] --run-dir DIR [...]`."
     return run_command(_orchestrate, orchestrate_parser(), argv)
 
-# %% ../nbs/10_cli.ipynb #8fa61de4
-def _config_dirs(run: Path) -> tuple[Path, Path]:
-    "The (best, checkpoints) folders of a run directory: from its training.yaml when there is one."
-    best, ckpts = run / RUN_LAYOUT['best'], run / RUN_LAYOUT['checkpoints']
-    cfg_file = run / RUN_LAYOUT['config']
-    if cfg_file.is_file():
-        from transformer_nb.config import load_config
-        try:
-            cfg = load_config(cfg_file)
-            if cfg.runtime.evaluation.best.directory: best = Path(cfg.runtime.evaluation.best.directory)
-            if cfg.runtime.checkpoint.directory: ckpts = Path(cfg.runtime.checkpoint.directory)
-        except UserError as e: logger.warning(f"{cfg_file}: ignored ({one_line(e)})")
-    return best, ckpts
-
-def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
-    "The checkpoint folder to generate from: `checkpoint` itself (or the newest valid one in it), or the best/newest of `run_dir`."
-    p = _existing(checkpoint, 'checkpoint folder', 'dir') if checkpoint is not None else None
-    run = _existing(run_dir, 'run directory', 'dir') if checkpoint is None else None
-    from transformer_nb.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, verify_checkpoint
-    if p is not None:
-        if (p / 'manifest.json').is_file():
-            if problems := verify_checkpoint(p): raise CheckpointError(f"{checkpoint}: not a valid checkpoint: {problems[0]}")
-            return p
-        if list_checkpoints(p):
-            if (found := latest_checkpoint(p)) is None: raise CheckpointError(f"{checkpoint}: no valid checkpoint in it")
-            return found
-        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (no manifest.json) and holds no step_* checkpoints")
-    best, ckpts = _config_dirs(run)
-    for folder in (best, ckpts, run):           # (a folder of step_* checkpoints given as --run-dir works too)
-        if list_checkpoints(folder) and (found := latest_checkpoint(folder)) is not None: return found
-    raise CheckpointError(f"{run_dir}: no valid checkpoint in {best} or {ckpts} (train first, or give --checkpoint DIR)")
-
-def load_for_generation(ckpt, device: str = 'auto'):
-    "(model, tokenizer, config) from a self-contained checkpoint folder, the model in eval mode on `device`."
-    import safetensors
-    from transformer_nb.checkpoint import CheckpointError, load_checkpoint, MODEL_FILE, CONFIG_FILE, TOKENIZER_DIR
-    from transformer_nb.config import load_config
-    from transformer_nb.tokenizer import build_from_artifacts
-    from transformer_nb.model import DecoderModel
-    ckpt = Path(ckpt)
-    if not (ckpt / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{ckpt / CONFIG_FILE}: missing; this checkpoint does not hold its config")
-    cfg = load_config(ckpt / CONFIG_FILE)
-    tok_src = ckpt / TOKENIZER_DIR
-    if not tok_src.is_dir():
-        tok_src = Path(cfg.tokenizer.tokenizer_json or '')
-        if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
-                                                        f"{cfg.tokenizer.tokenizer_json} is not there either")
-    tok = build_from_artifacts(tok_src)
-    try:
-        with safetensors.safe_open(str(ckpt / MODEL_FILE), framework='pt') as f:
-            vocab = f.get_slice('embed_tokens.weight').get_shape()[0]
-    except Exception as e:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: unreadable ({type(e).__name__}: {one_line(e)})") from None
-    model = DecoderModel(cfg.model, vocab)
-    load_checkpoint(ckpt, model)
-    dev = _device(device)
-    return model.to(dev).eval(), tok, cfg
-
-def _device(name: str = 'auto'):
-    import torch
-    try:
-        from transformer_nb.training import resolve_device
-        return resolve_device(name)
-    except ImportError: pass
-    if name in (None, 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else
-                            'mps' if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available() else 'cpu')
-    return torch.device(name)
-
 # %% ../nbs/10_cli.ipynb #2b6be7a1
 def generate_parser() -> argparse.ArgumentParser:
     p = _parser('generate',
@@ -870,6 +680,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument('--repetition-penalty', type=float, default=1.0, metavar='R', help="> 1 discourages repeating tokens")
     p.add_argument('--seed', type=int, metavar='S', help="seed for reproducible sampling")
     p.add_argument('--no-kv-cache', action='store_true', help="recompute the whole context each step (slower; for checking)")
+    p.add_argument('--compile', action='store_true', help="static KV cache and a torch.compile'd decoding step (CUDA "
+                   "graphs on a GPU): faster per token after a one-off compile of some seconds")
     p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
     p.add_argument('--no-echo', action='store_true', help="print only the generated text, not the prompt")
@@ -878,10 +690,12 @@ def generate_parser() -> argparse.ArgumentParser:
     p.set_defaults(_info_to_stderr=True)
     return p
 
+# %% ../nbs/10_cli.ipynb #9c757fbe
 def _generate(args) -> int:
     with torch_threads(args.threads): return _generate_with(args)
 
 def _generate_with(args) -> int:
+    if args.compile and args.no_kv_cache: raise CommandError("--compile needs the KV cache: drop --no-kv-cache")
     ckpt = find_checkpoint(args.run_dir, args.checkpoint)
     t0 = time.time()
     model, tok, cfg = load_for_generation(ckpt, args.device)
@@ -897,11 +711,11 @@ def _generate_with(args) -> int:
     t1 = time.time()
     _, n = stream_text(model, tok, prompt, write, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                       use_kv_cache=not args.no_kv_cache, stop_at_eos=args.stop_at_eos)
+                       use_kv_cache=not args.no_kv_cache, stop_at_eos=args.stop_at_eos, compile=args.compile)
     sys.stdout.write((prompt if echo[0] else '') + '\n'); sys.stdout.flush()
     dt = time.time() - t1
     err(f"generate: {n} tokens in {fmt_secs(dt)} ({n / max(dt, 1e-9):.1f} tokens/s"
-        f"{', no KV cache' if args.no_kv_cache else ''})")
+        f"{', no KV cache' if args.no_kv_cache else ''}{', compiled (includes compiling)' if args.compile else ''})")
     return 0
 
 def generate_main(argv: Sequence[str] | None = None) -> int:

@@ -7,62 +7,23 @@ Docs: https://transformer-nb.github.io/transformer_nb/config.html.md"""
 # %% ../nbs/00_config.ipynb #a2b4f219
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
+from .base import (UserError, atomic_write_bytes, atomic_write_text, file_mode, fsync_dir, sha256_bytes,
+                                 sha256_file, utc_now_iso)   # re-exported: they lived here before base
+
 # %% auto #0
-__all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'UserError', 'ConfigError', 'sha256_file', 'sha256_bytes',
-           'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
+__all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
            'OptimizerConfig', 'SchedulerConfig', 'CheckpointConfig', 'BestConfig', 'EvaluationConfig', 'LoggingConfig',
            'RuntimeConfig', 'Config', 'schema_keys', 'validate_config', 'config_to_dict', 'config_from_dict',
            'read_config_file', 'load_config', 'apply_overrides', 'config_to_yaml', 'save_config', 'model_config_dict',
            'config_sha256', 'diff_configs']
 
 # %% ../nbs/00_config.ipynb #a67a14af
-class UserError(Exception):
-    "An error the user can fix: commands print its message on one line and exit with status 2."
-
 class ConfigError(UserError):
     "A config file, key, value or override is wrong; the message names the file and the key path."
-
-# %% ../nbs/00_config.ipynb #f0e6897e
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    "Hex SHA-256 of the file at `path`, read in chunks (constant memory)."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(chunk_size): h.update(chunk)
-    return h.hexdigest()
-
-def sha256_bytes(data: bytes) -> str:
-    "Hex SHA-256 of `data`."
-    return hashlib.sha256(data).hexdigest()
-
-# %% ../nbs/00_config.ipynb #d645862d
-def atomic_write_bytes(path, data: bytes):
-    "Write `data` to `path` via a temporary file in the same folder and an atomic rename (fsynced)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-def atomic_write_text(path, text: str):
-    "Write `text` (UTF-8) to `path` atomically."
-    atomic_write_bytes(path, text.encode('utf-8'))
-
-def utc_now_iso() -> str:
-    "The current time as a UTC ISO-8601 string, e.g. '2026-11-25T07:08:07Z'."
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace('+00:00', 'Z')
 
 # %% ../nbs/00_config.ipynb #2ee2334e
 import copy
@@ -463,9 +424,9 @@ def _check_relations(cfg: Config, where: str):
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
-    need(d.batch_size % d.gradient_accumulation_steps == 0,
+    need(d.batch_size % d.gradient_accumulation_steps == 0 or d.batch_size < d.gradient_accumulation_steps,
          f"data.batch_size ({d.batch_size}, the global batch) must be divisible by "
-         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps})")
+         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps}), or smaller than it (the micro-batch)")
     need(cfg.sequence_length <= m.max_position_embeddings, f"data.sequence_length ({d.sequence_length}) "
          f"exceeds model.max_position_embeddings ({m.max_position_embeddings})")
     need(s.total_steps is None or s.warmup_steps <= s.total_steps,

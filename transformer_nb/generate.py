@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .config import UserError
+from .base import UserError
 from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES
 
 # %% auto #0
 __all__ = ['GenerationError', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next_token',
-           'IncrementalDecoder', 'generate_ids', 'generate']
+           'IncrementalDecoder', 'compiled_decode_step', 'StaticDecoder', 'generate_ids', 'generate']
 
 # %% ../nbs/07_generate.ipynb #b9816402
 class GenerationError(UserError, ValueError):
@@ -94,16 +94,59 @@ def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     if seed is None: seed = int.from_bytes(os.urandom(8), 'little') & ((1 << 63) - 1)
     return torch.Generator(device=device).manual_seed(int(seed))
 
+# %% ../nbs/07_generate.ipynb #4dc142c3
+def _decode_step(model, ids: Tensor, cache) -> Tensor:
+    "Last-position logits `(B, vocab)` for `ids` `(B, T)` at `cache.positions` of a `StaticKVCache`."
+    return model(ids, kv_cache=cache, logits_to_keep=1)[:, -1]
+
+_COMPILED_STEPS = {}
+
+def compiled_decode_step(device_type: str = 'cpu', mode: str | None = None):
+    """`_decode_step` through `torch.compile` (fixed shapes, one graph): `mode` defaults to 'reduce-overhead'
+    (CUDA graphs) on CUDA and to the default mode elsewhere. One compiled function per mode, reused."""
+    if mode is None and device_type == 'cuda': mode = 'reduce-overhead'
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_decode_step, mode=mode, dynamic=False, fullgraph=True)
+    return _COMPILED_STEPS[mode]
+
+# %% ../nbs/07_generate.ipynb #6778dc2d
+class StaticDecoder:
+    "Decoding over a `StaticKVCache`: an eager prefill, then fixed-shape one-token steps (compiled with `compile`)."
+    def __init__(self, model, batch_size: int, max_len: int, compile: bool = False, mode: str | None = None):
+        self.model, self.cache = model, model.new_static_kv_cache(batch_size, max_len)
+        dev = self.cache.key_mask.device
+        self.step = compiled_decode_step(dev.type, mode) if compile else _decode_step
+        self._pos = torch.zeros(1, dtype=torch.long, device=dev)            # fixed inputs of the step: same strides too
+        self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
+
+    def __call__(self, ids: Tensor, mask: Tensor) -> Tensor | None:
+        "Next-token logits `(B, vocab)` after `ids` `(B, L)` (`mask`: 0 = padding); None once past `max_len`."
+        c, L = self.cache, ids.shape[1]
+        if c.length == 0 and L <= c.max_len:                  # prefill (eager: its length varies)
+            c.key_mask[:, :L] = mask.bool()
+            c.positions = torch.arange(L, device=ids.device)
+            logits = _decode_step(self.model, ids, c)
+        elif L == c.length + 1 and L <= c.max_len:            # the newest token: same shapes every step
+            c.positions = self._pos.fill_(c.length)
+            logits = self.step(self.model, self._ids.copy_(ids[:, -1:]), c)
+        else: return None
+        c.length = L
+        return logits
+
 # %% ../nbs/07_generate.ipynb #f686e7bc
 @torch.no_grad()
 def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                  seed: int | None = None, use_kv_cache: bool = True, eos_id: int | None = None,
-                 pad_id: int = 0, callback: Callable[[int, Tensor], None] | None = None) -> list[list[int]]:
+                 pad_id: int = 0, callback: Callable[[int, Tensor], None] | None = None, compile: bool = False,
+                 static_cache: bool | None = None) -> list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt (a list of token-id lists, left-padded
     into one batch); returns the new ids of each row, without the `eos_id` that ended it (if any).
-    `callback(step, next_ids)` sees each step's `(B,)` ids (`pad_id` for finished rows)."""
+    `callback(step, next_ids)` sees each step's `(B,)` ids (`pad_id` for finished rows). `compile`: decode over a
+    `StaticKVCache` with a `torch.compile`d step (`static_cache=True`: the same, eager)."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    static = compile if static_cache is None else static_cache
+    if (compile or static) and not use_kv_cache: raise GenerationError("compile / static_cache need use_kv_cache=True")
     if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
         raise GenerationError("every prompt needs at least one token")
     device = next(model.parameters()).device
@@ -120,26 +163,30 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
     gen = _new_generator(device, seed)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out = [[] for _ in range(B)]
-    cache = model.new_kv_cache(B, ctx, device=device) if use_kv_cache else None
+    cache = model.new_kv_cache(B, ctx, device=device) if use_kv_cache and not static else None
+    sdec = StaticDecoder(model, B, min(n + max_new_tokens, ctx), compile) if static else None
     was_training = model.training
     model.eval()
     try:
         for step in range(max_new_tokens):
             L = ids.shape[1]
-            if cache is not None and L <= ctx and cache.length in (0, L - 1):
+            logits = sdec(ids, mask) if sdec is not None else None   # static cache: prefill or one fixed-shape step
+            if logits is not None: pass
+            elif cache is not None and L <= ctx and cache.length in (0, L - 1):
                 new = ids[:, cache.length:]                     # the prompt (prefill) or the newest token
-                logits = model(new, kv_cache=cache, attention_mask=mask if padded else None, logits_to_keep=1)
+                logits = model(new, kv_cache=cache, attention_mask=mask if padded else None, logits_to_keep=1)[:, -1]
             else:                                               # no cache, or past the context: sliding window
-                cache = None
-                logits = model(ids[:, -ctx:], attention_mask=mask[:, -ctx:] if padded else None, logits_to_keep=1)
-            logits = apply_repetition_penalty(logits[:, -1].float(), ids, repetition_penalty, mask)
+                cache = sdec = None
+                logits = model(ids[:, -ctx:], attention_mask=mask[:, -ctx:] if padded else None, logits_to_keep=1)[:, -1]
+            logits = apply_repetition_penalty(logits.float(), ids, repetition_penalty, mask)
             nxt = sample_next_token(logits, temperature, top_k, top_p, gen)
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
             if padded is False and bool(finished.any()): padded = True
+            done = finished.tolist()
             for r, t in enumerate(nxt.tolist()):
-                if finished[r]: continue
+                if done[r]: continue
                 if eos_id is not None and t == eos_id: finished[r] = True
                 else: out[r].append(t)
             if callback is not None: callback(step, nxt)
@@ -155,10 +202,11 @@ def _first_id(tokenizer, names) -> int | None:
 def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 128, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
              seed: int | None = None, use_kv_cache: bool = True, stop_at_eos: bool = True,
-             callback: Callable | None = None) -> str | list[str]:
+             callback: Callable | None = None, compile: bool = False) -> str | list[str]:
     """Continue `prompt` (a string, or a list of strings generated as one left-padded batch) with up to
     `max_new_tokens` tokens; returns the generated text (without the prompt). `temperature=0` is greedy;
-    `seed` makes sampling reproducible; `callback` streams complete-character text pieces as they come."""
+    `seed` makes sampling reproducible; `callback` streams complete-character text pieces as they come;
+    `compile=True` decodes over a static KV cache with a `torch.compile`d step (CUDA graphs on a GPU)."""
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -183,7 +231,7 @@ def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 12
             if piece: callback(piece) if single else callback(r, piece)
     done = [False] * len(prompts)
     new = generate_ids(model, encoded, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                       use_kv_cache, eos if stop_at_eos else None, pad, on_step if callback else None)
+                       use_kv_cache, eos if stop_at_eos else None, pad, on_step if callback else None, compile=compile)
     if callback:
         for r, d in enumerate(decoders):
             if not done[r] and (piece := d.flush()): callback(piece) if single else callback(r, piece)

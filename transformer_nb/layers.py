@@ -14,21 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError
+from .attention import init_linear, residual_init_std
 
 # %% auto #0
-__all__ = ['NORMS', 'ACTIVATIONS', 'init_linear', 'residual_init_std', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP',
-           'mlp_num_parameters', 'residual_step', 'PreNormResidual']
-
-# %% ../nbs/05_layers.ipynb #f16d5628
-def init_linear(linear: nn.Linear, std: float = 0.02) -> nn.Linear:
-    "Initialise `linear` in place: weights from normal(0, `std`), bias (if any) to zero. Returns it."
-    nn.init.normal_(linear.weight, mean=0.0, std=std)
-    if linear.bias is not None: nn.init.zeros_(linear.bias)
-    return linear
-
-def residual_init_std(num_layers: int, std: float = 0.02) -> float:
-    "The std for projections that write into the residual stream: `std / sqrt(2 * num_layers)`."
-    return std / math.sqrt(2 * num_layers)
+__all__ = ['NORMS', 'ACTIVATIONS', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'mlp_num_parameters', 'residual_step',
+           'PreNormResidual']
 
 # %% ../nbs/05_layers.ipynb #f6568f6e
 class RMSNorm(nn.Module):

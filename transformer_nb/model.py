@@ -11,9 +11,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor, nn
 
-from .attention import CausalSelfAttention, KVCache, ModelShapeError, _attention_shape
+from .attention import CausalSelfAttention, KVCache, ModelShapeError, StaticKVCache, _attention_shape
 from .layers import LayerNorm, MLP, RMSNorm, init_linear, make_norm, residual_init_std, residual_step
 from .rope import rope_from_config
 
@@ -98,7 +99,8 @@ class DecoderModel(nn.Module):
         if ids.dim() != 2:
             raise ModelShapeError(f"ids must be (batch, seq_len), got shape {tuple(ids.shape)}")
         B, T = ids.shape
-        offset = kv_cache.length if kv_cache is not None else 0
+        static = isinstance(kv_cache, StaticKVCache)      # fixed shapes: positions live in the cache
+        offset = kv_cache.length if kv_cache is not None and not static else 0
         if offset + T > self.max_seq_len:
             raise ModelShapeError(f"sequence of {offset + T} positions ({offset} cached + {T} new) exceeds "
                                   f"model.max_position_embeddings={self.max_seq_len}")
@@ -107,6 +109,7 @@ class DecoderModel(nn.Module):
                                   f"({B}, {offset + T}) = (batch, cached + new tokens)")
         if ids.device.type == 'cpu' and ids.numel() and not _compiling() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
+        if static: attention_mask = self._static_mask(kv_cache, attention_mask)
         x = self.embed_tokens(ids)
         for i, blk in enumerate(self.layers):
             x = blk(x, self.rope, kv_cache, i, attention_mask)
@@ -151,9 +154,17 @@ class DecoderModel(nn.Module):
         H, KV, d = _attention_shape(self.config)
         return KVCache(self.config.num_layers, batch_size, KV, max_len, d, device=device, dtype=dtype)
 
-    @classmethod
-    def from_hf(cls, path, dtype=None, device=None) -> "DecoderModel":
-        """Load a local Hugging Face Llama folder (config.json + safetensors, no network, no pickle):
-        see [12_export](12_export.ipynb) for the name mapping and what is refused."""
-        from transformer_nb.export import load_hf
-        return load_hf(path, dtype=dtype, device=device)
+    def new_static_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> StaticKVCache:
+        "An empty `StaticKVCache` (with this model's RoPE table); defaults as in `new_kv_cache`."
+        c = self.new_kv_cache(1, 1, device, dtype)           # resolves device and dtype
+        max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
+        H, KV, d = _attention_shape(self.config)
+        return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device, dtype=c.dtype)
+
+# %% ../nbs/06_model.ipynb #759ed8a0
+@patch
+def _static_mask(self: DecoderModel, cache: StaticKVCache, attention_mask: Tensor | None) -> Tensor:
+    "The 4-D mask of a forward pass over a `StaticKVCache`, computed once for all layers."
+    if attention_mask is not None:
+        raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
+    return cache.attention_mask()

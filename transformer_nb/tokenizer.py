@@ -24,17 +24,19 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from .config import (UserError, atomic_write_bytes, atomic_write_text, sha256_bytes,
-                                   sha256_file, utc_now_iso)
+import transformer_nb
+from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
+                                 utc_now_iso)
+from .sources import resolve_sources
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
-           'PAD_NAMES', 'MAX_LINE_BYTES', 'TokenizerError', 'read_special_tokens', 'resolve_special_tokens',
-           'CorpusFile', 'scan_text_file', 'expand_inputs', 'iter_training_lines', 'new_bbpe_tokenizer', 'train_bbpe',
-           'save_tokenizer_artifacts', 'read_manifest', 'verify_tokenizer_artifacts', 'build_from_vocab_merges',
-           'build_from_artifacts', 'tokenizer_from_config', 'tokenizer_fingerprint', 'special_token_id', 'eos_id',
-           'bos_id', 'pad_id', 'copy_tokenizer_artifacts', 'chars_per_token', 'TokenizerTrainingSummary',
-           'train_tokenizer']
+           'PAD_NAMES', 'MAX_LINE_BYTES', 'FINGERPRINT_PROBE', 'TokenizerError', 'read_special_tokens',
+           'resolve_special_tokens', 'CorpusFile', 'scan_text_file', 'expand_inputs', 'iter_training_lines',
+           'new_bbpe_tokenizer', 'train_bbpe', 'save_tokenizer_artifacts', 'read_manifest',
+           'verify_tokenizer_artifacts', 'build_from_vocab_merges', 'build_from_artifacts', 'tokenizer_from_config',
+           'tokenizer_fingerprint', 'special_token_id', 'eos_id', 'bos_id', 'pad_id', 'copy_tokenizer_artifacts',
+           'chars_per_token', 'TokenizerTrainingSummary', 'train_tokenizer']
 
 # %% ../nbs/01_tokenizer.ipynb #0ed123fc
 class TokenizerError(UserError):
@@ -279,7 +281,6 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
 
 # %% ../nbs/01_tokenizer.ipynb #a9beac60
 def _versions() -> dict:
-    import transformer_nb
     return {'transformer_nb': getattr(transformer_nb, '__version__', None), 'tokenizers': tokenizers.__version__,
             'python': platform.python_version()}
 
@@ -424,9 +425,15 @@ def tokenizer_from_config(cfg) -> Tokenizer:
     raise TokenizerError("tokenizer: set tokenizer.tokenizer_json, or tokenizer.vocab and tokenizer.merges")
 
 # %% ../nbs/01_tokenizer.ipynb #70382f2d
+FINGERPRINT_PROBE = "<pad><bos><eos><s></s><|endoftext|> Hello,  world!\r\n\ufeffÜnïcödé 東京 🙂\tend\n"
+
 def tokenizer_fingerprint(tok: Tokenizer) -> str:
-    "SHA-256 of the tokenizer's canonical (compact) JSON: equal for tokenizers that encode identically."
-    return sha256_bytes(tok.to_str().encode('utf-8'))
+    """SHA-256 over all that decides how `tok` encodes: its canonical (compact) JSON, the settings the JSON
+    does not store (`encode_special_tokens`), and the ids it gives `FINGERPRINT_PROBE` plus its special tokens."""
+    probe = FINGERPRINT_PROBE + ''.join(_special_ids(tok))
+    state = {'json': tok.to_str(), 'encode_special_tokens': bool(getattr(tok, 'encode_special_tokens', False)),
+             'probe': tok.encode(probe).ids, 'probe_plain': tok.encode(probe, add_special_tokens=False).ids}
+    return sha256_bytes(json.dumps(state, sort_keys=True, separators=(',', ':')).encode('utf-8'))
 
 # %% ../nbs/01_tokenizer.ipynb #a65a1752
 def special_token_id(tok: Tokenizer, name: str) -> int:
@@ -454,18 +461,29 @@ def pad_id(tok: Tokenizer) -> int | None:
     return _first_id(tok, PAD_NAMES)
 
 # %% ../nbs/01_tokenizer.ipynb #47e292dd
-def copy_tokenizer_artifacts(src, dst) -> list[Path]:
-    "Verify the tokenizer at `src` (folder or tokenizer.json) and copy its artifacts into folder `dst`."
-    build_from_artifacts(src)
+def _loaded_json(src: Path) -> Path | None:
+    "The tokenizer JSON file `build_from_artifacts(src)` reads, or None when it builds from vocab.json + merges.txt."
+    if src.is_dir(): return src/'tokenizer.json' if (src/'tokenizer.json').is_file() else None
+    return None if src.name in ('vocab.json', 'merges.txt') else src
+
+def copy_tokenizer_artifacts(src, dst, special_tokens=None) -> list[Path]:
+    """Verify the tokenizer at `src` and put a copy of *the tokenizer it loads as* into folder `dst`.
+    A folder or a `tokenizer.json`: its files, byte for byte (a lone JSON of another name becomes
+    `tokenizer.json`). `vocab.json` / `merges.txt` forms: the loaded tokenizer (with its special tokens
+    and template) is saved with `save_tokenizer_artifacts`. Returns the files written."""
     p = Path(src)
-    folder = p if p.is_dir() else p.parent
-    names = [n for n in TOKENIZER_FILES if (folder/n).is_file()]
-    if not p.is_dir() and p.name != 'tokenizer.json': names = []  # a lone json: just that file
+    tok = build_from_artifacts(p, special_tokens=special_tokens)
     dst = Path(dst); dst.mkdir(parents=True, exist_ok=True)
-    out = []
-    for n in names: atomic_write_bytes(dst/n, (folder/n).read_bytes()); out.append(dst/n)
-    if not names: atomic_write_bytes(dst/'tokenizer.json', p.read_bytes()); out.append(dst/'tokenizer.json')
-    return out
+    tj = _loaded_json(p)
+    if tj is None:                                   # built from vocab + merges: save what was built
+        m = read_manifest(p if p.is_dir() else p.parent) or {}
+        save_tokenizer_artifacts(tok, dst, config=m.get('config'), corpus=m.get('corpus'), training=m.get('training'))
+        return [dst/n for n in TOKENIZER_FILES]
+    if tj.name != 'tokenizer.json':                  # a lone JSON: just that file, under the usual name
+        atomic_write_bytes(dst/'tokenizer.json', tj.read_bytes()); return [dst/'tokenizer.json']
+    names = [n for n in TOKENIZER_FILES if (tj.parent/n).is_file()]
+    for n in names: atomic_write_bytes(dst/n, (tj.parent/n).read_bytes())
+    return [dst/n for n in names]
 
 # %% ../nbs/01_tokenizer.ipynb #573b02e1
 def chars_per_token(tok: Tokenizer, texts: Iterable[str], batch_size: int = 1000) -> float:
@@ -509,9 +527,7 @@ class TokenizerTrainingSummary:
         return '\n'.join(lines)
 
 def _resolve(inputs) -> list[Path]:
-    try: from transformer_nb.data import resolve_sources  # optional: named sources like 'shakespeare'
-    except ImportError: return expand_inputs(inputs)
-    return list(resolve_sources(inputs))
+    return list(resolve_sources(inputs))   # files, folders, globs, and named sources like 'shakespeare'
 
 def _sample_lines(paths: Sequence[Path], max_chars: int) -> Iterator[str]:
     n = 0

@@ -26,10 +26,16 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch import nn
 
-from .config import UserError, ConfigError, sha256_file
-from .checkpoint import (CheckpointError, RunLock, checkpoint_name, config_dict, diff_dicts,
-                                       get_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                       read_manifest, save_checkpoint, set_rng_state, unwrap_model)
+from .base import sha256_file, UserError
+from .config import Config, ConfigError, DataConfig, load_config
+from .sources import CorpusError
+from .tokenizer import tokenizer_from_config
+from .data import prepare, SequentialSampler
+from .model import DecoderModel
+from .generate import generate
+from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
+                                       latest_checkpoint, list_checkpoints, load_checkpoint, read_manifest, remove_leftovers,
+                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
@@ -169,12 +175,9 @@ def init_distributed(device_name: str | None = 'auto') -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, backend, created, ctl)
 
 def micro_batch_size(batch_size: int, grad_accum: int, world_size: int = 1) -> int:
-    "Sequences per forward pass: the global `batch_size` split over accumulation steps and processes."
-    parts = grad_accum * world_size
-    if batch_size % parts:
-        raise TrainingError(f"data.batch_size ({batch_size}, the global batch) must be divisible by "
-                            f"gradient_accumulation_steps x processes ({grad_accum} x {world_size} = {parts})")
-    return batch_size // parts
+    """Sequences per forward pass: the global `batch_size` split over accumulation steps and processes; a
+    `batch_size` smaller than that is the micro-batch itself (with a warning), as `Config.micro_batch_size` says."""
+    return Config(data=DataConfig(batch_size=batch_size, gradient_accumulation_steps=grad_accum)).micro_batch_size(world_size)
 
 # %% ../nbs/09_training.ipynb #58cc0922
 _GPU_PEAK = {  # dense TFLOP/s: (bf16/fp16 tensor cores, tf32 for fp32)
@@ -328,7 +331,6 @@ class Trainer:
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
         if isinstance(config, (str, os.PathLike)):
-            from transformer_nb.config import load_config
             config = load_config(config)
         self.config, self.resume, self.max_bad_steps = config, bool(resume), int(max_bad_steps)
         self._peak_flops = peak_flops
@@ -409,8 +411,6 @@ def _resolve_paths(self: Trainer, run_dir=None):
 # %% ../nbs/09_training.ipynb #9ec3fbf3
 @patch
 def _setup(self: Trainer):
-    from transformer_nb.tokenizer import tokenizer_from_config
-    from transformer_nb.model import DecoderModel
     cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
     seed_everything(cfg.runtime.seed)
     self.tokenizer = tokenizer_from_config(cfg.tokenizer)
@@ -424,7 +424,8 @@ def _setup(self: Trainer):
         raise TrainingError(f"data.sequence_length ({self.seq_len}) exceeds model.max_position_embeddings ({cfg.model.max_position_embeddings})")
     self.grad_accum = cfg.data.gradient_accumulation_steps
     self.micro_batch = micro_batch_size(cfg.data.batch_size, self.grad_accum, world)
-    self.tokens_per_step = cfg.data.batch_size * self.seq_len
+    self.global_batch = self.micro_batch * self.grad_accum * world   # = data.batch_size, unless that is the micro-batch
+    self.tokens_per_step = self.global_batch * self.seq_len
     self._prepare_data()
     self.raw_model = DecoderModel(cfg.model, vocab).to(self.device)
     if self.dist.enabled: torch.manual_seed(cfg.runtime.seed + rank)       # own dropout masks per rank
@@ -454,17 +455,14 @@ def _setup(self: Trainer):
 
 @patch
 def _tokenizer_source(self: Trainer):
-    "What to copy into checkpoints: the tokenizer.json / artifacts folder, else the Tokenizer itself."
-    t = self.config.tokenizer
-    if t.tokenizer_json: return Path(t.tokenizer_json)
-    if t.vocab and t.merges and Path(t.vocab).parent == Path(t.merges).parent and Path(t.vocab).name == 'vocab.json' \
-            and Path(t.merges).name == 'merges.txt':
-        return Path(t.vocab).parent
-    return self.tokenizer
+    """What to copy into checkpoints: the tokenizer.json (or its folder) that `tokenizer_json` names, else the
+    Tokenizer built from vocab.json + merges.txt (with the config's special tokens, if any): what was loaded."""
+    p = Path(self.config.tokenizer.tokenizer_json or '')
+    loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
+    return p if self.config.tokenizer.tokenizer_json and loaded_json else self.tokenizer
 
 @patch
 def _prepare_data(self: Trainer):
-    from transformer_nb.data import prepare
     d = self.config.data
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
@@ -483,7 +481,6 @@ def _prepare_data(self: Trainer):
 
 @patch
 def _sampler(self: Trainer, shards, shuffle: bool, drop_last: bool = False):
-    from transformer_nb.data import SequentialSampler
     return SequentialSampler(shards, self.micro_batch, self.seq_len, seed=self.config.runtime.seed, rank=self.dist.rank,
                              world_size=self.dist.world_size, shuffle=shuffle, drop_last=drop_last,
                              pin_memory=self.device.type == 'cuda')
@@ -627,7 +624,6 @@ def _write_metrics(self: Trainer, rows: list[dict]):
 @patch
 def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
     "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char."
-    from transformer_nb.data import CorpusError
     n_micro = (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
     try: sampler = self._sampler(self.data.val, shuffle=False, drop_last=True)
     except CorpusError:
@@ -690,7 +686,7 @@ def trainer_state(self: Trainer) -> dict:
     "Everything besides model and optimizer needed to continue exactly (collective under DDP)."
     sch = self.config.scheduler
     return {'step': self.step, 'tokens_seen': self.tokens_seen, 'epoch': self.epoch, 'total_steps': self.total_steps,
-            'world_size': self.dist.world_size, 'global_batch_size': self.config.data.batch_size, 'seq_len': self.seq_len,
+            'world_size': self.dist.world_size, 'global_batch_size': self.global_batch, 'seq_len': self.seq_len,
             'scheduler': {'strategy': sch.strategy, 'next_lr': lr_at(self.step, sch, self.config.optimizer.learning_rate, self.total_steps)},
             'grad_scaler': self.scaler.state_dict() if self.scaler is not None else None,
             'sampler': self.train_sampler.state_dict(), 'rng': self._gather_json(get_rng_state()),
@@ -727,7 +723,6 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None: return
     try:
-        from transformer_nb.generate import generate
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices), self._autocast():
@@ -742,13 +737,14 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
 @patch
 def _resume(self: Trainer):
     import yaml
+    if self.is_main: remove_leftovers(self.checkpoint_dir)   # (puts back a checkpoint whose re-save a crash cut short)
+    self._barrier()
     found = list_checkpoints(self.checkpoint_dir)
     with warnings.catch_warnings():
         if not self.is_main: warnings.simplefilter('ignore')
         ck = latest_checkpoint(self.checkpoint_dir)
     if ck is None:
         if found:
-            from transformer_nb.checkpoint import verify_checkpoint
             raise CheckpointError(f"{self.checkpoint_dir}: --resume found {len(found)} checkpoint(s) but none is valid "
                                   f"(newest: {'; '.join(verify_checkpoint(found[-1]))}); move them away to start over")
         self.log(f"notice: --resume: no checkpoint in {self.checkpoint_dir} yet; starting from scratch")
@@ -798,7 +794,7 @@ def _header(self: Trainer) -> str:
     n = self.raw_model.num_parameters()
     return (f"training {n / 1e6:.2f}M parameters on {self.device} ({self.precision}"
             f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es); "
-            f"global batch {c.data.batch_size} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
+            f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
             f"({self.steps_per_epoch} per epoch)")
 
