@@ -187,6 +187,18 @@ def test_render_outputs_one_block_each():
     assert md.index('```python') < md.index('nb-stdout')
 
 
+def test_no_temp_paths_or_warnings_in_pages(site):
+    out, pages = site
+    bad = []
+    for html_file, (_, text) in pages.items():
+        t = page_text(text)
+        for pat in (r'/tmp/', r'\btnb-cli-\w+', r'\bWarning: '):
+            for m in re.finditer(pat, t):
+                bad.append(f'{html_file.name}: ...{t[max(0, m.start() - 60):m.end() + 40]!r}...')
+    assert not bad, 'temporary paths or raw warnings in pages (refresh the outputs with `make nbs NB=...`, which writes a '
+                     'temporary folder as $TMP, or `python tools/run_nbs.py --scrub`; silence expected warnings in the cell):\n' + '\n'.join(bad[:20])
+
+
 def test_classes_are_classes_and_no_nonetype(site):
     out, pages = site
     classes = {m.group(1) for f in (ROOT / 'transformer_nb').glob('*.py')
