@@ -228,3 +228,20 @@ def test_help_fits_80_columns_and_shows_each_default_once():
         assert not twice, f'{c} --help: an option with two defaults:\n' + '\n'.join(twice)
     for c in ('train', 'generate'):
         assert 'First:' in results[COMMANDS.index(c)].stdout, f'{c} --help does not say what to run first'
+
+
+# --- item 8: a failed orchestrate leaves nothing it created --------------------------------------------------------
+
+def test_failed_orchestrate_leaves_nothing_behind(tmp_path):
+    from faults import assert_user_error, command
+    bad = tmp_path / 'image.txt'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n\x00\x00binary')
+    new = tmp_path / 'runs' / 'new'
+    r = command('orchestrate', '--profile', 'local', '--input', bad, '--run-dir', new, '--max-steps', '2')
+    assert_user_error(r.returncode, r.stderr, 'image.txt', r.stdout)
+    assert not new.exists(), f"left behind: {sorted(p.name for p in new.iterdir())}"
+    old = tmp_path / 'runs' / 'old'
+    old.mkdir(); (old / 'notes.txt').write_text('mine')
+    r = command('orchestrate', '--profile', 'local', '--input', bad, '--run-dir', old, '--max-steps', '2')
+    assert r.returncode == 2, r.stderr
+    assert sorted(p.name for p in old.iterdir()) == ['notes.txt']

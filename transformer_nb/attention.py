@@ -231,6 +231,10 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
         self.attn_dropout = float(getattr(model_cfg, 'attn_dropout', 0.0) or 0.0)
         self.use_sdpa = True
+        if getattr(model_cfg, 'qk_norm', False):     # per-head RMSNorm of q and k (before RoPE): bounded logits
+            eps = getattr(model_cfg, 'norm_eps', 1e-5)
+            self.q_norm, self.k_norm = nn.RMSNorm(self.head_dim, eps=eps), nn.RMSNorm(self.head_dim, eps=eps)
+        else: self.q_norm = self.k_norm = None
         init_linear(self.qkv, 0.02)
         init_linear(self.o_proj, residual_init_std(model_cfg.num_layers, 0.02))
 
@@ -258,6 +262,7 @@ class CausalSelfAttention(nn.Module):
         `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
         B, T, _ = x.shape
         q, k, v = self.split_heads(x)
+        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
         if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
             return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
         offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0

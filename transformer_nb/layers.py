@@ -1,4 +1,4 @@
-"""The small pieces of a transformer block: linear layers and their initialisation, RMSNorm and LayerNorm, the MLP (SwiGLU, SiLU or GELU) and the pre-norm residual step.
+"""The small pieces of a transformer block: linear layers and their initialisation, RMSNorm and LayerNorm, the MLP (SwiGLU, SiLU, GELU or squared ReLU) and the pre-norm residual step.
 
 Docs: https://transformer-nb.github.io/transformer_nb/layers.html.md"""
 
@@ -20,6 +20,25 @@ from .attention import init_linear, residual_init_std
 __all__ = ['NORMS', 'ACTIVATIONS', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'mlp_num_parameters', 'residual_step',
            'PreNormResidual']
 
+# %% ../nbs/05_layers.ipynb #3a08b19b
+class _RMSNormFunction(torch.autograd.Function):
+    """`x * rsqrt(mean(x^2) + eps) * weight` with a hand-written backward: autograd would record six small
+    element-wise ops and replay their backward one by one; this saves `x_hat` and `r` and needs four."""
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        xn = x * r
+        ctx.save_for_backward(xn, r, weight)
+        return xn * weight
+
+    @staticmethod
+    def backward(ctx, g):
+        xn, r, w = ctx.saved_tensors
+        gw = (g * xn).reshape(-1, xn.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        gn = g * w                       # d/dx of x*r: r * (gn - x_hat * mean(gn * x_hat))
+        gx = (gn - xn * (gn * xn).mean(-1, keepdim=True)) * r if ctx.needs_input_grad[0] else None
+        return gx, gw, None
+
 # %% ../nbs/05_layers.ipynb #f6568f6e
 class RMSNorm(nn.Module):
     "RMS normalisation over the last dimension: `x * rsqrt(mean(x^2) + eps) * weight`, in float32, cast back to x's dtype."
@@ -29,9 +48,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(x.dtype)
+        return _RMSNormFunction.apply(x.float(), self.weight.float(), self.eps).to(x.dtype)
 
     def extra_repr(self) -> str: return f"{self.dim}, eps={self.eps}"
 
@@ -61,10 +78,10 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.
     raise ConfigError(f"model.norm: expected one of {', '.join(NORMS)}; got {kind!r}")
 
 # %% ../nbs/05_layers.ipynb #d214dc01
-ACTIVATIONS = ('swiglu', 'silu', 'gelu')
+ACTIVATIONS = ('swiglu', 'silu', 'gelu', 'relu2')
 
 class MLP(nn.Module):
-    "Position-wise MLP: swiglu `down(silu(gate(x)) * up(x))`, or silu/gelu `down(act(up(x)))`; dropout on the hidden activations."
+    "Position-wise MLP: swiglu `down(silu(gate(x)) * up(x))`, or silu/gelu/relu2 (squared ReLU) `down(act(up(x)))`; dropout on the hidden activations."
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = 'swiglu',
                  bias: bool = False, dropout: float = 0.0):
         super().__init__()
@@ -80,6 +97,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == 'swiglu': h = F.silu(self.gate(x)) * self.up(x)
         elif self.activation == 'silu': h = F.silu(self.up(x))
+        elif self.activation == 'relu2': h = F.relu(self.up(x)).square()
         else: h = F.gelu(self.up(x))
         return self.down(self.dropout(h))
 

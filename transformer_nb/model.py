@@ -75,7 +75,7 @@ class DecoderModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02):
-        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."
+        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` (zero with `zero_init_output`) for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."
         nn.init.normal_(self.embed_tokens.weight, 0.0, std)
         for m in self.modules():
             if isinstance(m, nn.Linear): init_linear(m, std)
@@ -85,6 +85,8 @@ class DecoderModel(nn.Module):
         for blk in self.layers:
             init_linear(blk.attn.o_proj, residual_init_std(self.config.num_layers, std))
             init_linear(blk.mlp.down, residual_init_std(self.config.num_layers, std))
+            if getattr(self.config, 'zero_init_output', False):    # each block starts as the identity
+                for lin in (blk.attn.o_proj, blk.mlp.down): nn.init.zeros_(lin.weight)
 
     @property
     def max_seq_len(self) -> int:
@@ -107,8 +109,10 @@ class DecoderModel(nn.Module):
         if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
             raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
                                   f"({B}, {offset + T}) = (batch, cached + new tokens)")
-        if ids.device.type == 'cpu' and ids.numel() and not _compiling() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
+        if ids.device.type == 'cpu' and ids.numel() and not _compiling():
+            lo, hi = (int(v) for v in torch.aminmax(ids))             # one pass over the ids
+            if lo < 0 or hi >= self.vocab_size:
+                raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {lo}, max {hi}")
         if static: attention_mask = self._static_mask(kv_cache, attention_mask)
         x = self.embed_tokens(ids)
         for i, blk in enumerate(self.layers):
@@ -116,6 +120,7 @@ class DecoderModel(nn.Module):
         x = self.norm(x)
         if logits_to_keep > 0: x = x[:, -logits_to_keep:]
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed_tokens.weight)
+        if (cap := getattr(self.config, 'logit_softcap', None)): logits = cap * torch.tanh(logits / cap)
         if targets is None: return logits
         if logits_to_keep > 0:
             raise ValueError("targets need the logits of every position: do not combine them with logits_to_keep")

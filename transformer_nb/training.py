@@ -25,24 +25,34 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 from fastcore.basics import patch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.overrides import TorchFunctionMode
 
 from .base import say, sha256_file, short_path, UserError
 from .config import Config, ConfigError, DataConfig, load_config
 from .sources import CorpusError, resolve_sources
-from .tokenizer import tokenizer_from_config
+from .tokenizer import eos_id, tokenizer_from_config
 from .data import prepare, SequentialSampler
 from .model import DecoderModel
 from .generate import generate
 from .checkpoint import (checkpoint_name, checkpoint_step, CheckpointError, config_dict, diff_dicts, get_rng_state,
                                        latest_checkpoint, list_checkpoints, load_checkpoint, read_manifest, remove_leftovers,
-                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint)
+                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint,
+                                       stage_checkpoint, write_dcp, publish_checkpoint)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
-           'make_scheduler', 'param_groups', 'build_optimizer', 'DistInfo', 'init_distributed', 'micro_batch_size',
-           'measure_matmul_flops', 'peak_flops', 'fit_columns', 'Trainer']
+__all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
+           'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
+           'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
+           'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'measure_matmul_flops', 'peak_flops',
+           'model_flops_utilization', 'fit_columns', 'notebook_display_mode', 'live_chart_mode', 'training_chart',
+           'ChartImage', 'ProgressView', 'LiveChart', 'Trainer', 'token_byte_lengths', 'text_metrics',
+           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
+           'shard_model', 'LRFinderResult', 'lr_suggestion', 'lr_find']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -133,15 +143,126 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{'params': groups[True][0], 'weight_decay': weight_decay, 'names': groups[True][1]},
             {'params': groups[False][0], 'weight_decay': 0.0, 'names': groups[False][1]}]
 
-def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None) -> torch.optim.AdamW:
-    "AdamW from the `optimizer` config section, with `param_groups`, fused where the device supports it."
-    algo = str(opt_cfg.algorithm).lower().replace('-', '_')
-    if algo not in ('adam_w', 'adamw'): raise TrainingError(f"optimizer.algorithm: {opt_cfg.algorithm!r} is not supported (adam_w)")
-    groups = [{k: v for k, v in g.items() if k != 'names'} for g in param_groups(model, opt_cfg.weight_decay)]
+def _adamw(groups: list[dict], opt_cfg) -> torch.optim.AdamW:
+    "AdamW over `groups` with the config's betas and epsilon, fused where the device supports it."
+    groups = [{k: v for k, v in g.items() if k != 'names'} for g in groups]
     kw = dict(lr=opt_cfg.learning_rate, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.epsilon)
     try: return torch.optim.AdamW(groups, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):       # device/dtype without a fused kernel
         return torch.optim.AdamW(groups, **kw)
+
+def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None):
+    "The optimizer of the `optimizer` config section: AdamW with `param_groups`, or `MuonWithAdamW` (below) for `muon`."
+    algo = str(opt_cfg.algorithm).lower().replace('-', '_')
+    if algo == 'muon': return muon_with_adamw(model, opt_cfg, device)
+    if algo not in ('adam_w', 'adamw'): raise TrainingError(f"optimizer.algorithm: {opt_cfg.algorithm!r} is not supported (adam_w, muon)")
+    return _adamw(param_groups(model, opt_cfg.weight_decay), opt_cfg)
+
+# %% ../nbs/09_training.ipynb #6aa27de8
+def muon_param_groups(model: nn.Module, weight_decay: float, muon_weight_decay: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """(Muon groups, AdamW groups) with 'names': the 2-D weights inside the blocks (`layers.*`) go to Muon;
+    the rest is grouped as `param_groups` does. Empty groups are left out."""
+    muon, rest = ([], []), []
+    for g in param_groups(model, weight_decay):
+        keep = ([], [])
+        for p, n in zip(g['params'], g['names']):
+            into = muon if n.startswith('layers.') and p.ndim == 2 else keep
+            into[0].append(p); into[1].append(n)
+        if keep[0]: rest.append({**g, 'params': keep[0], 'names': keep[1]})
+    groups = [{'params': muon[0], 'weight_decay': muon_weight_decay, 'names': muon[1]}] if muon[0] else []
+    return groups, rest
+
+# %% ../nbs/09_training.ipynb #d6828d39
+class MuonWithAdamW:
+    "`torch.optim.Muon` and `torch.optim.AdamW` stepped as one optimizer (`.muon`, `.adamw`)."
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def optimizers(self) -> tuple: return (self.muon, self.adamw)
+    @property
+    def param_groups(self) -> list[dict]: return self.muon.param_groups + self.adamw.param_groups
+    @property
+    def state(self) -> dict: return {**self.muon.state, **self.adamw.state}
+    @property
+    def defaults(self) -> dict: return self.adamw.defaults
+
+    def step(self, closure=None):
+        "One step of both (a closure is evaluated once)."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for opt in self.optimizers: opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers: opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict: return {'muon': self.muon.state_dict(), 'adam_w': self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict):
+        "Load both parts; each group's `lr_scale` stays the configured one (a changed muon_learning_rate applies)."
+        if not isinstance(state_dict, dict) or set(state_dict) != {'muon', 'adam_w'}:
+            found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"expected the state of Muon + AdamW (keys 'adam_w', 'muon'), found {found}: "
+                             "was this checkpoint trained with another optimizer.algorithm?")
+        scales = [g.get('lr_scale') for g in self.param_groups]
+        self.muon.load_state_dict(state_dict['muon']); self.adamw.load_state_dict(state_dict['adam_w'])
+        for g, s in zip(self.param_groups, scales):
+            if s is not None: g['lr_scale'] = s
+
+    def __repr__(self): return f"MuonWithAdamW(\n{self.muon!r},\n{self.adamw!r})"
+
+# %% ../nbs/09_training.ipynb #08114e16
+def newton_schulz(g: torch.Tensor, coefficients=(3.4445, -4.7750, 2.0315), steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    "The quintic Newton-Schulz iteration of `torch.optim.Muon` (an approximate `U V^T` of `g = U S V^T`), in `g`'s dtype."
+    a, b, c = coefficients
+    x = g.T if g.size(0) > g.size(1) else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+class Muon32(torch.optim.Muon):
+    "`torch.optim.Muon` with the Newton-Schulz iteration in float32 instead of bfloat16 (for CPUs)."
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for group in self.param_groups:
+            lr, mom = group['lr'], group['momentum']
+            for p in group['params']:
+                if p.grad is None: continue
+                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mom)
+                u = p.grad.lerp(buf, mom) if group['nesterov'] else buf
+                u = newton_schulz(u.float(), group['ns_coefficients'], group['ns_steps'], group['eps'])
+                A, B = p.shape
+                scale = 0.2 * math.sqrt(max(A, B)) if group['adjust_lr_fn'] == 'match_rms_adamw' else math.sqrt(max(1, A / B))
+                p.mul_(1 - lr * group['weight_decay'])
+                p.add_(u.to(p.dtype), alpha=-lr * scale)
+        return loss
+
+# %% ../nbs/09_training.ipynb #27c5d988
+def muon_with_adamw(model: nn.Module, opt_cfg, device=None) -> MuonWithAdamW:
+    "`MuonWithAdamW` from the `optimizer` config section (its `muon_*` keys for Muon, the AdamW keys for the rest) for `device`."
+    c = opt_cfg
+    muon_groups, rest = muon_param_groups(model, c.weight_decay, c.muon_weight_decay)
+    if not muon_groups: raise TrainingError("optimizer.algorithm=muon: the model has no 2-D weights inside its blocks")
+    adjust = str(c.muon_adjust_lr).lower()
+    if adjust not in ('original', 'match_rms_adamw'):
+        raise TrainingError(f"optimizer.muon_adjust_lr: expected 'original' or 'match_rms_adamw', got {c.muon_adjust_lr!r}")
+    for g in muon_groups: g.pop('names'); g['lr_scale'] = c.muon_learning_rate / c.learning_rate
+    ns = str(c.muon_ns_dtype).lower()
+    if ns == 'auto': ns = 'bfloat16' if device is not None and torch.device(device).type == 'cuda' else 'float32'
+    if ns not in ('bfloat16', 'float32'):
+        raise TrainingError(f"optimizer.muon_ns_dtype: expected auto, bfloat16 or float32, got {c.muon_ns_dtype!r}")
+    cls = torch.optim.Muon if ns == 'bfloat16' else Muon32
+    muon = cls(muon_groups, lr=c.muon_learning_rate, momentum=c.muon_momentum, nesterov=c.muon_nesterov,
+               ns_steps=c.muon_ns_steps, adjust_lr_fn=adjust)
+    return MuonWithAdamW(muon, _adamw(rest, c))
 
 # %% ../nbs/09_training.ipynb #57fda2f4
 @dataclass
@@ -181,10 +302,23 @@ def micro_batch_size(batch_size: int, grad_accum: int, world_size: int = 1) -> i
     return Config(data=DataConfig(batch_size=batch_size, gradient_accumulation_steps=grad_accum)).micro_batch_size(world_size)
 
 # %% ../nbs/09_training.ipynb #58cc0922
-_GPU_PEAK = {  # dense TFLOP/s: (bf16/fp16 tensor cores, tf32 for fp32)
-    'H200': (989e12, 494e12), 'H100': (989e12, 494e12), 'A100': (312e12, 156e12), 'L40S': (362e12, 183e12),
-    'A10G': (70e12, 35e12), 'L4': (121e12, 60e12), 'V100': (125e12, 15.7e12), 'T4': (65e12, 8.1e12)}
+_GPU_PEAK = {  # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
+    'H200': (989e12, 494e12, 67e12), 'H100': (989e12, 494e12, 67e12), 'A100': (312e12, 156e12, 19.5e12),
+    'L40S': (362e12, 183e12, 91.6e12), 'A10G': (70e12, 35e12, 31.2e12), 'L4': (121e12, 60e12, 30.3e12),
+    'V100': (125e12, 15.7e12, 15.7e12), 'T4': (65e12, 8.1e12, 8.1e12)}
 
+def tf32_enabled() -> bool:
+    "Whether fp32 matmuls may use TF32 tensor cores (`torch.set_float32_matmul_precision` not 'highest')."
+    return torch.get_float32_matmul_precision() != 'highest'
+
+def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = None) -> float | None:
+    "Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the current setting)."
+    tf32 = tf32_enabled() if tf32 is None else tf32
+    for key, (half, t32, f32) in _GPU_PEAK.items():
+        if key in gpu_name: return half if precision in ('bf16', 'fp16') else (t32 if tf32 else f32)
+    return None
+
+# %% ../nbs/09_training.ipynb #9d21bc85
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, trials: int = 5,
                          seconds: float = 0.05) -> float:
     "Best FLOP/s of an `n`x`n` matmul on `device` in `dtype` over `trials` timings of about `seconds` each."
@@ -204,15 +338,20 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 102
     return best
 
 def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
-    "Peak matmul FLOP/s for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
+    "Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
     if os.environ.get('TNB_PEAK_FLOPS'): return float(os.environ['TNB_PEAK_FLOPS'])
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        for key, (half, tf32) in _GPU_PEAK.items():
-            if key in name: return half if precision in ('bf16', 'fp16') else tf32
+        peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        if peak is not None: return peak
     return measure_matmul_flops(device, _PRECISIONS.get(precision) or torch.float32)
 
-# %% ../nbs/09_training.ipynb #7605a92e
+# %% ../nbs/09_training.ipynb #22c581d3
+def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,
+                            world_size: int = 1) -> float:
+    "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
+    return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
+
+# %% ../nbs/09_training.ipynb #8c0cf250
 def fit_columns(parts: Sequence[str], extras: Sequence[str] = (), width: int | None = None, sep: str = ' | ') -> str:
     "`parts` joined by `sep`, then each of `extras` in turn while the line stays within `width` (default: the terminal's)."
     width = width or shutil.get_terminal_size((80, 24)).columns
@@ -220,6 +359,109 @@ def fit_columns(parts: Sequence[str], extras: Sequence[str] = (), width: int | N
     for x in extras:
         if len(line) + len(sep) + len(x) <= width: line += sep + x
     return line
+
+# %% ../nbs/09_training.ipynb #16036528
+import io
+
+# %% ../nbs/09_training.ipynb #a54dd9c1
+def notebook_display_mode() -> str | None:
+    "'live' in a Jupyter kernel (outputs update in place), 'final' in another IPython shell that keeps rich outputs, None elsewhere."
+    ipython = sys.modules.get('IPython')            # never imported here: a script that did not load IPython is no notebook
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None: return None
+    kind = type(shell).__name__
+    if kind == 'ZMQInteractiveShell': return 'live'
+    if kind == 'TerminalInteractiveShell': return None
+    return 'final'
+
+def live_chart_mode(live_plot: bool | None, mode: str | None) -> str | None:
+    "What `Trainer(live_plot=...)` shows in a shell of `mode`: 'live', 'final' (one chart at the end) or None."
+    if live_plot is False or mode is None: return None
+    if live_plot is None: return 'live' if mode == 'live' else None
+    return mode
+
+# %% ../nbs/09_training.ipynb #95b17048
+def training_chart(history: dict, step: int | None = None, total_steps: int | None = None, dpi: int = 90) -> bytes:
+    "PNG of train/eval loss (left) and learning rate (right) against the step, from `Trainer.history`."
+    from matplotlib.figure import Figure
+    tr, ev = history.get('train', []), history.get('eval', [])
+    fig = Figure(figsize=(9, 3.2), dpi=dpi, layout='constrained')
+    loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    if tr:
+        steps, losses = [r['step'] for r in tr], [r['loss'] for r in tr]
+        loss_ax.plot(steps, losses, color='C0', alpha=0.35 if len(tr) > 20 else 1, label='train')
+        if len(tr) > 20:                            # a running mean over ~5% of the points
+            k = max(2, len(tr) // 20)
+            loss_ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode='valid'), color='C0', label=f'train ({k}-step mean)')
+        lr_ax.plot(steps, [r['lr'] for r in tr], color='C2')
+    if ev: loss_ax.plot([r['step'] for r in ev], [r['loss'] for r in ev], 'o-', color='C1', label='eval')
+    for ax in (loss_ax, lr_ax):
+        ax.set_xlabel('step'); ax.grid(alpha=.3)
+        if total_steps: ax.set_xlim(0, total_steps)
+    loss_ax.set_ylabel('loss (nats/token)'); lr_ax.set_ylabel('learning rate')
+    lr_ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
+    if tr or ev: loss_ax.legend(loc='upper right')
+    loss_ax.set_title(f'step {step}/{total_steps}' if step is not None and total_steps else 'loss', fontsize=10)
+    buf = io.BytesIO(); fig.savefig(buf, format='png'); return buf.getvalue()
+
+class ChartImage:
+    "A training chart to `display`: PNG for the notebook, a one-line description as its text."
+    def __init__(self, history: dict, step: int, total_steps: int):
+        self.png, tr, ev = training_chart(history, step, total_steps), history.get('train'), history.get('eval')
+        last = lambda rows: f"{rows[-1]['loss']:.4f}" if rows else 'n/a'
+        self.text = (f"Training chart at step {step} of {total_steps}: loss (train {last(tr)}, eval {last(ev)}) "
+                     f"and learning rate against step")
+    def _repr_png_(self): return self.png
+    def __repr__(self): return self.text
+
+# %% ../nbs/09_training.ipynb #f6ca7b79
+def _clock(s: float) -> str:
+    return f"{int(s) // 60}:{int(s) % 60:02d}" if math.isfinite(s) else '?'
+
+def _ipython_display(obj):
+    from IPython.display import display
+    return display(obj, display_id=True)
+
+class ProgressView:
+    "A progress bar as HTML (notebook) and as a line of text."
+    def __init__(self, step: int, total: int, history: dict, elapsed: float):
+        tr, ev = history.get('train'), history.get('eval')
+        eta = elapsed * (total - step) / step if step else float('nan')
+        bits = [f'{step}/{total} steps'] + ([f"loss {tr[-1]['loss']:.4f}"] if tr else []) + \
+               ([f"eval {ev[-1]['loss']:.4f}"] if ev else []) + [f'{_clock(elapsed)} elapsed, eta {_clock(eta)}']
+        self.step, self.total, self.text = step, total, ' · '.join(bits)
+    def _repr_html_(self):
+        return (f'<div><progress value="{self.step}" max="{self.total}" style="width:40%;vertical-align:middle"></progress>'
+                f' <span style="font-family:monospace">{self.text}</span></div>')
+    def __repr__(self): return self.text
+
+class LiveChart:
+    "Progress bar and loss/LR chart of a run, redrawn in place (`live`) or drawn once at `close()`."
+    def __init__(self, total_steps: int, live: bool = True, every: int | None = None, min_seconds: float = 0.5, display=None):
+        self.total, self.live, self.min_seconds = total_steps, live, min_seconds
+        self.every = every or max(1, total_steps // 50)
+        self.display = display or _ipython_display
+        self.handles, self.draws, self._seen, self._last = {}, {'bar': 0, 'chart': 0}, 0, -math.inf
+        self.t0 = time.perf_counter()
+
+    def _show(self, name: str, obj):
+        if name in self.handles: self.handles[name].update(obj)
+        else: self.handles[name] = self.display(obj)
+        self.draws[name] += 1
+
+    def step(self, step: int, history: dict):
+        "After an optimizer step: the bar every `every` steps; the chart when the history has grown."
+        now = time.perf_counter()
+        if not self.live or step % self.every or now - self._last < self.min_seconds: return
+        self._last = now
+        self._show('bar', ProgressView(step, self.total, history, now - self.t0))
+        n = len(history.get('train', [])) + len(history.get('eval', []))
+        if n > self._seen: self._seen = n; self._show('chart', ChartImage(history, step, self.total))
+
+    def close(self, step: int, history: dict):
+        "The last picture: the bar at `step` (live mode) and the whole chart, left in the output."
+        if self.live: self._show('bar', ProgressView(step, self.total, history, time.perf_counter() - self.t0))
+        if history.get('train') or history.get('eval'): self._show('chart', ChartImage(history, step, self.total))
 
 # %% ../nbs/09_training.ipynb #8c755c41
 def _fmt_time(s: float) -> str:
@@ -233,13 +475,15 @@ class Trainer:
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
 
     `max_bad_steps`: stop after this many NaN/inf steps in a row. `show_progress`: tqdm bar (default:
-    when stdout is a terminal). `peak_flops`: for MFU (default: datasheet or measured)."""
+    when stdout is a terminal). `peak_flops`: for MFU (default: datasheet or measured).
+    `live_plot`: progress bar and loss/LR chart redrawn in place (default: in a Jupyter kernel; False: off)."""
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
-                 show_progress: bool | None = None, peak_flops: float | None = None):
+                 show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
         if isinstance(config, (str, os.PathLike)):
             config = load_config(config)
         self.config, self.resume, self.max_bad_steps = config, bool(resume), int(max_bad_steps)
         self._peak_flops = peak_flops
+        self._live_mode, self._live = live_chart_mode(live_plot, notebook_display_mode()), None
         self.lock = self.writer = self._bar = None
         self._metrics_file = None
         self._closed = False
@@ -316,6 +560,7 @@ def _resolve_paths(self: Trainer, run_dir=None):
 @patch
 def _setup(self: Trainer):
     cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+    self._check_parallel()
     seed_everything(cfg.runtime.seed)
     self.tokenizer = tokenizer_from_config(cfg.tokenizer)
     self.tokenizer_source = self._tokenizer_source()
@@ -331,7 +576,7 @@ def _setup(self: Trainer):
     self.global_batch = self.micro_batch * self.grad_accum * world   # = data.batch_size, unless that is the micro-batch
     self.tokens_per_step = self.global_batch * self.seq_len
     self._prepare_data()
-    self.raw_model = DecoderModel(cfg.model, vocab).to(self.device)
+    self.raw_model = self._build_model(vocab)
     if self.dist.enabled: torch.manual_seed(cfg.runtime.seed + rank)       # own dropout masks per rank
     self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
     self.fused = bool(self.optimizer.param_groups[0].get('fused'))
@@ -346,7 +591,7 @@ def _setup(self: Trainer):
     if self.resume: self._resume()
     self.model = self.eval_model = self.raw_model
     if cfg.runtime.compile: self.model = self.eval_model = torch.compile(self.raw_model)
-    if self.dist.enabled:
+    if self.parallel == 'ddp':
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
     self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
@@ -383,7 +628,9 @@ def _prepare_data(self: Trainer):
                           "training documents for validation", stacklevel=4)
         val = None
     src = self.tokenizer_source
-    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val)
+    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val, text_field=d.text_field,
+              workers=max(1, d.num_workers) if d.num_workers is not None else None, dedupe=d.dedupe,
+              **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
     if self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=self.show_progress, **kw)
     self._barrier()
     if not self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=False, verbose=False, **kw)
@@ -416,13 +663,12 @@ def _train_step(self: Trainer):
     "One optimizer step; returns (lr, loss, grad_norm, bad) with the last three as device tensors."
     cfg, opt = self.config, self.optimizer
     lr = lr_at(self.step, cfg.scheduler, cfg.optimizer.learning_rate, self.total_steps)
-    for g in opt.param_groups: g['lr'] = lr
+    for g in opt.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)     # lr_scale: Muon's groups
     loss_sum = torch.zeros((), device=self.device)
     for i in range(self.grad_accum):
         x, y = next(self.train_sampler)
         x, y = self._to_device(x), self._to_device(y)
-        sync = self.model.no_sync() if self.dist.enabled and i < self.grad_accum - 1 else contextlib.nullcontext()
-        with sync:
+        with self._grad_sync(i == self.grad_accum - 1):
             with self._autocast(): _, loss = self.model(x, y)
             loss_sum += loss.detach().float()
             out = loss / self.grad_accum
@@ -433,6 +679,7 @@ def _train_step(self: Trainer):
     if self.scaler is not None: self.scaler.unscale_(opt)
     max_norm = cfg.optimizer.max_grad_norm
     norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm if max_norm else float('inf'))
+    if isinstance(norm, DTensor): norm = norm.full_tensor()         # FSDP: the norm over all shards
     loss_bad = ~torch.isfinite(loss)
     bad = loss_bad | ~torch.isfinite(norm)
     if self.scaler is not None:                 # fp16: the scaler skips overflowing steps by itself
@@ -501,7 +748,7 @@ def _log_window(self: Trainer):
     norm = sum(norms) / len(norms) if norms else float('nan')
     dt = max(now - w['t'], 1e-9)
     tps = (n - w['n0']) * self.tokens_per_step / dt if n > w['n0'] else float('nan')   # steps since the clock (re)started
-    mfu = self.flops_per_token * tps / self._peak if self._peak else float('nan')
+    mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size) if self._peak else float('nan')
     elapsed = now - self._fit_t0
     done_here = self.step - self._fit_step0
     eta = (self.total_steps - self.step) * elapsed / done_here if done_here else float('nan')
@@ -539,7 +786,7 @@ def _write_metrics(self: Trainer, rows: list[dict]):
 # %% ../nbs/09_training.ipynb #afab8380
 @patch
 def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
-    "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char."
+    "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char, bpb."
     n_micro = (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
     try: sampler = self._sampler(self.data.val, shuffle=False, drop_last=True)
     except CorpusError:
@@ -547,7 +794,8 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
         except CorpusError as e: raise TrainingError(f"validation split: {e}") from None
     model, was_training = self.eval_model, self.eval_model.training
     fdtype = torch.float32 if self.device.type == 'mps' else torch.float64
-    sums = torch.zeros(3, dtype=fdtype, device=self.device)
+    sums = torch.zeros(4, dtype=fdtype, device=self.device)
+    nbytes = self._token_bytes()
     devices = [self.device.index or 0] if self.device.type == 'cuda' else []
     model.eval()
     try:
@@ -557,14 +805,15 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
                 with self._autocast(): logits, loss = model(x, y)
                 n = y.numel()
                 sums += torch.stack([loss.to(fdtype) * n, (logits.argmax(-1) == y).sum().to(fdtype),
-                                     torch.tensor(float(n), dtype=fdtype, device=self.device)])
+                                     torch.tensor(float(n), dtype=fdtype, device=self.device), nbytes[y].sum().to(fdtype)])
     finally: model.train(was_training)
     if self.dist.enabled: dist.all_reduce(sums)
-    loss_sum, correct, count = sums.tolist()
+    loss_sum, correct, count, byte_count = sums.tolist()
     loss = loss_sum / count
     cpt = self.data.val.num_chars / max(self.data.val.num_tokens, 1)
     return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'accuracy': correct / count,
-            'nats_per_char': loss_sum / (count * cpt) if cpt else float('nan'), 'tokens': int(count)}
+            'nats_per_char': loss_sum / (count * cpt) if cpt else float('nan'),
+            'bpb': loss_sum / math.log(2) / byte_count if byte_count else float('nan'), 'tokens': int(count)}
 
 @patch
 def _evaluate_and_track(self: Trainer):
@@ -573,10 +822,10 @@ def _evaluate_and_track(self: Trainer):
     self.history['eval'].append(self.last_eval)
     self.log(fit_columns([f"eval step {self.step}", f"loss {m['loss']:.4f}", f"perplexity {m['perplexity']:.2f}",
                           f"nats/char {m['nats_per_char']:.4f}"],
-                         [f"accuracy {m['accuracy']:.3f}", f"bits/char {m['nats_per_char'] / math.log(2):.3f}",
+                         [f"bpb {m['bpb']:.4f}", f"accuracy {m['accuracy']:.3f}", f"bits/char {m['nats_per_char'] / math.log(2):.3f}",
                           f"{m['tokens']:,} tokens"]))
     if self.writer is not None:
-        for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
+        for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bpb'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
         self.writer.flush()
     self._write_metrics([{'kind': 'eval', **self.last_eval}])
     if math.isfinite(m['loss']) and (self.best is None or m['loss'] < self.best['value']):
@@ -584,6 +833,77 @@ def _evaluate_and_track(self: Trainer):
         p = self.save(self.best_dir, self.config.runtime.evaluation.best.max_keep, sample=False)
         if p is not None: self.log(f"best eval loss so far: saved {short_path(p)}")
     return m
+
+# %% ../nbs/09_training.ipynb #34341626
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of the text behind each token id of `tokenizer` (int64, one per id): byte-level tokens
+    count their characters (one byte each); special tokens 0; other added tokens their content's bytes."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    alphabet = set(ByteLevel.alphabet())
+    added = tokenizer.get_added_tokens_decoder()
+    out = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    for tok, i in tokenizer.get_vocab(with_added_tokens=True).items():
+        if i in added: out[i] = 0 if added[i].special else len(added[i].content.encode('utf-8'))
+        elif set(tok) <= alphabet: out[i] = len(tok)
+        else: out[i] = len(tokenizer.decode([i]).encode('utf-8'))     # not a byte-level token
+    return out
+
+@patch
+def _token_bytes(self: Trainer) -> torch.Tensor:
+    "`token_byte_lengths` of the run's tokenizer as a device tensor, padded with zeros to the model's vocabulary (cached)."
+    if getattr(self, '_token_bytes_t', None) is None:
+        n = token_byte_lengths(self.tokenizer)
+        n = np.pad(n, (0, max(0, self.raw_model.vocab_size - len(n))))
+        self._token_bytes_t = torch.from_numpy(n).to(self.device)
+    return self._token_bytes_t
+
+# %% ../nbs/09_training.ipynb #bdccc8a6
+def _token_stream(tokenizer, documents, max_tokens: int | None = None) -> tuple[np.ndarray, int, int]:
+    "(EOS + each document's tokens + EOS ..., characters, bytes) of `documents`, cut after `max_tokens` predictions."
+    eos, lens = eos_id(tokenizer), token_byte_lengths(tokenizer)
+    ids, chars = [eos], 0
+    for doc in documents:
+        enc = tokenizer.encode(doc, add_special_tokens=False).ids + [eos]
+        room = None if max_tokens is None else max_tokens - (len(ids) - 1)
+        if room is not None and room < len(enc):
+            enc = enc[:room]
+            chars += len(tokenizer.decode([t for t in enc if t != eos]))
+        else: chars += len(doc)
+        ids += enc
+        if max_tokens is not None and len(ids) - 1 >= max_tokens: break
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids, chars, int(lens[ids[1:]].sum())
+
+# %% ../nbs/09_training.ipynb #732833fe
+@torch.no_grad()
+def text_metrics(model: nn.Module, tokenizer, documents, seq_len: int, batch_size: int = 8,
+                 max_tokens: int | None = None, show_progress: bool = False) -> dict:
+    """`model` on `documents` (an iterable of strings): loss (nats/token), perplexity, bpb (bits per UTF-8
+    byte), nats_per_char, and the counts (tokens predicted, characters, bytes)."""
+    ids, chars, nbytes = _token_stream(tokenizer, documents, max_tokens)
+    n = len(ids) - 1
+    if n < 1: raise TrainingError("no text to evaluate: the input holds no tokens")
+    device, was_training = next(model.parameters()).device, model.training
+    t = torch.from_numpy(ids)
+    starts = list(range(0, n, seq_len))
+    total = 0.0
+    from tqdm.auto import tqdm
+    model.eval()
+    try:
+        with tqdm(total=n, unit='tok', unit_scale=True, desc='evaluate', disable=not show_progress) as bar:
+            for i in range(0, len(starts), batch_size):
+                for group in ([s for s in starts[i:i + batch_size] if s + seq_len <= n], [s for s in starts[i:i + batch_size] if s + seq_len > n]):
+                    if not group: continue
+                    L = min(seq_len, n - group[0])
+                    x = torch.stack([t[s:s + L] for s in group]).to(device)
+                    y = torch.stack([t[s + 1:s + 1 + L] for s in group]).to(device)
+                    logits = model(x)
+                    total += float(nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum'))
+                    bar.update(y.numel())
+    finally: model.train(was_training)
+    loss = total / n
+    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'bpb': total / math.log(2) / max(nbytes, 1),
+            'nats_per_char': total / max(chars, 1), 'tokens': n, 'chars': chars, 'bytes': nbytes}
 
 # %% ../nbs/09_training.ipynb #640d3aac
 @patch
@@ -620,6 +940,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
     max_keep = max_keep if max_keep is not None else self.config.runtime.checkpoint.max_keep
     if hasattr(self, '_streak_t'): self._check_streak()
     state = self.trainer_state()
+    if getattr(self, 'ckpt_format', 'safetensors') == 'dcp': return self._save_dcp(directory, max_keep, state, regular, sample)
     self._barrier()
     path, err = None, None
     if self.is_main:
@@ -639,7 +960,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
-    if self.writer is None: return
+    if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
     try:
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
@@ -650,6 +971,18 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
         self.writer.flush()
     except Exception as e:          # a sample must never stop training
         warnings.warn(f"could not generate a sample at step {self.step}: {type(e).__name__}: {e}")
+
+# %% ../nbs/09_training.ipynb #0362de42
+@patch
+def _warn_schedule_change(self: Trainer, old_total: int):
+    "Log a changed `total_steps`; warn (rank 0) when it moves the learning rate: the new curve is not a stretched old one."
+    sch, base = self.config.scheduler, self.config.optimizer.learning_rate
+    old_lr, new_lr = lr_at(self.step, sch, base, old_total), lr_at(self.step, sch, base, self.total_steps)
+    self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+    if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and self.is_main:
+        warnings.warn(f"resume: the run length changed ({old_total} -> {self.total_steps} steps) and the schedule is not "
+                      f"stretched: the learning rate of step {self.step + 1} moves from {old_lr:.3g} (old length) to "
+                      f"{new_lr:.3g} (new length)", stacklevel=2)
 
 # %% ../nbs/09_training.ipynb #44be2f0c
 @patch
@@ -669,7 +1002,8 @@ def _resume(self: Trainer):
         return
     manifest, new = read_manifest(ck), config_dict(self.config)
     if manifest.get('model_config') is not None:
-        diffs = diff_dicts(manifest['model_config'], new['model'], 'model.')
+        defaults = config_dict(type(self.config)())['model']     # keys added since the checkpoint: their defaults
+        diffs = diff_dicts({**defaults, **manifest['model_config']}, new['model'], 'model.')
         if diffs:
             raise CheckpointError(f"{ck}: cannot resume with a different model config ({'; '.join(diffs)}; checkpoint -> "
                                   f"config): restore those keys or use a new checkpoint directory")
@@ -696,7 +1030,7 @@ def _resume(self: Trainer):
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
     old_total = st.get('total_steps')
     if old_total is not None and old_total != self.total_steps:
-        self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+        self._warn_schedule_change(int(old_total))
     self.last_checkpoint, self._saved_step = ck, self.step
     self.log(f"resumed from {short_path(ck)} (step {self.step}, {self.tokens_seen:,} tokens seen)")
 
@@ -711,7 +1045,8 @@ def _header(self: Trainer) -> str:
     c, w = self.config, self.dist.world_size
     n = self.raw_model.num_parameters()
     return (f"training {n / 1e6:.2f}M parameters on {self.device} ({self.precision}"
-            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es)\n"
+            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es)"
+            f"{' (' + self.parallel.upper() + ')' if self.parallel != 'none' else ''}\n"
             f"  global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es)\n"
             f"  {self.seq_len} tokens each: {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
             f"({self.steps_per_epoch} per epoch)")
@@ -723,11 +1058,16 @@ def fit(self: Trainer) -> dict:
     self._install_signals()
     try:
         result = self._fit()
+        self._finish_saves()                 # background (async) checkpoint writes end and are published
+        result['checkpoint'] = str(self.last_checkpoint) if self.last_checkpoint else None
         self._fit_completed = True
         return result
     finally:
         self._restore_signals()
         if self._bar is not None: self._bar.close(); self._bar = None
+        if self._live is not None:
+            try: self._live.close(self.step, self.history)
+            finally: self._live = None
         self.close()
 
 @patch
@@ -747,6 +1087,7 @@ def _fit(self: Trainer) -> dict:
     if self.show_progress:
         from tqdm.auto import tqdm
         self._bar = tqdm(total=self.total_steps, initial=self.step, unit='step', dynamic_ncols=True)
+    if self._live_mode and self.is_main: self._live = LiveChart(self.total_steps, live=self._live_mode == 'live')
     self.model.train()
     while self.step < self.total_steps:
         lr, loss, norm, bad = self._train_step()
@@ -760,6 +1101,7 @@ def _fit(self: Trainer) -> dict:
         epoch_end = self.train_sampler.epoch > self.epoch
         if epoch_end: self.epoch = self.train_sampler.epoch
         if self._bar is not None: self._bar.update(1)
+        if self._live is not None: self._live.step(self.step, self.history)
         stop = self._any_true(self._stop_signal is not None)
         done = self.step >= self.total_steps
         if (rt.log_every_n_steps and self.step % rt.log_every_n_steps == 0) or done or stop: self._log_window()
@@ -782,3 +1124,329 @@ def _result(self: Trainer) -> dict:
             'skipped_steps': self.skipped_steps, 'checkpoint': str(self.last_checkpoint) if self.last_checkpoint else None,
             'interrupted': self._stop_signal,
             'elapsed_seconds': self._elapsed_before + time.perf_counter() - self._fit_t0}
+
+# %% ../nbs/09_training.ipynb #a6d31a3d
+DISTRIBUTED = ('auto', 'ddp', 'fsdp')
+
+def resolve_parallelism(mode: str | None, world_size: int) -> str:
+    "'none' (one process), 'ddp' or 'fsdp' for `runtime.distributed` at `world_size` processes."
+    m = (mode or 'auto').lower()
+    if m not in DISTRIBUTED: raise TrainingError(f"runtime.distributed: unknown {mode!r} ({', '.join(DISTRIBUTED)})")
+    if world_size <= 1: return 'none'
+    return 'fsdp' if m == 'fsdp' else 'ddp'
+
+def checkpoint_format(runtime) -> str:
+    "`runtime.checkpoint.format`, defaulting to 'dcp' under `runtime.distributed: fsdp` and 'safetensors' otherwise."
+    f = runtime.checkpoint.format
+    if f: return str(f).lower()
+    return 'dcp' if str(runtime.distributed or 'auto').lower() == 'fsdp' else 'safetensors'
+
+# %% ../nbs/09_training.ipynb #1899aa67
+_NOT_VALUES = {'requires_grad_', 'share_memory_', 'retain_grad_'}
+_FACTORIES = {'ones', 'zeros', 'full', 'empty', 'ones_like', 'zeros_like', 'full_like', 'empty_like', 'tensor', 'arange'}
+
+class ShardedInit(TorchFunctionMode):
+    "Record rank `rank`'s rows (of `world_size`) of every tensor initialised on the meta device while active."
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank, self.world_size, self.rows = rank, world_size, {}
+
+    @staticmethod
+    def _key(t: torch.Tensor): return t.untyped_storage()._cdata
+
+    def _mine(self, full: torch.Tensor) -> torch.Tensor:
+        if full.dim() == 0: return full.clone()
+        chunks = torch.chunk(full, self.world_size, dim=0)
+        return (chunks[self.rank] if self.rank < len(chunks) else full[:0]).clone()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        if args: t, rest, kw = args[0], args[1:], kwargs
+        else: t, rest, kw = kwargs.get('tensor'), (), {k: v for k, v in kwargs.items() if k != 'tensor'}  # nn.init.*
+        if isinstance(t, torch.Tensor) and t.is_meta and name.endswith('_') and not name.startswith('_') and name not in _NOT_VALUES:
+            if t._is_view() or any(isinstance(a, torch.Tensor) for a in (*rest, *kw.values())):
+                raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a view or with tensor arguments")
+            if getattr(func, '__module__', '') == 'torch.nn.init' or name in ('normal_', 'uniform_', 'zero_', 'fill_'):
+                full = torch.empty(t.shape, dtype=t.dtype, device='cpu')     # overwrites every element: draw in full
+                func(full, *rest, **kw)
+                self.rows[self._key(t)] = self._mine(full)
+            elif self._key(t) in self.rows: func(self.rows[self._key(t)], *rest, **kw)
+            else: raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a tensor of unknown value")
+        elif name in _FACTORIES and isinstance(out, torch.Tensor) and out.is_meta:
+            self.rows[self._key(out)] = self._mine(func(*args, **{**kwargs, 'device': 'cpu'}))
+        return out
+
+    def local_rows(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        "This rank's rows of each parameter of `model` (built on meta while this mode was active), by name."
+        missing = [n for n, p in model.named_parameters() if self._key(p) not in self.rows]
+        if missing: raise TrainingError(f"runtime.distributed=fsdp: no initial value recorded for {', '.join(missing[:4])}")
+        return {n: self.rows[self._key(p)] for n, p in model.named_parameters()}
+
+# %% ../nbs/09_training.ipynb #b70960af
+def materialize(model: nn.Module, rows: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+    "Allocate the (sharded) parameters of a meta-device `model` on `device` and fill in this rank's `rows`."
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, 'to_local') else p
+            if tuple(local.shape) != tuple(rows[name].shape):
+                raise TrainingError(f"{name}: shard {tuple(local.shape)} != recorded rows {tuple(rows[name].shape)}")
+            local.copy_(rows[name])
+        for name, b in model.named_buffers():
+            if b.numel(): raise TrainingError(f"runtime.distributed=fsdp: buffer {name} would be left uninitialised")
+    return model
+
+def _checkpointed(forward):
+    "`forward` under non-reentrant activation checkpointing while gradients are on."
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled(): return forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    "Recompute each decoder block's activations in the backward pass (parameter names unchanged)."
+    for blk in model.layers: blk.forward = _checkpointed(blk.forward)
+    return model
+
+def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
+    "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
+    kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
+    for blk in model.layers: fully_shard(blk, **kw)
+    fully_shard(model, **kw)
+    return model
+
+# %% ../nbs/09_training.ipynb #47237eb2
+@patch
+def _build_model(self: Trainer, vocab: int) -> nn.Module:
+    "The model on this rank: plain (single process, DDP) or built on meta, sharded and materialised (FSDP)."
+    cfg, rt = self.config, self.config.runtime
+    if self.parallel != 'fsdp':
+        model = DecoderModel(cfg.model, vocab).to(self.device)
+        return apply_activation_checkpointing(model) if rt.activation_checkpointing else model
+    if self.precision == 'fp16':
+        raise TrainingError("runtime.precision=fp16 with runtime.distributed=fsdp: use bf16 (or fp32); fp16 loss "
+                            "scaling of sharded gradients is not supported")
+    rec = ShardedInit(self.dist.rank, self.dist.world_size)
+    with torch.device('meta'), rec: model = DecoderModel(cfg.model, vocab)
+    rows = rec.local_rows(model); del rec
+    if rt.activation_checkpointing: apply_activation_checkpointing(model)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if self.device.type == 'cuda' and self.precision == 'bf16' else None)
+    return materialize(shard_model(model, mp), rows, self.device)
+
+@patch
+def _check_parallel(self: Trainer):
+    "Settings that cannot work together, refused before any work (one line each)."
+    rt = self.config.runtime
+    self.parallel = resolve_parallelism(rt.distributed, self.dist.world_size)
+    self.ckpt_format = checkpoint_format(rt)
+    self.async_save = bool(rt.checkpoint.async_save)
+    if self.async_save and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.async_save needs runtime.checkpoint.format: dcp")
+    if self.parallel == 'fsdp' and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.format=safetensors with runtime.distributed=fsdp would gather the whole "
+                            "model on rank 0: use dcp (generate and export-hf read DCP checkpoints)")
+    algo = str(self.config.optimizer.algorithm).lower()
+    if self.parallel == 'fsdp' and algo == 'muon':
+        raise TrainingError("optimizer.algorithm=muon with runtime.distributed=fsdp: Muon orthogonalises whole matrices "
+                            "and FSDP gives it row shards (wrong updates, no error); use runtime.distributed=ddp")
+    self._ckpt_group = dist.new_group(backend='gloo') if self.async_save and self.dist.enabled else None
+    self._pending_saves = []
+
+@patch
+def _grad_sync(self: Trainer, last: bool):
+    "Context for one micro-step: gradients are reduced across processes only on the `last` one."
+    mode = getattr(self, 'parallel', 'ddp' if self.dist.enabled else 'none')   # (subclasses that skip _setup)
+    if mode == 'fsdp':
+        self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if mode == 'ddp' and not last: return self.model.no_sync()
+    return contextlib.nullcontext()
+
+# %% ../nbs/09_training.ipynb #cdb8f9d3
+@patch
+def _save_dcp(self: Trainer, directory: Path, max_keep, state: dict, regular: bool, sample: bool = True) -> Path | None:
+    "Every rank writes its shards into rank 0's staging folder; rank 0 publishes (now, or when an async write ends)."
+    self._finish_saves()
+    tmp, err = None, None
+    if self.is_main:
+        try: tmp = stage_checkpoint(directory, self.step)
+        except BaseException as e: err = e
+    if not self._all_true(err is None):
+        raise err if err is not None else CheckpointError(f"{directory}: rank 0 could not stage the checkpoint of step {self.step}")
+    tmp = Path(self._gather_json(str(tmp) if tmp is not None else None)[0])
+    job = {'tmp': tmp, 'step': self.step, 'state': state, 'max_keep': max_keep, 'regular': regular, 'fut': None, 'err': None}
+    try: job['fut'] = write_dcp(tmp, self.raw_model, self.optimizer, self.async_save, self._ckpt_group)
+    except Exception as e: job['err'] = e
+    if regular: self._saved_step = self.step
+    if job['fut'] is not None: self._pending_saves.append(job); path = None
+    else: path = self._publish(job)
+    if regular and sample and self.is_main: self._sample_to_tensorboard()
+    return path
+
+@patch
+def _publish(self: Trainer, job: dict) -> Path | None:
+    "Wait for every rank's shards of `job`, then rank 0 writes the manifest and renames the folder into place."
+    err = job['err']
+    if job['fut'] is not None:
+        try: job['fut'].result()
+        except Exception as e: err = e
+    wrote = self._all_true(err is None)
+    path, perr = None, None
+    if self.is_main:
+        try:
+            if wrote: path = publish_checkpoint(job['tmp'], job['step'], job['state'], self.config, self.tokenizer_source,
+                                                job['max_keep'], self.raw_model.vocab_size)
+            else: shutil.rmtree(job['tmp'], ignore_errors=True)
+        except BaseException as e: perr = e
+    published = self._all_true(perr is None)
+    if perr is not None: raise perr
+    if not wrote or not published:
+        cause = f" ({type(err).__name__}: {err})" if err is not None else ''
+        raise CheckpointError(f"{job['tmp'].parent}: writing the checkpoint of step {job['step']} failed{cause}; "
+                              "earlier checkpoints are intact")
+    if job['regular'] and self.is_main:
+        self.last_checkpoint = path
+        self.log(f"checkpoint: {path}")
+    return path
+
+@patch
+def _finish_saves(self: Trainer):
+    "Publish the checkpoints still being written in the background (in order)."
+    while getattr(self, '_pending_saves', None):
+        self._publish(self._pending_saves.pop(0))
+
+# %% ../nbs/09_training.ipynb #b6180db8
+import copy
+import shutil
+import tempfile
+from types import SimpleNamespace
+
+# %% ../nbs/09_training.ipynb #176ed446
+from .config import load_config
+from .tokenizer import tokenizer_from_config
+from .data import PreparedData, SequentialSampler, prepare
+from .model import DecoderModel
+
+# %% ../nbs/09_training.ipynb #fdd916f4
+@dataclass
+class LRFinderResult:
+    "What `lr_find` measured: the rates tried, raw and smoothed losses, and the suggested learning rate."
+    lrs: list
+    losses: list
+    smoothed: list
+    suggestion: float
+    lr_min: float           # the rate at the smoothed minimum
+    lr_steep: float         # the rate where the smoothed loss fell fastest
+    diverged: bool
+
+    def __str__(self):
+        return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the smoothed "
+                f"loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
+                f"{', stopped when the loss diverged' if self.diverged else ''})")
+
+    def plot(self, ax=None):
+        "Smoothed (and raw) loss against the learning rate on a log axis, the suggestion marked."
+        if ax is None:
+            import matplotlib.pyplot as plt
+            _, ax = plt.subplots(figsize=(6.5, 3.5))
+        ax.plot(self.lrs, self.losses, color='C0', alpha=0.3, label='loss')
+        ax.plot(self.lrs, self.smoothed, color='C0', label='smoothed loss')
+        ax.axvline(self.suggestion, color='C3', ls='--', label=f'suggestion {self.suggestion:.1e}')
+        ax.plot([self.lr_steep], [np.interp(np.log(self.lr_steep), np.log(self.lrs), self.smoothed)], 'o', color='C2',
+                label=f'steepest {self.lr_steep:.1e}')
+        ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (nats/token)')
+        lo, hi = min(self.smoothed), self.smoothed[0]
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
+        ax.set_title('learning-rate range test'); ax.grid(alpha=.3); ax.legend(fontsize=8)
+        return ax
+
+# %% ../nbs/09_training.ipynb #b6258cee
+def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float]:
+    "(suggestion, lr_min, lr_steep): a tenth of the rate at the smoothed minimum, the minimum, the steepest fall before it."
+    s = np.asarray(smoothed, dtype=float); lr = np.asarray(lrs, dtype=float)
+    ok = np.isfinite(s)
+    i_min = int(np.nanargmin(np.where(ok, s, np.nan)))
+    start = min(int(len(s) * skip), max(i_min - 1, 0))          # the first few points are mostly the moving average's start
+    if i_min - start >= 2:
+        grad = np.gradient(s[start:i_min + 1], np.log(lr[start:i_min + 1]))
+        i_steep = start + int(np.argmin(grad))
+    else: i_steep = i_min
+    return max(float(lr[i_min]) / 10, float(lr[0])), float(lr[i_min]), float(lr[i_steep])
+
+# %% ../nbs/09_training.ipynb #6b2276f6
+def _lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
+    "Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written elsewhere)."
+    t = SimpleNamespace(config=config, tokenizer=tokenizer)
+    Trainer._resolve_paths(t, run_dir)                            # where the Trainer would look: run/data or data.cache_dir
+    d = config.data
+    val = list(d.validation_shards or [])
+    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed, show_progress=False, verbose=False,
+              val_sources=None if not val or _same_sources(val, d.train_shards) else val)
+    if not d.train_shards:
+        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
+    src = Trainer._tokenizer_source(t)
+    if t.data_dir.is_dir():
+        data = prepare(d.train_shards, src, t.data_dir, **kw)
+        if data.reused: return data
+        moved = tmp / data.dir.name                               # new shards: moved out of the run's cache
+        shutil.move(str(data.dir), str(moved))
+        return PreparedData.load(moved)
+    return prepare(d.train_shards, src, tmp, **kw)
+
+# %% ../nbs/09_training.ipynb #bebffadf
+def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+            beta: float = 0.98, diverge: float = 4.0, run_dir=None, plot: bool | None = None, verbose: bool = True) -> LRFinderResult:
+    """Learning-rate range test for `config` (a `Config` or a YAML path) on a fresh model (or a copy of `model`):
+    one optimizer step per rate, rates from `start_lr` to `end_lr` geometrically. Prints and returns the suggestion;
+    `plot` (default: in a notebook) draws the smoothed loss against the rate. Leaves no file and no changed model."""
+    if isinstance(config, (str, os.PathLike)): config = load_config(config)
+    if num_steps < 5: raise TrainingError(f"lr_find: num_steps must be at least 5, got {num_steps}")
+    if not 0 < start_lr < end_lr: raise TrainingError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    rng = get_rng_state()
+    try:
+        with tempfile.TemporaryDirectory(prefix='tnb-lr-find-') as tmp:
+            res = _lr_range_test(config, model, start_lr, end_lr, num_steps, beta, diverge, run_dir, Path(tmp))
+    finally: set_rng_state(rng)
+    if verbose: print(res, flush=True)
+    if plot or (plot is None and notebook_display_mode() is not None): res.plot()
+    return res
+
+# %% ../nbs/09_training.ipynb #d9ca6846
+def _lr_range_test(config, model, start_lr, end_lr, num_steps, beta, diverge, run_dir, tmp: Path) -> LRFinderResult:
+    device = resolve_device(config.runtime.device)
+    _, amp = resolve_precision(config.runtime.precision, device)
+    seed_everything(config.runtime.seed)
+    tok = tokenizer_from_config(config.tokenizer)
+    data = _lr_find_data(config, tok, run_dir, tmp)
+    net = copy.deepcopy(unwrap_model(model)) if model is not None else \
+          DecoderModel(config.model, config.model.vocab_size or tok.get_vocab_size())
+    net = net.to(device).train()
+    opt = build_optimizer(net, config.optimizer, device)
+    base = [g['lr'] / config.optimizer.learning_rate for g in opt.param_groups]   # groups keep their ratios
+    accum = config.data.gradient_accumulation_steps
+    seq = config.data.sequence_length or config.model.max_position_embeddings
+    batches = SequentialSampler(data.train, micro_batch_size(config.data.batch_size, accum), seq, seed=config.runtime.seed, shuffle=True)
+    mult = (end_lr / start_lr) ** (1 / (num_steps - 1))
+    lrs, losses, smoothed, avg, best, diverged = [], [], [], 0.0, math.inf, False
+    for i in range(num_steps):
+        lr = start_lr * mult ** i
+        for g, b in zip(opt.param_groups, base): g['lr'] = lr * b
+        total = 0.0
+        for _ in range(accum):
+            x, y = next(batches)
+            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+                _, loss = net(x.to(device), y.to(device))
+            (loss / accum).backward(); total += loss.item() / accum
+        if config.optimizer.max_grad_norm: nn.utils.clip_grad_norm_(net.parameters(), config.optimizer.max_grad_norm)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        avg = beta * avg + (1 - beta) * total
+        s = avg / (1 - beta ** (i + 1))
+        lrs.append(lr); losses.append(total); smoothed.append(s)
+        best = min(best, s)
+        if not math.isfinite(s) or (i >= 5 and s > diverge * best): diverged = True; break
+    keep = [k for k, v in enumerate(smoothed) if math.isfinite(v)]
+    lrs, losses, smoothed = [lrs[k] for k in keep], [losses[k] for k in keep], [smoothed[k] for k in keep]
+    return LRFinderResult(lrs, losses, smoothed, *lr_suggestion(lrs, smoothed), diverged)
