@@ -73,8 +73,8 @@ def _example(line: str, width: int) -> str:
     "A long example command split into shell continuation lines."
     parts = []
     while len(line) > width:
-        cut = line.rfind(' --', 0, width - 2)
-        if cut <= 4: break
+        cut = line.rfind(' --', 10, width - 2)          # (past the command and the continuation indent)
+        if cut < 0: break
         parts.append(line[:cut] + ' \\'); line = '        ' + line[cut + 1:]
     return '\n'.join(parts + [line])
 
