@@ -257,6 +257,7 @@ def bench_shape(name: str, keep_dropout: bool = False) -> BenchShape:
         s = replace(s, model=replace(s.model, attn_dropout=0.0, residual_dropout=0.0), source=s.source + ', dropout off')
     return s
 
+# %% ../nbs/11_bench.ipynb #da498ba1
 def _bench_shape(name: str) -> BenchShape:
     if name == 'baby':
         m = ModelConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_attention_heads=4,
@@ -336,6 +337,7 @@ def cold_compile_cache():
         else:
             with temporary_cache_dir(d): yield
 
+# %% ../nbs/11_bench.ipynb #8bafdcbf
 def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, repeats: int = 3, warmup: int = 2,
                      compile: bool = False, precision: str = 'fp32', peak: float | None = None,
                      cold_compile: bool = True) -> dict:
@@ -513,6 +515,28 @@ def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int =
         model.train(model_was_training)
     return total / (num_chars * count / n)
 
+# %% ../nbs/11_bench.ipynb #50f30f32
+def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
+    "A quality run's tokenizer and token shards, in `tmp`: (config with the vocabulary, vocab, data, held-out tokens)."
+    vocab = config.model.vocab_size or 1024
+    (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
+    (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
+    t0 = time.perf_counter()
+    tok = train_bbpe([tmp / 'train.txt'], tmp / 'tokenizer', vocab_size=vocab, show_progress=False)
+    res['tokenizer_s'] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
+                   show_progress=False, verbose=False)
+    res['prepare_s'] = time.perf_counter() - t0
+    vocab = max(vocab, tok.get_vocab_size())
+    cfg = replace(config, model=replace(config.model, vocab_size=vocab))
+    val_tokens = np.array(data.val.tokens)
+    res.update(vocab_size=vocab, train_tokens=data.train.num_tokens, val_tokens=len(val_tokens),
+               chars_per_token=len(val_text) / max(len(val_tokens), 1))
+    say(f"quality: tokenizer of {vocab} tokens ({res['tokenizer_s']:.1f} s); {data.train.num_tokens:,} training "
+        f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
+    return cfg, vocab, data, val_tokens
+
 # %% ../nbs/11_bench.ipynb #fcf48a8f
 def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fraction: float = 0.1,
                 eval_points: int = 8, eval_windows: int = 24, max_steps: int | None = None,
@@ -529,28 +553,11 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
     text = src.read_text(encoding='utf-8')
     train_text, val_text = split_text(text, val_fraction)
     if not train_text or not val_text.strip(): raise BenchError(f"{src}: too short to hold out {val_fraction:.0%} of it")
-    vocab = config.model.vocab_size or 1024
     res = {'corpus': str(src), 'budget_s': budget_s, 'val_fraction': val_fraction,
            'train_chars': len(train_text), 'val_chars': len(val_text),
            'machine': machine_info(resolve_device(config.runtime.device))}
     with tempfile.TemporaryDirectory(prefix='tnb-quality-') as tmp:
-        tmp = Path(tmp)
-        (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
-        (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
-        t0 = time.perf_counter()
-        tok = train_bbpe([tmp / 'train.txt'], tmp / 'tokenizer', vocab_size=vocab, show_progress=False)
-        res['tokenizer_s'] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
-                       show_progress=False, verbose=False)
-        res['prepare_s'] = time.perf_counter() - t0
-        vocab = max(vocab, tok.get_vocab_size())
-        cfg = replace(config, model=replace(config.model, vocab_size=vocab))
-        val_tokens = np.array(data.val.tokens)
-        res.update(vocab_size=vocab, train_tokens=data.train.num_tokens, val_tokens=len(val_tokens),
-                   chars_per_token=len(val_text) / max(len(val_tokens), 1))
-        say(f"quality: tokenizer of {vocab} tokens ({res['tokenizer_s']:.1f} s); {data.train.num_tokens:,} training "
-            f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
+        cfg, vocab, data, val_tokens = _quality_data(config, train_text, val_text, Path(tmp), res, say)
         r = StepRunner(cfg, vocab, shards=data.train)
         res.update(parameters=r.raw_model.num_parameters(), flops_per_token=r.flops_per_token,
                    tokens_per_step=r.tokens_per_step, compile=bool(cfg.runtime.compile))
@@ -593,6 +600,7 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
 
 # %% ../nbs/11_bench.ipynb #d43901ac
 PARTS = ('peak', 'train', 'generate', 'prepare')
+
 _ENV_KEYS = ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'MKL_NUM_THREADS',
              'TORCHINDUCTOR_CACHE_DIR')
 
@@ -639,6 +647,7 @@ def print_results(res: dict, show=print):
     if 'generate' in res: _print_generate(res['generate'], show)
     if 'prepare' in res: _print_prepare(res['prepare'], show)
 
+# %% ../nbs/11_bench.ipynb #8b4d0b43
 def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int = 10, repeats: int = 3,
               warmup: int = 2, compile: bool = True, precision: str | None = None, new_tokens: int = 256,
               prompt_len: int = 16, corpus=None, prep_mb: float = 5.0, prep_vocab: int = 4096, peak_sizes=None,
@@ -744,6 +753,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--quiet', action='store_true', help='print only the tables')
     return ap
 
+# %% ../nbs/11_bench.ipynb #ee63c906
 def bench_main(argv=None) -> int:
     "The `tnb-bench` command."
     a = _parser().parse_args(argv)

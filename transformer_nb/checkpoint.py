@@ -31,6 +31,8 @@ import safetensors.torch
 from torch import nn
 
 import transformer_nb
+from fastcore.basics import patch
+
 from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
@@ -268,6 +270,7 @@ def remove_leftovers(dir_root) -> list[Path]:
         logger.info("removed leftover %s", p)
     return removed
 
+# %% ../nbs/08_checkpoint.ipynb #1876612c
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None) -> Path:
     "Atomically write the checkpoint of `step` under `dir_root` and prune older ones to `max_keep`; returns its folder."
@@ -519,6 +522,7 @@ class RunLockError(UserError):
 
 LOCK_NAME = 'train.lock'
 
+# %% ../nbs/08_checkpoint.ipynb #575f93f4
 class RunLock:
     "Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the first."
     def __init__(self, run_dir):
@@ -573,11 +577,13 @@ class RunLock:
             return self
         raise RunLockError(f"{self.path}: could not take the lock")
 
-    def release(self):
-        if self._fd is None: return
-        try: self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd); self._fd = None      # closing drops the flock
-
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
+
+# %% ../nbs/08_checkpoint.ipynb #37bb2ddb
+@patch
+def release(self: RunLock):
+    if self._fd is None: return
+    try: self.path.unlink(missing_ok=True)
+    finally:
+        os.close(self._fd); self._fd = None      # closing drops the flock

@@ -233,6 +233,7 @@ def _existing_size(p: Path) -> int:
     try: return p.stat().st_size
     except OSError: return 0
 
+# %% ../nbs/01_tokenizer.ipynb #432b1b2c
 def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
                show_progress: bool = True) -> Tokenizer:
@@ -390,6 +391,7 @@ def build_from_vocab_merges(vocab, merges, special_tokens=None, add_bos_eos: boo
     if add_bos_eos: _set_bos_eos_template(tok, *_bos_eos_names(specials))
     return _finish(tok, vocab, manifest, None)
 
+# %% ../nbs/01_tokenizer.ipynb #bfb6cb31
 def build_from_artifacts(path, special_tokens=None, verify: bool = True) -> Tokenizer:
     """Load a tokenizer from a folder of artifacts or a `tokenizer.json`, verified against the
     `manifest.json` beside it when there is one. Falls back to `vocab.json` + `merges.txt` when the

@@ -270,21 +270,23 @@ class Trainer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-    def close(self):
-        "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
-        if getattr(self, '_closed', True): return
-        self._closed = True
-        if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
-        if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
-        if self.lock is not None: self.lock.release(); self.lock = None
-        if self.dist.created and dist.is_initialized():
-            # after a completed fit every rank meets here before any leaves the group: a rank that tears
-            # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
-            # Not after an error: the other ranks may never arrive.
-            if getattr(self, '_fit_completed', False):
-                try: dist.barrier()
-                except Exception: pass
-            dist.destroy_process_group()
+# %% ../nbs/09_training.ipynb #ed76b770
+@patch
+def close(self: Trainer):
+    "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
+    if getattr(self, '_closed', True): return
+    self._closed = True
+    if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
+    if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
+    if self.lock is not None: self.lock.release(); self.lock = None
+    if self.dist.created and dist.is_initialized():
+        # after a completed fit every rank meets here before any leaves the group: a rank that tears
+        # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
+        # Not after an error: the other ranks may never arrive.
+        if getattr(self, '_fit_completed', False):
+            try: dist.barrier()
+            except Exception: pass
+        dist.destroy_process_group()
 
 # %% ../nbs/09_training.ipynb #34282752
 @patch
@@ -355,6 +357,7 @@ def _tokenizer_source(self: Trainer):
     loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
     return p if self.config.tokenizer.tokenizer_json and loaded_json else self.tokenizer
 
+# %% ../nbs/09_training.ipynb #964f7a9a
 @patch
 def _prepare_data(self: Trainer):
     d = self.config.data
@@ -613,6 +616,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
             if sample: self._sample_to_tensorboard()
     return path
 
+# %% ../nbs/09_training.ipynb #5705f51a
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None: return
@@ -706,6 +710,7 @@ def fit(self: Trainer) -> dict:
         if self._bar is not None: self._bar.close(); self._bar = None
         self.close()
 
+# %% ../nbs/09_training.ipynb #518aebb8
 @patch
 def _fit(self: Trainer) -> dict:
     rt = self.config.runtime
