@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-COMMANDS = ['train', 'orchestrate', 'generate', 'train-tokenizer', 'prepare-data', 'validate-corpus']
+COMMANDS = ['train', 'orchestrate', 'generate', 'train-tokenizer', 'prepare-data', 'validate-corpus', 'evaluate']
 
 # a tiny model: every orchestrate/train call in this file trains it for a handful of steps
 TINY = ['--vocab-size', '300', '--no-progress', '--prompt', 'the king', '--override',

@@ -245,6 +245,40 @@ def test_variants_round_trip(kw, tok, work):
     assert (out / 'model.safetensors').read_bytes() == (again / 'model.safetensors').read_bytes()
 
 
+@pytest.mark.parametrize('kw', [dict(qk_norm=True), dict(qk_norm=True, rope_mode='pi', rope_scale=2.0, tie_embeddings=False)], ids=['qk-norm', 'qk-norm-pi-untied'])
+def test_qk_norm_exports_as_qwen3(kw, tok, work):
+    "model.qk_norm has no Llama equivalent: the export is a Qwen3 (q_norm/k_norm), with the same logits in transformers."
+    m = make_model(300, seed=2, **kw)
+    with torch.no_grad():                   # the q/k gains away from 1, so that a missing or misplaced norm shows
+        for blk in m.layers: blk.attn.q_norm.weight.uniform_(0.5, 2.0); blk.attn.k_norm.weight.uniform_(0.5, 2.0)
+        if m.lm_head is not None: m.lm_head.weight.mul_(30)      # untied: decisive logits too
+    name = 'hf-' + '-'.join(map(str, kw.values()))
+    out = export_hf(m, tok, work / name)
+    c = json.loads((out / 'config.json').read_text())
+    assert c['model_type'] == 'qwen3' and c['architectures'] == ['Qwen3ForCausalLM']
+    hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    assert type(hf).__name__ == 'Qwen3ForCausalLM'
+    ids = batch_of(tok)
+    with torch.no_grad():
+        ours, theirs = m(ids), hf(ids).logits
+        assert ours.std() > 0.5 and (ours - theirs).abs().max() < 1e-4
+        for blk in m.layers: blk.attn.q_norm.weight.fill_(1.0)
+        assert (m(ids) - theirs).abs().max() > 1e-2          # control: the q norm's gains matter to the logits
+    back = load_hf(out)
+    assert back.config == make_model(300, seed=2, **kw).config and back.config.qk_norm
+    assert hf_tensors_equal(out, export_hf(back, tok, work / (name + '-again')))
+    assert not (set(read_hf_tensors(out)) ^ set(read_hf_tensors(work / (name + '-again'))))
+
+
+def test_qwen3_with_attention_bias_is_refused_on_load(work, tok):
+    out = export_hf(make_model(300, seed=2, qk_norm=True), tok, work / 'hf-qwen3-bias')
+    c = json.loads((out / 'config.json').read_text())
+    del c['transformer_nb']
+    (out / 'config.json').write_text(json.dumps({**c, 'attention_bias': True}))
+    with pytest.raises(ExportError, match='attention_bias'):
+        load_hf(out)
+
+
 def test_ntk_without_our_config_entry_is_plain_rope(tok, work):
     m = make_model(300, seed=1, rope_mode='ntk', rope_scale=4.0, rope_theta=500.0)
     out = export_hf(m, tok, work / 'hf-ntk-plain')
@@ -314,8 +348,13 @@ def test_unsupported_hf_configs_are_refused(exported, work):
 @pytest.mark.parametrize('setting,word', [(dict(activation='gelu'), 'model.activation'),
                                           (dict(activation='silu'), 'model.activation'),
                                           (dict(norm='layernorm', bias=True), 'model.norm'),
-                                          (dict(rotary_dim=8), 'model.rotary_dim')],
-                         ids=['gelu', 'silu', 'layernorm-bias', 'partial-rotary'])
+                                          (dict(rotary_dim=8), 'model.rotary_dim'),
+                                          (dict(activation='relu2'), 'model.activation'),
+                                          (dict(logit_softcap=15.0), 'model.logit_softcap'),
+                                          (dict(qk_norm=True, logit_softcap=15.0), 'model.logit_softcap'),
+                                          (dict(qk_norm=True, bias=True), 'model.bias')],
+                         ids=['gelu', 'silu', 'layernorm-bias', 'partial-rotary', 'relu2', 'softcap', 'qk-norm-softcap',
+                              'qk-norm-bias'])
 def test_cli_refuses_what_llama_cannot_express(setting, word, work, tok_dir, capsys):
     name = 'refuse-' + '-'.join(map(str, setting.values()))
     checkpoint(work, tok_dir, name, cfg(**setting))

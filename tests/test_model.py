@@ -81,3 +81,34 @@ def test_kv_cache_reset_reuses_buffers():
         again = model(ids, kv_cache=cache)
     assert cache.length == 10
     torch.testing.assert_close(first, again)
+
+
+# ---- the training-recipe switches (issue 14): off by default, old checkpoints unchanged ------------------
+
+def test_default_config_state_dict_is_unchanged():
+    "The recipe switches add no tensors unless turned on: a default-config model has exactly the keys it always had."
+    m = DecoderModel(tiny_cfg(), 100)
+    per_layer = ['norm1.weight', 'attn.qkv.weight', 'attn.o_proj.weight', 'norm2.weight', 'mlp.gate.weight', 'mlp.up.weight',
+                 'mlp.down.weight']
+    assert list(m.state_dict()) == ['embed_tokens.weight'] + [f'layers.{i}.{k}' for i in range(2) for k in per_layer] + ['norm.weight']
+    c = ModelConfig()
+    assert (c.qk_norm, c.zero_init_output, c.logit_softcap, c.activation) == (False, False, None, 'swiglu')
+    torch.manual_seed(0); a = DecoderModel(tiny_cfg(), 100)
+    torch.manual_seed(0); b = DecoderModel(tiny_cfg(qk_norm=False, zero_init_output=False, logit_softcap=None), 100)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))   # same init too
+
+
+def test_recipe_switches_change_what_they_say():
+    ids = torch.randint(0, 100, (2, 12))
+    q = DecoderModel(tiny_cfg(qk_norm=True), 100)
+    assert {'layers.0.attn.q_norm.weight', 'layers.1.attn.k_norm.weight'} <= set(q.state_dict())
+    r = DecoderModel(tiny_cfg(activation='relu2'), 100)
+    assert not any('gate' in k for k in r.state_dict())
+    h = r.layers[0].mlp
+    x = torch.randn(3, 32)
+    assert torch.allclose(h(x), h.down(torch.relu(h.up(x)) ** 2), atol=1e-6)
+    z = DecoderModel(tiny_cfg(zero_init_output=True), 100)
+    assert all(float(blk.attn.o_proj.weight.abs().max()) == 0 and float(blk.mlp.down.weight.abs().max()) == 0 for blk in z.layers)
+    s = DecoderModel(tiny_cfg(logit_softcap=0.5), 100)
+    with torch.no_grad(): s.embed_tokens.weight.mul_(100)
+    assert float(s(ids).abs().max()) <= 0.5

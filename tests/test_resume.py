@@ -105,6 +105,51 @@ def test_resume_is_exact(assets, tmp_path, full_run, accum):
     assert (a / 'optimizer.json').read_text() == (b / 'optimizer.json').read_text()
 
 
+MUON = {'optimizer.algorithm': 'muon', 'optimizer.muon_learning_rate': 0.02, 'optimizer.muon_weight_decay': 0.01,
+        'model.qk_norm': True, 'model.activation': 'relu2', 'model.zero_init_output': True, 'model.logit_softcap': 15.0,
+        'scheduler.warmup_steps': 2}     # constant after a warm-up: the same schedule for N and 2N steps
+
+
+def test_resume_is_exact_with_muon_and_the_recipe_switches(assets, tmp_path):
+    "Muon + AdamW state (momentum buffers, Adam moments, steps) checkpoints and resumes exactly: N + resume == 2N."
+    ref, _ = run(make_config(assets, tmp_path / 'full', **MUON))
+    assert type(ref.optimizer).__name__ == 'MuonWithAdamW'
+    part, _ = run(make_config(assets, tmp_path / 'part', **MUON, **{'scheduler.total_steps': N}))
+    rest, out = run(make_config(assets, tmp_path / 'part', **MUON, **{'scheduler.total_steps': 2 * N}), resume=True)
+    assert 'resumed from' in out
+    assert steps(part) + steps(rest) == list(range(1, 2 * N + 1))
+    for x, y in zip(losses(part) + losses(rest), losses(ref)): assert abs(x - y) <= 1e-6
+    assert_same_weights(rest, ref)
+    a, b = tmp_path / 'part' / 'checkpoints' / checkpoint_name(2 * N), ref.checkpoint_dir / checkpoint_name(2 * N)
+    ta, tb = load_file(a / 'optimizer.safetensors'), load_file(b / 'optimizer.safetensors')
+    assert any(k.startswith('muon.') and 'momentum_buffer' in k for k in ta) and any(k.startswith('adam_w.') for k in ta)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert (a / 'optimizer.json').read_text() == (b / 'optimizer.json').read_text()
+    # the schedule drives both optimizers: Muon's rate is AdamW's times muon_learning_rate / learning_rate
+    lrs = {g.get('lr_scale'): g['lr'] for g in rest.optimizer.param_groups}
+    assert abs(lrs[0.02 / 3e-3] - lrs[None] * 0.02 / 3e-3) < 1e-12
+
+
+def test_resume_with_another_optimizer_is_refused(assets, tmp_path):
+    run(make_config(assets, tmp_path / 'r', **{'scheduler.total_steps': N}))
+    with pytest.raises(CheckpointError, match='optimizer.algorithm') as e, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        Trainer(make_config(assets, tmp_path / 'r', **{'optimizer.algorithm': 'muon'}), resume=True)
+    assert '\n' not in str(e.value)
+
+
+def test_old_checkpoint_without_the_new_model_keys_resumes(assets, tmp_path, full_run):
+    "A checkpoint written before qk_norm & co. existed (its model_config lacks them) resumes with their defaults."
+    run(make_config(assets, tmp_path / 'r', **{'scheduler.total_steps': N}))
+    ck = tmp_path / 'r' / 'checkpoints' / checkpoint_name(N)
+    man = json.loads((ck / 'manifest.json').read_text())
+    for k in ('qk_norm', 'zero_init_output', 'logit_softcap'): del man['model_config'][k]
+    (ck / 'manifest.json').write_text(json.dumps(man))
+    t, out = run(make_config(assets, tmp_path / 'r'), resume=True)
+    assert 'resumed from' in out
+    assert_same_weights(t, full_run)
+
+
 def test_resume_skips_corrupt_newest(assets, tmp_path, full_run):
     every2 = {'runtime.checkpoint.every_n_steps': 2}
     run(make_config(assets, tmp_path / 'r', **every2, **{'scheduler.total_steps': N + 2}))   # checkpoints N-2, N, N+2

@@ -231,6 +231,10 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
         self.attn_dropout = float(getattr(model_cfg, 'attn_dropout', 0.0) or 0.0)
         self.use_sdpa = True
+        if getattr(model_cfg, 'qk_norm', False):     # per-head RMSNorm of q and k (before RoPE): bounded logits
+            eps = getattr(model_cfg, 'norm_eps', 1e-5)
+            self.q_norm, self.k_norm = nn.RMSNorm(self.head_dim, eps=eps), nn.RMSNorm(self.head_dim, eps=eps)
+        else: self.q_norm = self.k_norm = None
         init_linear(self.qkv, 0.02)
         init_linear(self.o_proj, residual_init_std(model_cfg.num_layers, 0.02))
 
@@ -251,7 +255,7 @@ class CausalSelfAttention(nn.Module):
         return (q.view(B, T, H, d).transpose(1, 2), k.view(B, T, KV, d).transpose(1, 2),
                 v.view(B, T, KV, d).transpose(1, 2))
 
-# %% ../nbs/04_attention.ipynb #cb2febdf
+# %% ../nbs/04_attention.ipynb #3304cd31
 @patch
 def forward(self: CausalSelfAttention, x: Tensor, rope=None, kv_cache: KVCache | None = None, layer_idx: int = 0,
             attention_mask: Tensor | None = None) -> Tensor:
@@ -263,6 +267,7 @@ def forward(self: CausalSelfAttention, x: Tensor, rope=None, kv_cache: KVCache |
     if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
         return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
     offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
+    if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
     if rope is not None: q, k = rope(q, k, offset=offset)
     if kv_cache is not None:
         k, v = kv_cache.update(layer_idx, k, v)

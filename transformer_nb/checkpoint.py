@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import logging
+import pickletools
 import os
 import platform
 import random
@@ -28,7 +29,10 @@ import numpy as np
 import torch
 import safetensors
 import safetensors.torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
 
 import transformer_nb
 from fastcore.basics import patch
@@ -40,12 +44,15 @@ from .model import DecoderModel
 
 # %% auto #0
 __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
-           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'RUN_LAYOUT', 'LOCK_NAME', 'CheckpointError',
-           'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state',
-           'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers',
-           'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step',
-           'latest_checkpoint', 'prune_checkpoints', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint',
-           'load_for_generation', 'RunLockError', 'RunLock']
+           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'DCP_DIR', 'DCP_METADATA', 'RUN_LAYOUT', 'LOCK_NAME',
+           'CheckpointError', 'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors',
+           'get_rng_state', 'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts',
+           'remove_leftovers', 'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints',
+           'checkpoint_step', 'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata', 'SafeDCPReader',
+           'dcp_state_dict', 'write_dcp', 'stage_checkpoint', 'publish_checkpoint', 'save_dcp_checkpoint',
+           'is_dcp_checkpoint', 'load_dcp_model_tensors', 'checkpoint_model_tensors', 'load_dcp_checkpoint',
+           'checkpoint_vocab_size', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint', 'load_for_generation',
+           'RunLockError', 'RunLock']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -344,7 +351,7 @@ def verify_checkpoint(path, hashes: bool = True) -> list[str]:
     try: m = read_manifest(path)
     except CheckpointError as e: return [str(e)]
     problems = []
-    for req in (MODEL_FILE, STATE_FILE):
+    for req in (DCP_METADATA if m.get('weights') == 'dcp' else MODEL_FILE, STATE_FILE):
         if req not in m['files']: problems.append(f"{path / MANIFEST_FILE}: does not list {req}")
     for rel, entry in m['files'].items():
         f = path / rel
@@ -394,6 +401,197 @@ def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
     if doomed: _fsync_path(Path(dir_root))
     return doomed
 
+# %% ../nbs/08_checkpoint.ipynb #4934a6f9
+DCP_DIR = 'dcp'             # the DCP folder inside a checkpoint: <rank>_0.distcp files + .metadata
+DCP_METADATA = f'{DCP_DIR}/.metadata'
+
+_DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
+                 ('pathlib', 'WindowsPath'), ('pathlib', 'PurePosixPath'), ('collections', 'OrderedDict'),
+                 ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
+                | {('torch.distributed.checkpoint.metadata', n) for n in (
+                    'Metadata', 'StorageMeta', 'TensorProperties', 'BytesStorageMetadata', 'TensorStorageMetadata',
+                    '_MEM_FORMAT_ENCODING', 'MetadataIndex', 'ChunkStorageMetadata')}
+                | {('torch', n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
+                | {('torch', n) for n in ('strided', 'sparse_coo', 'contiguous_format', 'preserve_format', 'channels_last')})
+_STR_OPS = {'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'UNICODE', 'SHORT_BINSTRING', 'BINSTRING', 'STRING'}
+_NEUTRAL_OPS = {'PROTO', 'FRAME', 'MEMOIZE', 'PUT', 'BINPUT', 'LONG_BINPUT'}
+_REFUSED_OPS = {'INST', 'OBJ', 'EXT1', 'EXT2', 'EXT4', 'PERSID', 'BINPERSID'}
+
+def check_dcp_metadata(path) -> None:
+    "Refuse a DCP `.metadata` pickle that names any global besides DCP's metadata classes (read, never executed)."
+    path = Path(path)
+    try: data = path.read_bytes()
+    except OSError as e: raise CheckpointError(f"{path}: unreadable: {e}") from None
+    memo, recent = {}, []            # string values of the memo, and what the last ops pushed (str or None)
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name in _REFUSED_OPS: raise CheckpointError(f"{path}: refused: pickle opcode {name} (not DCP metadata)")
+            if name == 'MEMOIZE': memo[len(memo)] = recent[-1] if recent else None
+            elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'): memo[int(arg)] = recent[-1] if recent else None
+            if name in _NEUTRAL_OPS: continue
+            if name in ('GLOBAL', 'STACK_GLOBAL'):
+                mod, _, attr = arg.partition(' ') if name == 'GLOBAL' else (
+                    (recent[-2], None, recent[-1]) if len(recent) >= 2 else (None, None, None))
+                if not (isinstance(mod, str) and isinstance(attr, str)) or (mod, attr) not in _DCP_GLOBALS:
+                    raise CheckpointError(f"{path}: refused: the pickle names {mod}.{attr}, which is not DCP metadata")
+                recent.append(None); continue
+            recent.append(arg if name in _STR_OPS else memo.get(arg) if name in ('GET', 'BINGET', 'LONG_BINGET') else None)
+    except CheckpointError: raise
+    except Exception as e: raise CheckpointError(f"{path}: not a DCP metadata file ({type(e).__name__}: {e})") from None
+
+# %% ../nbs/08_checkpoint.ipynb #6e6ee5ab
+class SafeDCPReader(dcp.FileSystemReader):
+    "A DCP `FileSystemReader` that checks `.metadata` with `check_dcp_metadata` before reading it."
+    def read_metadata(self, *args, **kwargs):
+        check_dcp_metadata(self._get_metadata_path(kwargs.get('rank')))
+        return super().read_metadata(*args, **kwargs)
+
+def dcp_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    "`{'model': ..., 'optim': ...}` keyed by parameter names, sharded (DTensors) under FSDP, plain otherwise."
+    model = unwrap_model(model)
+    if optimizer is None: return {'model': get_model_state_dict(model)}
+    msd, osd = get_state_dict(model, optimizer)
+    return {'model': msd, 'optim': osd}
+
+def write_dcp(folder, model: nn.Module, optimizer=None, async_save: bool = False, process_group=None):
+    "Write model (+ optimizer) shards into `folder/dcp` (collective: every rank calls it); a Future when `async_save`."
+    writer = dcp.FileSystemWriter(str(Path(folder) / DCP_DIR), single_file_per_rank=True, sync_files=True)
+    sd = dcp_state_dict(model, optimizer)
+    with warnings.catch_warnings():          # DCP's notice when one process writes alone (intended)
+        warnings.filterwarnings('ignore', message='torch.distributed is disabled')
+        if async_save: return dcp.async_save(sd, storage_writer=writer, process_group=process_group)
+        dcp.save(sd, storage_writer=writer, process_group=process_group)
+    return None
+
+# %% ../nbs/08_checkpoint.ipynb #1f4c3d79
+def stage_checkpoint(dir_root, step: int) -> Path:
+    "Create the temporary folder a checkpoint of `step` is written into (rank 0; other ranks get its name)."
+    dir_root = Path(dir_root)
+    try: dir_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise CheckpointError(f"{dir_root}: cannot create the checkpoint directory: {e}") from e
+    remove_leftovers(dir_root)
+    tmp = dir_root / f'.tmp-{checkpoint_name(step)}-{os.getpid()}-{secrets.token_hex(4)}'
+    tmp.mkdir()
+    return tmp
+
+def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None,
+                       vocab_size: int | None = None) -> Path:
+    "Finish a staged DCP checkpoint: state, config, tokenizer, a manifest hashing every file, then one atomic rename."
+    tmp = Path(tmp); dir_root = tmp.parent; final = dir_root / checkpoint_name(step)
+    try:
+        files = {}
+        for f in sorted((tmp / DCP_DIR).rglob('*')):            # the shards of every rank and DCP's index
+            if f.is_file():
+                _fsync_path(f); files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+        if DCP_METADATA not in files: raise CheckpointError(f"{tmp / DCP_METADATA}: missing: the DCP write did not finish")
+        files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, _json_dumps(dict(trainer_state, step=int(step))).encode())
+        cfg = config_dict(config)
+        if cfg is not None: files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, _config_yaml(config, cfg).encode())
+        if tokenizer_dir is not None:
+            _copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
+            for f in sorted((tmp / TOKENIZER_DIR).rglob('*')):
+                if f.is_file(): _fsync_path(f); files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+        model_cfg = (cfg or {}).get('model')
+        manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, 'weights': 'dcp', 'step': int(step),
+                    'created_at': utc_now_iso(), 'files': files,
+                    'config_sha256': canonical_sha256(cfg) if cfg is not None else None,
+                    'model_config_sha256': canonical_sha256(model_cfg) if model_cfg is not None else None,
+                    'model_config': model_cfg, 'vocab_size': vocab_size, 'tied_weights': {}, 'versions': _versions()}
+        _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
+        _fsync_path(tmp / DCP_DIR); _fsync_path(tmp)
+        trash = None
+        if final.exists():
+            trash = dir_root / f'.trash-{final.name}-{os.getpid()}-{secrets.token_hex(4)}'
+            os.rename(final, trash)
+        os.rename(tmp, final)
+        _fsync_path(dir_root)
+        if trash is not None: shutil.rmtree(trash, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError): raise CheckpointError(f"{final}: saving the checkpoint failed ({type(e).__name__}: {e}); "
+                                                         f"earlier checkpoints in {dir_root} are intact") from e
+        raise
+    if max_keep is not None and max_keep > 0: prune_checkpoints(dir_root, max_keep, keep=final)
+    return final
+
+def save_dcp_checkpoint(dir_root, step: int, model: nn.Module, optimizer=None, trainer_state: dict | None = None,
+                        config=None, tokenizer_dir=None, max_keep: int | None = None) -> Path:
+    "`save_checkpoint` in DCP format, for one process (the Trainer runs the same steps across ranks)."
+    tmp = stage_checkpoint(dir_root, step)
+    try: write_dcp(tmp, model, optimizer)
+    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
+    return publish_checkpoint(tmp, step, trainer_state or {}, config, tokenizer_dir, max_keep,
+                              getattr(unwrap_model(model), 'vocab_size', None))
+
+# %% ../nbs/08_checkpoint.ipynb #22977393
+def is_dcp_checkpoint(path) -> bool:
+    "Whether checkpoint folder `path` holds DCP shards (else model.safetensors)."
+    return (Path(path) / DCP_METADATA).is_file()
+
+def _dcp_read(path: Path, sd: dict, no_dist: bool = False):
+    try:
+        with warnings.catch_warnings():      # DCP's notice that it reads in a single process (that is intended)
+            warnings.filterwarnings('ignore', message='torch.distributed is disabled')
+            dcp.load(sd, storage_reader=SafeDCPReader(str(path / DCP_DIR)), no_dist=no_dist)
+    except CheckpointError: raise
+    except Exception as e:        # DCP wraps a failing rank's error in a CheckpointException
+        raise CheckpointError(f"{path / DCP_DIR}: cannot be read into this model: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
+
+def load_dcp_model_tensors(path) -> dict[str, torch.Tensor]:
+    "The full (consolidated) model state dict of a DCP checkpoint, read in this process without a process group."
+    path = Path(path)
+    check_dcp_metadata(path / DCP_METADATA)
+    meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+    sd = {}
+    for key, m in meta.state_dict_metadata.items():
+        fqn = meta.planner_data.get(key, (key,)) if meta.planner_data else (key,)
+        if len(fqn) == 2 and fqn[0] == 'model' and hasattr(m, 'size'):
+            sd[fqn[1]] = torch.empty(tuple(m.size), dtype=m.properties.dtype)
+    if not sd: raise CheckpointError(f"{path / DCP_METADATA}: holds no model tensors")
+    _dcp_read(path, {'model': sd}, no_dist=True)
+    return sd
+
+def checkpoint_model_tensors(path) -> dict[str, torch.Tensor]:
+    "The full model state dict of checkpoint folder `path`, DCP or safetensors."
+    path = Path(path)
+    return load_dcp_model_tensors(path) if is_dcp_checkpoint(path) else load_model_tensors(path / MODEL_FILE)
+
+def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
+    "Read a DCP checkpoint into `model` (+ `optimizer`), resharding to however they are laid out now (collective)."
+    path = Path(path)
+    sd = dcp_state_dict(model, optimizer)
+    own = set(sd['model'])
+    meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+    saved = {v[1] for v in (meta.planner_data or {}).values() if len(v) >= 2 and v[0] == 'model'}
+    if saved and saved != own:
+        miss, extra = sorted(own - saved), sorted(saved - own)
+        raise CheckpointError(f"{path / DCP_DIR}: does not fit this model: " + '; '.join(
+            ([f"missing {', '.join(miss[:4])}"] if miss else []) + ([f"unexpected {', '.join(extra[:4])}"] if extra else [])))
+    if optimizer is not None and not any(v[0] == 'optim' for v in (meta.planner_data or {}).values()):
+        raise CheckpointError(f"{path / DCP_DIR}: holds no optimizer state")
+    _dcp_read(path, sd)
+    model = unwrap_model(model)
+    if optimizer is None: set_model_state_dict(model, sd['model'])
+    else: set_state_dict(model, optimizer, model_state_dict=sd['model'], optim_state_dict=sd['optim'])
+
+# %% ../nbs/08_checkpoint.ipynb #61e40450
+def checkpoint_vocab_size(path) -> int:
+    "The vocabulary size of the model in checkpoint folder `path` (rows of `embed_tokens.weight`), read from the headers."
+    path = Path(path)
+    try:
+        if is_dcp_checkpoint(path):
+            check_dcp_metadata(path / DCP_METADATA)
+            meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+            return int(meta.state_dict_metadata['model.embed_tokens.weight'].size[0])
+        with safetensors.safe_open(str(path / MODEL_FILE), framework='pt') as f:
+            return int(f.get_slice('embed_tokens.weight').get_shape()[0])
+    except CheckpointError: raise
+    except Exception as e:
+        where = path / (DCP_METADATA if is_dcp_checkpoint(path) else MODEL_FILE)
+        raise CheckpointError(f"{where}: unreadable ({type(e).__name__}: {e})") from None
+
 # %% ../nbs/08_checkpoint.ipynb #622e5009
 def load_model_tensors(path) -> dict[str, torch.Tensor]:
     "The full state dict stored in a model.safetensors file (tied aliases re-created)."
@@ -408,6 +606,10 @@ def load_model_tensors(path) -> dict[str, torch.Tensor]:
     except (ValueError, KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path}: bad 'aliases' metadata ({type(e).__name__}: {e})") from None
     return sd
+
+def _is_sharded(model: nn.Module) -> bool:
+    "Whether any parameter of `model` is a DTensor (FSDP2-sharded)."
+    return any(type(p).__name__ == 'DTensor' for p in model.parameters())
 
 def _check_fits(sd: dict, model: nn.Module, where: Path):
     own = model.state_dict()
@@ -424,10 +626,15 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     if verify and (problems := verify_checkpoint(path)):
         raise CheckpointError(f"{path}: not a valid checkpoint: " + '; '.join(problems))
     model = unwrap_model(model)
-    sd = load_model_tensors(path / MODEL_FILE)
-    _check_fits(sd, model, path / MODEL_FILE)
-    model.load_state_dict(sd, strict=True)
-    if optimizer is not None:
+    if is_dcp_checkpoint(path): load_dcp_checkpoint(path, model, optimizer)
+    elif _is_sharded(model):
+        raise CheckpointError(f"{path}: a safetensors checkpoint cannot be loaded into an FSDP-sharded model in place; "
+                              "resume it without runtime.distributed=fsdp, or from a DCP checkpoint")
+    else:
+        sd = load_model_tensors(path / MODEL_FILE)
+        _check_fits(sd, model, path / MODEL_FILE)
+        model.load_state_dict(sd, strict=True)
+    if optimizer is not None and not is_dcp_checkpoint(path):
         if not (path / OPTIM_FILE).is_file() or not (path / OPTIM_JSON).is_file():
             raise CheckpointError(f"{path / OPTIM_FILE}: missing; this checkpoint holds no optimizer state")
         try: ots = safetensors.torch.load_file(str(path / OPTIM_FILE))
@@ -503,12 +710,7 @@ def load_for_generation(ckpt, device: str = 'auto'):
         if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
                                                         f"{cfg.tokenizer.tokenizer_json} is not there either")
     tok = build_from_artifacts(tok_src)
-    try:
-        with safetensors.safe_open(str(ckpt / MODEL_FILE), framework='pt') as f:
-            vocab = f.get_slice('embed_tokens.weight').get_shape()[0]
-    except Exception as e:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: unreadable ({type(e).__name__}: {one_line(e)})") from None
-    model = DecoderModel(cfg.model, vocab)
+    model = DecoderModel(cfg.model, checkpoint_vocab_size(ckpt))      # safetensors or DCP (consolidated here)
     load_checkpoint(ckpt, model)
     dev = _device(device)
     return model.to(dev).eval(), tok, cfg

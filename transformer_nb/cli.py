@@ -21,17 +21,17 @@ from typing import Callable, Sequence
 from .base import (CommandError, UserError, _existing, atomic_write_text, fmt_secs, human, one_line,
                                  run_command, say, setup_logging, utc_now_iso)   # also re-exported from here, as before
 from .config import load_config
-from .sources import validate_corpus
+from .sources import iter_documents, resolve_sources, validate_corpus
 from .tokenizer import eos_id, pad_id, train_tokenizer
 from .data import prepare
 from .generate import IncrementalDecoder, generate_ids
 from .checkpoint import RUN_LAYOUT, find_checkpoint, load_for_generation, unwrap_model   # RUN_LAYOUT: re-exported
-from .training import Trainer
+from .training import Trainer, text_metrics
 
 # %% auto #0
 __all__ = ['logger', 'torch_threads', 'validate_corpus_parser', 'validate_corpus_main', 'train_tokenizer_parser',
            'train_tokenizer_main', 'prepare_data_parser', 'prepare_data_main', 'train_parser', 'train_main',
-           'stream_text', 'generate_parser', 'generate_main']
+           'stream_text', 'generate_parser', 'generate_main', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/10_cli.ipynb #bd0ab101
 logger = logging.getLogger('transformer_nb.cli')
@@ -316,3 +316,49 @@ def _generate_with(args) -> int:
 def generate_main(argv: Sequence[str] | None = None) -> int:
     "Console script `generate (--run-dir DIR | --checkpoint DIR) --prompt TEXT [...]`."
     return run_command(_generate, generate_parser(), argv)
+
+# %% ../nbs/10_cli.ipynb #5a6a12b0
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = _parser('evaluate',
+                "Measure a trained model on text: loss (nats/token), perplexity, bits per byte (bpb) and nats per\n"
+                "character. --run-dir picks the run's best checkpoint, else its newest valid one; --checkpoint\n"
+                "names a checkpoint folder. The figures go to stdout (and with --json to a file), progress to stderr.",
+                "  evaluate --run-dir runs/local-smoke --input held_out.txt\n"
+                "  evaluate --checkpoint runs/m3-medium/checkpoints/step_000000000500 --input texts/ --max-tokens 100000\n")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--run-dir', metavar='DIR', help="a run directory (uses its best, else newest valid checkpoint)")
+    src.add_argument('--checkpoint', metavar='DIR', help="a checkpoint folder (step_*), or a folder of them (newest valid)")
+    p.add_argument('--input', nargs='+', required=True, metavar='PATH', help="text files, folders or globs to evaluate on")
+    p.add_argument('--max-tokens', type=int, metavar='N', help="evaluate at most N tokens (default: all)")
+    p.add_argument('--batch-size', type=int, default=8, metavar='N', help="windows per forward pass")
+    p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
+    p.add_argument('--json', metavar='FILE', help="also write the figures to this JSON file")
+    p.add_argument('--no-progress', action='store_true', help="no progress bar")
+    p.set_defaults(_info_to_stderr=True)
+    return p
+
+# %% ../nbs/10_cli.ipynb #5c72482e
+def _evaluate(args) -> int:
+    for flag, v in (('--max-tokens', args.max_tokens), ('--batch-size', args.batch_size)):
+        if v is not None and v < 1: raise CommandError(f"{flag} must be >= 1, got {v}")
+    files = resolve_sources(args.input)
+    validate_corpus(files)                    # a broken input fails before anything is loaded
+    ckpt = find_checkpoint(args.run_dir, args.checkpoint)
+    with torch_threads(args.threads):
+        model, tok, cfg = load_for_generation(ckpt, args.device)
+        say(f"evaluate: {ckpt} ({human(model.num_parameters())} parameters) on {len(files)} file(s)", file=sys.stderr)
+        t0 = time.time()
+        m = text_metrics(model, tok, iter_documents(files), cfg.sequence_length, args.batch_size, args.max_tokens,
+                         show_progress=not args.no_progress)
+    say(f"evaluate: {m['tokens']:,} tokens, {m['chars']:,} characters, {m['bytes']:,} bytes in {fmt_secs(time.time() - t0)}",
+        file=sys.stderr)
+    print(f"loss {m['loss']:.4f} nats/token | perplexity {m['perplexity']:.2f} | bpb {m['bpb']:.4f} | "
+          f"nats/char {m['nats_per_char']:.4f}", flush=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps({'checkpoint': str(ckpt), 'inputs': [str(f) for f in files], **m}, indent=1) + '\n')
+    return 0
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    "Console script `evaluate (--run-dir DIR | --checkpoint DIR) --input PATH ... [--max-tokens N]`."
+    return run_command(_evaluate, evaluate_parser(), argv)

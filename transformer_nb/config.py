@@ -62,6 +62,9 @@ class ModelConfig:
     rope_scale: float = 1.0
     norm_eps: float = 1e-5
     vocab_size: int | None = None  # None: the tokenizer's vocabulary size
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before RoPE
+    zero_init_output: bool = False  # attention output and MLP down projections start at zero
+    logit_softcap: float | None = None  # None: off; c: logits = c * tanh(logits / c)
 
     @property
     def head_dim(self) -> int:
@@ -102,7 +105,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    "AdamW's hyper-parameters and gradient clipping."
+    "The optimizer (AdamW, or Muon + AdamW), its hyper-parameters and gradient clipping."
     algorithm: str = 'adam_w'
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
@@ -110,6 +113,14 @@ class OptimizerConfig:
     beta2: float = 0.95
     epsilon: float = 1e-8
     max_grad_norm: float | None = 1.0  # None: no clipping
+    # algorithm 'muon': torch.optim.Muon for the 2-D matrices inside the blocks, AdamW (the keys above) for the rest
+    muon_learning_rate: float = 0.02  # Muon's peak learning rate; follows the same schedule as learning_rate
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5  # Newton-Schulz iterations
+    muon_ns_dtype: str = 'auto'  # Newton-Schulz in 'bfloat16' (torch's Muon), 'float32', or 'auto': bfloat16 on CUDA, else float32
+    muon_adjust_lr: str = 'original'  # 'original': lr * sqrt(max(1, rows/cols)); 'match_rms_adamw': lr * 0.2 * sqrt(max(rows, cols))
 
 @dataclass
 class SchedulerConfig:
@@ -129,6 +140,8 @@ class CheckpointConfig:
     every_n_steps: int | None = None
     every_n_epochs: int | None = None
     max_keep: int = 3
+    format: str | None = None  # safetensors | dcp; None: dcp under runtime.distributed=fsdp, else safetensors
+    async_save: bool = False  # dcp only: write in the background while training goes on
 
 @dataclass
 class BestConfig:
@@ -167,6 +180,8 @@ class RuntimeConfig:
     log_every_n_steps: int = 10
     device: str = 'auto'
     compile: bool = False
+    distributed: str = 'auto'  # auto | ddp | fsdp (auto: ddp when started with more than one process)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -215,11 +230,15 @@ class Config:
 CHOICES = {
     'model.rope_mode': ('none', 'pi', 'ntk'),
     'model.norm': ('rmsnorm', 'layernorm'),
-    'model.activation': ('swiglu', 'silu', 'gelu'),
-    'optimizer.algorithm': ('adam_w',),
+    'model.activation': ('swiglu', 'silu', 'gelu', 'relu2'),
+    'optimizer.algorithm': ('adam_w', 'muon'),
+    'optimizer.muon_adjust_lr': ('original', 'match_rms_adamw'),
+    'optimizer.muon_ns_dtype': ('auto', 'bfloat16', 'float32'),
     'scheduler.strategy': ('constant', 'linear_warmup', 'cosine', 'cosine_with_warmup', 'polynomial'),
     'runtime.precision': ('fp32', 'bf16', 'fp16'),
     'runtime.device': ('auto', 'cpu', 'cuda', 'mps'),  # and 'cuda:N'
+    'runtime.distributed': ('auto', 'ddp', 'fsdp'),
+    'runtime.checkpoint.format': ('safetensors', 'dcp'),
 }
 
 # other spellings accepted for enumerated keys, and the value each one stands for
@@ -228,7 +247,7 @@ ALIASES = {
     # the original's rope_mode named *how* plain RoPE was computed, not a scaling
     'model.rope_mode': {**_PLAIN_ROPE, 'linear': 'pi'},
     'model.norm': {'rms_norm': 'rmsnorm', 'rms': 'rmsnorm', 'layer_norm': 'layernorm'},
-    'model.activation': {'swish': 'silu'},
+    'model.activation': {'swish': 'silu', 'squared_relu': 'relu2', 'relu_squared': 'relu2', 'relu_2': 'relu2'},
     'optimizer.algorithm': {'adamw': 'adam_w'},
     'runtime.precision': {'mixed': 'bf16', 'float32': 'fp32', 'f32': 'fp32', 'bfloat16': 'bf16',
                           'float16': 'fp16', 'f16': 'fp16', 'half': 'fp16'},
@@ -378,17 +397,18 @@ def _build(cls, raw, key: str, where: str, base_dir=None):
 # %% ../nbs/00_config.ipynb #5d21d2ed
 _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers', 'model.num_attention_heads',
              'model.num_key_value_heads', 'model.max_position_embeddings', 'model.rope_theta', 'model.rotary_dim',
-             'model.rope_scale', 'model.norm_eps', 'model.vocab_size',
+             'model.rope_scale', 'model.norm_eps', 'model.vocab_size', 'model.logit_softcap',
              'data.batch_size', 'data.gradient_accumulation_steps', 'data.shuffle_buffer_size', 'data.sequence_length',
-             'optimizer.learning_rate', 'optimizer.epsilon', 'optimizer.max_grad_norm',
+             'optimizer.learning_rate', 'optimizer.epsilon', 'optimizer.max_grad_norm', 'optimizer.muon_learning_rate',
+             'optimizer.muon_ns_steps',
              'scheduler.total_steps', 'scheduler.total_epochs', 'scheduler.max_lr', 'runtime.log_every_n_steps',
              'runtime.checkpoint.every_n_steps', 'runtime.checkpoint.every_n_epochs', 'runtime.checkpoint.max_keep',
              'runtime.evaluation.every_n_steps', 'runtime.evaluation.every_n_epochs', 'runtime.evaluation.max_batches',
              'runtime.evaluation.best.max_keep', 'runtime.logging.tensorboard_flush_every_n']
 
-_NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'scheduler.warmup_steps', 'scheduler.min_lr', 'runtime.seed']
+_NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'optimizer.muon_weight_decay', 'scheduler.warmup_steps', 'scheduler.min_lr', 'runtime.seed']
 
-_UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2']
+_UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2', 'optimizer.muon_momentum']
 
 _DECAYING = ('cosine', 'cosine_with_warmup', 'polynomial')
 

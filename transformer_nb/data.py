@@ -459,6 +459,13 @@ class RandomWindowSampler(_WindowSampler):
         self.seed, self.step = int(d['seed']), int(d['step'])
 
 # %% ../nbs/02_data.ipynb #423d7313
+def _global_geometry(g: dict) -> dict:
+    "A sampler geometry as the whole run sees it: a different split of the same global batch over ranks is the same."
+    g = dict(g)
+    if isinstance(g.get('batch_size'), int) and isinstance(g.get('world_size'), int):
+        g['batch_size'] = g['batch_size'] * g.pop('world_size')
+    return g
+
 class SequentialSampler(_WindowSampler):
     "Epochs over the non-overlapping windows of `seq_len + 1` tokens, each window once per epoch, shuffled per epoch from the seed."
     kind = 'sequential'
@@ -510,7 +517,7 @@ class SequentialSampler(_WindowSampler):
         self._check_kind(d)
         self.seed = int(d['seed'])
         old = {k: d.get(k) for k in self._geometry()}
-        if old == self._geometry(): self.step = int(d['step'])
+        if _global_geometry(old) == _global_geometry(self._geometry()): self.step = int(d['step'])
         else:     # a different batch size / world size / corpus: keep the epoch and the fraction of it done
             spe = int(d['steps_per_epoch'])
             epoch, i = divmod(int(d['step']), spe)

@@ -33,10 +33,10 @@ from .checkpoint import (CheckpointError, CONFIG_FILE, find_checkpoint, load_for
                                        read_manifest, unwrap_model, verify_checkpoint)
 
 # %% auto #0
-__all__ = ['logger', 'EXPORT_FORMAT_VERSION', 'ExportError', 'llama_problems', 'check_llama_compatible', 'to_hf_state_dict',
-           'from_hf_state_dict', 'llama_rope_theta', 'hf_config', 'model_config_from_hf', 'hf_tokenizer_files',
-           'export_notes', 'export_hf', 'hf_logits_diff', 'read_hf_tensors', 'load_hf', 'hf_tensors_equal',
-           'export_checkpoint', 'export_hf_parser', 'export_hf_main']
+__all__ = ['logger', 'EXPORT_FORMAT_VERSION', 'ExportError', 'hf_architecture', 'llama_problems', 'check_llama_compatible',
+           'to_hf_state_dict', 'from_hf_state_dict', 'llama_rope_theta', 'hf_config', 'model_config_from_hf',
+           'hf_tokenizer_files', 'export_notes', 'export_hf', 'hf_logits_diff', 'read_hf_tensors', 'load_hf',
+           'hf_tensors_equal', 'export_checkpoint', 'export_hf_parser', 'export_hf_main']
 
 # %% ../nbs/12_export.ipynb #3176f880
 logger = logging.getLogger(__name__)
@@ -51,9 +51,21 @@ def _mode(c) -> str | None:
     m = getattr(c, 'rope_mode', None)
     return None if m is None or str(m).lower() == 'none' else str(m).lower()
 
+def hf_architecture(model_cfg) -> str:
+    "The Hugging Face architecture a model is exported as: 'qwen3' with `qk_norm` (Qwen3 has q_norm/k_norm), else 'llama'."
+    return 'qwen3' if getattr(model_cfg, 'qk_norm', False) else 'llama'
+
+_ARCH_NAMES = {'llama': 'Llama', 'qwen3': 'Qwen3'}
+
 def llama_problems(model_cfg) -> list[str]:
-    "Why `model_cfg` cannot be written as a Llama model (one line per setting); empty = it can."
+    "Why `model_cfg` cannot be written as its HF architecture (`hf_architecture`: Llama, or Qwen3 with qk_norm); empty = it can."
     c, out = model_cfg, []
+    if hf_architecture(c) == 'qwen3' and bool(getattr(c, 'bias', False)):
+        out.append("model.bias=true with model.qk_norm: Qwen3 (the architecture with q/k norms) has biases only on the "
+                   "attention projections, never on the MLP")
+    if (cap := getattr(c, 'logit_softcap', None)) is not None:
+        out.append(f"model.logit_softcap={cap}: Llama and Qwen3 have no soft cap on the logits (the exported model "
+                   f"would give different logits)")
     norm, act = str(getattr(c, 'norm', 'rmsnorm')).lower(), str(getattr(c, 'activation', 'swiglu')).lower()
     if norm != 'rmsnorm':
         out.append(f"model.norm={norm!r}: Llama has only RMSNorm, so a {norm} model has no Llama equivalent")
@@ -69,10 +81,10 @@ def llama_problems(model_cfg) -> list[str]:
     return out
 
 def check_llama_compatible(model_cfg) -> None:
-    "Raise `ExportError` naming the first setting of `model_cfg` that Llama cannot express."
+    "Raise `ExportError` naming the first setting of `model_cfg` that its HF architecture (Llama, or Qwen3) cannot express."
     if problems := llama_problems(model_cfg):
         more = f" (and {len(problems) - 1} more: {'; '.join(p.split(':')[0] for p in problems[1:])})" if len(problems) > 1 else ''
-        raise ExportError(f"cannot export as Llama: {problems[0]}{more}")
+        raise ExportError(f"cannot export as {_ARCH_NAMES[hf_architecture(model_cfg)]}: {problems[0]}{more}")
 
 # %% ../nbs/12_export.ipynb #031dddb1
 _LAYER_NAMES = {   # ours, under layers.{i}.  ->  HF, under model.layers.{i}.
@@ -80,7 +92,8 @@ _LAYER_NAMES = {   # ours, under layers.{i}.  ->  HF, under model.layers.{i}.
     'attn.o_proj.weight': 'self_attn.o_proj.weight', 'attn.o_proj.bias': 'self_attn.o_proj.bias',
     'mlp.gate.weight': 'mlp.gate_proj.weight', 'mlp.gate.bias': 'mlp.gate_proj.bias',
     'mlp.up.weight': 'mlp.up_proj.weight', 'mlp.up.bias': 'mlp.up_proj.bias',
-    'mlp.down.weight': 'mlp.down_proj.weight', 'mlp.down.bias': 'mlp.down_proj.bias'}
+    'mlp.down.weight': 'mlp.down_proj.weight', 'mlp.down.bias': 'mlp.down_proj.bias',
+    'attn.q_norm.weight': 'self_attn.q_norm.weight', 'attn.k_norm.weight': 'self_attn.k_norm.weight'}   # Qwen3
 _TOP_NAMES = {'embed_tokens.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight',
               'lm_head.weight': 'lm_head.weight'}
 
@@ -109,7 +122,8 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], model_cfg) -> dict[str, Tens
 # %% ../nbs/12_export.ipynb #79bd3a79
 def from_hf_state_dict(hf: dict[str, Tensor], model_cfg, where: str = 'model.safetensors') -> dict[str, Tensor]:
     "HF Llama tensors -> our `DecoderModel` state dict (q/k/v fused into `qkv`); `ExportError` names a missing or unknown tensor."
-    inv_layer = {v: k for k, v in _LAYER_NAMES.items()}
+    qk = bool(getattr(model_cfg, 'qk_norm', False))      # q_norm/k_norm belong to a Qwen3 model only
+    inv_layer = {v: k for k, v in _LAYER_NAMES.items() if qk or not k.endswith(('q_norm.weight', 'k_norm.weight'))}
     inv_top = {v: k for k, v in _TOP_NAMES.items()}
     tied = bool(getattr(model_cfg, 'tie_embeddings', True))
     out, qkv = {}, {}
@@ -123,7 +137,7 @@ def from_hf_state_dict(hf: dict[str, Tensor], model_cfg, where: str = 'model.saf
             if rest in inv_layer: out[f"layers.{i}.{inv_layer[rest]}"] = t; continue
             if parts[3] == 'self_attn' and parts[4] in ('q_proj', 'k_proj', 'v_proj') and len(parts) == 6:
                 qkv.setdefault((i, parts[5]), {})[parts[4]] = t; continue
-        raise ExportError(f"{where}: unexpected tensor {name!r} (not part of a Llama model of this config)")
+        raise ExportError(f"{where}: unexpected tensor {name!r} (not part of a Llama/Qwen3 model of this config)")
     for (i, kind), d in sorted(qkv.items()):
         missing = [p for p in ('q_proj', 'k_proj', 'v_proj') if p not in d]
         if missing: raise ExportError(f"{where}: layer {i} has no self_attn.{missing[0]}.{kind}")
@@ -146,7 +160,7 @@ def llama_rope_theta(model_cfg) -> float:
 
 def hf_config(model_cfg, vocab_size: int, bos_token_id: int | None = None, eos_token_id: int | None = None,
               pad_token_id: int | None = None, dtype: str = 'float32') -> dict:
-    "The config.json dict of the Llama equivalent of `model_cfg` (`ExportError` if there is none)."
+    "The config.json dict of the Llama (or, with qk_norm, Qwen3) equivalent of `model_cfg` (`ExportError` if there is none)."
     check_llama_compatible(model_cfg)
     c, theta = model_cfg, llama_rope_theta(model_cfg)
     bias = bool(getattr(c, 'bias', False))
@@ -154,17 +168,20 @@ def hf_config(model_cfg, vocab_size: int, bos_token_id: int | None = None, eos_t
         scaling = {'rope_type': 'linear', 'factor': float(c.rope_scale)}
         params = {'rope_type': 'linear', 'factor': float(c.rope_scale), 'rope_theta': theta}
     else: scaling, params = None, {'rope_type': 'default', 'rope_theta': theta}
+    arch = hf_architecture(c)
+    extra = ({'use_sliding_window': False, 'sliding_window': None, 'max_window_layers': c.num_layers} if arch == 'qwen3'
+             else {'mlp_bias': bias, 'pretraining_tp': 1})
     return {
-        'architectures': ['LlamaForCausalLM'], 'model_type': 'llama',
+        'architectures': [f'{_ARCH_NAMES[arch]}ForCausalLM'], 'model_type': arch,
         'vocab_size': int(vocab_size), 'hidden_size': c.hidden_size, 'intermediate_size': c.intermediate_size,
         'num_hidden_layers': c.num_layers, 'num_attention_heads': c.num_attention_heads,
         'num_key_value_heads': _kv_heads(c), 'head_dim': _head_dim(c), 'hidden_act': 'silu',
         'max_position_embeddings': c.max_position_embeddings, 'rms_norm_eps': float(getattr(c, 'norm_eps', 1e-5)),
         'rope_theta': theta, 'rope_scaling': scaling, 'rope_parameters': params,
-        'attention_bias': bias, 'mlp_bias': bias, 'attention_dropout': float(getattr(c, 'attn_dropout', 0.0) or 0.0),
+        'attention_bias': bias, **extra, 'attention_dropout': float(getattr(c, 'attn_dropout', 0.0) or 0.0),
         'tie_word_embeddings': bool(getattr(c, 'tie_embeddings', True)),
         'bos_token_id': bos_token_id, 'eos_token_id': eos_token_id, 'pad_token_id': pad_token_id,
-        'torch_dtype': dtype, 'dtype': dtype, 'initializer_range': 0.02, 'pretraining_tp': 1, 'use_cache': True,
+        'torch_dtype': dtype, 'dtype': dtype, 'initializer_range': 0.02, 'use_cache': True,
         'transformer_nb': {'format_version': EXPORT_FORMAT_VERSION,
                            'model_config': config_to_dict(c) if isinstance(c, ModelConfig) else None}}
 
@@ -179,13 +196,16 @@ def _rope_of(cfg: dict) -> tuple[str, float, float | None, float]:
     return str(rtype), float(theta), rp.get('factor'), float(partial)
 
 def _llama_model_dict(cfg: dict, where: str) -> dict:
-    "Our `model` section for a Llama config.json, from the Llama fields alone."
+    "Our `model` section for a Llama (or Qwen3) config.json, from its fields alone."
     def need(key):
         if key not in cfg: raise ExportError(f"{where}: no {key!r} (not a Llama config)")
         return cfg[key]
     archs = cfg.get('architectures') or []
-    if cfg.get('model_type') != 'llama' and 'LlamaForCausalLM' not in archs:
-        raise ExportError(f"{where}: model_type {cfg.get('model_type')!r} (architectures {archs}): only Llama models can be loaded")
+    qwen3 = cfg.get('model_type') == 'qwen3' or 'Qwen3ForCausalLM' in archs
+    if cfg.get('model_type') != 'llama' and 'LlamaForCausalLM' not in archs and not qwen3:
+        raise ExportError(f"{where}: model_type {cfg.get('model_type')!r} (architectures {archs}): only Llama and Qwen3 models can be loaded")
+    if qwen3 and cfg.get('use_sliding_window'):
+        raise ExportError(f"{where}: use_sliding_window=true: our attention has no sliding window")
     hidden, heads = int(need('hidden_size')), int(need('num_attention_heads'))
     act = cfg.get('hidden_act', 'silu')
     if act not in ('silu', 'swish'):
@@ -193,7 +213,7 @@ def _llama_model_dict(cfg: dict, where: str) -> dict:
     if cfg.get('head_dim') not in (None, hidden // heads) or hidden % heads:
         raise ExportError(f"{where}: head_dim={cfg.get('head_dim')} with hidden_size={hidden} and "
                           f"num_attention_heads={heads}: our model needs head_dim = hidden_size / num_attention_heads")
-    ab, mb = bool(cfg.get('attention_bias', False)), bool(cfg.get('mlp_bias', False))
+    ab, mb = bool(cfg.get('attention_bias', False)), (bool(cfg.get('mlp_bias', False)) if not qwen3 else False)
     if ab != mb:
         raise ExportError(f"{where}: attention_bias={ab} but mlp_bias={mb}: our model.bias puts biases on both or neither")
     rtype, theta, factor, partial = _rope_of(cfg)
@@ -210,7 +230,7 @@ def _llama_model_dict(cfg: dict, where: str) -> dict:
                 attn_dropout=float(cfg.get('attention_dropout') or 0.0), rope_mode=mode, rope_theta=theta,
                 norm='rmsnorm', activation='swiglu', bias=ab, tie_embeddings=bool(cfg.get('tie_word_embeddings', False)),
                 rotary_dim=None, rope_scale=scale, norm_eps=float(cfg.get('rms_norm_eps', 1e-6)),
-                vocab_size=int(need('vocab_size')))
+                vocab_size=int(need('vocab_size')), qk_norm=qwen3)
 
 def model_config_from_hf(cfg: dict, where: str = 'config.json') -> ModelConfig:
     "A checked `ModelConfig` from a Llama config.json dict; our own `transformer_nb.model_config` when it still matches."
@@ -266,8 +286,9 @@ def _fresh_target(out: Path, overwrite: bool) -> None:
         raise ExportError(f"{out}: not empty and holds no config.json; refusing to replace a folder that is not a model export")
 
 def _model_card(conf: dict, source: dict | None, notes: Sequence[str]) -> str:
-    lines = ["---", "library_name: transformers", "tags: [llama, transformer_nb]", "---", "",
-             "# A transformer_nb model in Llama format", "",
+    arch = conf['model_type']
+    lines = ["---", "library_name: transformers", f"tags: [{arch}, transformer_nb]", "---", "",
+             f"# A transformer_nb model in {_ARCH_NAMES.get(arch, arch)} format", "",
              "Exported by `transformer_nb.export` (`export-hf`). Load it with",
              "`AutoModelForCausalLM.from_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)`,",
              "or back into transformer_nb with `DecoderModel.from_hf(folder)`.", "",
@@ -461,8 +482,9 @@ def export_hf_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='export-hf', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a checkpoint as a Hugging Face Llama folder (config.json, model.safetensors,\n"
-                    "generation_config.json, tokenizer files) that transformers loads as LlamaForCausalLM.\n"
-                    "Models Llama cannot express (LayerNorm, non-gated MLP, partial rotary) are refused.",
+                    "generation_config.json, tokenizer files) that transformers loads as LlamaForCausalLM\n"
+                    "(Qwen3ForCausalLM for a model with model.qk_norm). Models they cannot express (LayerNorm,\n"
+                    "non-gated MLP, partial rotary, logit soft-capping) are refused.",
         epilog="examples:\n"
                "  export-hf --run-dir runs/local-smoke --out exports/local-smoke\n"
                "  export-hf --checkpoint runs/local-smoke/checkpoints/step_000000000300 --out hf --dtype bfloat16\n"
@@ -482,7 +504,7 @@ def _export_hf(args) -> int:
     out = export_checkpoint(ckpt, args.out, dtype=args.dtype, overwrite=args.force)
     conf = json.loads((out / 'config.json').read_text(encoding='utf-8'))
     size = (out / 'model.safetensors').stat().st_size
-    say(f"export-hf: {ckpt} -> {out} (LlamaForCausalLM: {conf['num_hidden_layers']} layers x {conf['hidden_size']}, "
+    say(f"export-hf: {ckpt} -> {out} ({conf['architectures'][0]}: {conf['num_hidden_layers']} layers x {conf['hidden_size']}, "
         f"vocab {conf['vocab_size']:,}, {conf['torch_dtype']}, {size / 2**20:.2f} MiB) in {time.time() - t0:.1f}s")
     cfg = model_config_from_hf(conf)
     if args.verify:

@@ -1,4 +1,4 @@
-"""The small pieces of a transformer block: linear layers and their initialisation, RMSNorm and LayerNorm, the MLP (SwiGLU, SiLU or GELU) and the pre-norm residual step.
+"""The small pieces of a transformer block: linear layers and their initialisation, RMSNorm and LayerNorm, the MLP (SwiGLU, SiLU, GELU or squared ReLU) and the pre-norm residual step.
 
 Docs: https://transformer-nb.github.io/transformer_nb/layers.html.md"""
 
@@ -61,10 +61,10 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.
     raise ConfigError(f"model.norm: expected one of {', '.join(NORMS)}; got {kind!r}")
 
 # %% ../nbs/05_layers.ipynb #d214dc01
-ACTIVATIONS = ('swiglu', 'silu', 'gelu')
+ACTIVATIONS = ('swiglu', 'silu', 'gelu', 'relu2')
 
 class MLP(nn.Module):
-    "Position-wise MLP: swiglu `down(silu(gate(x)) * up(x))`, or silu/gelu `down(act(up(x)))`; dropout on the hidden activations."
+    "Position-wise MLP: swiglu `down(silu(gate(x)) * up(x))`, or silu/gelu/relu2 (squared ReLU) `down(act(up(x)))`; dropout on the hidden activations."
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = 'swiglu',
                  bias: bool = False, dropout: float = 0.0):
         super().__init__()
@@ -80,6 +80,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == 'swiglu': h = F.silu(self.gate(x)) * self.up(x)
         elif self.activation == 'silu': h = F.silu(self.up(x))
+        elif self.activation == 'relu2': h = F.relu(self.up(x)).square()
         else: h = F.gelu(self.up(x))
         return self.down(self.dropout(h))
 

@@ -75,7 +75,7 @@ class DecoderModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02):
-        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."
+        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` (zero with `zero_init_output`) for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."
         nn.init.normal_(self.embed_tokens.weight, 0.0, std)
         for m in self.modules():
             if isinstance(m, nn.Linear): init_linear(m, std)
@@ -85,13 +85,15 @@ class DecoderModel(nn.Module):
         for blk in self.layers:
             init_linear(blk.attn.o_proj, residual_init_std(self.config.num_layers, std))
             init_linear(blk.mlp.down, residual_init_std(self.config.num_layers, std))
+            if getattr(self.config, 'zero_init_output', False):    # each block starts as the identity
+                for lin in (blk.attn.o_proj, blk.mlp.down): nn.init.zeros_(lin.weight)
 
     @property
     def max_seq_len(self) -> int:
         "The longest sequence (cached + new positions) the model accepts: `max_position_embeddings`."
         return self.config.max_position_embeddings
 
-# %% ../nbs/06_model.ipynb #bca0e4d7
+# %% ../nbs/06_model.ipynb #85dfabae
 @patch
 def forward(self: DecoderModel, ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
             attention_mask: Tensor | None = None, logits_to_keep: int = 0):
@@ -118,6 +120,7 @@ def forward(self: DecoderModel, ids: Tensor, targets: Tensor | None = None, *, k
     x = self.norm(x)
     if logits_to_keep > 0: x = x[:, -logits_to_keep:]
     logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed_tokens.weight)
+    if (cap := getattr(self.config, 'logit_softcap', None)): logits = cap * torch.tanh(logits / cap)
     if targets is None: return logits
     if logits_to_keep > 0:
         raise ValueError("targets need the logits of every position: do not combine them with logits_to_keep")
@@ -144,7 +147,7 @@ def flops_per_token(self: DecoderModel, seq_len: int | None = None) -> int:
     n_matmul = self.num_parameters(exclude_embeddings=True) + self.vocab_size * c.hidden_size
     return 6 * n_matmul + 12 * c.num_layers * H * d * T
 
-# %% ../nbs/06_model.ipynb #31901e4f
+# %% ../nbs/06_model.ipynb #34b90978
 @patch
 def new_kv_cache(self: DecoderModel, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
     """An empty `KVCache` for this model: `max_len` defaults to max_position_embeddings, `device` to the

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -23,24 +24,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 from fastcore.basics import patch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.overrides import TorchFunctionMode
 
 from .base import sha256_file, UserError
 from .config import Config, ConfigError, DataConfig, load_config
 from .sources import CorpusError
-from .tokenizer import tokenizer_from_config
+from .tokenizer import eos_id, tokenizer_from_config
 from .data import prepare, SequentialSampler
 from .model import DecoderModel
 from .generate import generate
 from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
                                        latest_checkpoint, list_checkpoints, load_checkpoint, read_manifest, remove_leftovers,
-                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint)
+                                       RunLock, save_checkpoint, set_rng_state, unwrap_model, verify_checkpoint,
+                                       stage_checkpoint, write_dcp, publish_checkpoint)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision', 'seed_everything', 'lr_at',
-           'make_scheduler', 'param_groups', 'build_optimizer', 'DistInfo', 'init_distributed', 'micro_batch_size',
-           'measure_matmul_flops', 'peak_flops', 'Trainer']
+__all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
+           'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
+           'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
+           'micro_batch_size', 'measure_matmul_flops', 'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics',
+           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
+           'shard_model']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -131,15 +140,126 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{'params': groups[True][0], 'weight_decay': weight_decay, 'names': groups[True][1]},
             {'params': groups[False][0], 'weight_decay': 0.0, 'names': groups[False][1]}]
 
-def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None) -> torch.optim.AdamW:
-    "AdamW from the `optimizer` config section, with `param_groups`, fused where the device supports it."
-    algo = str(opt_cfg.algorithm).lower().replace('-', '_')
-    if algo not in ('adam_w', 'adamw'): raise TrainingError(f"optimizer.algorithm: {opt_cfg.algorithm!r} is not supported (adam_w)")
-    groups = [{k: v for k, v in g.items() if k != 'names'} for g in param_groups(model, opt_cfg.weight_decay)]
+def _adamw(groups: list[dict], opt_cfg) -> torch.optim.AdamW:
+    "AdamW over `groups` with the config's betas and epsilon, fused where the device supports it."
+    groups = [{k: v for k, v in g.items() if k != 'names'} for g in groups]
     kw = dict(lr=opt_cfg.learning_rate, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.epsilon)
     try: return torch.optim.AdamW(groups, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):       # device/dtype without a fused kernel
         return torch.optim.AdamW(groups, **kw)
+
+def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None):
+    "The optimizer of the `optimizer` config section: AdamW with `param_groups`, or `MuonWithAdamW` (below) for `muon`."
+    algo = str(opt_cfg.algorithm).lower().replace('-', '_')
+    if algo == 'muon': return muon_with_adamw(model, opt_cfg, device)
+    if algo not in ('adam_w', 'adamw'): raise TrainingError(f"optimizer.algorithm: {opt_cfg.algorithm!r} is not supported (adam_w, muon)")
+    return _adamw(param_groups(model, opt_cfg.weight_decay), opt_cfg)
+
+# %% ../nbs/09_training.ipynb #6aa27de8
+def muon_param_groups(model: nn.Module, weight_decay: float, muon_weight_decay: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """(Muon groups, AdamW groups) with 'names': the 2-D weights inside the blocks (`layers.*`) go to Muon;
+    the rest is grouped as `param_groups` does. Empty groups are left out."""
+    muon, rest = ([], []), []
+    for g in param_groups(model, weight_decay):
+        keep = ([], [])
+        for p, n in zip(g['params'], g['names']):
+            into = muon if n.startswith('layers.') and p.ndim == 2 else keep
+            into[0].append(p); into[1].append(n)
+        if keep[0]: rest.append({**g, 'params': keep[0], 'names': keep[1]})
+    groups = [{'params': muon[0], 'weight_decay': muon_weight_decay, 'names': muon[1]}] if muon[0] else []
+    return groups, rest
+
+# %% ../nbs/09_training.ipynb #d6828d39
+class MuonWithAdamW:
+    "`torch.optim.Muon` and `torch.optim.AdamW` stepped as one optimizer (`.muon`, `.adamw`)."
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def optimizers(self) -> tuple: return (self.muon, self.adamw)
+    @property
+    def param_groups(self) -> list[dict]: return self.muon.param_groups + self.adamw.param_groups
+    @property
+    def state(self) -> dict: return {**self.muon.state, **self.adamw.state}
+    @property
+    def defaults(self) -> dict: return self.adamw.defaults
+
+    def step(self, closure=None):
+        "One step of both (a closure is evaluated once)."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for opt in self.optimizers: opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers: opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict: return {'muon': self.muon.state_dict(), 'adam_w': self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict):
+        "Load both parts; each group's `lr_scale` stays the configured one (a changed muon_learning_rate applies)."
+        if not isinstance(state_dict, dict) or set(state_dict) != {'muon', 'adam_w'}:
+            found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"expected the state of Muon + AdamW (keys 'adam_w', 'muon'), found {found}: "
+                             "was this checkpoint trained with another optimizer.algorithm?")
+        scales = [g.get('lr_scale') for g in self.param_groups]
+        self.muon.load_state_dict(state_dict['muon']); self.adamw.load_state_dict(state_dict['adam_w'])
+        for g, s in zip(self.param_groups, scales):
+            if s is not None: g['lr_scale'] = s
+
+    def __repr__(self): return f"MuonWithAdamW(\n{self.muon!r},\n{self.adamw!r})"
+
+# %% ../nbs/09_training.ipynb #08114e16
+def newton_schulz(g: torch.Tensor, coefficients=(3.4445, -4.7750, 2.0315), steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    "The quintic Newton-Schulz iteration of `torch.optim.Muon` (an approximate `U V^T` of `g = U S V^T`), in `g`'s dtype."
+    a, b, c = coefficients
+    x = g.T if g.size(0) > g.size(1) else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+class Muon32(torch.optim.Muon):
+    "`torch.optim.Muon` with the Newton-Schulz iteration in float32 instead of bfloat16 (for CPUs)."
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for group in self.param_groups:
+            lr, mom = group['lr'], group['momentum']
+            for p in group['params']:
+                if p.grad is None: continue
+                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mom)
+                u = p.grad.lerp(buf, mom) if group['nesterov'] else buf
+                u = newton_schulz(u.float(), group['ns_coefficients'], group['ns_steps'], group['eps'])
+                A, B = p.shape
+                scale = 0.2 * math.sqrt(max(A, B)) if group['adjust_lr_fn'] == 'match_rms_adamw' else math.sqrt(max(1, A / B))
+                p.mul_(1 - lr * group['weight_decay'])
+                p.add_(u.to(p.dtype), alpha=-lr * scale)
+        return loss
+
+# %% ../nbs/09_training.ipynb #27c5d988
+def muon_with_adamw(model: nn.Module, opt_cfg, device=None) -> MuonWithAdamW:
+    "`MuonWithAdamW` from the `optimizer` config section (its `muon_*` keys for Muon, the AdamW keys for the rest) for `device`."
+    c = opt_cfg
+    muon_groups, rest = muon_param_groups(model, c.weight_decay, c.muon_weight_decay)
+    if not muon_groups: raise TrainingError("optimizer.algorithm=muon: the model has no 2-D weights inside its blocks")
+    adjust = str(c.muon_adjust_lr).lower()
+    if adjust not in ('original', 'match_rms_adamw'):
+        raise TrainingError(f"optimizer.muon_adjust_lr: expected 'original' or 'match_rms_adamw', got {c.muon_adjust_lr!r}")
+    for g in muon_groups: g.pop('names'); g['lr_scale'] = c.muon_learning_rate / c.learning_rate
+    ns = str(c.muon_ns_dtype).lower()
+    if ns == 'auto': ns = 'bfloat16' if device is not None and torch.device(device).type == 'cuda' else 'float32'
+    if ns not in ('bfloat16', 'float32'):
+        raise TrainingError(f"optimizer.muon_ns_dtype: expected auto, bfloat16 or float32, got {c.muon_ns_dtype!r}")
+    cls = torch.optim.Muon if ns == 'bfloat16' else Muon32
+    muon = cls(muon_groups, lr=c.muon_learning_rate, momentum=c.muon_momentum, nesterov=c.muon_nesterov,
+               ns_steps=c.muon_ns_steps, adjust_lr_fn=adjust)
+    return MuonWithAdamW(muon, _adamw(rest, c))
 
 # %% ../nbs/09_training.ipynb #57fda2f4
 @dataclass
@@ -308,6 +428,7 @@ def _resolve_paths(self: Trainer, run_dir=None):
 @patch
 def _setup(self: Trainer):
     cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+    self._check_parallel()
     seed_everything(cfg.runtime.seed)
     self.tokenizer = tokenizer_from_config(cfg.tokenizer)
     self.tokenizer_source = self._tokenizer_source()
@@ -323,7 +444,7 @@ def _setup(self: Trainer):
     self.global_batch = self.micro_batch * self.grad_accum * world   # = data.batch_size, unless that is the micro-batch
     self.tokens_per_step = self.global_batch * self.seq_len
     self._prepare_data()
-    self.raw_model = DecoderModel(cfg.model, vocab).to(self.device)
+    self.raw_model = self._build_model(vocab)
     if self.dist.enabled: torch.manual_seed(cfg.runtime.seed + rank)       # own dropout masks per rank
     self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
     self.fused = bool(self.optimizer.param_groups[0].get('fused'))
@@ -338,7 +459,7 @@ def _setup(self: Trainer):
     if self.resume: self._resume()
     self.model = self.eval_model = self.raw_model
     if cfg.runtime.compile: self.model = self.eval_model = torch.compile(self.raw_model)
-    if self.dist.enabled:
+    if self.parallel == 'ddp':
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
     self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
@@ -404,13 +525,12 @@ def _train_step(self: Trainer):
     "One optimizer step; returns (lr, loss, grad_norm, bad) with the last three as device tensors."
     cfg, opt = self.config, self.optimizer
     lr = lr_at(self.step, cfg.scheduler, cfg.optimizer.learning_rate, self.total_steps)
-    for g in opt.param_groups: g['lr'] = lr
+    for g in opt.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)     # lr_scale: Muon's groups
     loss_sum = torch.zeros((), device=self.device)
     for i in range(self.grad_accum):
         x, y = next(self.train_sampler)
         x, y = self._to_device(x), self._to_device(y)
-        sync = self.model.no_sync() if self.dist.enabled and i < self.grad_accum - 1 else contextlib.nullcontext()
-        with sync:
+        with self._grad_sync(i == self.grad_accum - 1):
             with self._autocast(): _, loss = self.model(x, y)
             loss_sum += loss.detach().float()
             out = loss / self.grad_accum
@@ -421,6 +541,7 @@ def _train_step(self: Trainer):
     if self.scaler is not None: self.scaler.unscale_(opt)
     max_norm = cfg.optimizer.max_grad_norm
     norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm if max_norm else float('inf'))
+    if isinstance(norm, DTensor): norm = norm.full_tensor()         # FSDP: the norm over all shards
     loss_bad = ~torch.isfinite(loss)
     bad = loss_bad | ~torch.isfinite(norm)
     if self.scaler is not None:                 # fp16: the scaler skips overflowing steps by itself
@@ -520,7 +641,7 @@ def _write_metrics(self: Trainer, rows: list[dict]):
 # %% ../nbs/09_training.ipynb #afab8380
 @patch
 def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
-    "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char."
+    "Validation metrics over `max_batches` global batches (default `runtime.evaluation.max_batches`): loss, perplexity, accuracy, nats_per_char, bpb."
     n_micro = (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
     try: sampler = self._sampler(self.data.val, shuffle=False, drop_last=True)
     except CorpusError:
@@ -528,7 +649,8 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
         except CorpusError as e: raise TrainingError(f"validation split: {e}") from None
     model, was_training = self.eval_model, self.eval_model.training
     fdtype = torch.float32 if self.device.type == 'mps' else torch.float64
-    sums = torch.zeros(3, dtype=fdtype, device=self.device)
+    sums = torch.zeros(4, dtype=fdtype, device=self.device)
+    nbytes = self._token_bytes()
     devices = [self.device.index or 0] if self.device.type == 'cuda' else []
     model.eval()
     try:
@@ -538,14 +660,15 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
                 with self._autocast(): logits, loss = model(x, y)
                 n = y.numel()
                 sums += torch.stack([loss.to(fdtype) * n, (logits.argmax(-1) == y).sum().to(fdtype),
-                                     torch.tensor(float(n), dtype=fdtype, device=self.device)])
+                                     torch.tensor(float(n), dtype=fdtype, device=self.device), nbytes[y].sum().to(fdtype)])
     finally: model.train(was_training)
     if self.dist.enabled: dist.all_reduce(sums)
-    loss_sum, correct, count = sums.tolist()
+    loss_sum, correct, count, byte_count = sums.tolist()
     loss = loss_sum / count
     cpt = self.data.val.num_chars / max(self.data.val.num_tokens, 1)
     return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'accuracy': correct / count,
-            'nats_per_char': loss_sum / (count * cpt) if cpt else float('nan'), 'tokens': int(count)}
+            'nats_per_char': loss_sum / (count * cpt) if cpt else float('nan'),
+            'bpb': loss_sum / math.log(2) / byte_count if byte_count else float('nan'), 'tokens': int(count)}
 
 @patch
 def _evaluate_and_track(self: Trainer):
@@ -553,9 +676,9 @@ def _evaluate_and_track(self: Trainer):
     self.last_eval = {'step': self.step, **m}
     self.history['eval'].append(self.last_eval)
     self.log(f"eval step {self.step} | loss {m['loss']:.4f} | perplexity {m['perplexity']:.2f} | accuracy {m['accuracy']:.3f} | "
-             f"nats/char {m['nats_per_char']:.4f} ({m['nats_per_char'] / math.log(2):.3f} bits/char) | {m['tokens']:,} tokens")
+             f"nats/char {m['nats_per_char']:.4f} ({m['nats_per_char'] / math.log(2):.3f} bits/char) | bpb {m['bpb']:.4f} | {m['tokens']:,} tokens")
     if self.writer is not None:
-        for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
+        for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bpb'): self.writer.add_scalar(f'eval/{k}', m[k], self.step)
         self.writer.flush()
     self._write_metrics([{'kind': 'eval', **self.last_eval}])
     if math.isfinite(m['loss']) and (self.best is None or m['loss'] < self.best['value']):
@@ -563,6 +686,77 @@ def _evaluate_and_track(self: Trainer):
         p = self.save(self.best_dir, self.config.runtime.evaluation.best.max_keep, sample=False)
         if p is not None: self.log(f"best eval loss so far: saved {p}")
     return m
+
+# %% ../nbs/09_training.ipynb #34341626
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of the text behind each token id of `tokenizer` (int64, one per id): byte-level tokens
+    count their characters (one byte each); special tokens 0; other added tokens their content's bytes."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    alphabet = set(ByteLevel.alphabet())
+    added = tokenizer.get_added_tokens_decoder()
+    out = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    for tok, i in tokenizer.get_vocab(with_added_tokens=True).items():
+        if i in added: out[i] = 0 if added[i].special else len(added[i].content.encode('utf-8'))
+        elif set(tok) <= alphabet: out[i] = len(tok)
+        else: out[i] = len(tokenizer.decode([i]).encode('utf-8'))     # not a byte-level token
+    return out
+
+@patch
+def _token_bytes(self: Trainer) -> torch.Tensor:
+    "`token_byte_lengths` of the run's tokenizer as a device tensor, padded with zeros to the model's vocabulary (cached)."
+    if getattr(self, '_token_bytes_t', None) is None:
+        n = token_byte_lengths(self.tokenizer)
+        n = np.pad(n, (0, max(0, self.raw_model.vocab_size - len(n))))
+        self._token_bytes_t = torch.from_numpy(n).to(self.device)
+    return self._token_bytes_t
+
+# %% ../nbs/09_training.ipynb #bdccc8a6
+def _token_stream(tokenizer, documents, max_tokens: int | None = None) -> tuple[np.ndarray, int, int]:
+    "(EOS + each document's tokens + EOS ..., characters, bytes) of `documents`, cut after `max_tokens` predictions."
+    eos, lens = eos_id(tokenizer), token_byte_lengths(tokenizer)
+    ids, chars = [eos], 0
+    for doc in documents:
+        enc = tokenizer.encode(doc, add_special_tokens=False).ids + [eos]
+        room = None if max_tokens is None else max_tokens - (len(ids) - 1)
+        if room is not None and room < len(enc):
+            enc = enc[:room]
+            chars += len(tokenizer.decode([t for t in enc if t != eos]))
+        else: chars += len(doc)
+        ids += enc
+        if max_tokens is not None and len(ids) - 1 >= max_tokens: break
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids, chars, int(lens[ids[1:]].sum())
+
+# %% ../nbs/09_training.ipynb #732833fe
+@torch.no_grad()
+def text_metrics(model: nn.Module, tokenizer, documents, seq_len: int, batch_size: int = 8,
+                 max_tokens: int | None = None, show_progress: bool = False) -> dict:
+    """`model` on `documents` (an iterable of strings): loss (nats/token), perplexity, bpb (bits per UTF-8
+    byte), nats_per_char, and the counts (tokens predicted, characters, bytes)."""
+    ids, chars, nbytes = _token_stream(tokenizer, documents, max_tokens)
+    n = len(ids) - 1
+    if n < 1: raise TrainingError("no text to evaluate: the input holds no tokens")
+    device, was_training = next(model.parameters()).device, model.training
+    t = torch.from_numpy(ids)
+    starts = list(range(0, n, seq_len))
+    total = 0.0
+    from tqdm.auto import tqdm
+    model.eval()
+    try:
+        with tqdm(total=n, unit='tok', unit_scale=True, desc='evaluate', disable=not show_progress) as bar:
+            for i in range(0, len(starts), batch_size):
+                for group in ([s for s in starts[i:i + batch_size] if s + seq_len <= n], [s for s in starts[i:i + batch_size] if s + seq_len > n]):
+                    if not group: continue
+                    L = min(seq_len, n - group[0])
+                    x = torch.stack([t[s:s + L] for s in group]).to(device)
+                    y = torch.stack([t[s + 1:s + 1 + L] for s in group]).to(device)
+                    logits = model(x)
+                    total += float(nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum'))
+                    bar.update(y.numel())
+    finally: model.train(was_training)
+    loss = total / n
+    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'bpb': total / math.log(2) / max(nbytes, 1),
+            'nats_per_char': total / max(chars, 1), 'tokens': n, 'chars': chars, 'bytes': nbytes}
 
 # %% ../nbs/09_training.ipynb #640d3aac
 @patch
@@ -599,6 +793,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
     max_keep = max_keep if max_keep is not None else self.config.runtime.checkpoint.max_keep
     if hasattr(self, '_streak_t'): self._check_streak()
     state = self.trainer_state()
+    if getattr(self, 'ckpt_format', 'safetensors') == 'dcp': return self._save_dcp(directory, max_keep, state, regular, sample)
     self._barrier()
     path, err = None, None
     if self.is_main:
@@ -619,7 +814,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 # %% ../nbs/09_training.ipynb #5705f51a
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
-    if self.writer is None: return
+    if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
     try:
         prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
@@ -649,7 +844,8 @@ def _resume(self: Trainer):
         return
     manifest, new = read_manifest(ck), config_dict(self.config)
     if manifest.get('model_config') is not None:
-        diffs = diff_dicts(manifest['model_config'], new['model'], 'model.')
+        defaults = config_dict(type(self.config)())['model']     # keys added since the checkpoint: their defaults
+        diffs = diff_dicts({**defaults, **manifest['model_config']}, new['model'], 'model.')
         if diffs:
             raise CheckpointError(f"{ck}: cannot resume with a different model config ({'; '.join(diffs)}; checkpoint -> "
                                   f"config): restore those keys or use a new checkpoint directory")
@@ -691,7 +887,8 @@ def _header(self: Trainer) -> str:
     c, w = self.config, self.dist.world_size
     n = self.raw_model.num_parameters()
     return (f"training {n / 1e6:.2f}M parameters on {self.device} ({self.precision}"
-            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es); "
+            f"{', compiled' if c.runtime.compile else ''}{', fused AdamW' if self.fused else ''}), {w} process(es)"
+            f"{' (' + self.parallel.upper() + ')' if self.parallel != 'none' else ''}; "
             f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
             f"({self.steps_per_epoch} per epoch)")
@@ -703,6 +900,8 @@ def fit(self: Trainer) -> dict:
     self._install_signals()
     try:
         result = self._fit()
+        self._finish_saves()                 # background (async) checkpoint writes end and are published
+        result['checkpoint'] = str(self.last_checkpoint) if self.last_checkpoint else None
         self._fit_completed = True
         return result
     finally:
@@ -763,3 +962,196 @@ def _result(self: Trainer) -> dict:
             'skipped_steps': self.skipped_steps, 'checkpoint': str(self.last_checkpoint) if self.last_checkpoint else None,
             'interrupted': self._stop_signal,
             'elapsed_seconds': self._elapsed_before + time.perf_counter() - self._fit_t0}
+
+# %% ../nbs/09_training.ipynb #a6d31a3d
+DISTRIBUTED = ('auto', 'ddp', 'fsdp')
+
+def resolve_parallelism(mode: str | None, world_size: int) -> str:
+    "'none' (one process), 'ddp' or 'fsdp' for `runtime.distributed` at `world_size` processes."
+    m = (mode or 'auto').lower()
+    if m not in DISTRIBUTED: raise TrainingError(f"runtime.distributed: unknown {mode!r} ({', '.join(DISTRIBUTED)})")
+    if world_size <= 1: return 'none'
+    return 'fsdp' if m == 'fsdp' else 'ddp'
+
+def checkpoint_format(runtime) -> str:
+    "`runtime.checkpoint.format`, defaulting to 'dcp' under `runtime.distributed: fsdp` and 'safetensors' otherwise."
+    f = runtime.checkpoint.format
+    if f: return str(f).lower()
+    return 'dcp' if str(runtime.distributed or 'auto').lower() == 'fsdp' else 'safetensors'
+
+# %% ../nbs/09_training.ipynb #1899aa67
+_NOT_VALUES = {'requires_grad_', 'share_memory_', 'retain_grad_'}
+_FACTORIES = {'ones', 'zeros', 'full', 'empty', 'ones_like', 'zeros_like', 'full_like', 'empty_like', 'tensor', 'arange'}
+
+class ShardedInit(TorchFunctionMode):
+    "Record rank `rank`'s rows (of `world_size`) of every tensor initialised on the meta device while active."
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank, self.world_size, self.rows = rank, world_size, {}
+
+    @staticmethod
+    def _key(t: torch.Tensor): return t.untyped_storage()._cdata
+
+    def _mine(self, full: torch.Tensor) -> torch.Tensor:
+        if full.dim() == 0: return full.clone()
+        chunks = torch.chunk(full, self.world_size, dim=0)
+        return (chunks[self.rank] if self.rank < len(chunks) else full[:0]).clone()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        if args: t, rest, kw = args[0], args[1:], kwargs
+        else: t, rest, kw = kwargs.get('tensor'), (), {k: v for k, v in kwargs.items() if k != 'tensor'}  # nn.init.*
+        if isinstance(t, torch.Tensor) and t.is_meta and name.endswith('_') and not name.startswith('_') and name not in _NOT_VALUES:
+            if t._is_view() or any(isinstance(a, torch.Tensor) for a in (*rest, *kw.values())):
+                raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a view or with tensor arguments")
+            if getattr(func, '__module__', '') == 'torch.nn.init' or name in ('normal_', 'uniform_', 'zero_', 'fill_'):
+                full = torch.empty(t.shape, dtype=t.dtype, device='cpu')     # overwrites every element: draw in full
+                func(full, *rest, **kw)
+                self.rows[self._key(t)] = self._mine(full)
+            elif self._key(t) in self.rows: func(self.rows[self._key(t)], *rest, **kw)
+            else: raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a tensor of unknown value")
+        elif name in _FACTORIES and isinstance(out, torch.Tensor) and out.is_meta:
+            self.rows[self._key(out)] = self._mine(func(*args, **{**kwargs, 'device': 'cpu'}))
+        return out
+
+    def local_rows(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        "This rank's rows of each parameter of `model` (built on meta while this mode was active), by name."
+        missing = [n for n, p in model.named_parameters() if self._key(p) not in self.rows]
+        if missing: raise TrainingError(f"runtime.distributed=fsdp: no initial value recorded for {', '.join(missing[:4])}")
+        return {n: self.rows[self._key(p)] for n, p in model.named_parameters()}
+
+# %% ../nbs/09_training.ipynb #b70960af
+def materialize(model: nn.Module, rows: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+    "Allocate the (sharded) parameters of a meta-device `model` on `device` and fill in this rank's `rows`."
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, 'to_local') else p
+            if tuple(local.shape) != tuple(rows[name].shape):
+                raise TrainingError(f"{name}: shard {tuple(local.shape)} != recorded rows {tuple(rows[name].shape)}")
+            local.copy_(rows[name])
+        for name, b in model.named_buffers():
+            if b.numel(): raise TrainingError(f"runtime.distributed=fsdp: buffer {name} would be left uninitialised")
+    return model
+
+def _checkpointed(forward):
+    "`forward` under non-reentrant activation checkpointing while gradients are on."
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled(): return forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    "Recompute each decoder block's activations in the backward pass (parameter names unchanged)."
+    for blk in model.layers: blk.forward = _checkpointed(blk.forward)
+    return model
+
+def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
+    "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
+    kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
+    for blk in model.layers: fully_shard(blk, **kw)
+    fully_shard(model, **kw)
+    return model
+
+# %% ../nbs/09_training.ipynb #47237eb2
+@patch
+def _build_model(self: Trainer, vocab: int) -> nn.Module:
+    "The model on this rank: plain (single process, DDP) or built on meta, sharded and materialised (FSDP)."
+    cfg, rt = self.config, self.config.runtime
+    if self.parallel != 'fsdp':
+        model = DecoderModel(cfg.model, vocab).to(self.device)
+        return apply_activation_checkpointing(model) if rt.activation_checkpointing else model
+    if self.precision == 'fp16':
+        raise TrainingError("runtime.precision=fp16 with runtime.distributed=fsdp: use bf16 (or fp32); fp16 loss "
+                            "scaling of sharded gradients is not supported")
+    rec = ShardedInit(self.dist.rank, self.dist.world_size)
+    with torch.device('meta'), rec: model = DecoderModel(cfg.model, vocab)
+    rows = rec.local_rows(model); del rec
+    if rt.activation_checkpointing: apply_activation_checkpointing(model)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if self.device.type == 'cuda' and self.precision == 'bf16' else None)
+    return materialize(shard_model(model, mp), rows, self.device)
+
+@patch
+def _check_parallel(self: Trainer):
+    "Settings that cannot work together, refused before any work (one line each)."
+    rt = self.config.runtime
+    self.parallel = resolve_parallelism(rt.distributed, self.dist.world_size)
+    self.ckpt_format = checkpoint_format(rt)
+    self.async_save = bool(rt.checkpoint.async_save)
+    if self.async_save and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.async_save needs runtime.checkpoint.format: dcp")
+    if self.parallel == 'fsdp' and self.ckpt_format != 'dcp':
+        raise TrainingError("runtime.checkpoint.format=safetensors with runtime.distributed=fsdp would gather the whole "
+                            "model on rank 0: use dcp (generate and export-hf read DCP checkpoints)")
+    algo = str(self.config.optimizer.algorithm).lower()
+    if self.parallel == 'fsdp' and algo == 'muon':
+        raise TrainingError("optimizer.algorithm=muon with runtime.distributed=fsdp: Muon orthogonalises whole matrices "
+                            "and FSDP gives it row shards (wrong updates, no error); use runtime.distributed=ddp")
+    self._ckpt_group = dist.new_group(backend='gloo') if self.async_save and self.dist.enabled else None
+    self._pending_saves = []
+
+@patch
+def _grad_sync(self: Trainer, last: bool):
+    "Context for one micro-step: gradients are reduced across processes only on the `last` one."
+    mode = getattr(self, 'parallel', 'ddp' if self.dist.enabled else 'none')   # (subclasses that skip _setup)
+    if mode == 'fsdp':
+        self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if mode == 'ddp' and not last: return self.model.no_sync()
+    return contextlib.nullcontext()
+
+# %% ../nbs/09_training.ipynb #cdb8f9d3
+@patch
+def _save_dcp(self: Trainer, directory: Path, max_keep, state: dict, regular: bool, sample: bool = True) -> Path | None:
+    "Every rank writes its shards into rank 0's staging folder; rank 0 publishes (now, or when an async write ends)."
+    self._finish_saves()
+    tmp, err = None, None
+    if self.is_main:
+        try: tmp = stage_checkpoint(directory, self.step)
+        except BaseException as e: err = e
+    if not self._all_true(err is None):
+        raise err if err is not None else CheckpointError(f"{directory}: rank 0 could not stage the checkpoint of step {self.step}")
+    tmp = Path(self._gather_json(str(tmp) if tmp is not None else None)[0])
+    job = {'tmp': tmp, 'step': self.step, 'state': state, 'max_keep': max_keep, 'regular': regular, 'fut': None, 'err': None}
+    try: job['fut'] = write_dcp(tmp, self.raw_model, self.optimizer, self.async_save, self._ckpt_group)
+    except Exception as e: job['err'] = e
+    if regular: self._saved_step = self.step
+    if job['fut'] is not None: self._pending_saves.append(job); path = None
+    else: path = self._publish(job)
+    if regular and sample and self.is_main: self._sample_to_tensorboard()
+    return path
+
+@patch
+def _publish(self: Trainer, job: dict) -> Path | None:
+    "Wait for every rank's shards of `job`, then rank 0 writes the manifest and renames the folder into place."
+    err = job['err']
+    if job['fut'] is not None:
+        try: job['fut'].result()
+        except Exception as e: err = e
+    wrote = self._all_true(err is None)
+    path, perr = None, None
+    if self.is_main:
+        try:
+            if wrote: path = publish_checkpoint(job['tmp'], job['step'], job['state'], self.config, self.tokenizer_source,
+                                                job['max_keep'], self.raw_model.vocab_size)
+            else: shutil.rmtree(job['tmp'], ignore_errors=True)
+        except BaseException as e: perr = e
+    published = self._all_true(perr is None)
+    if perr is not None: raise perr
+    if not wrote or not published:
+        cause = f" ({type(err).__name__}: {err})" if err is not None else ''
+        raise CheckpointError(f"{job['tmp'].parent}: writing the checkpoint of step {job['step']} failed{cause}; "
+                              "earlier checkpoints are intact")
+    if job['regular'] and self.is_main:
+        self.last_checkpoint = path
+        self.log(f"checkpoint: {path}")
+    return path
+
+@patch
+def _finish_saves(self: Trainer):
+    "Publish the checkpoints still being written in the background (in order)."
+    while getattr(self, '_pending_saves', None):
+        self._publish(self._pending_saves.pop(0))

@@ -1,0 +1,220 @@
+"""Sharded training (FSDP2) and distributed checkpoints (DCP), 2 CPU processes with gloo (issue 13).
+
+- FSDP with 2 ranks against one process with the same global batch of 8 sequences, 20 steps: per-step
+  loss and final weights within 1e-5 (measured ~1e-6); once with plain steps and background (async)
+  DCP saves, once with gradient accumulation 2 (reduce-scatter off on the first micro-step) and
+  activation checkpointing. Why they can match: the model is built on the meta device and each rank
+  replays the initialisation of a plain build, keeping its rows, so both start from the same weights;
+  the ranks' micro-batches together are exactly the single process's batch (see test_ddp.py).
+- Resume across world sizes: 10 steps on 2 ranks, then 10 more in 1 process, and the reverse, equal the
+  uninterrupted run within 1e-5 (the sampler's state is global: same global batch = same position).
+- Multi-node: two `torchrun --nnodes 2 --node-rank 0|1` launchers rendezvous over 127.0.0.1 (c10d);
+  the run matches one process.
+- SIGKILL of one rank while an async save is being written: the previous checkpoint stays the newest
+  valid one, and training resumes from it.
+- A DCP checkpoint exported with `export-hf` gives the logits of the model in transformers; `generate`
+  loads it; DCP's pickled `.metadata` is refused when it names anything but DCP's own classes.
+
+Tiny model (2 layers x 32, vocab 384, 32 tokens), fp32, the first 60,000 characters of tinyshakespeare.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer_nb.checkpoint import (CheckpointError, check_dcp_metadata, checkpoint_model_tensors, checkpoint_name,
+                                       latest_checkpoint, list_checkpoints, verify_checkpoint)
+from transformer_nb.config import config_from_dict, save_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAKESPEARE = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
+STEPS, TOL = 20, 1e-5
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+
+SCRIPT = textwrap.dedent('''
+    import os, sys, time, warnings
+    warnings.simplefilter('ignore')
+    if os.environ.get('SLOW_SAVE_MARKER'):        # the SIGKILL test: announce, then slow down the 2nd and later writes
+        import torch.distributed.checkpoint as dcp
+        real, calls = dcp.FileSystemWriter.write_data, []
+        def slow(self, plan, planner):
+            calls.append(1)
+            if len(calls) >= 2:
+                open(os.environ['SLOW_SAVE_MARKER'] + '.' + os.environ.get('RANK', '0'), 'w').write(str(os.getpid()))
+                time.sleep(8)
+            return real(self, plan, planner)
+        dcp.FileSystemWriter.write_data = slow
+    from transformer_nb.config import load_config
+    from transformer_nb.training import Trainer
+    r = Trainer(load_config(sys.argv[1]), resume='--resume' in sys.argv, show_progress=False).fit()
+    print('RESULT', r['step'], flush=True)
+''')
+
+
+def make_config(tmp: Path, name: str, steps: int = STEPS, run: str | None = None, **over) -> Path:
+    d = {'model': {'hidden_size': 32, 'intermediate_size': 64, 'num_layers': 2, 'num_attention_heads': 2,
+                   'max_position_embeddings': 32},
+         'tokenizer': {'tokenizer_json': str(tmp / 'tok' / 'tokenizer.json')},
+         'data': {'train_shards': [str(tmp / 'corpus.txt')], 'batch_size': 8, 'cache_dir': str(tmp / 'data')},
+         'optimizer': {'learning_rate': 3e-3},
+         'scheduler': {'strategy': 'constant', 'warmup_steps': 2, 'total_steps': steps},
+         'runtime': {'seed': 3, 'log_every_n_steps': 5, 'device': 'cpu', 'distributed': 'fsdp',
+                     'checkpoint': {'directory': str(tmp / (run or name) / 'checkpoints'), 'every_n_steps': 10},
+                     'evaluation': {'every_n_steps': 10, 'max_batches': 1}, 'logging': {'tensorboard': None}}}
+    for key, value in over.items():
+        *path, last = key.split('__')
+        t = d
+        for k in path: t = t.setdefault(k, {})
+        t[last] = value
+    save_config(config_from_dict(d), tmp / f'{name}.yaml')
+    return tmp / f'{name}.yaml'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def launch(tmp: Path, cfg: Path, nproc: int, *extra, env=None, wait=True):
+    cmd = ([sys.executable, str(tmp / 'train.py')] if nproc == 1 else
+           [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc-per-node', str(nproc),
+            '--rdzv-backend', 'c10d', '--rdzv-endpoint', f'127.0.0.1:{free_port()}', str(tmp / 'train.py')])
+    cmd += [str(cfg), *extra]
+    if not wait: return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def losses(run: Path) -> list[float]:
+    rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
+    rows = [r for r in rows if r['kind'] == 'train']
+    assert [r['step'] for r in rows] == list(range(1, len(rows) + 1))
+    return [r['loss'] for r in rows]
+
+
+def weights(run: Path, step: int = STEPS) -> dict:
+    return checkpoint_model_tensors(run / 'checkpoints' / checkpoint_name(step))
+
+
+def assert_matches(run: Path, ref: Path, steps: int = STEPS):
+    a, b = losses(run), losses(ref)[:steps]
+    assert len(a) == steps, len(a)
+    worst = max(abs(x - y) for x, y in zip(a, b))
+    wa, wb = weights(run, steps), weights(ref, steps)
+    wworst = max((wa[k] - wb[k]).abs().max().item() for k in wb)
+    print(f'{run.name}: max |loss diff| {worst:.2e}, max |weight diff| {wworst:.2e}')
+    assert worst <= TOL and wa.keys() == wb.keys() and wworst <= TOL
+
+
+@pytest.fixture(scope='module')
+def tmp(tmp_path_factory):
+    from transformer_nb.tokenizer import train_bbpe
+    tmp = tmp_path_factory.mktemp('fsdp')
+    (tmp / 'corpus.txt').write_text(SHAKESPEARE.read_text(encoding='utf-8')[:60_000], encoding='utf-8')
+    train_bbpe([tmp / 'corpus.txt'], tmp / 'tok', vocab_size=384, show_progress=False)
+    (tmp / 'train.py').write_text(SCRIPT)
+    return tmp
+
+
+@pytest.fixture(scope='module')
+def single(tmp):
+    "The reference: one process (a plain model, DCP checkpoints at steps 10 and 20)."
+    launch(tmp, make_config(tmp, 'single'), 1)
+    return tmp / 'single'
+
+
+def test_fsdp_matches_one_process_with_async_saves(tmp, single):
+    out = launch(tmp, make_config(tmp, 'fsdp', runtime__checkpoint__async_save=True), 2)
+    assert out.count('RESULT 20') == 2 and '2 process(es) (FSDP)' in out
+    assert_matches(tmp / 'fsdp', single)
+    cks = list_checkpoints(tmp / 'fsdp' / 'checkpoints')
+    assert [c.name for c in cks] == [checkpoint_name(10), checkpoint_name(20)]
+    for c in cks:
+        assert verify_checkpoint(c) == []
+        assert sorted(p.name for p in (c / 'dcp').iterdir()) == ['.metadata', '__0_0.distcp', '__1_0.distcp']
+        files = json.loads((c / 'manifest.json').read_text())['files']
+        assert {'dcp/.metadata', 'dcp/__0_0.distcp', 'dcp/__1_0.distcp', 'trainer_state.json'} <= set(files)
+    assert not list((tmp / 'fsdp' / 'checkpoints').glob('.tmp-*'))
+
+
+def test_fsdp_with_accumulation_and_activation_checkpointing(tmp, single):
+    launch(tmp, make_config(tmp, 'acc', data__gradient_accumulation_steps=2, runtime__activation_checkpointing=True), 2)
+    assert_matches(tmp / 'acc', single)
+
+
+@pytest.mark.parametrize('first,then', [(2, 1), (1, 2)])
+def test_resume_across_world_sizes(tmp, single, first, then):
+    name = f'resume{first}{then}'
+    launch(tmp, make_config(tmp, name + 'a', steps=10, run=name), first)
+    out = launch(tmp, make_config(tmp, name + 'b', run=name), then, '--resume')
+    assert f'resumed from {tmp / name / "checkpoints" / checkpoint_name(10)}' in out
+    assert_matches(tmp / name, single)
+
+
+def test_two_nodes_match_one_process(tmp, single):
+    "Two launchers, one per 'node' (--nnodes 2 --node-rank 0|1), meeting at a c10d rendezvous on 127.0.0.1."
+    cfg, port = make_config(tmp, 'nodes', steps=10), free_port()
+    procs = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node-rank', str(r),
+                               '--nproc-per-node', '1', '--rdzv-backend', 'c10d', '--rdzv-endpoint', f'127.0.0.1:{port}',
+                               '--rdzv-id', 'tnb-test', str(tmp / 'train.py'), str(cfg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV) for r in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), '\n'.join(o[-2000:] for o in outs)
+    assert '2 process(es) (FSDP)' in outs[0] + outs[1]
+    assert_matches(tmp / 'nodes', single, steps=10)
+
+
+def test_sigkill_during_async_save_keeps_previous_checkpoint(tmp):
+    run = tmp / 'killed'
+    cfg = make_config(tmp, 'killed', steps=40, run='killed', runtime__checkpoint__async_save=True,
+                      runtime__checkpoint__every_n_steps=5, runtime__evaluation__every_n_steps=None)
+    marker = tmp / 'saving'
+    p = launch(tmp, cfg, 2, env={**ENV, 'SLOW_SAVE_MARKER': str(marker)}, wait=False)
+    try:
+        deadline = time.time() + 120
+        while not Path(f'{marker}.1').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+        assert Path(f'{marker}.1').exists(), p.communicate(timeout=30)[0][-3000:]
+        os.kill(int(Path(f'{marker}.1').read_text()), signal.SIGKILL)          # rank 1 dies inside its write
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill(); p.communicate()
+    assert p.returncode != 0
+    cks = run / 'checkpoints'
+    assert list(cks.glob('.tmp-step_000000000010-*'))                      # the half-written save is left aside...
+    assert latest_checkpoint(cks) == cks / checkpoint_name(5)                 # ...and the one before is the newest valid
+    out = launch(tmp, make_config(tmp, 'killed2', steps=10, run='killed'), 1, '--resume')
+    assert f'resumed from {cks / checkpoint_name(5)}' in out and 'RESULT 10' in out
+    assert not list(cks.glob('.tmp-*'))                                       # leftovers of dead writers are removed
+
+
+def test_dcp_checkpoint_exports_to_transformers_and_generates(tmp, single):
+    transformers = pytest.importorskip('transformers')
+    from transformer_nb.export import export_checkpoint, hf_logits_diff
+    from transformer_nb.cli import load_for_generation
+    from transformer_nb.generate import generate
+    ck = tmp / 'single' / 'checkpoints' / checkpoint_name(STEPS)
+    export_checkpoint(ck, tmp / 'hf')
+    model, tok, _ = load_for_generation(ck, device='cpu')
+    ids = torch.tensor([tok.encode('ROMEO:\nWhat light through yonder window breaks?').ids[:24]])
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    assert hf_logits_diff(model, tmp / 'hf', ids) < 1e-4
+    assert generate(model, tok, 'ROMEO:', max_new_tokens=5, temperature=0.0)
+
+
+def test_dcp_metadata_naming_foreign_code_is_refused(tmp, single):
+    ck = tmp / 'single' / 'checkpoints' / checkpoint_name(10)
+    check_dcp_metadata(ck / 'dcp' / '.metadata')                              # DCP's own metadata passes
+    bad = tmp / 'evil.metadata'
+    bad.write_bytes(b"cos\nsystem\n(S'touch /tmp/never'\ntR.")               # a protocol-0 pickle calling os.system
+    with pytest.raises(CheckpointError, match='os.system, which is not DCP metadata'): check_dcp_metadata(bad)
+    bad.write_bytes(b'\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94.')
+    with pytest.raises(CheckpointError, match='os.system, which is not DCP metadata'): check_dcp_metadata(bad)
