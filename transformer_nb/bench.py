@@ -39,11 +39,11 @@ from .generate import generate_ids
 from .training import build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
 
 # %% auto #0
-__all__ = ['SHAPE_NAMES', 'PARTS', 'BenchError', 'summarize', 'load_average', 'machine_info', 'CpuShare', 'rss_bytes',
-           'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak', 'BenchShape', 'configs_dir',
-           'bench_shape', 'bench_config', 'StepRunner', 'random_tokens', 'cold_compile_cache', 'train_throughput',
-           'generation_throughput', 'default_corpus', 'prepare_throughput', 'fmt_range', 'format_table', 'split_text',
-           'nats_per_char', 'quality_run', 'print_results', 'run_bench', 'bench_main']
+__all__ = ['SHAPE_NAMES', 'GEN_MODES', 'PARTS', 'BenchError', 'summarize', 'load_average', 'machine_info', 'CpuShare',
+           'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak', 'BenchShape',
+           'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens', 'cold_compile_cache',
+           'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput', 'fmt_range',
+           'format_table', 'split_text', 'nats_per_char', 'quality_run', 'print_results', 'run_bench', 'bench_main']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -257,7 +257,7 @@ def bench_shape(name: str, keep_dropout: bool = False) -> BenchShape:
         s = replace(s, model=replace(s.model, attn_dropout=0.0, residual_dropout=0.0), source=s.source + ', dropout off')
     return s
 
-# %% ../nbs/11_bench.ipynb #da498ba1
+# %% ../nbs/11_bench.ipynb #de7c4d14
 def _bench_shape(name: str) -> BenchShape:
     if name == 'baby':
         m = ModelConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_attention_heads=4,
@@ -337,7 +337,7 @@ def cold_compile_cache():
         else:
             with temporary_cache_dir(d): yield
 
-# %% ../nbs/11_bench.ipynb #8bafdcbf
+# %% ../nbs/11_bench.ipynb #d179f6d9
 def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, repeats: int = 3, warmup: int = 2,
                      compile: bool = False, precision: str = 'fp32', peak: float | None = None,
                      cold_compile: bool = True) -> dict:
@@ -382,33 +382,53 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
     return res
 
 # %% ../nbs/11_bench.ipynb #d3c4812c
+GEN_MODES = ('no_cache', 'kv_cache', 'static', 'compiled')
+_GEN_KW = {'no_cache': dict(use_kv_cache=False), 'kv_cache': {}, 'static': dict(static_cache=True),
+           'compiled': dict(compile=True)}
+
+def _gen_runner(model, prompts, mode):
+    return lambda n: generate_ids(model, prompts, n, temperature=0, eos_id=None, **_GEN_KW[mode])
+
 def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: int = 16, repeats: int = 3,
-                          device: str = 'cpu', seed: int = 0) -> dict:
-    "Greedy generation tokens/s (batch 1) of `shape`'s model, with and without the KV cache."
+                          device: str = 'cpu', seed: int = 0, batches=(1,), modes=('kv_cache', 'no_cache'),
+                          no_cache_batches=None, extra: dict | None = None, extra_batches=(1,)) -> dict:
+    """Greedy generation tokens/s of `shape`'s model for each batch size in `batches` and each of `modes`
+    (`GEN_MODES`; `no_cache` only at `no_cache_batches`, default all), plus `extra` generators
+    (name -> factory(model, prompts) -> generate(n)) at `extra_batches`. Modes alternate within each repeat."""
+    bad = [m for m in modes if m not in GEN_MODES]
+    if bad: raise BenchError(f"--gen-modes: unknown mode {bad[0]!r} (choose from {', '.join(GEN_MODES)})")
     if prompt_len + new_tokens > shape.model.max_position_embeddings:
         raise BenchError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceed the "
                          f"{shape.model.max_position_embeddings} positions of shape {shape.name}")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = DecoderModel(shape.model, shape.vocab_size).to(dev).eval()
-    prompt = np.random.default_rng(seed).integers(0, shape.vocab_size, prompt_len).tolist()
-    res = {'shape': shape.name, 'device': str(dev), 'new_tokens': new_tokens, 'prompt_len': prompt_len, 'batch': 1,
-           'parameters': model.num_parameters(), 'vocab_size': shape.vocab_size, 'repeats': repeats}
-    outs = {}
-    for key, cache in (('kv_cache', True), ('no_cache', False)):
-        generate_ids(model, [prompt], min(4, new_tokens), temperature=0, use_kv_cache=cache, eos_id=None)  # warm-up
-        times = []
+    rng = np.random.default_rng(seed)
+    res = {'shape': shape.name, 'device': str(dev), 'new_tokens': new_tokens, 'prompt_len': prompt_len,
+           'parameters': model.num_parameters(), 'vocab_size': shape.vocab_size, 'repeats': repeats, 'rows': []}
+    for B in batches:
+        prompts = rng.integers(0, shape.vocab_size, (B, prompt_len)).tolist()
+        runs = {m: _gen_runner(model, prompts, m) for m in modes if m != 'no_cache' or B in (no_cache_batches or batches)}
+        runs.update({k: f(model, prompts) for k, f in (extra or {}).items() if B in extra_batches})
+        first, outs, times = {}, {}, {k: [] for k in runs}
+        for k, run in runs.items():              # warm-up; compiles (the same shapes as the timed runs)
+            t0 = time.perf_counter(); run(new_tokens if k == 'compiled' else min(4, new_tokens)); _sync(dev)
+            first[k] = time.perf_counter() - t0
         with CpuShare() as cpu:
             for _ in range(repeats):
-                t0 = time.perf_counter()
-                out = generate_ids(model, [prompt], new_tokens, temperature=0, use_kv_cache=cache, eos_id=None)
-                _sync(dev)
-                times.append(time.perf_counter() - t0)
-        outs[key] = out[0]
-        res[key] = {'tokens_per_s': summarize([new_tokens / t for t in times]), 'seconds': summarize(times),
-                    'others_cpu_share': cpu.others}
-    res['speedup'] = res['kv_cache']['tokens_per_s']['median'] / res['no_cache']['tokens_per_s']['median']
-    res['same_tokens'] = outs['kv_cache'] == outs['no_cache']
+                for k, run in runs.items():
+                    t0 = time.perf_counter(); outs[k] = run(new_tokens); _sync(dev)
+                    times[k].append(time.perf_counter() - t0)
+        ref = outs.get('no_cache', next(iter(outs.values())))
+        for k in runs:
+            res['rows'].append({'batch': B, 'mode': k, 'tokens_per_s': summarize([B * new_tokens / t for t in times[k]]),
+                                'seconds': summarize(times[k]), 'first_call_s': first[k], 'same_tokens': outs[k] == ref,
+                                'others_cpu_share': cpu.others})
+    one = {r['mode']: r for r in res['rows'] if r['batch'] == batches[0]}
+    res.update({k: one[k] for k in ('kv_cache', 'no_cache') if k in one}, batch=batches[0],
+               same_tokens=all(r['same_tokens'] for r in res['rows']))
+    if 'kv_cache' in one and 'no_cache' in one:
+        res['speedup'] = one['kv_cache']['tokens_per_s']['median'] / one['no_cache']['tokens_per_s']['median']
     return res
 
 # %% ../nbs/11_bench.ipynb #043cb49c
@@ -515,7 +535,7 @@ def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int =
         model.train(model_was_training)
     return total / (num_chars * count / n)
 
-# %% ../nbs/11_bench.ipynb #50f30f32
+# %% ../nbs/11_bench.ipynb #bcf3c426
 def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
     "A quality run's tokenizer and token shards, in `tmp`: (config with the vocabulary, vocab, data, held-out tokens)."
     vocab = config.model.vocab_size or 1024
@@ -620,12 +640,18 @@ def _print_train(rows: list[dict], show=print):
                         '-' if r['compile_s'] is None else f"{r['compile_s']:.1f}",
                         '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"] for r in rows]))
 
-def _print_generate(g: dict, show=print):
-    show(f"\ngeneration ({g['shape']} shape, vocab {g['vocab_size']}, batch 1, prompt {g['prompt_len']} + {g['new_tokens']} "
-         f"new tokens, greedy; same tokens with and without the cache: {g['same_tokens']})")
-    show(format_table(['KV cache', 'tokens/s', 'seconds'],
-                      [[k, fmt_range(g[k]['tokens_per_s'], fmt='{:,.1f}'), fmt_range(g[k]['seconds'], fmt='{:.2f}')]
-                       for k in ('kv_cache', 'no_cache')]) + f"\nspeed-up with the cache: {g['speedup']:.1f}x")
+def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
+    rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
+    show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new tokens "
+         f"per row, greedy; the same tokens in every mode: {g['same_tokens']})")
+    base = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'no_cache'}
+    hf = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'transformers'}
+    ratio = lambda r, d: f"{r['tokens_per_s']['median'] / d[r['batch']]:.2f}x" if r['batch'] in d else '-'
+    show(format_table(['batch', 'mode', 'tokens/s', 'vs no cache'] + (['vs transformers'] if hf else []) +
+                      ['seconds', 'first call s', 'same tokens'],
+                      [[r['batch'], r['mode'], fmt_range(r['tokens_per_s'], fmt='{:,.1f}'), ratio(r, base)] +
+                       ([ratio(r, hf)] if hf else []) + [fmt_range(r['seconds'], fmt='{:.2f}'),
+                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-')] for r in rows]))
 
 def _print_prepare(d: dict, show=print):
     show(f"\ndata preparation ({d['corpus_mb']:.1f} MB corpus, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
@@ -645,17 +671,42 @@ def print_results(res: dict, show=print):
         show(f"\ntraining ({res['settings']['precision']}, MFU against the matmul peak)")
         _print_train(res['train'], show)
     if 'generate' in res: _print_generate(res['generate'], show)
+    if 'generate_vs_transformers' in res: _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in res: _print_prepare(res['prepare'], show)
 
-# %% ../nbs/11_bench.ipynb #8b4d0b43
+# %% ../nbs/11_bench.ipynb #7ee3aed4
+def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, peaks, cold_compile, retries,
+                 max_others, show) -> list[dict]:
+    "The training part of `run_bench`: each shape eager (and compiled), measured again while the machine is busy."
+    peak = (peaks.get(precision) or peaks['fp32'])['median']
+    rows = []
+    show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
+         f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
+    train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)   # untimed: loads the kernels once
+    for s in shapes:
+        for comp in ((False, True) if compile else (False,)):
+            tries = [train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile)]
+            while len(tries) <= retries and (tries[-1]['others_cpu_share'] or 0) > max_others:
+                show(f"  {s.name} {'compile' if comp else 'eager'}: other processes used "
+                     f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
+                tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
+            rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
+            show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
+                 f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
+    _print_train(rows, show)
+    return rows
+
+# %% ../nbs/11_bench.ipynb #f8cf8b52
 def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int = 10, repeats: int = 3,
               warmup: int = 2, compile: bool = True, precision: str | None = None, new_tokens: int = 256,
               prompt_len: int = 16, corpus=None, prep_mb: float = 5.0, prep_vocab: int = 4096, peak_sizes=None,
               keep_dropout: bool = False, cold_compile: bool = True, retries: int = 0, max_others: float = 0.1,
-              show=print) -> dict:
+              show=print, gen_batches=(1,), gen_modes=None, gen_no_cache_batches=None, vs_transformers=None) -> dict:
     """Run the benchmark `parts` (see `PARTS`), print a table for each with `show`, return the results.
     A training figure taken while other processes used more than `max_others` of the CPU time is measured
-    again, up to `retries` times; the least disturbed attempt is kept."""
+    again, up to `retries` times; the least disturbed attempt is kept. Generation: `gen_batches`, `gen_modes`
+    (default no_cache, kv_cache and, with `compile`, compiled); `vs_transformers` (a factory, see
+    `generation_throughput`'s `extra`) adds a batch-1 comparison on the Llama-exportable (swiglu) m3_medium."""
     bad = [p for p in parts if p not in PARTS]
     if bad: raise BenchError(f"--only: unknown part {bad[0]!r} (choose from {', '.join(PARTS)})")
     shapes = [s if isinstance(s, BenchShape) else bench_shape(s, keep_dropout) for s in shapes]
@@ -678,25 +729,21 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
         res['matmul_peak'] = peaks
         _print_peak(peaks, show)
     if 'train' in parts:
-        peak = (peaks.get(precision) or peaks['fp32'])['median']
-        rows = res['train'] = []
-        show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
-             f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
-        train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)   # untimed: loads the kernels once
-        for s in shapes:
-            for comp in ((False, True) if compile else (False,)):
-                tries = [train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile)]
-                while len(tries) <= retries and (tries[-1]['others_cpu_share'] or 0) > max_others:
-                    show(f"  {s.name} {'compile' if comp else 'eager'}: other processes used "
-                         f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
-                    tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
-                rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
-                show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
-                     f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
-        _print_train(rows, show)
+        res['train'] = _bench_train(shapes, device, steps, repeats, warmup, compile, precision, peaks,
+                                    cold_compile, retries, max_others, show)
     if 'generate' in parts:
-        res['generate'] = generation_throughput(bench_shape('m3_medium', keep_dropout), new_tokens, prompt_len, repeats, device)
+        modes = gen_modes or (('no_cache', 'kv_cache', 'compiled') if compile else ('no_cache', 'kv_cache'))
+        res['generate'] = generation_throughput(bench_shape('m3_medium', keep_dropout), new_tokens, prompt_len, repeats,
+                                                device, batches=tuple(gen_batches), modes=modes,
+                                                no_cache_batches=gen_no_cache_batches)
         _print_generate(res['generate'], show)
+    if vs_transformers is not None:
+        s = bench_shape('m3_medium', keep_dropout)
+        s = replace(s, name='m3_medium_swiglu', model=replace(s.model, activation='swiglu'))
+        res['generate_vs_transformers'] = generation_throughput(
+            s, new_tokens, prompt_len, repeats, device, modes=('kv_cache', 'compiled') if compile else ('kv_cache',),
+            extra={'transformers': vs_transformers})
+        _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in parts:
         res['prepare'] = prepare_throughput(corpus, prep_mb, prep_vocab, repeats)
         _print_prepare(res['prepare'], show)
@@ -734,6 +781,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
+    ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B', help='generation batch sizes (default 1,8,32)')
+    ap.add_argument('--gen-modes', nargs='+', default=None, metavar='MODE', help='generation modes: no_cache, kv_cache, '
+                    'static, compiled (default: no_cache,kv_cache,compiled; no compiled with --no-compile)')
+    ap.add_argument('--gen-no-cache-batches', nargs='+', default=['1,8'], metavar='B', help='batch sizes timed without '
+                    'the KV cache too (default 1,8: batch 32 recomputes 32 whole sequences per token)')
+    ap.add_argument('--vs-transformers', action='store_true', help="also time transformers' generate on the same "
+                    'weights (exported to a temporary Llama folder), batch 1, alternated with ours')
     ap.add_argument('--corpus', default=None, help='text file for data preparation and --quality '
                     '(default: ../shared/data/tinyshakespeare.txt)')
     ap.add_argument('--prep-mb', type=float, default=5.0, help='corpus size for data preparation, MB (default 5)')
@@ -753,9 +807,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--quiet', action='store_true', help='print only the tables')
     return ap
 
-# %% ../nbs/11_bench.ipynb #ee63c906
-def bench_main(argv=None) -> int:
-    "The `tnb-bench` command."
+# %% ../nbs/11_bench.ipynb #aad053bf
+def _ints(values, flag: str) -> tuple[int, ...]:
+    try: out = tuple(int(v) for v in _split_list(values))
+    except ValueError: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}") from None
+    if not out or min(out) < 1: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}")
+    return out
+
+def bench_main(argv=None, vs_transformers=None) -> int:
+    "The `tnb-bench` command (`vs_transformers`: the runner factory behind `--vs-transformers`, see 12_export)."
     a = _parser().parse_args(argv)
     try:
         if a.threads is not None:
@@ -772,9 +832,15 @@ def bench_main(argv=None) -> int:
             out = Path(a.out or 'tnb-bench-quality.json')
         else:
             sizes = [int(x) for x in _split_list(a.peak_sizes)] or None
+            if a.vs_transformers and vs_transformers is None:
+                raise BenchError("--vs-transformers: run it through the tnb-bench command (transformer_nb.export.tnb_bench_main)")
             res = run_bench(_split_list(a.shapes), tuple(_split_list(a.only)), a.device, a.steps, a.repeats, a.warmup,
                             not a.no_compile, a.precision, a.new_tokens, a.prompt_len, a.corpus, a.prep_mb,
-                            a.prep_vocab, sizes, a.keep_dropout, not a.warm_compile, a.retries, a.max_others)
+                            a.prep_vocab, sizes, a.keep_dropout, not a.warm_compile, a.retries, a.max_others,
+                            gen_batches=_ints(a.gen_batches, '--gen-batches'),
+                            gen_modes=tuple(_split_list(a.gen_modes)) or None,
+                            gen_no_cache_batches=_ints(a.gen_no_cache_batches, '--gen-no-cache-batches'),
+                            vs_transformers=vs_transformers if a.vs_transformers else None)
             out = Path(a.out or 'tnb-bench.json')
         res['argv'] = list(sys.argv[1:] if argv is None else argv)
         atomic_write_text(out, json.dumps(res, indent=1) + '\n')

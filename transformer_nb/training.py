@@ -47,9 +47,9 @@ from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dic
 __all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
            'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
            'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
-           'micro_batch_size', 'measure_matmul_flops', 'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics',
-           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
-           'shard_model']
+           'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'model_flops_utilization', 'measure_matmul_flops',
+           'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism', 'checkpoint_format',
+           'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -299,9 +299,26 @@ def micro_batch_size(batch_size: int, grad_accum: int, world_size: int = 1) -> i
     return Config(data=DataConfig(batch_size=batch_size, gradient_accumulation_steps=grad_accum)).micro_batch_size(world_size)
 
 # %% ../nbs/09_training.ipynb #58cc0922
-_GPU_PEAK = {  # dense TFLOP/s: (bf16/fp16 tensor cores, tf32 for fp32)
-    'H200': (989e12, 494e12), 'H100': (989e12, 494e12), 'A100': (312e12, 156e12), 'L40S': (362e12, 183e12),
-    'A10G': (70e12, 35e12), 'L4': (121e12, 60e12), 'V100': (125e12, 15.7e12), 'T4': (65e12, 8.1e12)}
+_GPU_PEAK = {  # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
+    'H200': (989e12, 494e12, 67e12), 'H100': (989e12, 494e12, 67e12), 'A100': (312e12, 156e12, 19.5e12),
+    'L40S': (362e12, 183e12, 91.6e12), 'A10G': (70e12, 35e12, 31.2e12), 'L4': (121e12, 60e12, 30.3e12),
+    'V100': (125e12, 15.7e12, 15.7e12), 'T4': (65e12, 8.1e12, 8.1e12)}
+
+def tf32_enabled() -> bool:
+    "Whether fp32 matmuls may use TF32 tensor cores (`torch.set_float32_matmul_precision` not 'highest')."
+    return torch.get_float32_matmul_precision() != 'highest'
+
+def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = None) -> float | None:
+    "Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the current setting)."
+    tf32 = tf32_enabled() if tf32 is None else tf32
+    for key, (half, t32, f32) in _GPU_PEAK.items():
+        if key in gpu_name: return half if precision in ('bf16', 'fp16') else (t32 if tf32 else f32)
+    return None
+
+def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,
+                            world_size: int = 1) -> float:
+    "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
+    return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
 
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, trials: int = 5,
                          seconds: float = 0.05) -> float:
@@ -322,12 +339,11 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 102
     return best
 
 def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
-    "Peak matmul FLOP/s for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
+    "Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
     if os.environ.get('TNB_PEAK_FLOPS'): return float(os.environ['TNB_PEAK_FLOPS'])
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        for key, (half, tf32) in _GPU_PEAK.items():
-            if key in name: return half if precision in ('bf16', 'fp16') else tf32
+        peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        if peak is not None: return peak
     return measure_matmul_flops(device, _PRECISIONS.get(precision) or torch.float32)
 
 # %% ../nbs/09_training.ipynb #8c755c41
@@ -603,7 +619,7 @@ def _log_window(self: Trainer):
     norm = sum(norms) / len(norms) if norms else float('nan')
     dt = max(now - w['t'], 1e-9)
     tps = (n - w['n0']) * self.tokens_per_step / dt if n > w['n0'] else float('nan')   # steps since the clock (re)started
-    mfu = self.flops_per_token * tps / self._peak if self._peak else float('nan')
+    mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size) if self._peak else float('nan')
     elapsed = now - self._fit_t0
     done_here = self.step - self._fit_step0
     eta = (self.total_steps - self.step) * elapsed / done_here if done_here else float('nan')
@@ -826,6 +842,18 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     except Exception as e:          # a sample must never stop training
         warnings.warn(f"could not generate a sample at step {self.step}: {type(e).__name__}: {e}")
 
+# %% ../nbs/09_training.ipynb #0362de42
+@patch
+def _warn_schedule_change(self: Trainer, old_total: int):
+    "Log a changed `total_steps`; warn (rank 0) when it moves the learning rate: the new curve is not a stretched old one."
+    sch, base = self.config.scheduler, self.config.optimizer.learning_rate
+    old_lr, new_lr = lr_at(self.step, sch, base, old_total), lr_at(self.step, sch, base, self.total_steps)
+    self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+    if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and self.is_main:
+        warnings.warn(f"resume: the run length changed ({old_total} -> {self.total_steps} steps) and the schedule is not "
+                      f"stretched: the learning rate of step {self.step + 1} moves from {old_lr:.3g} (old length) to "
+                      f"{new_lr:.3g} (new length)", stacklevel=2)
+
 # %% ../nbs/09_training.ipynb #44be2f0c
 @patch
 def _resume(self: Trainer):
@@ -872,7 +900,7 @@ def _resume(self: Trainer):
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
     old_total = st.get('total_steps')
     if old_total is not None and old_total != self.total_steps:
-        self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+        self._warn_schedule_change(int(old_total))
     self.last_checkpoint, self._saved_step = ck, self.step
     self.log(f"resumed from {ck} (step {self.step}, {self.tokens_seen:,} tokens seen)")
 
