@@ -11,11 +11,14 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import gzip
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -33,7 +38,7 @@ from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfi
                                    RuntimeConfig, SchedulerConfig)
 from .sources import iter_documents
 from .tokenizer import build_from_artifacts, train_bbpe
-from .data import prepare, RandomWindowSampler
+from .data import default_workers, prepare, RandomWindowSampler
 from .model import DecoderModel
 from .generate import generate_ids
 from .training import build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
@@ -42,8 +47,9 @@ from .training import build_optimizer, DistInfo, resolve_device, resolve_precisi
 __all__ = ['SHAPE_NAMES', 'GEN_MODES', 'PARTS', 'BenchError', 'summarize', 'load_average', 'machine_info', 'CpuShare',
            'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak', 'BenchShape',
            'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens', 'cold_compile_cache',
-           'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput', 'fmt_range',
-           'format_table', 'split_text', 'nats_per_char', 'quality_run', 'print_results', 'run_bench', 'bench_main']
+           'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput', 'prepare_memory',
+           'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run', 'print_results', 'run_bench',
+           'bench_main']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -445,42 +451,117 @@ def _corpus(path) -> Path:
     if not p.is_file(): raise BenchError(f"{p}: --corpus is not a file")
     return p
 
+def _corpus_files(text: bytes, folder: Path, size_mb: float) -> dict:
+    "The benchmark text repeated to `size_mb` MB, as a text file, as JSON Lines (gzip) and as Parquet (one record per document)."
+    files = {'text': folder / 'corpus.txt', 'JSONL.gz': folder / 'corpus.jsonl.gz', 'Parquet': folder / 'corpus.parquet'}
+    with open(files['text'], 'wb') as f:
+        for _ in range(max(1, math.ceil(size_mb * 1e6 / max(len(text), 1)))): f.write(text)
+    docs = list(iter_documents(files['text']))
+    with gzip.open(files['JSONL.gz'], 'wt', encoding='utf-8', compresslevel=6) as f:
+        for d in docs: f.write(json.dumps({'text': d}) + '\n')
+    pq.write_table(pa.table({'text': docs}), files['Parquet'], row_group_size=10_000)
+    return files
+
+# %% ../nbs/11_bench.ipynb #03d30358
 def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096, repeats: int = 3,
-                       batch_chars: int = 1 << 20) -> dict:
-    "MB/s of `data.prepare` and of plain `Tokenizer.encode_batch` on `corpus` repeated to `size_mb` MB."
-    src = _corpus(corpus)
-    text = src.read_bytes()
+                       batch_chars: int = 1 << 20, workers: int | None = None) -> dict:
+    """MB/s of `data.prepare` on `corpus` repeated to `size_mb` MB (MB of text, whatever the file): as text with 1
+    worker and with `workers` (default: one per core), as JSON Lines (gzip) and as Parquet; and of plain `encode_batch`."""
+    src, n = _corpus(corpus), workers or default_workers()
     with tempfile.TemporaryDirectory(prefix='tnb-bench-') as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
         tok_s = time.perf_counter() - t0
-        big = tmp / 'corpus.txt'
-        with open(big, 'wb') as f:
-            for _ in range(max(1, math.ceil(size_mb * 1e6 / max(len(text), 1)))): f.write(text)
-        mb = big.stat().st_size / 1e6
+        files = _corpus_files(src.read_bytes(), tmp, size_mb)
+        mb = files['text'].stat().st_size / 1e6
         tok = build_from_artifacts(tmp / 'tokenizer')
-        batches, b, n = [], [], 0
-        for doc in iter_documents([big]):
-            b.append(doc); n += len(doc)
-            if n >= batch_chars: batches.append(b); b, n = [], 0
+        batches, b, k = [], [], 0
+        for doc in iter_documents(files['text']):
+            b.append(doc); k += len(doc)
+            if k >= batch_chars: batches.append(b); b, k = [], 0
         if b: batches.append(b)
-        t_prep, t_enc, tokens = [], [], 0
+        cases = [('text', 1), ('text', n), ('JSONL.gz', n), ('Parquet', n)]
+        t_prep, t_enc, tokens = {c: [] for c in cases}, [], 0
         with CpuShare() as cpu:
             for i in range(repeats):
-                t0 = time.perf_counter()
-                d = prepare([big], tmp / 'tokenizer', tmp / f'cache{i}', show_progress=False, verbose=False,
-                            batch_chars=batch_chars)
-                t_prep.append(time.perf_counter() - t0)
-                tokens = d.train.num_tokens + d.val.num_tokens
+                for kind, w in cases:
+                    cache = tmp / f'cache-{kind}-{w}'
+                    t0 = time.perf_counter()
+                    d = prepare([files[kind]], tmp / 'tokenizer', cache, show_progress=False, verbose=False,
+                                batch_chars=batch_chars, workers=w)
+                    t_prep[kind, w].append(time.perf_counter() - t0)
+                    tokens = d.train.num_tokens + d.val.num_tokens
+                    shutil.rmtree(cache)
                 t0 = time.perf_counter()
                 for b in batches: tok.encode_batch(b, add_special_tokens=False)
                 t_enc.append(time.perf_counter() - t0)
+    rows = {f"{kind}, {w} worker{'s' if w > 1 else ''}": summarize([mb / t for t in ts]) for (kind, w), ts in t_prep.items()}
     return {'others_cpu_share': cpu.others, 'corpus': str(src), 'corpus_mb': mb, 'vocab_size': vocab_size, 'tokens': tokens,
-            'batch_chars': batch_chars, 'repeats': repeats, 'tokenizer_train_s': tok_s,
-            'prepare_mb_per_s': summarize([mb / t for t in t_prep]),
+            'batch_chars': batch_chars, 'repeats': repeats, 'tokenizer_train_s': tok_s, 'workers': n, 'rows': rows,
+            'workers_speedup': statistics.median(t_prep['text', 1]) / statistics.median(t_prep['text', n]),
+            'prepare_mb_per_s': rows[f"text, {n} worker{'s' if n > 1 else ''}"],
             'encode_batch_mb_per_s': summarize([mb / t for t in t_enc]),
-            'prepare_vs_encode_batch': statistics.median(t_enc) / statistics.median(t_prep)}
+            'prepare_vs_encode_batch': statistics.median(t_enc) / statistics.median(t_prep['text', n])}
+
+# %% ../nbs/11_bench.ipynb #e3bfa81b
+def _memory_kb(pid: int, key: str) -> int:
+    "A `/proc/<pid>` memory figure in kB: 'Pss' (from smaps_rollup: shared pages counted once over processes), 'VmHWM', 'VmRSS'."
+    name = 'smaps_rollup' if key == 'Pss' else 'status'
+    try: return int(next(l for l in (Path('/proc') / str(pid) / name).read_text().splitlines() if l.startswith(key + ':')).split()[1])
+    except (OSError, StopIteration, ValueError): return 0
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    "(memory of `pid` and all its descendants, the PSS sum in bytes; peak resident bytes of `pid` itself), from /proc."
+    parent = {}
+    for p in Path('/proc').iterdir():
+        if not p.name.isdigit(): continue
+        try: st = (p / 'stat').read_text(); parent[int(p.name)] = int(st[st.rindex(')') + 2:].split()[1])
+        except (OSError, ValueError, IndexError): continue
+    tree, todo = set(), [pid]
+    while todo:
+        q = todo.pop(); tree.add(q)
+        todo += [c for c, pp in parent.items() if pp == q and c not in tree]
+    return sum(_memory_kb(q, 'Pss') or _memory_kb(q, 'VmRSS') for q in tree) * 1024, _memory_kb(pid, 'VmHWM') * 1024
+
+def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 4000) -> int:
+    "Write `size_mb` MB of distinct ~`record_chars`-character records made of `text`'s documents to a JSONL.gz file."
+    docs, n, written, buf = text.split('\n\n'), 0, 0, []
+    with gzip.open(path, 'wt', encoding='utf-8', compresslevel=1) as f:
+        while written < size_mb * 1e6:
+            for d in docs:
+                buf.append(d)
+                if sum(map(len, buf)) >= record_chars:
+                    rec = f'Record {n}.\n' + '\n\n'.join(buf)
+                    f.write(json.dumps({'text': rec}) + '\n'); n += 1; written += len(rec.encode()); buf = []
+                    if written >= size_mb * 1e6: break
+    return n
+
+def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, workers: int | None = None) -> list[dict]:
+    "Peak resident memory of `prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB of text."
+    src, out = _corpus(corpus), []
+    exe = Path(sys.executable).parent / 'prepare-data'
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from transformer_nb.cli import prepare_data_main as m; sys.exit(m())']
+    with tempfile.TemporaryDirectory(prefix='tnb-bench-mem-') as tmp:
+        tmp = Path(tmp)
+        train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
+        for mb in sizes_mb:
+            data = tmp / f'corpus-{mb:g}MB.jsonl.gz'
+            records = _records_file(src.read_text(encoding='utf-8'), data, mb)
+            args = ['--tokenizer', tmp / 'tokenizer', '--input', data, '--out', tmp / f'out-{mb:g}', '--no-progress']
+            if workers: args += ['--workers', workers]
+            t0, peak, hwm = time.perf_counter(), 0, 0
+            p = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            while p.poll() is None:
+                total, h = _tree_memory(p.pid); peak, hwm = max(peak, total), max(hwm, h)
+                time.sleep(0.1)
+            if p.returncode: raise BenchError(f"prepare-data failed on {data.name}: {p.stderr.read()[-500:]}")
+            secs = time.perf_counter() - t0
+            out.append({'size_mb': mb, 'gz_mb': data.stat().st_size / 1e6, 'records': records, 'seconds': secs,
+                        'mb_per_s': mb / secs, 'peak_rss_mb': peak / 2**20, 'peak_main_mb': hwm / 2**20,
+                        'workers': workers or default_workers()})
+            shutil.rmtree(tmp / f'out-{mb:g}'); data.unlink()
+    return out
 
 # %% ../nbs/11_bench.ipynb #30c1f07a
 def fmt_range(s: dict | None, scale: float = 1.0, fmt: str = '{:,.0f}', pct: bool = False) -> str:
@@ -654,11 +735,18 @@ def _print_generate(g: dict, show=print, title: str = 'generation with and witho
                        f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-')] for r in rows]))
 
 def _print_prepare(d: dict, show=print):
-    show(f"\ndata preparation ({d['corpus_mb']:.1f} MB corpus, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
-    show(format_table(['', 'MB/s'], [['data.prepare', fmt_range(d['prepare_mb_per_s'], fmt='{:.2f}')],
-                                     ['plain encode_batch', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]])
+    show(f"\ndata preparation ({d['corpus_mb']:.1f} MB of text, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
+    rows = [[k, fmt_range(v, fmt='{:.2f}')] for k, v in d.get('rows', {'data.prepare': d['prepare_mb_per_s']}).items()]
+    show(format_table(['data.prepare', 'MB/s'], rows + [['plain encode_batch (all threads)', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]])
+         + (f"\n{d['workers']} workers / 1 worker: {d['workers_speedup']:.2f}x" if 'workers_speedup' in d else '')
          + f"\nprepare / encode_batch speed: {d['prepare_vs_encode_batch']:.2f}")
+    if mem := d.get('memory'):
+        show(format_table(['JSONL.gz text MB', 'file MB', 'records', 'seconds', 'MB/s', 'peak PSS MiB (all)', 'main peak RSS MiB'],
+                          [[f"{m['size_mb']:g}", f"{m['gz_mb']:.1f}", f"{m['records']:,}", f"{m['seconds']:.0f}",
+                            f"{m['mb_per_s']:.2f}", f"{m['peak_rss_mb']:,.0f}", f"{m['peak_main_mb']:,.0f}"] for m in mem]))
+        if len(mem) > 1: show(f"peak memory (PSS, all processes), largest / smallest corpus: {mem[-1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.2f}x")
 
+# %% ../nbs/11_bench.ipynb #839d9fd5
 def print_results(res: dict, show=print):
     "Print the tables of a `run_bench` result (e.g. one read back from its JSON file)."
     m = res['machine']
@@ -701,7 +789,8 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
               warmup: int = 2, compile: bool = True, precision: str | None = None, new_tokens: int = 256,
               prompt_len: int = 16, corpus=None, prep_mb: float = 5.0, prep_vocab: int = 4096, peak_sizes=None,
               keep_dropout: bool = False, cold_compile: bool = True, retries: int = 0, max_others: float = 0.1,
-              show=print, gen_batches=(1,), gen_modes=None, gen_no_cache_batches=None, vs_transformers=None) -> dict:
+              show=print, gen_batches=(1,), gen_modes=None, gen_no_cache_batches=None, vs_transformers=None,
+              prep_workers: int | None = None, prep_memory_mb=()) -> dict:
     """Run the benchmark `parts` (see `PARTS`), print a table for each with `show`, return the results.
     A training figure taken while other processes used more than `max_others` of the CPU time is measured
     again, up to `retries` times; the least disturbed attempt is kept. Generation: `gen_batches`, `gen_modes`
@@ -745,7 +834,8 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
             extra={'transformers': vs_transformers})
         _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in parts:
-        res['prepare'] = prepare_throughput(corpus, prep_mb, prep_vocab, repeats)
+        res['prepare'] = prepare_throughput(corpus, prep_mb, prep_vocab, repeats, workers=prep_workers)
+        if prep_memory_mb: res['prepare']['memory'] = prepare_memory(prep_memory_mb, corpus, prep_vocab, prep_workers)
         _print_prepare(res['prepare'], show)
     cpu.stop()
     res.update(load_average_end=load_average(), others_cpu_share=cpu.others, total_s=time.perf_counter() - t_start)
@@ -792,6 +882,10 @@ def _parser() -> argparse.ArgumentParser:
                     '(default: ../shared/data/tinyshakespeare.txt)')
     ap.add_argument('--prep-mb', type=float, default=5.0, help='corpus size for data preparation, MB (default 5)')
     ap.add_argument('--prep-vocab', type=int, default=4096, help='tokenizer vocabulary for data preparation (default 4096)')
+    ap.add_argument('--prep-workers', type=int, default=None, help='data preparation: the "all workers" rows use this many '
+                    '(default: one per core)')
+    ap.add_argument('--prep-memory-mb', nargs='+', type=float, default=[], metavar='MB', help='data preparation: also '
+                    'measure the peak memory of prepare-data on generated JSONL.gz corpora of these sizes (e.g. 50 500)')
     ap.add_argument('--peak-sizes', nargs='+', default=None, metavar='N', help='matmul sizes for the peak '
                     '(default: 1024,2048,4096 on CPU; 4096,8192 on CUDA)')
     ap.add_argument('--quality', action='store_true', help='quality per compute: train for --budget seconds, '
@@ -840,7 +934,8 @@ def bench_main(argv=None, vs_transformers=None) -> int:
                             gen_batches=_ints(a.gen_batches, '--gen-batches'),
                             gen_modes=tuple(_split_list(a.gen_modes)) or None,
                             gen_no_cache_batches=_ints(a.gen_no_cache_batches, '--gen-no-cache-batches'),
-                            vs_transformers=vs_transformers if a.vs_transformers else None)
+                            vs_transformers=vs_transformers if a.vs_transformers else None,
+                            prep_workers=a.prep_workers, prep_memory_mb=tuple(a.prep_memory_mb))
             out = Path(a.out or 'tnb-bench.json')
         res['argv'] = list(sys.argv[1:] if argv is None else argv)
         atomic_write_text(out, json.dumps(res, indent=1) + '\n')

@@ -93,7 +93,7 @@ class DecoderModel(nn.Module):
         "The longest sequence (cached + new positions) the model accepts: `max_position_embeddings`."
         return self.config.max_position_embeddings
 
-# %% ../nbs/06_model.ipynb #85dfabae
+# %% ../nbs/06_model.ipynb #d5904be6
 @patch
 def forward(self: DecoderModel, ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
             attention_mask: Tensor | None = None, logits_to_keep: int = 0):
@@ -111,8 +111,10 @@ def forward(self: DecoderModel, ids: Tensor, targets: Tensor | None = None, *, k
     if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
         raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
                               f"({B}, {offset + T}) = (batch, cached + new tokens)")
-    if ids.device.type == 'cpu' and ids.numel() and not _compiling() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-        raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
+    if ids.device.type == 'cpu' and ids.numel() and not _compiling():
+        lo, hi = (int(v) for v in torch.aminmax(ids))             # one pass over the ids
+        if lo < 0 or hi >= self.vocab_size:
+            raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {lo}, max {hi}")
     if static: attention_mask = self._static_mask(kv_cache, attention_mask)
     x = self.embed_tokens(ids)
     for i, blk in enumerate(self.layers):
@@ -147,7 +149,7 @@ def flops_per_token(self: DecoderModel, seq_len: int | None = None) -> int:
     n_matmul = self.num_parameters(exclude_embeddings=True) + self.vocab_size * c.hidden_size
     return 6 * n_matmul + 12 * c.num_layers * H * d * T
 
-# %% ../nbs/06_model.ipynb #34b90978
+# %% ../nbs/06_model.ipynb #8d1dd208
 @patch
 def new_kv_cache(self: DecoderModel, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
     """An empty `KVCache` for this model: `max_len` defaults to max_position_embeddings, `device` to the

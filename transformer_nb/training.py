@@ -47,9 +47,9 @@ from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dic
 __all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
            'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
            'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
-           'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'model_flops_utilization', 'measure_matmul_flops',
-           'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism', 'checkpoint_format',
-           'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model']
+           'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'measure_matmul_flops', 'peak_flops',
+           'model_flops_utilization', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism',
+           'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -315,11 +315,7 @@ def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = N
         if key in gpu_name: return half if precision in ('bf16', 'fp16') else (t32 if tf32 else f32)
     return None
 
-def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,
-                            world_size: int = 1) -> float:
-    "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
-    return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
-
+# %% ../nbs/09_training.ipynb #9d21bc85
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, trials: int = 5,
                          seconds: float = 0.05) -> float:
     "Best FLOP/s of an `n`x`n` matmul on `device` in `dtype` over `trials` timings of about `seconds` each."
@@ -345,6 +341,12 @@ def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
         peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
         if peak is not None: return peak
     return measure_matmul_flops(device, _PRECISIONS.get(precision) or torch.float32)
+
+# %% ../nbs/09_training.ipynb #22c581d3
+def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,
+                            world_size: int = 1) -> float:
+    "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
+    return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
 
 # %% ../nbs/09_training.ipynb #8c755c41
 def _fmt_time(s: float) -> str:
@@ -508,7 +510,9 @@ def _prepare_data(self: Trainer):
                           "training documents for validation", stacklevel=4)
         val = None
     src = self.tokenizer_source
-    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val)
+    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val, text_field=d.text_field,
+              workers=max(1, d.num_workers) if d.num_workers is not None else None, dedupe=d.dedupe,
+              **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
     if self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=self.show_progress, **kw)
     self._barrier()
     if not self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=False, verbose=False, **kw)
