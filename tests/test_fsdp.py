@@ -218,3 +218,15 @@ def test_dcp_metadata_naming_foreign_code_is_refused(tmp, single):
     with pytest.raises(CheckpointError, match='os.system, which is not DCP metadata'): check_dcp_metadata(bad)
     bad.write_bytes(b'\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94.')
     with pytest.raises(CheckpointError, match='os.system, which is not DCP metadata'): check_dcp_metadata(bad)
+
+
+def test_estimate_memory_command():
+    exe = Path(sys.executable).parent / 'estimate-memory'
+    p = subprocess.run([str(exe), '--config', str(ROOT / 'configs' / 'llama_1b.yaml'), '--world-size', '8'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = {l.split(',')[0].strip(): l.split() for l in p.stdout.splitlines() if 'micro-batch' in l}
+    fsdp, ddp = float(rows['fsdp x8'][-1]), float(rows['ddp x8'][-1])
+    assert '1,100.0M parameters' in p.stdout and fsdp < 0.6 * ddp          # sharding halves (and more) the per-rank total
+    bad = subprocess.run([str(exe), '--config', 'nope.yaml'], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yaml' in bad.stderr

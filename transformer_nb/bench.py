@@ -39,17 +39,18 @@ from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfi
 from .sources import iter_documents
 from .tokenizer import build_from_artifacts, train_bbpe
 from .data import default_workers, prepare, RandomWindowSampler
+from .attention import _attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .training import build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
+from .training import apply_activation_checkpointing, build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
 
 # %% auto #0
-__all__ = ['SHAPE_NAMES', 'GEN_MODES', 'PARTS', 'BenchError', 'summarize', 'load_average', 'machine_info', 'CpuShare',
-           'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak', 'BenchShape',
-           'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens', 'cold_compile_cache',
-           'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput', 'prepare_memory',
-           'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run', 'print_results', 'run_bench',
-           'bench_main']
+__all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchError', 'summarize', 'load_average', 'machine_info',
+           'CpuShare', 'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak',
+           'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens',
+           'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput',
+           'prepare_memory', 'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run', 'print_results',
+           'run_bench', 'bench_main', 'estimate_memory', 'format_memory_table', 'estimate_memory_main']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -233,6 +234,7 @@ class BenchShape:
                 f"vocab {self.vocab_size} [{self.source}]")
 
 SHAPE_NAMES = ('baby', 'local', 'm3_medium')
+EXTRA_SHAPES = ('gpt2_124m',)       # on request only (--shapes gpt2_124m): a GPU-sized shape
 
 _BUILTIN = {
     'local': dict(hidden_size=128, intermediate_size=512, num_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -275,7 +277,11 @@ def _bench_shape(name: str) -> BenchShape:
     if name == 'm3_medium':
         m, b, t, src = _from_config('m3_medium', 'm3_medium.yaml', 8, 256)
         return BenchShape('m3_medium', m, 4096, b, t, src)
-    raise BenchError(f"--shapes: unknown shape {name!r} (choose from {', '.join(SHAPE_NAMES)})")
+    if name == 'gpt2_124m':      # GPT-2 small's shape (RoPE instead of learned positions): 124M parameters
+        m = ModelConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_attention_heads=12,
+                        max_position_embeddings=1024, activation='gelu', norm='layernorm', bias=True)
+        return BenchShape('gpt2_124m', m, 50257, 8, 1024, 'GPT-2 small shape')
+    raise BenchError(f"--shapes: unknown shape {name!r} (choose from {', '.join(SHAPE_NAMES + EXTRA_SHAPES)})")
 
 # %% ../nbs/11_bench.ipynb #6382400b
 def bench_config(shape: BenchShape, precision: str = 'fp32', device: str = 'cpu', compile: bool = False,
@@ -943,4 +949,84 @@ def bench_main(argv=None, vs_transformers=None) -> int:
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+
+# %% ../nbs/11_bench.ipynb #149fd0ae
+GiB = 2 ** 30
+
+def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, float]:
+    "(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens` tokens."
+    H, KV, d = _attention_shape(m)
+    h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
+    gated = str(getattr(m, 'activation', 'swiglu')).lower() == 'swiglu'
+    layer = 9 * h + 3 * KV * d + (4 if gated else 2) * i + 1.5 * H
+    blocks = L * h if checkpointing else L * layer
+    return tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0), tokens * vocab
+
+def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None, vocab_size: int | None = None,
+                    device_type: str = 'cuda') -> dict:
+    "Bytes per rank for parameters, gradients, optimizer state and activations of `config` (see the text above)."
+    m, rt, W = config.model, config.runtime, int(world_size)
+    if W < 1: raise BenchError(f"--world-size must be >= 1, got {W}")
+    mode = (distributed or rt.distributed or 'auto').lower()
+    if mode == 'auto': mode = 'ddp' if W > 1 else 'none'
+    if mode not in ('none', 'ddp', 'fsdp'): raise BenchError(f"--distributed: unknown {mode!r} (ddp, fsdp)")
+    V = vocab_size or m.vocab_size
+    if not V: raise BenchError("the vocabulary size is unknown: set model.vocab_size in the config or pass vocab_size")
+    with torch.device('meta'): model = DecoderModel(m, V)
+    P = model.num_parameters()
+    block = sum(p.numel() for p in model.layers[0].parameters())
+    root = P - m.num_layers * block
+    half = rt.precision in ('bf16', 'fp16') and device_type == 'cuda'
+    micro = config.micro_batch_size(W)
+    tokens = micro * config.sequence_length
+    saved, recompute, logits_grad = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
+    act_bytes = 2 if half else 4
+    if mode == 'fsdp':
+        pb = 2 if (half and rt.precision == 'bf16') else 4          # the mixed-precision policy gathers in bf16
+        params = 4 * P / W + pb * (root + 2 * block)
+        grads = 4 * P / W + 4 * block
+        optim = 8 * P / W
+    else:
+        params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), 8 * P
+    acts = act_bytes * (saved + recompute) + 4 * logits_grad
+    return {'mode': mode, 'world_size': W, 'parameters_count': P, 'micro_batch': micro, 'seq_len': config.sequence_length,
+            'params': params, 'grads': grads, 'optimizer': optim, 'activations': acts, 'activations_saved': act_bytes * saved,
+            'total': params + grads + optim + acts}
+
+# %% ../nbs/11_bench.ipynb #6776f4ac
+def format_memory_table(rows: list[dict]) -> str:
+    "A table (GiB per rank) of `estimate_memory` results, one row each."
+    head = ['setup', 'params', 'grads', 'optimizer', 'activations', 'total / rank']
+    body = [[f"{r['mode']} x{r['world_size']}, micro-batch {r['micro_batch']} x {r['seq_len']}"] +
+            [f"{r[k] / GiB:,.2f}" for k in ('params', 'grads', 'optimizer', 'activations', 'total')] for r in rows]
+    return format_table(head, body)
+
+def estimate_memory_main(argv=None) -> int:
+    "The `estimate-memory` command: per-rank memory of a config, as a table (GiB)."
+    ap = argparse.ArgumentParser(prog='estimate-memory', description="Estimate per-rank memory (parameters, gradients, "
+                                 "optimizer state, activations) of a training config, for ddp and fsdp.")
+    ap.add_argument('--config', required=True, metavar='PATH', help='a training config (YAML)')
+    ap.add_argument('--world-size', type=int, default=None, metavar='N', help='processes (default: 1, and 8 for comparison)')
+    ap.add_argument('--distributed', choices=('ddp', 'fsdp'), default=None, help="default: the config's runtime.distributed")
+    ap.add_argument('--vocab-size', type=int, default=None, help="default: model.vocab_size, else the config's tokenizer")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        vocab = a.vocab_size or cfg.model.vocab_size
+        if not vocab and cfg.tokenizer.tokenizer_json and Path(cfg.tokenizer.tokenizer_json).is_file():
+            vocab = build_from_artifacts(Path(cfg.tokenizer.tokenizer_json)).get_vocab_size()
+        if not vocab: raise BenchError(f"{a.config}: set model.vocab_size (or pass --vocab-size): the tokenizer "
+                                       f"{cfg.tokenizer.tokenizer_json} does not exist yet")
+        sizes = [a.world_size] if a.world_size else [1, 8]
+        modes = [a.distributed] if a.distributed else ['ddp', 'fsdp']
+        rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes for m in (modes if w > 1 else ['none'])]
+        P = rows[0]['parameters_count']
+        print(f"{a.config}: {P / 1e6:,.1f}M parameters, vocab {vocab:,}, precision {cfg.runtime.precision}, "
+              f"global batch {cfg.data.batch_size} x {cfg.sequence_length}, activation checkpointing "
+              f"{'on' if cfg.runtime.activation_checkpointing else 'off'}; GiB per rank:")
+        print(format_memory_table(rows))
+        return 0
+    except UserError as e:
+        print(f"estimate-memory: {e}", file=sys.stderr)
         return 2

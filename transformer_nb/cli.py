@@ -33,6 +33,9 @@ __all__ = ['logger', 'torch_threads', 'validate_corpus_parser', 'validate_corpus
            'train_tokenizer_main', 'prepare_data_parser', 'prepare_data_main', 'train_parser', 'train_main',
            'stream_text', 'generate_parser', 'generate_main', 'evaluate_parser', 'evaluate_main']
 
+# %% ../nbs/10_cli.ipynb #766157f5
+from .training import lr_find
+
 # %% ../nbs/10_cli.ipynb #bd0ab101
 logger = logging.getLogger('transformer_nb.cli')
 
@@ -199,12 +202,17 @@ def train_parser() -> argparse.ArgumentParser:
                 "  train --config configs/m3_medium.yaml\n"
                 "  train --config configs/m3_medium.yaml --resume\n"
                 "  train --config configs/m3_medium.yaml --override optimizer.learning_rate=4e-5\n"
-                "  train --config configs/local.yaml --override scheduler.total_steps=50 runtime.device=cpu\n")
+                "  train --config configs/local.yaml --override scheduler.total_steps=50 runtime.device=cpu\n"
+                "  train --config configs/m3_medium.yaml --lr-find\n")
     p.add_argument('--config', required=True, metavar='PATH', help="the run's YAML config")
     p.add_argument('--resume', action='store_true', help="continue from the newest valid checkpoint (from scratch if none)")
     p.add_argument('--override', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                    help="change a config key, e.g. optimizer.learning_rate=4e-5 (repeatable; several after one flag)")
     p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
+    p.add_argument('--lr-find', action='store_true',
+                   help="only run the learning-rate range test on a fresh model and print a suggested learning rate "
+                        "(writes nothing)")
+    p.add_argument('--lr-find-steps', type=int, default=100, metavar='N', help="steps of the range test (default: 100)")
     return p
 
 def _metrics_line(m: dict | None) -> str:
@@ -234,9 +242,22 @@ def _fit_summary(r: dict) -> str:
     if r.get('interrupted'): lines.append(f"  interrupted  by {r['interrupted']}: continue with --resume")
     return '\n'.join(lines)
 
+def _lr_find(cfg, args) -> int:
+    "`train --lr-find`: the range test, a few of its points, and the suggestion on stdout; nothing written."
+    if args.resume: raise CommandError("--lr-find runs on a fresh model: leave out --resume")
+    if args.lr_find_steps < 5: raise CommandError(f"--lr-find-steps {args.lr_find_steps}: must be at least 5")
+    with torch_threads(args.threads): res = lr_find(cfg, num_steps=args.lr_find_steps, plot=False, verbose=False)
+    print('learning rate   smoothed loss')
+    for k in range(0, len(res.lrs), max(1, len(res.lrs) // 12)): print(f'{res.lrs[k]:13.2e}   {res.smoothed[k]:.4f}')
+    print(res)
+    print(f"set it with: --override optimizer.learning_rate={res.suggestion:.1e} (the config has {cfg.optimizer.learning_rate:g})")
+    return 0
+
+# %% ../nbs/10_cli.ipynb #09cf82d8
 def _train(args) -> int:
     cfg = load_config(args.config, overrides=args.override)
     say(f"config: {args.config}" + (f" with {len(args.override)} override(s): {' '.join(args.override)}" if args.override else ''))
+    if args.lr_find: return _lr_find(cfg, args)
     t0 = time.time()
     with torch_threads(args.threads):
         trainer = Trainer(cfg, resume=args.resume)

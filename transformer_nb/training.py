@@ -48,8 +48,10 @@ __all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'res
            'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
            'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
            'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'measure_matmul_flops', 'peak_flops',
-           'model_flops_utilization', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism',
-           'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model']
+           'model_flops_utilization', 'notebook_display_mode', 'live_chart_mode', 'training_chart', 'ChartImage',
+           'ProgressView', 'LiveChart', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism',
+           'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model',
+           'LRFinderResult', 'lr_suggestion', 'lr_find']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -348,6 +350,109 @@ def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_
     "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
     return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
 
+# %% ../nbs/09_training.ipynb #16036528
+import io
+
+# %% ../nbs/09_training.ipynb #a54dd9c1
+def notebook_display_mode() -> str | None:
+    "'live' in a Jupyter kernel (outputs update in place), 'final' in another IPython shell that keeps rich outputs, None elsewhere."
+    ipython = sys.modules.get('IPython')            # never imported here: a script that did not load IPython is no notebook
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None: return None
+    kind = type(shell).__name__
+    if kind == 'ZMQInteractiveShell': return 'live'
+    if kind == 'TerminalInteractiveShell': return None
+    return 'final'
+
+def live_chart_mode(live_plot: bool | None, mode: str | None) -> str | None:
+    "What `Trainer(live_plot=...)` shows in a shell of `mode`: 'live', 'final' (one chart at the end) or None."
+    if live_plot is False or mode is None: return None
+    if live_plot is None: return 'live' if mode == 'live' else None
+    return mode
+
+# %% ../nbs/09_training.ipynb #95b17048
+def training_chart(history: dict, step: int | None = None, total_steps: int | None = None, dpi: int = 90) -> bytes:
+    "PNG of train/eval loss (left) and learning rate (right) against the step, from `Trainer.history`."
+    from matplotlib.figure import Figure
+    tr, ev = history.get('train', []), history.get('eval', [])
+    fig = Figure(figsize=(9, 3.2), dpi=dpi, layout='constrained')
+    loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    if tr:
+        steps, losses = [r['step'] for r in tr], [r['loss'] for r in tr]
+        loss_ax.plot(steps, losses, color='C0', alpha=0.35 if len(tr) > 20 else 1, label='train')
+        if len(tr) > 20:                            # a running mean over ~5% of the points
+            k = max(2, len(tr) // 20)
+            loss_ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode='valid'), color='C0', label=f'train ({k}-step mean)')
+        lr_ax.plot(steps, [r['lr'] for r in tr], color='C2')
+    if ev: loss_ax.plot([r['step'] for r in ev], [r['loss'] for r in ev], 'o-', color='C1', label='eval')
+    for ax in (loss_ax, lr_ax):
+        ax.set_xlabel('step'); ax.grid(alpha=.3)
+        if total_steps: ax.set_xlim(0, total_steps)
+    loss_ax.set_ylabel('loss (nats/token)'); lr_ax.set_ylabel('learning rate')
+    lr_ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
+    if tr or ev: loss_ax.legend(loc='upper right')
+    loss_ax.set_title(f'step {step}/{total_steps}' if step is not None and total_steps else 'loss', fontsize=10)
+    buf = io.BytesIO(); fig.savefig(buf, format='png'); return buf.getvalue()
+
+class ChartImage:
+    "A training chart to `display`: PNG for the notebook, a one-line description as its text."
+    def __init__(self, history: dict, step: int, total_steps: int):
+        self.png, tr, ev = training_chart(history, step, total_steps), history.get('train'), history.get('eval')
+        last = lambda rows: f"{rows[-1]['loss']:.4f}" if rows else 'n/a'
+        self.text = (f"Training chart at step {step} of {total_steps}: loss (train {last(tr)}, eval {last(ev)}) "
+                     f"and learning rate against step")
+    def _repr_png_(self): return self.png
+    def __repr__(self): return self.text
+
+# %% ../nbs/09_training.ipynb #f6ca7b79
+def _clock(s: float) -> str:
+    return f"{int(s) // 60}:{int(s) % 60:02d}" if math.isfinite(s) else '?'
+
+def _ipython_display(obj):
+    from IPython.display import display
+    return display(obj, display_id=True)
+
+class ProgressView:
+    "A progress bar as HTML (notebook) and as a line of text."
+    def __init__(self, step: int, total: int, history: dict, elapsed: float):
+        tr, ev = history.get('train'), history.get('eval')
+        eta = elapsed * (total - step) / step if step else float('nan')
+        bits = [f'{step}/{total} steps'] + ([f"loss {tr[-1]['loss']:.4f}"] if tr else []) + \
+               ([f"eval {ev[-1]['loss']:.4f}"] if ev else []) + [f'{_clock(elapsed)} elapsed, eta {_clock(eta)}']
+        self.step, self.total, self.text = step, total, ' · '.join(bits)
+    def _repr_html_(self):
+        return (f'<div><progress value="{self.step}" max="{self.total}" style="width:40%;vertical-align:middle"></progress>'
+                f' <span style="font-family:monospace">{self.text}</span></div>')
+    def __repr__(self): return self.text
+
+class LiveChart:
+    "Progress bar and loss/LR chart of a run, redrawn in place (`live`) or drawn once at `close()`."
+    def __init__(self, total_steps: int, live: bool = True, every: int | None = None, min_seconds: float = 0.5, display=None):
+        self.total, self.live, self.min_seconds = total_steps, live, min_seconds
+        self.every = every or max(1, total_steps // 50)
+        self.display = display or _ipython_display
+        self.handles, self.draws, self._seen, self._last = {}, {'bar': 0, 'chart': 0}, 0, -math.inf
+        self.t0 = time.perf_counter()
+
+    def _show(self, name: str, obj):
+        if name in self.handles: self.handles[name].update(obj)
+        else: self.handles[name] = self.display(obj)
+        self.draws[name] += 1
+
+    def step(self, step: int, history: dict):
+        "After an optimizer step: the bar every `every` steps; the chart when the history has grown."
+        now = time.perf_counter()
+        if not self.live or step % self.every or now - self._last < self.min_seconds: return
+        self._last = now
+        self._show('bar', ProgressView(step, self.total, history, now - self.t0))
+        n = len(history.get('train', [])) + len(history.get('eval', []))
+        if n > self._seen: self._seen = n; self._show('chart', ChartImage(history, step, self.total))
+
+    def close(self, step: int, history: dict):
+        "The last picture: the bar at `step` (live mode) and the whole chart, left in the output."
+        if self.live: self._show('bar', ProgressView(step, self.total, history, time.perf_counter() - self.t0))
+        if history.get('train') or history.get('eval'): self._show('chart', ChartImage(history, step, self.total))
+
 # %% ../nbs/09_training.ipynb #8c755c41
 def _fmt_time(s: float) -> str:
     if not math.isfinite(s): return '?'
@@ -356,17 +461,20 @@ def _fmt_time(s: float) -> str:
 def _same_sources(a, b) -> bool:
     return sorted(map(str, a)) == sorted(map(str, b))
 
+# %% ../nbs/09_training.ipynb #cbf7270b
 class Trainer:
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
 
     `max_bad_steps`: stop after this many NaN/inf steps in a row. `show_progress`: tqdm bar (default:
-    when stdout is a terminal). `peak_flops`: for MFU (default: datasheet or measured)."""
+    when stdout is a terminal). `peak_flops`: for MFU (default: datasheet or measured).
+    `live_plot`: progress bar and loss/LR chart redrawn in place (default: in a Jupyter kernel; False: off)."""
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
-                 show_progress: bool | None = None, peak_flops: float | None = None):
+                 show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
         if isinstance(config, (str, os.PathLike)):
             config = load_config(config)
         self.config, self.resume, self.max_bad_steps = config, bool(resume), int(max_bad_steps)
         self._peak_flops = peak_flops
+        self._live_mode, self._live = live_chart_mode(live_plot, notebook_display_mode()), None
         self.lock = self.writer = self._bar = None
         self._metrics_file = None
         self._closed = False
@@ -408,7 +516,7 @@ class Trainer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/09_training.ipynb #ed76b770
+# %% ../nbs/09_training.ipynb #607299fc
 @patch
 def close(self: Trainer):
     "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
@@ -496,7 +604,7 @@ def _tokenizer_source(self: Trainer):
     loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
     return p if self.config.tokenizer.tokenizer_json and loaded_json else self.tokenizer
 
-# %% ../nbs/09_training.ipynb #964f7a9a
+# %% ../nbs/09_training.ipynb #391a4d83
 @patch
 def _prepare_data(self: Trainer):
     d = self.config.data
@@ -831,7 +939,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
             if sample: self._sample_to_tensorboard()
     return path
 
-# %% ../nbs/09_training.ipynb #5705f51a
+# %% ../nbs/09_training.ipynb #cc956ea6
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
@@ -939,9 +1047,12 @@ def fit(self: Trainer) -> dict:
     finally:
         self._restore_signals()
         if self._bar is not None: self._bar.close(); self._bar = None
+        if self._live is not None:
+            try: self._live.close(self.step, self.history)
+            finally: self._live = None
         self.close()
 
-# %% ../nbs/09_training.ipynb #518aebb8
+# %% ../nbs/09_training.ipynb #1df4cb63
 @patch
 def _fit(self: Trainer) -> dict:
     rt = self.config.runtime
@@ -959,6 +1070,7 @@ def _fit(self: Trainer) -> dict:
     if self.show_progress:
         from tqdm.auto import tqdm
         self._bar = tqdm(total=self.total_steps, initial=self.step, unit='step', dynamic_ncols=True)
+    if self._live_mode and self.is_main: self._live = LiveChart(self.total_steps, live=self._live_mode == 'live')
     self.model.train()
     while self.step < self.total_steps:
         lr, loss, norm, bad = self._train_step()
@@ -972,6 +1084,7 @@ def _fit(self: Trainer) -> dict:
         epoch_end = self.train_sampler.epoch > self.epoch
         if epoch_end: self.epoch = self.train_sampler.epoch
         if self._bar is not None: self._bar.update(1)
+        if self._live is not None: self._live.step(self.step, self.history)
         stop = self._any_true(self._stop_signal is not None)
         done = self.step >= self.total_steps
         if (rt.log_every_n_steps and self.step % rt.log_every_n_steps == 0) or done or stop: self._log_window()
@@ -1187,3 +1300,136 @@ def _finish_saves(self: Trainer):
     "Publish the checkpoints still being written in the background (in order)."
     while getattr(self, '_pending_saves', None):
         self._publish(self._pending_saves.pop(0))
+
+# %% ../nbs/09_training.ipynb #b6180db8
+import copy
+import shutil
+import tempfile
+from types import SimpleNamespace
+
+# %% ../nbs/09_training.ipynb #176ed446
+from .config import load_config
+from .tokenizer import tokenizer_from_config
+from .data import PreparedData, SequentialSampler, prepare
+from .model import DecoderModel
+
+# %% ../nbs/09_training.ipynb #fdd916f4
+@dataclass
+class LRFinderResult:
+    "What `lr_find` measured: the rates tried, raw and smoothed losses, and the suggested learning rate."
+    lrs: list
+    losses: list
+    smoothed: list
+    suggestion: float
+    lr_min: float           # the rate at the smoothed minimum
+    lr_steep: float         # the rate where the smoothed loss fell fastest
+    diverged: bool
+
+    def __str__(self):
+        return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the smoothed "
+                f"loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
+                f"{', stopped when the loss diverged' if self.diverged else ''})")
+
+    def plot(self, ax=None):
+        "Smoothed (and raw) loss against the learning rate on a log axis, the suggestion marked."
+        if ax is None:
+            import matplotlib.pyplot as plt
+            _, ax = plt.subplots(figsize=(6.5, 3.5))
+        ax.plot(self.lrs, self.losses, color='C0', alpha=0.3, label='loss')
+        ax.plot(self.lrs, self.smoothed, color='C0', label='smoothed loss')
+        ax.axvline(self.suggestion, color='C3', ls='--', label=f'suggestion {self.suggestion:.1e}')
+        ax.plot([self.lr_steep], [np.interp(np.log(self.lr_steep), np.log(self.lrs), self.smoothed)], 'o', color='C2',
+                label=f'steepest {self.lr_steep:.1e}')
+        ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (nats/token)')
+        lo, hi = min(self.smoothed), self.smoothed[0]
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
+        ax.set_title('learning-rate range test'); ax.grid(alpha=.3); ax.legend(fontsize=8)
+        return ax
+
+# %% ../nbs/09_training.ipynb #b6258cee
+def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float]:
+    "(suggestion, lr_min, lr_steep): a tenth of the rate at the smoothed minimum, the minimum, the steepest fall before it."
+    s = np.asarray(smoothed, dtype=float); lr = np.asarray(lrs, dtype=float)
+    ok = np.isfinite(s)
+    i_min = int(np.nanargmin(np.where(ok, s, np.nan)))
+    start = min(int(len(s) * skip), max(i_min - 1, 0))          # the first few points are mostly the moving average's start
+    if i_min - start >= 2:
+        grad = np.gradient(s[start:i_min + 1], np.log(lr[start:i_min + 1]))
+        i_steep = start + int(np.argmin(grad))
+    else: i_steep = i_min
+    return max(float(lr[i_min]) / 10, float(lr[0])), float(lr[i_min]), float(lr[i_steep])
+
+# %% ../nbs/09_training.ipynb #6b2276f6
+def _lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
+    "Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written elsewhere)."
+    t = SimpleNamespace(config=config, tokenizer=tokenizer)
+    Trainer._resolve_paths(t, run_dir)                            # where the Trainer would look: run/data or data.cache_dir
+    d = config.data
+    val = list(d.validation_shards or [])
+    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed, show_progress=False, verbose=False,
+              val_sources=None if not val or _same_sources(val, d.train_shards) else val)
+    if not d.train_shards:
+        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
+    src = Trainer._tokenizer_source(t)
+    if t.data_dir.is_dir():
+        data = prepare(d.train_shards, src, t.data_dir, **kw)
+        if data.reused: return data
+        moved = tmp / data.dir.name                               # new shards: moved out of the run's cache
+        shutil.move(str(data.dir), str(moved))
+        return PreparedData.load(moved)
+    return prepare(d.train_shards, src, tmp, **kw)
+
+# %% ../nbs/09_training.ipynb #bebffadf
+def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+            beta: float = 0.98, diverge: float = 4.0, run_dir=None, plot: bool | None = None, verbose: bool = True) -> LRFinderResult:
+    """Learning-rate range test for `config` (a `Config` or a YAML path) on a fresh model (or a copy of `model`):
+    one optimizer step per rate, rates from `start_lr` to `end_lr` geometrically. Prints and returns the suggestion;
+    `plot` (default: in a notebook) draws the smoothed loss against the rate. Leaves no file and no changed model."""
+    if isinstance(config, (str, os.PathLike)): config = load_config(config)
+    if num_steps < 5: raise TrainingError(f"lr_find: num_steps must be at least 5, got {num_steps}")
+    if not 0 < start_lr < end_lr: raise TrainingError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    rng = get_rng_state()
+    try:
+        with tempfile.TemporaryDirectory(prefix='tnb-lr-find-') as tmp:
+            res = _lr_range_test(config, model, start_lr, end_lr, num_steps, beta, diverge, run_dir, Path(tmp))
+    finally: set_rng_state(rng)
+    if verbose: print(res, flush=True)
+    if plot or (plot is None and notebook_display_mode() is not None): res.plot()
+    return res
+
+# %% ../nbs/09_training.ipynb #d9ca6846
+def _lr_range_test(config, model, start_lr, end_lr, num_steps, beta, diverge, run_dir, tmp: Path) -> LRFinderResult:
+    device = resolve_device(config.runtime.device)
+    _, amp = resolve_precision(config.runtime.precision, device)
+    seed_everything(config.runtime.seed)
+    tok = tokenizer_from_config(config.tokenizer)
+    data = _lr_find_data(config, tok, run_dir, tmp)
+    net = copy.deepcopy(unwrap_model(model)) if model is not None else \
+          DecoderModel(config.model, config.model.vocab_size or tok.get_vocab_size())
+    net = net.to(device).train()
+    opt = build_optimizer(net, config.optimizer, device)
+    base = [g['lr'] / config.optimizer.learning_rate for g in opt.param_groups]   # groups keep their ratios
+    accum = config.data.gradient_accumulation_steps
+    seq = config.data.sequence_length or config.model.max_position_embeddings
+    batches = SequentialSampler(data.train, micro_batch_size(config.data.batch_size, accum), seq, seed=config.runtime.seed, shuffle=True)
+    mult = (end_lr / start_lr) ** (1 / (num_steps - 1))
+    lrs, losses, smoothed, avg, best, diverged = [], [], [], 0.0, math.inf, False
+    for i in range(num_steps):
+        lr = start_lr * mult ** i
+        for g, b in zip(opt.param_groups, base): g['lr'] = lr * b
+        total = 0.0
+        for _ in range(accum):
+            x, y = next(batches)
+            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+                _, loss = net(x.to(device), y.to(device))
+            (loss / accum).backward(); total += loss.item() / accum
+        if config.optimizer.max_grad_norm: nn.utils.clip_grad_norm_(net.parameters(), config.optimizer.max_grad_norm)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        avg = beta * avg + (1 - beta) * total
+        s = avg / (1 - beta ** (i + 1))
+        lrs.append(lr); losses.append(total); smoothed.append(s)
+        best = min(best, s)
+        if not math.isfinite(s) or (i >= 5 and s > diverge * best): diverged = True; break
+    keep = [k for k, v in enumerate(smoothed) if math.isfinite(v)]
+    lrs, losses, smoothed = [lrs[k] for k in keep], [losses[k] for k in keep], [smoothed[k] for k in keep]
+    return LRFinderResult(lrs, losses, smoothed, *lr_suggestion(lrs, smoothed), diverged)
