@@ -105,6 +105,7 @@ class DataConfig:
     text_field: str = 'text'        # the JSON field / Parquet column holding the text (a dotted path reaches inside)
     shard_tokens: int | None = None # tokens per token-shard file at most; None: 2**28
     dedupe: bool = False            # leave out exact duplicate documents
+    streaming: bool = False         # read, tokenize and pack the training text while training (no token shards)
 
 @dataclass
 class OptimizerConfig:
@@ -459,6 +460,7 @@ def _check_relations(cfg: Config, where: str):
     for k in ('data.train_shards', 'data.validation_shards'):
         need(all(v.strip() for v in _get(cfg, k)), f"{k}: a path can't be an empty string")
     need(bool(d.text_field.strip()), "data.text_field: give the name of the field that holds the text (default 'text')")
+    need(not (d.streaming and d.dedupe), "data.dedupe: not available with data.streaming (finding duplicates needs the whole corpus first)")
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
