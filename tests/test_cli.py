@@ -78,7 +78,7 @@ def bad_files(tmp_path_factory):
     (d / 'latin1.txt').write_bytes('caf\xe9 au lait\n'.encode('latin-1'))
     (d / 'empty.txt').write_bytes(b'')
     (d / 'notes').mkdir()
-    (d / 'notes' / 'a.md').write_text('no txt here')
+    (d / 'notes' / 'logo.png').write_bytes(b'\x89PNG not text')   # no corpus file here (.md would be one)
     return d
 
 

@@ -125,8 +125,8 @@ def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -
 
 def skipped_summary(skipped: Counter) -> str:
     "'skipped 784 files without an extension, 30 .png, 2 hidden' (most frequent first), or ''."
-    name = lambda k: 'files without an extension' if k == '' else 'hidden' if k == 'hidden' else k
-    parts = [f"{n:,} {name(k)}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
+    name = lambda k, n: f"file{'s' * (n != 1)} without an extension" if k == '' else k
+    parts = [f"{n:,} {name(k, n)}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
     return 'skipped ' + ', '.join(parts) if parts else ''
 
 # %% ../nbs/01_sources.ipynb #43afed2c
