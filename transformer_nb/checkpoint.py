@@ -35,6 +35,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 
 import transformer_nb
+from fastcore.basics import patch
+
 from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
@@ -275,6 +277,7 @@ def remove_leftovers(dir_root) -> list[Path]:
         logger.info("removed leftover %s", p)
     return removed
 
+# %% ../nbs/08_checkpoint.ipynb #4bc45f58
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None) -> Path:
     "Atomically write the checkpoint of `step` under `dir_root` and prune older ones to `max_keep`; returns its folder."
@@ -444,11 +447,15 @@ class SafeDCPReader(dcp.FileSystemReader):
         check_dcp_metadata(self._get_metadata_path(kwargs.get('rank')))
         return super().read_metadata(*args, **kwargs)
 
+def _optimizers(optimizer):
+    "The torch optimizers inside `optimizer` (a composite such as Muon + AdamW exposes `.optimizers`)."
+    return tuple(getattr(optimizer, 'optimizers', None) or (optimizer,))
+
 def dcp_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
     "`{'model': ..., 'optim': ...}` keyed by parameter names, sharded (DTensors) under FSDP, plain otherwise."
     model = unwrap_model(model)
     if optimizer is None: return {'model': get_model_state_dict(model)}
-    msd, osd = get_state_dict(model, optimizer)
+    msd, osd = get_state_dict(model, _optimizers(optimizer))
     return {'model': msd, 'optim': osd}
 
 def write_dcp(folder, model: nn.Module, optimizer=None, async_save: bool = False, process_group=None):
@@ -571,8 +578,9 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     _dcp_read(path, sd)
     model = unwrap_model(model)
     if optimizer is None: set_model_state_dict(model, sd['model'])
-    else: set_state_dict(model, optimizer, model_state_dict=sd['model'], optim_state_dict=sd['optim'])
+    else: set_state_dict(model, _optimizers(optimizer), model_state_dict=sd['model'], optim_state_dict=sd['optim'])
 
+# %% ../nbs/08_checkpoint.ipynb #71c7b577
 def checkpoint_vocab_size(path) -> int:
     "The vocabulary size of the model in checkpoint folder `path` (rows of `embed_tokens.weight`), read from the headers."
     path = Path(path)
@@ -720,6 +728,7 @@ class RunLockError(UserError):
 
 LOCK_NAME = 'train.lock'
 
+# %% ../nbs/08_checkpoint.ipynb #ff9dbf9d
 class RunLock:
     "Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the first."
     def __init__(self, run_dir):
@@ -774,11 +783,13 @@ class RunLock:
             return self
         raise RunLockError(f"{self.path}: could not take the lock")
 
-    def release(self):
-        if self._fd is None: return
-        try: self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd); self._fd = None      # closing drops the flock
-
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
+
+# %% ../nbs/08_checkpoint.ipynb #8219033b
+@patch
+def release(self: RunLock):
+    if self._fd is None: return
+    try: self.path.unlink(missing_ok=True)
+    finally:
+        os.close(self._fd); self._fd = None      # closing drops the flock

@@ -105,6 +105,7 @@ class DataConfig:
     text_field: str = 'text'        # the JSON field / Parquet column holding the text (a dotted path reaches inside)
     shard_tokens: int | None = None # tokens per token-shard file at most; None: 2**28
     dedupe: bool = False            # leave out exact duplicate documents
+    streaming: bool = False         # read, tokenize and pack the training text while training (no token shards)
 
 @dataclass
 class OptimizerConfig:
@@ -418,14 +419,18 @@ _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers',
              'runtime.checkpoint.every_n_steps', 'runtime.checkpoint.every_n_epochs', 'runtime.checkpoint.max_keep',
              'runtime.evaluation.every_n_steps', 'runtime.evaluation.every_n_epochs', 'runtime.evaluation.max_batches',
              'runtime.evaluation.best.max_keep', 'runtime.logging.tensorboard_flush_every_n']
+
 _NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'optimizer.muon_weight_decay', 'scheduler.warmup_steps', 'scheduler.min_lr', 'runtime.seed']
+
 _UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2', 'optimizer.muon_momentum']
+
 _DECAYING = ('cosine', 'cosine_with_warmup', 'polynomial')
 
 def _get(cfg, key: str):
     for part in key.split('.'): cfg = getattr(cfg, part)
     return cfg
 
+# %% ../nbs/00_config.ipynb #6c072ff1
 def _check_relations(cfg: Config, where: str):
     "Raise a `ConfigError` for the first rule that `cfg` breaks (values are already type-checked)."
     def need(ok: bool, message: str):
@@ -455,6 +460,7 @@ def _check_relations(cfg: Config, where: str):
     for k in ('data.train_shards', 'data.validation_shards'):
         need(all(v.strip() for v in _get(cfg, k)), f"{k}: a path can't be an empty string")
     need(bool(d.text_field.strip()), "data.text_field: give the name of the field that holds the text (default 'text')")
+    need(not (d.streaming and d.dedupe), "data.dedupe: not available with data.streaming (finding duplicates needs the whole corpus first)")
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")

