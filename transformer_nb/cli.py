@@ -258,6 +258,7 @@ def _metrics_line(m: dict | None) -> str:
            [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
     return ', '.join(f"{k.rpartition('/')[2]} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys)
 
+# %% ../nbs/10_cli.ipynb #9bd23d34
 def _interrupt_status(r) -> int:
     "0 for a run that finished; 128 + the signal's number (130 for Ctrl-C) for one stopped by a signal."
     import signal

@@ -471,6 +471,7 @@ def orchestrate_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-progress', action='store_true', help="no progress bars")
     return p
 
+# %% ../nbs/10_orchestrate.ipynb #ab7963c0
 def _undo_new(run: Path, before: set | None):
     "After a failed orchestrate that wrote no checkpoint: remove what it created (the run directory itself, if new)."
     if list_checkpoints(run / RUN_LAYOUT['checkpoints']) or list_checkpoints(run / RUN_LAYOUT['best']): return

@@ -690,6 +690,7 @@ def _short_names(paths: Sequence[Path]) -> list[str]:
     except ValueError: return [str(p) for p in paths]
     return [p.relative_to(base).as_posix() for p in paths]
 
+# %% ../nbs/01_sources.ipynb #d11f7ca7
 @dataclass
 class CorpusReport:
     "The result of `validate_corpus`: per-file statistics, warnings, and a printable table."
