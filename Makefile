@@ -4,6 +4,7 @@
 #   make test   set up, then every test: notebooks clean and in sync, nbdev-test, pytest
 #   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
 #   make docs-check   build the site, check its HTML, screenshot it with headless Chromium if present
+#   make gpu-check    on a CUDA machine: tests/test_cuda.py, then tnb-bench MFU (m3_medium, GPT-2 124M; bf16)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,18 +14,18 @@ RUN    ?= runs/local-smoke
 # (multi-GB CUDA) download; pyproject.toml only declares a range that this satisfies.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test test-nbs test-py sync docs docs-check docs-quarto nbs clean
+.PHONY: venv demo test test-nbs test-py sync docs docs-check docs-quarto nbs clean gpu-check
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '2,6p' Makefile | sed 's/^# *//'
+	@sed -n '2,7p' Makefile | sed 's/^# *//'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transformer_nb needs Python 3.11 or newer (found %s)" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -66,3 +67,10 @@ nbs: venv
 
 clean:
 	rm -rf _proc docs .pytest_cache
+
+# the CUDA path, where a GPU exists: bf16/fp16 steps, fused AdamW, SDPA, compile, NCCL DDP/FSDP (2 GPUs),
+# CUDA<->CPU checkpoints; then training throughput and MFU in bf16 at the m3_medium and GPT-2 124M shapes
+gpu-check: venv
+	$(BIN)/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu-check: no CUDA GPU visible to torch " + torch.__version__)'
+	$(BIN)/python -m pytest -q -rs tests/test_cuda.py
+	$(BIN)/tnb-bench --device cuda --precision bf16 --shapes m3_medium,gpt2_124m --only peak,train --out tnb-bench-cuda.json

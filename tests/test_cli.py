@@ -243,3 +243,14 @@ def test_resume(run_dir, corpus):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'resumed from' in r.stdout and 'step_000000000016' in r.stdout
     assert (run_dir / 'checkpoints' / 'step_000000000018').is_dir()
+
+
+def test_train_lr_find_leaves_no_trace(run_dir):
+    "`train --lr-find` prints a suggestion from the range test and changes nothing in the run directory."
+    tree = lambda: {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in sorted(run_dir.rglob('*'))}
+    before = tree()
+    r = run('train', '--config', run_dir / 'training.yaml', '--lr-find', '--lr-find-steps', '25', '--threads', '1')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'suggested learning rate' in r.stdout and '--override optimizer.learning_rate=' in r.stdout
+    assert tree() == before
+    assert_user_error(run('train', '--config', run_dir / 'training.yaml', '--lr-find', '--resume'), '--lr-find')

@@ -131,7 +131,7 @@ def test_error_offsets_past_the_first_chunk(tmp_path):
 
 @pytest.mark.parametrize('make,expected', [
     (lambda d: d/'missing.txt', 'missing.txt: no such file or directory'),
-    (lambda d: (d/'sub').mkdir() or d/'sub', 'sub: directory contains no .txt files'),
+    (lambda d: (d/'sub').mkdir() or d/'sub', 'sub: directory contains no corpus files'),
     (lambda d: str(d/'*.nothing'), r'\*.nothing: no files match this pattern'),
     (lambda d: [], 'no corpus files given'),
 ])

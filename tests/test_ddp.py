@@ -29,6 +29,7 @@ from transformer_nb.config import config_from_dict, save_config
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
 STEPS, TOL = 6, 1e-5
+PEAK = 1e12          # per device (TNB_PEAK_FLOPS), so that MFU is checkable
 
 SCRIPT = textwrap.dedent('''
     import sys, warnings
@@ -76,7 +77,7 @@ def train_pair(tmp: Path, prefix: str = '', optimizer: dict | None = None) -> di
     for name, nproc, accum in (('single', 1, 1), ('ddp', 2, 2)):
         name = prefix + name
         save_config(make_config(tmp, tmp / name, accum, optimizer), tmp / f'{name}.yaml')
-        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore', 'TNB_PEAK_FLOPS': str(PEAK)}
         cmd = ([sys.executable, str(tmp / 'train.py')] if nproc == 1 else
                [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
                 str(tmp / 'train.py')]) + [str(tmp / f'{name}.yaml')]
@@ -141,6 +142,21 @@ def test_ranks_draw_disjoint_windows_whose_union_is_the_global_batch(runs):
         rows = lambda t: {tuple(r) for r in t.tolist()}
         assert not rows(x0) & rows(x1)
         assert rows(x0) | rows(x1) == rows(x)
+
+
+def test_mfu_counts_every_device(runs):
+    "tokens/s counts every rank's tokens, so MFU divides by world_size x one device's peak."
+    from transformer_nb.model import DecoderModel
+    from transformer_nb.tokenizer import build_from_artifacts
+    for name, world in (('single', 1), ('ddp', 2)):
+        run, _ = runs[name]
+        cfg = make_config(run.parent, run)
+        vocab = build_from_artifacts(run.parent / 'tok' / 'tokenizer.json').get_vocab_size()
+        fpt = DecoderModel(cfg.model, vocab).flops_per_token(32)
+        rows = [r for r in read_metrics(run)[0] if r.get('tokens_per_sec') and r['tokens_per_sec'] == r['tokens_per_sec']]
+        assert rows
+        for r in rows:
+            assert abs(r['mfu'] - fpt * r['tokens_per_sec'] / (world * PEAK)) <= 1e-9 * max(1.0, r['mfu'])
 
 
 def test_ddp_with_muon_matches_single_process(assets):

@@ -112,10 +112,11 @@ def test_no_directives_or_tracebacks(site):
 
 def test_api_docs_for_exported_functions(site):
     out, pages = site
-    # every exported name of the config module gets an API entry on its page
-    text = pages[out / '00_config.html'][1]
+    # every exported name gets an API entry on the page of its module (base: errors, hashing, atomic writes)
+    text = pages[out / '00_base.html'][1] if (out / '00_base.html') in pages else pages[out / '00_config.html'][1]
     for name in ('UserError', 'sha256_file', 'atomic_write_bytes'):
         assert f'id="{name.lower()}"' in text or f'id="{name}"' in text, name
+    assert 'id="load_config"' in pages[out / '00_config.html'][1]
 
 
 def page_text(text: str) -> str:
@@ -185,6 +186,19 @@ def test_render_outputs_one_block_each():
     assert [b[0] for b in blocks] == ['nb-stdout', 'nb-stderr nb-warning', 'nb-result'], blocks
     assert blocks[0][1] == 'one\ntwo' and '\x1b' not in blocks[1][1]
     assert md.index('```python') < md.index('nb-stdout')
+
+
+def test_no_temp_paths_or_warnings_in_pages(site):
+    out, pages = site
+    bad = []
+    for html_file, (_, text) in pages.items():
+        t = page_text(re.sub(r'<div class="highlight">.*?</div>', ' ', text, flags=re.S))   # prose and outputs, not code
+        for pat in (r'/tmp/', r'\btnb-cli-\w+', r'\bWarning: '):
+            for m in re.finditer(pat, t):
+                bad.append(f'{html_file.name}: ...{t[max(0, m.start() - 60):m.end() + 40]!r}...')
+    assert not bad, ('temporary paths or raw warnings in pages (refresh the outputs with `make nbs NB=...`, which writes a '
+                     'temporary folder as $TMP, or `python tools/run_nbs.py --scrub`; silence expected warnings in the cell):\n'
+                     + '\n'.join(bad[:20]))
 
 
 def test_classes_are_classes_and_no_nonetype(site):

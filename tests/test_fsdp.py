@@ -218,3 +218,39 @@ def test_dcp_metadata_naming_foreign_code_is_refused(tmp, single):
     with pytest.raises(CheckpointError, match='os.system, which is not DCP metadata'): check_dcp_metadata(bad)
     bad.write_bytes(b'\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94.')
     with pytest.raises(CheckpointError, match='os.system, which is not DCP metadata'): check_dcp_metadata(bad)
+
+
+def test_estimate_memory_command():
+    exe = Path(sys.executable).parent / 'estimate-memory'
+    p = subprocess.run([str(exe), '--config', str(ROOT / 'configs' / 'llama_1b.yaml'), '--world-size', '8'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = {l.split(',')[0].strip(): l.split() for l in p.stdout.splitlines() if 'micro-batch' in l}
+    fsdp, ddp = float(rows['fsdp x8'][-1]), float(rows['ddp x8'][-1])
+    assert '1,100.0M parameters' in p.stdout and fsdp < 0.6 * ddp          # sharding halves (and more) the per-rank total
+    bad = subprocess.run([str(exe), '--config', 'nope.yaml'], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yaml' in bad.stderr
+
+
+def test_muon_is_refused_under_fsdp_and_its_state_round_trips_through_dcp(tmp):
+    from transformer_nb.checkpoint import load_checkpoint, save_dcp_checkpoint
+    from transformer_nb.config import load_config
+    from transformer_nb.model import DecoderModel
+    from transformer_nb.training import DistInfo, Trainer, TrainingError, build_optimizer
+    cfg = load_config(make_config(tmp, 'muon', optimizer__algorithm='muon'))
+    t = Trainer.__new__(Trainer)                      # just the settings check of a 2-process run, no process group
+    t.config, t.dist = cfg, DistInfo(rank=0, world_size=2)
+    with pytest.raises(TrainingError, match='optimizer.algorithm=muon with runtime.distributed=fsdp'): t._check_parallel()
+    # one process with the same config: no sharding, Muon runs, and its state goes through DCP and back
+    torch.manual_seed(0)
+    m = DecoderModel(cfg.model, 384); opt = build_optimizer(m, cfg.optimizer)
+    ids = torch.randint(0, 384, (2, 16))
+    for _ in range(2): _, loss = m(ids, ids); opt.zero_grad(); loss.backward(); opt.step()
+    p = save_dcp_checkpoint(tmp / 'muon' / 'checkpoints', 2, m, opt, {})
+    m2 = DecoderModel(cfg.model, 384); opt2 = build_optimizer(m2, cfg.optimizer)
+    load_checkpoint(p, m2, opt2)
+    for a, b in zip(opt.optimizers, opt2.optimizers):
+        for pa, pb in zip(a.param_groups[0]['params'], b.param_groups[0]['params']):
+            assert all(torch.equal(a.state[pa][k], b.state[pb][k]) for k in a.state[pa])
+    _, la = m(ids, ids); _, lb = m2(ids, ids)
+    assert la.item() == lb.item()

@@ -230,3 +230,12 @@ def test_sigterm_checkpoints_and_exits_cleanly(assets, tmp_path):
     assert not (tmp_path / 'r' / 'train.lock').exists()
     t, _ = run(make_config(assets, tmp_path / 'r', **{'scheduler.total_steps': step + 2}), resume=True)
     assert steps(t) == [step + 1, step + 2]
+
+
+def test_resume_with_another_run_length_warns_when_the_lr_moves(assets, tmp_path):
+    "A decaying schedule is a function of total_steps: resuming with another length jumps the lr, and says so."
+    cos = {'scheduler.strategy': 'cosine', 'scheduler.min_lr': 0.0}
+    run(make_config(assets, tmp_path / 'r', **{**cos, 'scheduler.total_steps': N}))
+    with pytest.warns(UserWarning, match=r'not stretched: the learning rate of step 5 moves from 0 \(old length\)'):
+        t = Trainer(make_config(assets, tmp_path / 'r', **cos), resume=True, show_progress=False)
+    t.close()

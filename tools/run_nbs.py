@@ -1,17 +1,52 @@
 """Execute notebooks in place so that their outputs (tables, plots) are saved for the docs site.
 
-    python tools/run_nbs.py [NOTEBOOK ...]      # default: every nbs/*.ipynb, in order
+    python tools/run_nbs.py [NOTEBOOK ...]          # default: every nbs/*.ipynb, in order
+    python tools/run_nbs.py --scrub [NOTEBOOK ...]  # only scrub the outputs already saved
 
 Cells are run top to bottom in one in-process IPython shell per notebook (execnb, the engine
 behind `nbdev-test`), from the notebook's own folder, with `#| slow` cells included: this is
 how the committed outputs that the documentation shows are produced. Stops at the first error.
+
+The saved outputs are then scrubbed of machine-specific paths: a temporary folder
+(`/tmp/tnb-cli-x8k2.../runs/tiny`) is written `$TMP/runs/tiny`, and a path inside this checkout
+is written relative to it, so that pages show no temporary paths and outputs do not change with
+every run.
 """
-import os, sys, time
+import json, os, re, sys, tempfile, time
 from pathlib import Path
 
-from execnb.shell import CaptureShell
+ROOT = Path(__file__).resolve().parent.parent
+TMP = re.compile(re.escape(tempfile.gettempdir().rstrip('/')) + r'''/[^/\s'"`]+''')
+
+
+def scrub_text(text: str, root: Path = ROOT) -> str:
+    "A temporary folder as `$TMP`, a path in the checkout relative to it."
+    return TMP.sub('$TMP', text).replace(str(root) + '/', '')
+
+
+def scrub_notebook(path: Path) -> int:
+    "Scrub the saved outputs of one notebook in place; returns how many outputs changed."
+    nb = json.loads(path.read_text(encoding='utf-8'))
+    changed = 0
+    def fix(v):
+        nonlocal changed
+        if isinstance(v, list): new = [scrub_text(s) for s in v]
+        elif isinstance(v, str): new = scrub_text(v)
+        else: return v
+        changed += new != v
+        return new
+    for cell in nb.get('cells', []):
+        for out in cell.get('outputs', []):
+            if 'text' in out: out['text'] = fix(out['text'])
+            if 'traceback' in out: out['traceback'] = fix(out['traceback'])
+            for mime in ('text/plain', 'text/html', 'text/markdown'):
+                if mime in out.get('data', {}): out['data'][mime] = fix(out['data'][mime])
+    if changed: path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    return changed
+
 
 def run_notebook(path: Path):
+    from execnb.shell import CaptureShell
     path = path.resolve()
     cwd = os.getcwd()
     os.chdir(path.parent)
@@ -21,13 +56,18 @@ def run_notebook(path: Path):
         shell.execute(path, path, exc_stop=True)
     finally:
         os.chdir(cwd)
-    print(f"ran {path.name} in {time.time() - t0:.1f}s", flush=True)
+    n = scrub_notebook(path)
+    print(f"ran {path.name} in {time.time() - t0:.1f}s" + (f" ({n} output(s) scrubbed of paths)" if n else ''), flush=True)
+
 
 def main(argv):
-    root = Path(__file__).resolve().parent.parent
-    nbs = [Path(a) for a in argv] or sorted((root / 'nbs').glob('*.ipynb'))
+    scrub_only = '--scrub' in argv
+    argv = [a for a in argv if a != '--scrub']
+    nbs = [Path(a) for a in argv] or sorted((ROOT / 'nbs').glob('*.ipynb'))
     for nb in nbs:
-        run_notebook(nb)
+        if scrub_only: print(f'{nb}: {scrub_notebook(Path(nb))} output(s) scrubbed')
+        else: run_notebook(nb)
+
 
 if __name__ == '__main__':
     main(sys.argv[1:])

@@ -262,10 +262,10 @@ class CausalSelfAttention(nn.Module):
         `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
         B, T, _ = x.shape
         q, k, v = self.split_heads(x)
+        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
         if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
             return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
         offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
-        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None: q, k = rope(q, k, offset=offset)
         if kv_cache is not None:
             k, v = kv_cache.update(layer_idx, k, v)

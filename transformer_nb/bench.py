@@ -11,11 +11,14 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import gzip
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -33,18 +38,20 @@ from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfi
                                    RuntimeConfig, SchedulerConfig)
 from .sources import iter_documents
 from .tokenizer import build_from_artifacts, train_bbpe
-from .data import prepare, RandomWindowSampler
+from .data import default_workers, prepare, RandomWindowSampler
+from .attention import _attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .training import build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
+from .training import apply_activation_checkpointing, build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
 
 # %% auto #0
-__all__ = ['SHAPE_NAMES', 'PARTS', 'BenchError', 'summarize', 'load_average', 'machine_info', 'CpuShare', 'rss_bytes',
-           'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak', 'BenchShape', 'configs_dir',
-           'bench_shape', 'bench_config', 'StepRunner', 'random_tokens', 'cold_compile_cache', 'train_throughput',
-           'generation_throughput', 'default_corpus', 'prepare_throughput', 'fmt_range', 'format_table', 'split_text',
-           'nats_per_char', 'quality_run', 'quality_compare', 'print_compare', 'print_results', 'run_bench',
-           'bench_main']
+__all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchError', 'summarize', 'load_average', 'machine_info',
+           'CpuShare', 'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak',
+           'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens',
+           'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput',
+           'prepare_memory', 'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run',
+           'quality_compare', 'print_compare', 'print_results', 'run_bench', 'bench_main', 'estimate_memory',
+           'format_memory_table', 'estimate_memory_main']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -228,6 +235,7 @@ class BenchShape:
                 f"vocab {self.vocab_size} [{self.source}]")
 
 SHAPE_NAMES = ('baby', 'local', 'm3_medium')
+EXTRA_SHAPES = ('gpt2_124m',)       # on request only (--shapes gpt2_124m): a GPU-sized shape
 
 _BUILTIN = {
     'local': dict(hidden_size=128, intermediate_size=512, num_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -269,7 +277,11 @@ def _bench_shape(name: str) -> BenchShape:
     if name == 'm3_medium':
         m, b, t, src = _from_config('m3_medium', 'm3_medium.yaml', 8, 256)
         return BenchShape('m3_medium', m, 4096, b, t, src)
-    raise BenchError(f"--shapes: unknown shape {name!r} (choose from {', '.join(SHAPE_NAMES)})")
+    if name == 'gpt2_124m':      # GPT-2 small's shape (RoPE instead of learned positions): 124M parameters
+        m = ModelConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_attention_heads=12,
+                        max_position_embeddings=1024, activation='gelu', norm='layernorm', bias=True)
+        return BenchShape('gpt2_124m', m, 50257, 8, 1024, 'GPT-2 small shape')
+    raise BenchError(f"--shapes: unknown shape {name!r} (choose from {', '.join(SHAPE_NAMES + EXTRA_SHAPES)})")
 
 # %% ../nbs/11_bench.ipynb #6382400b
 def bench_config(shape: BenchShape, precision: str = 'fp32', device: str = 'cpu', compile: bool = False,
@@ -381,33 +393,53 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
     return res
 
 # %% ../nbs/11_bench.ipynb #d3c4812c
+GEN_MODES = ('no_cache', 'kv_cache', 'static', 'compiled')
+_GEN_KW = {'no_cache': dict(use_kv_cache=False), 'kv_cache': {}, 'static': dict(static_cache=True),
+           'compiled': dict(compile=True)}
+
+def _gen_runner(model, prompts, mode):
+    return lambda n: generate_ids(model, prompts, n, temperature=0, eos_id=None, **_GEN_KW[mode])
+
 def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: int = 16, repeats: int = 3,
-                          device: str = 'cpu', seed: int = 0) -> dict:
-    "Greedy generation tokens/s (batch 1) of `shape`'s model, with and without the KV cache."
+                          device: str = 'cpu', seed: int = 0, batches=(1,), modes=('kv_cache', 'no_cache'),
+                          no_cache_batches=None, extra: dict | None = None, extra_batches=(1,)) -> dict:
+    """Greedy generation tokens/s of `shape`'s model for each batch size in `batches` and each of `modes`
+    (`GEN_MODES`; `no_cache` only at `no_cache_batches`, default all), plus `extra` generators
+    (name -> factory(model, prompts) -> generate(n)) at `extra_batches`. Modes alternate within each repeat."""
+    bad = [m for m in modes if m not in GEN_MODES]
+    if bad: raise BenchError(f"--gen-modes: unknown mode {bad[0]!r} (choose from {', '.join(GEN_MODES)})")
     if prompt_len + new_tokens > shape.model.max_position_embeddings:
         raise BenchError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceed the "
                          f"{shape.model.max_position_embeddings} positions of shape {shape.name}")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = DecoderModel(shape.model, shape.vocab_size).to(dev).eval()
-    prompt = np.random.default_rng(seed).integers(0, shape.vocab_size, prompt_len).tolist()
-    res = {'shape': shape.name, 'device': str(dev), 'new_tokens': new_tokens, 'prompt_len': prompt_len, 'batch': 1,
-           'parameters': model.num_parameters(), 'vocab_size': shape.vocab_size, 'repeats': repeats}
-    outs = {}
-    for key, cache in (('kv_cache', True), ('no_cache', False)):
-        generate_ids(model, [prompt], min(4, new_tokens), temperature=0, use_kv_cache=cache, eos_id=None)  # warm-up
-        times = []
+    rng = np.random.default_rng(seed)
+    res = {'shape': shape.name, 'device': str(dev), 'new_tokens': new_tokens, 'prompt_len': prompt_len,
+           'parameters': model.num_parameters(), 'vocab_size': shape.vocab_size, 'repeats': repeats, 'rows': []}
+    for B in batches:
+        prompts = rng.integers(0, shape.vocab_size, (B, prompt_len)).tolist()
+        runs = {m: _gen_runner(model, prompts, m) for m in modes if m != 'no_cache' or B in (no_cache_batches or batches)}
+        runs.update({k: f(model, prompts) for k, f in (extra or {}).items() if B in extra_batches})
+        first, outs, times = {}, {}, {k: [] for k in runs}
+        for k, run in runs.items():              # warm-up; compiles (the same shapes as the timed runs)
+            t0 = time.perf_counter(); run(new_tokens if k == 'compiled' else min(4, new_tokens)); _sync(dev)
+            first[k] = time.perf_counter() - t0
         with CpuShare() as cpu:
             for _ in range(repeats):
-                t0 = time.perf_counter()
-                out = generate_ids(model, [prompt], new_tokens, temperature=0, use_kv_cache=cache, eos_id=None)
-                _sync(dev)
-                times.append(time.perf_counter() - t0)
-        outs[key] = out[0]
-        res[key] = {'tokens_per_s': summarize([new_tokens / t for t in times]), 'seconds': summarize(times),
-                    'others_cpu_share': cpu.others}
-    res['speedup'] = res['kv_cache']['tokens_per_s']['median'] / res['no_cache']['tokens_per_s']['median']
-    res['same_tokens'] = outs['kv_cache'] == outs['no_cache']
+                for k, run in runs.items():
+                    t0 = time.perf_counter(); outs[k] = run(new_tokens); _sync(dev)
+                    times[k].append(time.perf_counter() - t0)
+        ref = outs.get('no_cache', next(iter(outs.values())))
+        for k in runs:
+            res['rows'].append({'batch': B, 'mode': k, 'tokens_per_s': summarize([B * new_tokens / t for t in times[k]]),
+                                'seconds': summarize(times[k]), 'first_call_s': first[k], 'same_tokens': outs[k] == ref,
+                                'others_cpu_share': cpu.others})
+    one = {r['mode']: r for r in res['rows'] if r['batch'] == batches[0]}
+    res.update({k: one[k] for k in ('kv_cache', 'no_cache') if k in one}, batch=batches[0],
+               same_tokens=all(r['same_tokens'] for r in res['rows']))
+    if 'kv_cache' in one and 'no_cache' in one:
+        res['speedup'] = one['kv_cache']['tokens_per_s']['median'] / one['no_cache']['tokens_per_s']['median']
     return res
 
 # %% ../nbs/11_bench.ipynb #043cb49c
@@ -424,42 +456,117 @@ def _corpus(path) -> Path:
     if not p.is_file(): raise BenchError(f"{p}: --corpus is not a file")
     return p
 
+def _corpus_files(text: bytes, folder: Path, size_mb: float) -> dict:
+    "The benchmark text repeated to `size_mb` MB, as a text file, as JSON Lines (gzip) and as Parquet (one record per document)."
+    files = {'text': folder / 'corpus.txt', 'JSONL.gz': folder / 'corpus.jsonl.gz', 'Parquet': folder / 'corpus.parquet'}
+    with open(files['text'], 'wb') as f:
+        for _ in range(max(1, math.ceil(size_mb * 1e6 / max(len(text), 1)))): f.write(text)
+    docs = list(iter_documents(files['text']))
+    with gzip.open(files['JSONL.gz'], 'wt', encoding='utf-8', compresslevel=6) as f:
+        for d in docs: f.write(json.dumps({'text': d}) + '\n')
+    pq.write_table(pa.table({'text': docs}), files['Parquet'], row_group_size=10_000)
+    return files
+
 def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096, repeats: int = 3,
-                       batch_chars: int = 1 << 20) -> dict:
-    "MB/s of `data.prepare` and of plain `Tokenizer.encode_batch` on `corpus` repeated to `size_mb` MB."
-    src = _corpus(corpus)
-    text = src.read_bytes()
+                       batch_chars: int = 1 << 20, workers: int | None = None) -> dict:
+    """MB/s of `data.prepare` on `corpus` repeated to `size_mb` MB (MB of text, whatever the file): as text with 1
+    worker and with `workers` (default: one per core), as JSON Lines (gzip) and as Parquet; and of plain `encode_batch`."""
+    src, n = _corpus(corpus), workers or default_workers()
     with tempfile.TemporaryDirectory(prefix='tnb-bench-') as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
         tok_s = time.perf_counter() - t0
-        big = tmp / 'corpus.txt'
-        with open(big, 'wb') as f:
-            for _ in range(max(1, math.ceil(size_mb * 1e6 / max(len(text), 1)))): f.write(text)
-        mb = big.stat().st_size / 1e6
+        files = _corpus_files(src.read_bytes(), tmp, size_mb)
+        mb = files['text'].stat().st_size / 1e6
         tok = build_from_artifacts(tmp / 'tokenizer')
-        batches, b, n = [], [], 0
-        for doc in iter_documents([big]):
-            b.append(doc); n += len(doc)
-            if n >= batch_chars: batches.append(b); b, n = [], 0
+        batches, b, k = [], [], 0
+        for doc in iter_documents(files['text']):
+            b.append(doc); k += len(doc)
+            if k >= batch_chars: batches.append(b); b, k = [], 0
         if b: batches.append(b)
-        t_prep, t_enc, tokens = [], [], 0
+        cases = [('text', 1), ('text', n), ('JSONL.gz', n), ('Parquet', n)]
+        t_prep, t_enc, tokens = {c: [] for c in cases}, [], 0
         with CpuShare() as cpu:
             for i in range(repeats):
-                t0 = time.perf_counter()
-                d = prepare([big], tmp / 'tokenizer', tmp / f'cache{i}', show_progress=False, verbose=False,
-                            batch_chars=batch_chars)
-                t_prep.append(time.perf_counter() - t0)
-                tokens = d.train.num_tokens + d.val.num_tokens
+                for kind, w in cases:
+                    cache = tmp / f'cache-{kind}-{w}'
+                    t0 = time.perf_counter()
+                    d = prepare([files[kind]], tmp / 'tokenizer', cache, show_progress=False, verbose=False,
+                                batch_chars=batch_chars, workers=w)
+                    t_prep[kind, w].append(time.perf_counter() - t0)
+                    tokens = d.train.num_tokens + d.val.num_tokens
+                    shutil.rmtree(cache)
                 t0 = time.perf_counter()
                 for b in batches: tok.encode_batch(b, add_special_tokens=False)
                 t_enc.append(time.perf_counter() - t0)
+    rows = {f"{kind}, {w} worker{'s' if w > 1 else ''}": summarize([mb / t for t in ts]) for (kind, w), ts in t_prep.items()}
     return {'others_cpu_share': cpu.others, 'corpus': str(src), 'corpus_mb': mb, 'vocab_size': vocab_size, 'tokens': tokens,
-            'batch_chars': batch_chars, 'repeats': repeats, 'tokenizer_train_s': tok_s,
-            'prepare_mb_per_s': summarize([mb / t for t in t_prep]),
+            'batch_chars': batch_chars, 'repeats': repeats, 'tokenizer_train_s': tok_s, 'workers': n, 'rows': rows,
+            'workers_speedup': statistics.median(t_prep['text', 1]) / statistics.median(t_prep['text', n]),
+            'prepare_mb_per_s': rows[f"text, {n} worker{'s' if n > 1 else ''}"],
             'encode_batch_mb_per_s': summarize([mb / t for t in t_enc]),
-            'prepare_vs_encode_batch': statistics.median(t_enc) / statistics.median(t_prep)}
+            'prepare_vs_encode_batch': statistics.median(t_enc) / statistics.median(t_prep['text', n])}
+
+
+# %% ../nbs/11_bench.ipynb #e3bfa81b
+def _memory_kb(pid: int, key: str) -> int:
+    "A `/proc/<pid>` memory figure in kB: 'Pss' (from smaps_rollup: shared pages counted once over processes), 'VmHWM', 'VmRSS'."
+    name = 'smaps_rollup' if key == 'Pss' else 'status'
+    try: return int(next(l for l in (Path('/proc') / str(pid) / name).read_text().splitlines() if l.startswith(key + ':')).split()[1])
+    except (OSError, StopIteration, ValueError): return 0
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    "(memory of `pid` and all its descendants, the PSS sum in bytes; peak resident bytes of `pid` itself), from /proc."
+    parent = {}
+    for p in Path('/proc').iterdir():
+        if not p.name.isdigit(): continue
+        try: st = (p / 'stat').read_text(); parent[int(p.name)] = int(st[st.rindex(')') + 2:].split()[1])
+        except (OSError, ValueError, IndexError): continue
+    tree, todo = set(), [pid]
+    while todo:
+        q = todo.pop(); tree.add(q)
+        todo += [c for c, pp in parent.items() if pp == q and c not in tree]
+    return sum(_memory_kb(q, 'Pss') or _memory_kb(q, 'VmRSS') for q in tree) * 1024, _memory_kb(pid, 'VmHWM') * 1024
+
+def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 4000) -> int:
+    "Write `size_mb` MB of distinct ~`record_chars`-character records made of `text`'s documents to a JSONL.gz file."
+    docs, n, written, buf = text.split('\n\n'), 0, 0, []
+    with gzip.open(path, 'wt', encoding='utf-8', compresslevel=1) as f:
+        while written < size_mb * 1e6:
+            for d in docs:
+                buf.append(d)
+                if sum(map(len, buf)) >= record_chars:
+                    rec = f'Record {n}.\n' + '\n\n'.join(buf)
+                    f.write(json.dumps({'text': rec}) + '\n'); n += 1; written += len(rec.encode()); buf = []
+                    if written >= size_mb * 1e6: break
+    return n
+
+def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, workers: int | None = None) -> list[dict]:
+    "Peak resident memory of `prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB of text."
+    src, out = _corpus(corpus), []
+    exe = Path(sys.executable).parent / 'prepare-data'
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from transformer_nb.cli import prepare_data_main as m; sys.exit(m())']
+    with tempfile.TemporaryDirectory(prefix='tnb-bench-mem-') as tmp:
+        tmp = Path(tmp)
+        train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
+        for mb in sizes_mb:
+            data = tmp / f'corpus-{mb:g}MB.jsonl.gz'
+            records = _records_file(src.read_text(encoding='utf-8'), data, mb)
+            args = ['--tokenizer', tmp / 'tokenizer', '--input', data, '--out', tmp / f'out-{mb:g}', '--no-progress']
+            if workers: args += ['--workers', workers]
+            t0, peak, hwm = time.perf_counter(), 0, 0
+            p = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            while p.poll() is None:
+                total, h = _tree_memory(p.pid); peak, hwm = max(peak, total), max(hwm, h)
+                time.sleep(0.1)
+            if p.returncode: raise BenchError(f"prepare-data failed on {data.name}: {p.stderr.read()[-500:]}")
+            secs = time.perf_counter() - t0
+            out.append({'size_mb': mb, 'gz_mb': data.stat().st_size / 1e6, 'records': records, 'seconds': secs,
+                        'mb_per_s': mb / secs, 'peak_rss_mb': peak / 2**20, 'peak_main_mb': hwm / 2**20,
+                        'workers': workers or default_workers()})
+            shutil.rmtree(tmp / f'out-{mb:g}'); data.unlink()
+    return out
 
 # %% ../nbs/11_bench.ipynb #30c1f07a
 def fmt_range(s: dict | None, scale: float = 1.0, fmt: str = '{:,.0f}', pct: bool = False) -> str:
@@ -654,18 +761,30 @@ def _print_train(rows: list[dict], show=print):
                         '-' if r['compile_s'] is None else f"{r['compile_s']:.1f}",
                         '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"] for r in rows]))
 
-def _print_generate(g: dict, show=print):
-    show(f"\ngeneration ({g['shape']} shape, vocab {g['vocab_size']}, batch 1, prompt {g['prompt_len']} + {g['new_tokens']} "
-         f"new tokens, greedy; same tokens with and without the cache: {g['same_tokens']})")
-    show(format_table(['KV cache', 'tokens/s', 'seconds'],
-                      [[k, fmt_range(g[k]['tokens_per_s'], fmt='{:,.1f}'), fmt_range(g[k]['seconds'], fmt='{:.2f}')]
-                       for k in ('kv_cache', 'no_cache')]) + f"\nspeed-up with the cache: {g['speedup']:.1f}x")
+def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
+    rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
+    show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new tokens "
+         f"per row, greedy; the same tokens in every mode: {g['same_tokens']})")
+    base = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'no_cache'}
+    hf = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'transformers'}
+    ratio = lambda r, d: f"{r['tokens_per_s']['median'] / d[r['batch']]:.2f}x" if r['batch'] in d else '-'
+    show(format_table(['batch', 'mode', 'tokens/s', 'vs no cache'] + (['vs transformers'] if hf else []) +
+                      ['seconds', 'first call s', 'same tokens'],
+                      [[r['batch'], r['mode'], fmt_range(r['tokens_per_s'], fmt='{:,.1f}'), ratio(r, base)] +
+                       ([ratio(r, hf)] if hf else []) + [fmt_range(r['seconds'], fmt='{:.2f}'),
+                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-')] for r in rows]))
 
 def _print_prepare(d: dict, show=print):
-    show(f"\ndata preparation ({d['corpus_mb']:.1f} MB corpus, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
-    show(format_table(['', 'MB/s'], [['data.prepare', fmt_range(d['prepare_mb_per_s'], fmt='{:.2f}')],
-                                     ['plain encode_batch', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]])
+    show(f"\ndata preparation ({d['corpus_mb']:.1f} MB of text, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
+    rows = [[k, fmt_range(v, fmt='{:.2f}')] for k, v in d.get('rows', {'data.prepare': d['prepare_mb_per_s']}).items()]
+    show(format_table(['data.prepare', 'MB/s'], rows + [['plain encode_batch (all threads)', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]])
+         + (f"\n{d['workers']} workers / 1 worker: {d['workers_speedup']:.2f}x" if 'workers_speedup' in d else '')
          + f"\nprepare / encode_batch speed: {d['prepare_vs_encode_batch']:.2f}")
+    if mem := d.get('memory'):
+        show(format_table(['JSONL.gz text MB', 'file MB', 'records', 'seconds', 'MB/s', 'peak PSS MiB (all)', 'main peak RSS MiB'],
+                          [[f"{m['size_mb']:g}", f"{m['gz_mb']:.1f}", f"{m['records']:,}", f"{m['seconds']:.0f}",
+                            f"{m['mb_per_s']:.2f}", f"{m['peak_rss_mb']:,.0f}", f"{m['peak_main_mb']:,.0f}"] for m in mem]))
+        if len(mem) > 1: show(f"peak memory (PSS, all processes), largest / smallest corpus: {mem[-1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.2f}x")
 
 def print_results(res: dict, show=print):
     "Print the tables of a `run_bench` result (e.g. one read back from its JSON file)."
@@ -679,16 +798,20 @@ def print_results(res: dict, show=print):
         show(f"\ntraining ({res['settings']['precision']}, MFU against the matmul peak)")
         _print_train(res['train'], show)
     if 'generate' in res: _print_generate(res['generate'], show)
+    if 'generate_vs_transformers' in res: _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in res: _print_prepare(res['prepare'], show)
 
 def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int = 10, repeats: int = 3,
               warmup: int = 2, compile: bool = True, precision: str | None = None, new_tokens: int = 256,
               prompt_len: int = 16, corpus=None, prep_mb: float = 5.0, prep_vocab: int = 4096, peak_sizes=None,
               keep_dropout: bool = False, cold_compile: bool = True, retries: int = 0, max_others: float = 0.1,
-              show=print) -> dict:
+              show=print, gen_batches=(1,), gen_modes=None, gen_no_cache_batches=None, vs_transformers=None,
+              prep_workers: int | None = None, prep_memory_mb=()) -> dict:
     """Run the benchmark `parts` (see `PARTS`), print a table for each with `show`, return the results.
     A training figure taken while other processes used more than `max_others` of the CPU time is measured
-    again, up to `retries` times; the least disturbed attempt is kept."""
+    again, up to `retries` times; the least disturbed attempt is kept. Generation: `gen_batches`, `gen_modes`
+    (default no_cache, kv_cache and, with `compile`, compiled); `vs_transformers` (a factory, see
+    `generation_throughput`'s `extra`) adds a batch-1 comparison on the Llama-exportable (swiglu) m3_medium."""
     bad = [p for p in parts if p not in PARTS]
     if bad: raise BenchError(f"--only: unknown part {bad[0]!r} (choose from {', '.join(PARTS)})")
     shapes = [s if isinstance(s, BenchShape) else bench_shape(s, keep_dropout) for s in shapes]
@@ -728,10 +851,21 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
                      f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
         _print_train(rows, show)
     if 'generate' in parts:
-        res['generate'] = generation_throughput(bench_shape('m3_medium', keep_dropout), new_tokens, prompt_len, repeats, device)
+        modes = gen_modes or (('no_cache', 'kv_cache', 'compiled') if compile else ('no_cache', 'kv_cache'))
+        res['generate'] = generation_throughput(bench_shape('m3_medium', keep_dropout), new_tokens, prompt_len, repeats,
+                                                device, batches=tuple(gen_batches), modes=modes,
+                                                no_cache_batches=gen_no_cache_batches)
         _print_generate(res['generate'], show)
+    if vs_transformers is not None:
+        s = bench_shape('m3_medium', keep_dropout)
+        s = replace(s, name='m3_medium_swiglu', model=replace(s.model, activation='swiglu'))
+        res['generate_vs_transformers'] = generation_throughput(
+            s, new_tokens, prompt_len, repeats, device, modes=('kv_cache', 'compiled') if compile else ('kv_cache',),
+            extra={'transformers': vs_transformers})
+        _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in parts:
-        res['prepare'] = prepare_throughput(corpus, prep_mb, prep_vocab, repeats)
+        res['prepare'] = prepare_throughput(corpus, prep_mb, prep_vocab, repeats, workers=prep_workers)
+        if prep_memory_mb: res['prepare']['memory'] = prepare_memory(prep_memory_mb, corpus, prep_vocab, prep_workers)
         _print_prepare(res['prepare'], show)
     cpu.stop()
     res.update(load_average_end=load_average(), others_cpu_share=cpu.others, total_s=time.perf_counter() - t_start)
@@ -767,10 +901,21 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
+    ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B', help='generation batch sizes (default 1,8,32)')
+    ap.add_argument('--gen-modes', nargs='+', default=None, metavar='MODE', help='generation modes: no_cache, kv_cache, '
+                    'static, compiled (default: no_cache,kv_cache,compiled; no compiled with --no-compile)')
+    ap.add_argument('--gen-no-cache-batches', nargs='+', default=['1,8'], metavar='B', help='batch sizes timed without '
+                    'the KV cache too (default 1,8: batch 32 recomputes 32 whole sequences per token)')
+    ap.add_argument('--vs-transformers', action='store_true', help="also time transformers' generate on the same "
+                    'weights (exported to a temporary Llama folder), batch 1, alternated with ours')
     ap.add_argument('--corpus', default=None, help='text file for data preparation and --quality '
                     '(default: ../shared/data/tinyshakespeare.txt)')
     ap.add_argument('--prep-mb', type=float, default=5.0, help='corpus size for data preparation, MB (default 5)')
     ap.add_argument('--prep-vocab', type=int, default=4096, help='tokenizer vocabulary for data preparation (default 4096)')
+    ap.add_argument('--prep-workers', type=int, default=None, help='data preparation: the "all workers" rows use this many '
+                    '(default: one per core)')
+    ap.add_argument('--prep-memory-mb', nargs='+', type=float, default=[], metavar='MB', help='data preparation: also '
+                    'measure the peak memory of prepare-data on generated JSONL.gz corpora of these sizes (e.g. 50 500)')
     ap.add_argument('--peak-sizes', nargs='+', default=None, metavar='N', help='matmul sizes for the peak '
                     '(default: 1024,2048,4096 on CPU; 4096,8192 on CUDA)')
     ap.add_argument('--quality', action='store_true', help='quality per compute: train for --budget seconds, '
@@ -789,8 +934,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--quiet', action='store_true', help='print only the tables')
     return ap
 
-def bench_main(argv=None) -> int:
-    "The `tnb-bench` command."
+# %% ../nbs/11_bench.ipynb #aad053bf
+def _ints(values, flag: str) -> tuple[int, ...]:
+    try: out = tuple(int(v) for v in _split_list(values))
+    except ValueError: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}") from None
+    if not out or min(out) < 1: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}")
+    return out
+
+def bench_main(argv=None, vs_transformers=None) -> int:
+    "The `tnb-bench` command (`vs_transformers`: the runner factory behind `--vs-transformers`, see 12_export)."
     a = _parser().parse_args(argv)
     try:
         if a.threads is not None:
@@ -810,9 +962,16 @@ def bench_main(argv=None) -> int:
                 out = Path(a.out or 'tnb-bench-quality.json')
         else:
             sizes = [int(x) for x in _split_list(a.peak_sizes)] or None
+            if a.vs_transformers and vs_transformers is None:
+                raise BenchError("--vs-transformers: run it through the tnb-bench command (transformer_nb.export.tnb_bench_main)")
             res = run_bench(_split_list(a.shapes), tuple(_split_list(a.only)), a.device, a.steps, a.repeats, a.warmup,
                             not a.no_compile, a.precision, a.new_tokens, a.prompt_len, a.corpus, a.prep_mb,
-                            a.prep_vocab, sizes, a.keep_dropout, not a.warm_compile, a.retries, a.max_others)
+                            a.prep_vocab, sizes, a.keep_dropout, not a.warm_compile, a.retries, a.max_others,
+                            gen_batches=_ints(a.gen_batches, '--gen-batches'),
+                            gen_modes=tuple(_split_list(a.gen_modes)) or None,
+                            gen_no_cache_batches=_ints(a.gen_no_cache_batches, '--gen-no-cache-batches'),
+                            vs_transformers=vs_transformers if a.vs_transformers else None,
+                            prep_workers=a.prep_workers, prep_memory_mb=tuple(a.prep_memory_mb))
             out = Path(a.out or 'tnb-bench.json')
         res['argv'] = list(sys.argv[1:] if argv is None else argv)
         atomic_write_text(out, json.dumps(res, indent=1) + '\n')
@@ -820,4 +979,84 @@ def bench_main(argv=None) -> int:
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+
+# %% ../nbs/11_bench.ipynb #149fd0ae
+GiB = 2 ** 30
+
+def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, float]:
+    "(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens` tokens."
+    H, KV, d = _attention_shape(m)
+    h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
+    gated = str(getattr(m, 'activation', 'swiglu')).lower() == 'swiglu'
+    layer = 9 * h + 3 * KV * d + (4 if gated else 2) * i + 1.5 * H
+    blocks = L * h if checkpointing else L * layer
+    return tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0), tokens * vocab
+
+def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None, vocab_size: int | None = None,
+                    device_type: str = 'cuda') -> dict:
+    "Bytes per rank for parameters, gradients, optimizer state and activations of `config` (see the text above)."
+    m, rt, W = config.model, config.runtime, int(world_size)
+    if W < 1: raise BenchError(f"--world-size must be >= 1, got {W}")
+    mode = (distributed or rt.distributed or 'auto').lower()
+    if mode == 'auto': mode = 'ddp' if W > 1 else 'none'
+    if mode not in ('none', 'ddp', 'fsdp'): raise BenchError(f"--distributed: unknown {mode!r} (ddp, fsdp)")
+    V = vocab_size or m.vocab_size
+    if not V: raise BenchError("the vocabulary size is unknown: set model.vocab_size in the config or pass vocab_size")
+    with torch.device('meta'): model = DecoderModel(m, V)
+    P = model.num_parameters()
+    block = sum(p.numel() for p in model.layers[0].parameters())
+    root = P - m.num_layers * block
+    half = rt.precision in ('bf16', 'fp16') and device_type == 'cuda'
+    micro = config.micro_batch_size(W)
+    tokens = micro * config.sequence_length
+    saved, recompute, logits_grad = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
+    act_bytes = 2 if half else 4
+    if mode == 'fsdp':
+        pb = 2 if (half and rt.precision == 'bf16') else 4          # the mixed-precision policy gathers in bf16
+        params = 4 * P / W + pb * (root + 2 * block)
+        grads = 4 * P / W + 4 * block
+        optim = 8 * P / W
+    else:
+        params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), 8 * P
+    acts = act_bytes * (saved + recompute) + 4 * logits_grad
+    return {'mode': mode, 'world_size': W, 'parameters_count': P, 'micro_batch': micro, 'seq_len': config.sequence_length,
+            'params': params, 'grads': grads, 'optimizer': optim, 'activations': acts, 'activations_saved': act_bytes * saved,
+            'total': params + grads + optim + acts}
+
+# %% ../nbs/11_bench.ipynb #6776f4ac
+def format_memory_table(rows: list[dict]) -> str:
+    "A table (GiB per rank) of `estimate_memory` results, one row each."
+    head = ['setup', 'params', 'grads', 'optimizer', 'activations', 'total / rank']
+    body = [[f"{r['mode']} x{r['world_size']}, micro-batch {r['micro_batch']} x {r['seq_len']}"] +
+            [f"{r[k] / GiB:,.2f}" for k in ('params', 'grads', 'optimizer', 'activations', 'total')] for r in rows]
+    return format_table(head, body)
+
+def estimate_memory_main(argv=None) -> int:
+    "The `estimate-memory` command: per-rank memory of a config, as a table (GiB)."
+    ap = argparse.ArgumentParser(prog='estimate-memory', description="Estimate per-rank memory (parameters, gradients, "
+                                 "optimizer state, activations) of a training config, for ddp and fsdp.")
+    ap.add_argument('--config', required=True, metavar='PATH', help='a training config (YAML)')
+    ap.add_argument('--world-size', type=int, default=None, metavar='N', help='processes (default: 1, and 8 for comparison)')
+    ap.add_argument('--distributed', choices=('ddp', 'fsdp'), default=None, help="default: the config's runtime.distributed")
+    ap.add_argument('--vocab-size', type=int, default=None, help="default: model.vocab_size, else the config's tokenizer")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        vocab = a.vocab_size or cfg.model.vocab_size
+        if not vocab and cfg.tokenizer.tokenizer_json and Path(cfg.tokenizer.tokenizer_json).is_file():
+            vocab = build_from_artifacts(Path(cfg.tokenizer.tokenizer_json)).get_vocab_size()
+        if not vocab: raise BenchError(f"{a.config}: set model.vocab_size (or pass --vocab-size): the tokenizer "
+                                       f"{cfg.tokenizer.tokenizer_json} does not exist yet")
+        sizes = [a.world_size] if a.world_size else [1, 8]
+        modes = [a.distributed] if a.distributed else ['ddp', 'fsdp']
+        rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes for m in (modes if w > 1 else ['none'])]
+        P = rows[0]['parameters_count']
+        print(f"{a.config}: {P / 1e6:,.1f}M parameters, vocab {vocab:,}, precision {cfg.runtime.precision}, "
+              f"global batch {cfg.data.batch_size} x {cfg.sequence_length}, activation checkpointing "
+              f"{'on' if cfg.runtime.activation_checkpointing else 'off'}; GiB per rank:")
+        print(format_memory_table(rows))
+        return 0
+    except UserError as e:
+        print(f"estimate-memory: {e}", file=sys.stderr)
         return 2

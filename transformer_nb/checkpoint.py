@@ -444,11 +444,15 @@ class SafeDCPReader(dcp.FileSystemReader):
         check_dcp_metadata(self._get_metadata_path(kwargs.get('rank')))
         return super().read_metadata(*args, **kwargs)
 
+def _optimizers(optimizer):
+    "The torch optimizers inside `optimizer` (a composite such as Muon + AdamW exposes `.optimizers`)."
+    return tuple(getattr(optimizer, 'optimizers', None) or (optimizer,))
+
 def dcp_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
     "`{'model': ..., 'optim': ...}` keyed by parameter names, sharded (DTensors) under FSDP, plain otherwise."
     model = unwrap_model(model)
     if optimizer is None: return {'model': get_model_state_dict(model)}
-    msd, osd = get_state_dict(model, optimizer)
+    msd, osd = get_state_dict(model, _optimizers(optimizer))
     return {'model': msd, 'optim': osd}
 
 def write_dcp(folder, model: nn.Module, optimizer=None, async_save: bool = False, process_group=None):
@@ -571,8 +575,9 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     _dcp_read(path, sd)
     model = unwrap_model(model)
     if optimizer is None: set_model_state_dict(model, sd['model'])
-    else: set_state_dict(model, optimizer, model_state_dict=sd['model'], optim_state_dict=sd['optim'])
+    else: set_state_dict(model, _optimizers(optimizer), model_state_dict=sd['model'], optim_state_dict=sd['optim'])
 
+# %% ../nbs/08_checkpoint.ipynb #71c7b577
 def checkpoint_vocab_size(path) -> int:
     "The vocabulary size of the model in checkpoint folder `path` (rows of `embed_tokens.weight`), read from the headers."
     path = Path(path)

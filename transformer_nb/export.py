@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,7 @@ from .base import run_command, say, UserError
 from .config import config_from_dict, config_to_dict, load_config, ModelConfig
 from .tokenizer import BOS_NAMES, build_from_artifacts, EOS_NAMES, PAD_NAMES
 from .model import DecoderModel
+from .bench import bench_main
 from .checkpoint import (CheckpointError, CONFIG_FILE, find_checkpoint, load_for_generation,
                                        read_manifest, unwrap_model, verify_checkpoint)
 
@@ -36,7 +38,8 @@ from .checkpoint import (CheckpointError, CONFIG_FILE, find_checkpoint, load_for
 __all__ = ['logger', 'EXPORT_FORMAT_VERSION', 'ExportError', 'hf_architecture', 'llama_problems', 'check_llama_compatible',
            'to_hf_state_dict', 'from_hf_state_dict', 'llama_rope_theta', 'hf_config', 'model_config_from_hf',
            'hf_tokenizer_files', 'export_notes', 'export_hf', 'hf_logits_diff', 'read_hf_tensors', 'load_hf',
-           'hf_tensors_equal', 'export_checkpoint', 'export_hf_parser', 'export_hf_main']
+           'hf_tensors_equal', 'export_checkpoint', 'export_hf_parser', 'export_hf_main', 'hf_generation_runner',
+           'tnb_bench_main']
 
 # %% ../nbs/12_export.ipynb #3176f880
 logger = logging.getLogger(__name__)
@@ -520,3 +523,36 @@ def _export_hf(args) -> int:
 def export_hf_main(argv: Sequence[str] | None = None) -> int:
     "Console script `export-hf (--checkpoint DIR | --run-dir DIR) --out DIR [--dtype D] [--force] [--verify]`."
     return run_command(_export_hf, export_hf_parser(), argv)
+
+# %% ../nbs/12_export.ipynb #c2fd1bf6
+def hf_generation_runner(model: nn.Module, prompts: list[list[int]]):
+    """Export `model` to a temporary Llama folder, load it with transformers, and return `run(n)`: greedy
+    `generate` of exactly `n` new tokens after `prompts` (equal lengths), the new ids of each row."""
+    try:
+        import transformers
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise ExportError("--vs-transformers needs transformers (pip install 'transformers>=4.45')") from None
+    kw = {'dtype' if int(transformers.__version__.split('.')[0]) >= 5 else 'torch_dtype': torch.float32}
+    dev = next(model.parameters()).device
+    tl = transformers.utils.logging
+    bars = tl.is_progress_bar_enabled()
+    tl.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory(prefix='tnb-hf-') as tmp:
+            export_hf(model, None, Path(tmp) / 'hf')
+            hf = AutoModelForCausalLM.from_pretrained(str(Path(tmp) / 'hf'), local_files_only=True, **kw).to(dev).eval()
+    finally:
+        if bars: tl.enable_progress_bar()
+    ids = torch.tensor(prompts, dtype=torch.long, device=dev)
+    mask = torch.ones_like(ids)
+    @torch.no_grad()
+    def run(n: int) -> list[list[int]]:
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                          pad_token_id=0)
+        return out[:, ids.shape[1]:].tolist()
+    return run
+
+def tnb_bench_main(argv=None) -> int:
+    "The `tnb-bench` command: `bench_main` (11_bench) with `--vs-transformers` served by `hf_generation_runner`."
+    return bench_main(argv, vs_transformers=hf_generation_runner)

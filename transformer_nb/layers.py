@@ -20,6 +20,25 @@ from .attention import init_linear, residual_init_std
 __all__ = ['NORMS', 'ACTIVATIONS', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'mlp_num_parameters', 'residual_step',
            'PreNormResidual']
 
+# %% ../nbs/05_layers.ipynb #3a08b19b
+class _RMSNormFunction(torch.autograd.Function):
+    """`x * rsqrt(mean(x^2) + eps) * weight` with a hand-written backward: autograd would record six small
+    element-wise ops and replay their backward one by one; this saves `x_hat` and `r` and needs four."""
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        xn = x * r
+        ctx.save_for_backward(xn, r, weight)
+        return xn * weight
+
+    @staticmethod
+    def backward(ctx, g):
+        xn, r, w = ctx.saved_tensors
+        gw = (g * xn).reshape(-1, xn.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        gn = g * w                       # d/dx of x*r: r * (gn - x_hat * mean(gn * x_hat))
+        gx = (gn - xn * (gn * xn).mean(-1, keepdim=True)) * r if ctx.needs_input_grad[0] else None
+        return gx, gw, None
+
 # %% ../nbs/05_layers.ipynb #f6568f6e
 class RMSNorm(nn.Module):
     "RMS normalisation over the last dimension: `x * rsqrt(mean(x^2) + eps) * weight`, in float32, cast back to x's dtype."
@@ -29,9 +48,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(x.dtype)
+        return _RMSNormFunction.apply(x.float(), self.weight.float(), self.eps).to(x.dtype)
 
     def extra_repr(self) -> str: return f"{self.dim}, eps={self.eps}"
 

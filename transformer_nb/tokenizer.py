@@ -27,7 +27,8 @@ from tqdm import tqdm
 import transformer_nb
 from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
                                  utc_now_iso)
-from .sources import resolve_sources
+from .sources import (CorpusError, FileStats, Source, describe_source, iter_documents, iter_records,
+                                    normalize_text, open_binary, resolve_corpus, resolve_sources, source_pieces)
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
@@ -92,11 +93,12 @@ def resolve_special_tokens(special_tokens=None) -> list[str]:
 # %% ../nbs/01_tokenizer.ipynb #d8218c81
 @dataclass
 class CorpusFile:
-    "One validated training file: its path, size in bytes, SHA-256 and number of lines."
+    "One validated training source: its path, size in bytes, SHA-256 and number of lines (and the `Source` of a non-plain-text one)."
     path: Path
     size: int
     sha256: str
     lines: int
+    source: Source | None = None   # set for JSON Lines, Parquet, datasets and compressed text
 
 _NL = b'\n'
 
@@ -157,16 +159,30 @@ def expand_inputs(inputs) -> list[Path]:
 # %% ../nbs/01_tokenizer.ipynb #fd19a979
 MAX_LINE_BYTES = 1 << 20  # longer lines reach the trainer in pieces of this size (memory stays bounded)
 
+def _file_lines(path) -> Iterator[str]:
+    "The normalised lines of a text file (maybe compressed); a line longer than MAX_LINE_BYTES comes in pieces."
+    dec = codecs.getincrementaldecoder('utf-8')('strict')  # a piece may end inside a character
+    first = True
+    with open_binary(path) as f:
+        # splits on b'\n' only, like scan_text_file counts
+        for raw in iter(lambda: f.readline(MAX_LINE_BYTES), b''):
+            if raw.endswith(b'\r') and f.peek(1)[:1] == _NL: raw += f.read(1)   # keep a \r\n together
+            try: s = dec.decode(raw, final=raw.endswith(_NL))
+            except UnicodeDecodeError:
+                raise TokenizerError(f"{path}: changed while training (no longer valid UTF-8)") from None
+            if s: yield normalize_text(s, start=first); first = False
+
+def _record_lines(src: Source) -> Iterator[str]:
+    "The lines of the (normalised) records of a JSON Lines / Parquet / dataset source."
+    for _, text in iter_records(src):
+        *full, last = text.split('\n')
+        for line in full: yield line + '\n'
+        if last: yield last
+
 def _read_lines(files: Sequence[CorpusFile]) -> Iterator[str]:
+    "The lines the trainer sees: normalised with `normalize_text`, exactly like the text `prepare` tokenizes."
     for cf in files:
-        dec = codecs.getincrementaldecoder('utf-8')('strict')  # a piece may end inside a character
-        with open(cf.path, 'rb') as f:
-            # splits on b'\n' only, like scan_text_file counts
-            for raw in iter(lambda: f.readline(MAX_LINE_BYTES), b''):
-                try: s = dec.decode(raw, final=raw.endswith(_NL))
-                except UnicodeDecodeError:
-                    raise TokenizerError(f"{cf.path}: changed while training (no longer valid UTF-8)") from None
-                if s: yield s
+        yield from (_record_lines(cf.source) if cf.source is not None and cf.source.kind != 'text' else _file_lines(cf.path))
 
 def _select(it: Iterable, total: int, k: int, rng: random.Random) -> Iterator:
     "Exactly `k` items of the `total` in `it`, uniformly at random, in their original order (Knuth's algorithm S)."
@@ -215,6 +231,34 @@ def _set_bos_eos_template(tok: Tokenizer, bos: str, eos: str):
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1", special_tokens=[(bos, b), (eos, e)])
 
+# %% ../nbs/01_tokenizer.ipynb #de1cf73c
+def _existing_size(p: Path) -> int:
+    try: return p.stat().st_size
+    except OSError: return 0
+
+def _scan_source(src: Source) -> CorpusFile:
+    "A compressed text file, JSON Lines, Parquet or dataset source, read once: its size, hash and line count."
+    st = FileStats(src.path or Path(src.spec))
+    if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
+    for _ in source_pieces(src, st, max_chars=1 << 20): pass
+    d = describe_source(src)
+    return CorpusFile(src.path or Path(src.spec), d['bytes'] or st.chars, d['sha256'], st.lines, src)
+
+def _training_files(inputs, text_field: str = 'text', glob: str | None = None, show_progress: bool = True) -> list[CorpusFile]:
+    "Resolve and check the training corpus; every problem is a TokenizerError naming the file."
+    try:
+        corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
+        total = sum(_existing_size(s.path) for s in corpus if s.path is not None)
+        with tqdm(total=total, unit='B', unit_scale=True, desc='checking corpus', disable=None if show_progress else True) as bar:
+            files = []
+            for src in corpus:
+                if src.kind == 'text' and src.compression is None: files.append(scan_text_file(src.path, progress=bar.update))
+                else:
+                    files.append(_scan_source(src))
+                    if src.path is not None: bar.update(_existing_size(src.path))
+    except CorpusError as e: raise TokenizerError(str(e)) from None
+    return files
+
 # %% ../nbs/01_tokenizer.ipynb #cfd7e813
 _log = logging.getLogger(__name__)
 
@@ -229,15 +273,12 @@ def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
         if len(batch) == n: yield batch; batch = []
     if batch: yield batch
 
-def _existing_size(p: Path) -> int:
-    try: return p.stat().st_size
-    except OSError: return 0
-
 def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
-               show_progress: bool = True) -> Tokenizer:
-    """Train a byte-level BPE tokenizer on the text files `inputs` (paths, folders or globs) and write
-    `tokenizer.json`, `vocab.json`, `merges.txt` and `manifest.json` into `out_dir`.
+               show_progress: bool = True, *, text_field: str = 'text', glob: str | None = None) -> Tokenizer:
+    """Train a byte-level BPE tokenizer on the corpus `inputs` (anything `resolve_corpus` takes: files of
+    any kind, folders, globs, `hf:` datasets) and write `tokenizer.json`, `vocab.json`, `merges.txt` and
+    `manifest.json` into `out_dir`. `text_field` / `glob`: see `resolve_corpus`.
     `special_tokens`: None (`<pad>`, `<bos>`, `<eos>`), a list, or the path of a special_tokens.txt."""
     specials = resolve_special_tokens(special_tokens)
     _check_int('vocab_size', vocab_size, 256 + len(specials))
@@ -245,10 +286,7 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
     _check_int('seed', seed, 0)
     if max_lines is not None: _check_int('max_lines', max_lines, 1)
     bos, eos = _bos_eos_names(specials) if add_bos_eos else (None, None)
-    paths = expand_inputs(inputs)
-    with tqdm(total=sum(map(_existing_size, paths)), unit='B', unit_scale=True, desc='checking corpus',
-              disable=None if show_progress else True) as bar:
-        files = [scan_text_file(p, progress=bar.update) for p in paths]
+    files = _training_files(inputs, text_field, glob, show_progress)
     total = sum(cf.lines for cf in files)
     n_used = total if max_lines is None else min(max_lines, total)
 
@@ -272,7 +310,8 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
                   decoder='ByteLevel', initial_alphabet='ByteLevel (256 bytes)', normalizer=None)
     training = dict(files=len(files), bytes=nbytes, lines_total=total, lines_used=n_used,
                     seconds=round(seconds, 3), mb_per_s=round(nbytes / 1e6 / max(seconds, 1e-9), 3))
-    corpus = [dict(path=str(cf.path.resolve()), size=cf.size, sha256=cf.sha256, lines=cf.lines) for cf in files]
+    corpus = [dict(path=cf.source.name if cf.source else str(cf.path.resolve()), size=cf.size, sha256=cf.sha256,
+                   lines=cf.lines) for cf in files]
     save_tokenizer_artifacts(tok, out_dir, config=config, corpus=corpus, training=training)
     _log.info("trained byte-level BPE: vocab %d (asked %d) from %d of %d lines, %d files, %.2f MB in %.2f s "
              "(%.2f MB/s) -> %s", tok.get_vocab_size(), vocab_size, n_used, total, len(files), nbytes / 1e6,
@@ -526,24 +565,21 @@ class TokenizerTrainingSummary:
         lines += [f"  wrote       {n} ({s:,} bytes)" for n, s in self.artifacts.items()]
         return '\n'.join(lines)
 
-def _resolve(inputs) -> list[Path]:
-    return list(resolve_sources(inputs))   # files, folders, globs, and named sources like 'shakespeare'
-
-def _sample_lines(paths: Sequence[Path], max_chars: int) -> Iterator[str]:
+def _sample_lines(corpus, max_chars: int) -> Iterator[str]:
+    "Documents of the corpus, up to about `max_chars` characters (to measure compression)."
     n = 0
-    for p in paths:
-        with open(p, 'rb') as f:
-            for raw in f:
-                s = raw.decode('utf-8'); n += len(s); yield s
-                if n >= max_chars: return
+    for doc in iter_documents(corpus, max_chars=max_chars):
+        n += len(doc); yield doc
+        if n >= max_chars: return
 
 def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                     seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
-                    show_progress: bool = True) -> TokenizerTrainingSummary:
-    "The whole `train-tokenizer` job: resolve `inputs`, `train_bbpe` with progress, measure, summarise."
-    paths = _resolve(inputs)
+                    show_progress: bool = True, *, text_field: str = 'text', glob: str | None = None) -> TokenizerTrainingSummary:
+    "The whole `train-tokenizer` job: resolve `inputs` (see `resolve_corpus`), `train_bbpe` with progress, measure, summarise."
+    try: corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
+    except CorpusError as e: raise TokenizerError(str(e)) from None
     t0 = time.perf_counter()
-    tok = train_bbpe(paths, out_dir, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens,
+    tok = train_bbpe(corpus, out_dir, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens,
                      seed=seed, max_lines=max_lines, add_bos_eos=add_bos_eos, show_progress=show_progress)
     seconds = time.perf_counter() - t0
     m = read_manifest(out_dir)
@@ -552,5 +588,6 @@ def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int 
         out_dir=Path(out_dir), files=tr['files'], bytes=tr['bytes'], lines_total=tr['lines_total'],
         lines_used=tr['lines_used'], vocab_size_requested=vocab_size, vocab_size=tok.get_vocab_size(),
         special_tokens=_special_ids(tok), seconds=seconds,
-        chars_per_token=chars_per_token(tok, _sample_lines(paths, 1_000_000)),
+        chars_per_token=chars_per_token(tok, _sample_lines(corpus, 1_000_000)),
         artifacts={n: (Path(out_dir)/n).stat().st_size for n in TOKENIZER_FILES})
+

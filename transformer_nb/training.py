@@ -20,6 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .base import sha256_file, UserError
 from .config import Config, ConfigError, DataConfig, load_config
 from .sources import CorpusError
 from .tokenizer import eos_id, tokenizer_from_config
-from .data import prepare, SequentialSampler
+from .data import prepare, SequentialSampler, StreamingSampler, tokenize_in_memory
 from .model import DecoderModel
 from .generate import generate
 from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dicts, get_rng_state,
@@ -47,9 +48,11 @@ from .checkpoint import (checkpoint_name, CheckpointError, config_dict, diff_dic
 __all__ = ['SCHEDULES', 'DISTRIBUTED', 'TrainingError', 'TrainingDiverged', 'resolve_device', 'resolve_precision',
            'seed_everything', 'lr_at', 'make_scheduler', 'param_groups', 'build_optimizer', 'muon_param_groups',
            'MuonWithAdamW', 'newton_schulz', 'Muon32', 'muon_with_adamw', 'DistInfo', 'init_distributed',
-           'micro_batch_size', 'measure_matmul_flops', 'peak_flops', 'Trainer', 'token_byte_lengths', 'text_metrics',
-           'resolve_parallelism', 'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing',
-           'shard_model']
+           'micro_batch_size', 'tf32_enabled', 'datasheet_peak', 'measure_matmul_flops', 'peak_flops',
+           'model_flops_utilization', 'notebook_display_mode', 'live_chart_mode', 'training_chart', 'ChartImage',
+           'ProgressView', 'LiveChart', 'Trainer', 'token_byte_lengths', 'text_metrics', 'resolve_parallelism',
+           'checkpoint_format', 'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model',
+           'LRFinderResult', 'lr_suggestion', 'lr_find']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 class TrainingError(UserError):
@@ -299,10 +302,23 @@ def micro_batch_size(batch_size: int, grad_accum: int, world_size: int = 1) -> i
     return Config(data=DataConfig(batch_size=batch_size, gradient_accumulation_steps=grad_accum)).micro_batch_size(world_size)
 
 # %% ../nbs/09_training.ipynb #58cc0922
-_GPU_PEAK = {  # dense TFLOP/s: (bf16/fp16 tensor cores, tf32 for fp32)
-    'H200': (989e12, 494e12), 'H100': (989e12, 494e12), 'A100': (312e12, 156e12), 'L40S': (362e12, 183e12),
-    'A10G': (70e12, 35e12), 'L4': (121e12, 60e12), 'V100': (125e12, 15.7e12), 'T4': (65e12, 8.1e12)}
+_GPU_PEAK = {  # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
+    'H200': (989e12, 494e12, 67e12), 'H100': (989e12, 494e12, 67e12), 'A100': (312e12, 156e12, 19.5e12),
+    'L40S': (362e12, 183e12, 91.6e12), 'A10G': (70e12, 35e12, 31.2e12), 'L4': (121e12, 60e12, 30.3e12),
+    'V100': (125e12, 15.7e12, 15.7e12), 'T4': (65e12, 8.1e12, 8.1e12)}
 
+def tf32_enabled() -> bool:
+    "Whether fp32 matmuls may use TF32 tensor cores (`torch.set_float32_matmul_precision` not 'highest')."
+    return torch.get_float32_matmul_precision() != 'highest'
+
+def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = None) -> float | None:
+    "Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the current setting)."
+    tf32 = tf32_enabled() if tf32 is None else tf32
+    for key, (half, t32, f32) in _GPU_PEAK.items():
+        if key in gpu_name: return half if precision in ('bf16', 'fp16') else (t32 if tf32 else f32)
+    return None
+
+# %% ../nbs/09_training.ipynb #9d21bc85
 def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, trials: int = 5,
                          seconds: float = 0.05) -> float:
     "Best FLOP/s of an `n`x`n` matmul on `device` in `dtype` over `trials` timings of about `seconds` each."
@@ -322,13 +338,121 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 102
     return best
 
 def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
-    "Peak matmul FLOP/s for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
+    "Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
     if os.environ.get('TNB_PEAK_FLOPS'): return float(os.environ['TNB_PEAK_FLOPS'])
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        for key, (half, tf32) in _GPU_PEAK.items():
-            if key in name: return half if precision in ('bf16', 'fp16') else tf32
+        peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        if peak is not None: return peak
     return measure_matmul_flops(device, _PRECISIONS.get(precision) or torch.float32)
+
+# %% ../nbs/09_training.ipynb #22c581d3
+def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,
+                            world_size: int = 1) -> float:
+    "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
+    return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
+
+# %% ../nbs/09_training.ipynb #16036528
+import io
+
+# %% ../nbs/09_training.ipynb #a54dd9c1
+def notebook_display_mode() -> str | None:
+    "'live' in a Jupyter kernel (outputs update in place), 'final' in another IPython shell that keeps rich outputs, None elsewhere."
+    ipython = sys.modules.get('IPython')            # never imported here: a script that did not load IPython is no notebook
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None: return None
+    kind = type(shell).__name__
+    if kind == 'ZMQInteractiveShell': return 'live'
+    if kind == 'TerminalInteractiveShell': return None
+    return 'final'
+
+def live_chart_mode(live_plot: bool | None, mode: str | None) -> str | None:
+    "What `Trainer(live_plot=...)` shows in a shell of `mode`: 'live', 'final' (one chart at the end) or None."
+    if live_plot is False or mode is None: return None
+    if live_plot is None: return 'live' if mode == 'live' else None
+    return mode
+
+# %% ../nbs/09_training.ipynb #95b17048
+def training_chart(history: dict, step: int | None = None, total_steps: int | None = None, dpi: int = 90) -> bytes:
+    "PNG of train/eval loss (left) and learning rate (right) against the step, from `Trainer.history`."
+    from matplotlib.figure import Figure
+    tr, ev = history.get('train', []), history.get('eval', [])
+    fig = Figure(figsize=(9, 3.2), dpi=dpi, layout='constrained')
+    loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    if tr:
+        steps, losses = [r['step'] for r in tr], [r['loss'] for r in tr]
+        loss_ax.plot(steps, losses, color='C0', alpha=0.35 if len(tr) > 20 else 1, label='train')
+        if len(tr) > 20:                            # a running mean over ~5% of the points
+            k = max(2, len(tr) // 20)
+            loss_ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode='valid'), color='C0', label=f'train ({k}-step mean)')
+        lr_ax.plot(steps, [r['lr'] for r in tr], color='C2')
+    if ev: loss_ax.plot([r['step'] for r in ev], [r['loss'] for r in ev], 'o-', color='C1', label='eval')
+    for ax in (loss_ax, lr_ax):
+        ax.set_xlabel('step'); ax.grid(alpha=.3)
+        if total_steps: ax.set_xlim(0, total_steps)
+    loss_ax.set_ylabel('loss (nats/token)'); lr_ax.set_ylabel('learning rate')
+    lr_ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
+    if tr or ev: loss_ax.legend(loc='upper right')
+    loss_ax.set_title(f'step {step}/{total_steps}' if step is not None and total_steps else 'loss', fontsize=10)
+    buf = io.BytesIO(); fig.savefig(buf, format='png'); return buf.getvalue()
+
+class ChartImage:
+    "A training chart to `display`: PNG for the notebook, a one-line description as its text."
+    def __init__(self, history: dict, step: int, total_steps: int):
+        self.png, tr, ev = training_chart(history, step, total_steps), history.get('train'), history.get('eval')
+        last = lambda rows: f"{rows[-1]['loss']:.4f}" if rows else 'n/a'
+        self.text = (f"Training chart at step {step} of {total_steps}: loss (train {last(tr)}, eval {last(ev)}) "
+                     f"and learning rate against step")
+    def _repr_png_(self): return self.png
+    def __repr__(self): return self.text
+
+# %% ../nbs/09_training.ipynb #f6ca7b79
+def _clock(s: float) -> str:
+    return f"{int(s) // 60}:{int(s) % 60:02d}" if math.isfinite(s) else '?'
+
+def _ipython_display(obj):
+    from IPython.display import display
+    return display(obj, display_id=True)
+
+class ProgressView:
+    "A progress bar as HTML (notebook) and as a line of text."
+    def __init__(self, step: int, total: int, history: dict, elapsed: float):
+        tr, ev = history.get('train'), history.get('eval')
+        eta = elapsed * (total - step) / step if step else float('nan')
+        bits = [f'{step}/{total} steps'] + ([f"loss {tr[-1]['loss']:.4f}"] if tr else []) + \
+               ([f"eval {ev[-1]['loss']:.4f}"] if ev else []) + [f'{_clock(elapsed)} elapsed, eta {_clock(eta)}']
+        self.step, self.total, self.text = step, total, ' · '.join(bits)
+    def _repr_html_(self):
+        return (f'<div><progress value="{self.step}" max="{self.total}" style="width:40%;vertical-align:middle"></progress>'
+                f' <span style="font-family:monospace">{self.text}</span></div>')
+    def __repr__(self): return self.text
+
+class LiveChart:
+    "Progress bar and loss/LR chart of a run, redrawn in place (`live`) or drawn once at `close()`."
+    def __init__(self, total_steps: int, live: bool = True, every: int | None = None, min_seconds: float = 0.5, display=None):
+        self.total, self.live, self.min_seconds = total_steps, live, min_seconds
+        self.every = every or max(1, total_steps // 50)
+        self.display = display or _ipython_display
+        self.handles, self.draws, self._seen, self._last = {}, {'bar': 0, 'chart': 0}, 0, -math.inf
+        self.t0 = time.perf_counter()
+
+    def _show(self, name: str, obj):
+        if name in self.handles: self.handles[name].update(obj)
+        else: self.handles[name] = self.display(obj)
+        self.draws[name] += 1
+
+    def step(self, step: int, history: dict):
+        "After an optimizer step: the bar every `every` steps; the chart when the history has grown."
+        now = time.perf_counter()
+        if not self.live or step % self.every or now - self._last < self.min_seconds: return
+        self._last = now
+        self._show('bar', ProgressView(step, self.total, history, now - self.t0))
+        n = len(history.get('train', [])) + len(history.get('eval', []))
+        if n > self._seen: self._seen = n; self._show('chart', ChartImage(history, step, self.total))
+
+    def close(self, step: int, history: dict):
+        "The last picture: the bar at `step` (live mode) and the whole chart, left in the output."
+        if self.live: self._show('bar', ProgressView(step, self.total, history, time.perf_counter() - self.t0))
+        if history.get('train') or history.get('eval'): self._show('chart', ChartImage(history, step, self.total))
 
 # %% ../nbs/09_training.ipynb #8c755c41
 def _fmt_time(s: float) -> str:
@@ -342,13 +466,15 @@ class Trainer:
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
 
     `max_bad_steps`: stop after this many NaN/inf steps in a row. `show_progress`: tqdm bar (default:
-    when stdout is a terminal). `peak_flops`: for MFU (default: datasheet or measured)."""
+    when stdout is a terminal). `peak_flops`: for MFU (default: datasheet or measured).
+    `live_plot`: progress bar and loss/LR chart redrawn in place (default: in a Jupyter kernel; False: off)."""
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
-                 show_progress: bool | None = None, peak_flops: float | None = None):
+                 show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
         if isinstance(config, (str, os.PathLike)):
             config = load_config(config)
         self.config, self.resume, self.max_bad_steps = config, bool(resume), int(max_bad_steps)
         self._peak_flops = peak_flops
+        self._live_mode, self._live = live_chart_mode(live_plot, notebook_display_mode()), None
         self.lock = self.writer = self._bar = None
         self._metrics_file = None
         self._closed = False
@@ -394,6 +520,7 @@ class Trainer:
         "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
         if getattr(self, '_closed', True): return
         self._closed = True
+        if callable(getattr(getattr(self, 'train_sampler', None), 'close', None)): self.train_sampler.close()
         if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
         if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
         if self.lock is not None: self.lock.release(); self.lock = None
@@ -447,8 +574,8 @@ def _setup(self: Trainer):
     self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
     self.fused = bool(self.optimizer.param_groups[0].get('fused'))
     self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == 'fp16' else None
-    self.train_sampler = self._sampler(self.data.train, shuffle=True)
-    self.steps_per_epoch = max(1, len(self.train_sampler) // self.grad_accum)
+    self.train_sampler = self._train_sampler()
+    self.steps_per_epoch = None if cfg.data.streaming else max(1, len(self.train_sampler) // self.grad_accum)
     self.total_steps = self._total_steps()
     self.step = self.tokens_seen = self.epoch = self.skipped_steps = self.bad_streak = 0
     self.best, self.last_eval, self.last_checkpoint, self._saved_step = None, None, None, None
@@ -479,6 +606,7 @@ def _tokenizer_source(self: Trainer):
 @patch
 def _prepare_data(self: Trainer):
     d = self.config.data
+    if d.streaming: return self._stream_data()
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
     val = list(d.validation_shards or [])
@@ -489,7 +617,9 @@ def _prepare_data(self: Trainer):
                           "training documents for validation", stacklevel=4)
         val = None
     src = self.tokenizer_source
-    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val)
+    kw = dict(val_fraction=d.val_fraction, seed=self.config.runtime.seed, val_sources=val, text_field=d.text_field,
+              workers=max(1, d.num_workers) if d.num_workers is not None else None, dedupe=d.dedupe,
+              **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
     if self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=self.show_progress, **kw)
     self._barrier()
     if not self.is_main: self.data = prepare(d.train_shards, src, self.data_dir, show_progress=False, verbose=False, **kw)
@@ -504,8 +634,44 @@ def _sampler(self: Trainer, shards, shuffle: bool, drop_last: bool = False):
 def _total_steps(self: Trainer) -> int:
     s = self.config.scheduler
     if s.total_steps: return int(s.total_steps)
+    if s.total_epochs and self.steps_per_epoch is None:
+        raise TrainingError("data.streaming: set scheduler.total_steps (the length of an epoch of a stream is not known ahead)")
     if s.total_epochs: return int(math.ceil(s.total_epochs * self.steps_per_epoch))
     raise TrainingError("set scheduler.total_steps or scheduler.total_epochs: how long to train")
+
+# %% ../nbs/09_training.ipynb #9695f9a7
+@patch
+def _stream_data(self: Trainer):
+    d = self.config.data
+    val = list(d.validation_shards or [])
+    if not val or _same_sources(val, d.train_shards):
+        self.log("notice: data.streaming without separate data.validation_shards: no evaluation in this run")
+        self.data = SimpleNamespace(train=None, val=None)
+    else: self.data = SimpleNamespace(train=None, val=tokenize_in_memory(val, self.tokenizer, text_field=d.text_field))
+
+@patch
+def _train_sampler(self: Trainer):
+    d = self.config.data
+    if not d.streaming: return self._sampler(self.data.train, shuffle=True)
+    return StreamingSampler(d.train_shards, self.tokenizer, self.micro_batch, self.seq_len, self.dist.rank,
+                            self.dist.world_size, text_field=d.text_field, pin_memory=self.device.type == 'cuda')
+
+# %% ../nbs/09_training.ipynb #7c7827a4
+@patch
+def _sampler_state(self: Trainer) -> dict:
+    st = self.train_sampler.state_dict()
+    if self.config.data.streaming and self.dist.enabled: return {'sampler': 'stream', 'ranks': self._gather_json(st)}
+    return st
+
+@patch
+def _load_sampler_state(self: Trainer, st: dict, ck):
+    if st.get('sampler') == 'stream' and 'ranks' in st:
+        if len(st['ranks']) != self.dist.world_size:
+            raise CheckpointError(f"{ck}: the stream positions were saved by {len(st['ranks'])} process(es); a streaming run "
+                                  f"resumes with the same number (this one has {self.dist.world_size})")
+        st = st['ranks'][self.dist.rank]
+    try: self.train_sampler.load_state_dict(st)
+    except ValueError as e: raise CheckpointError(f"{ck}: {e}") from None
 
 # %% ../nbs/09_training.ipynb #d93dfa32
 @patch
@@ -600,7 +766,7 @@ def _log_window(self: Trainer):
     norm = sum(norms) / len(norms) if norms else float('nan')
     dt = max(now - w['t'], 1e-9)
     tps = (n - w['n0']) * self.tokens_per_step / dt if n > w['n0'] else float('nan')   # steps since the clock (re)started
-    mfu = self.flops_per_token * tps / self._peak if self._peak else float('nan')
+    mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size) if self._peak else float('nan')
     elapsed = now - self._fit_t0
     done_here = self.step - self._fit_step0
     eta = (self.total_steps - self.step) * elapsed / done_here if done_here else float('nan')
@@ -669,6 +835,7 @@ def evaluate(self: Trainer, max_batches: int | None = None) -> dict:
 
 @patch
 def _evaluate_and_track(self: Trainer):
+    if self.data.val is None: return None           # streaming without validation text
     m = self.evaluate()
     self.last_eval = {'step': self.step, **m}
     self.history['eval'].append(self.last_eval)
@@ -777,7 +944,7 @@ def trainer_state(self: Trainer) -> dict:
             'world_size': self.dist.world_size, 'global_batch_size': self.global_batch, 'seq_len': self.seq_len,
             'scheduler': {'strategy': sch.strategy, 'next_lr': lr_at(self.step, sch, self.config.optimizer.learning_rate, self.total_steps)},
             'grad_scaler': self.scaler.state_dict() if self.scaler is not None else None,
-            'sampler': self.train_sampler.state_dict(), 'rng': self._gather_json(get_rng_state()),
+            'sampler': self._sampler_state(), 'rng': self._gather_json(get_rng_state()),
             'best': self.best, 'last_eval': self.last_eval, 'skipped_steps': self.skipped_steps, 'bad_streak': self.bad_streak,
             'elapsed_seconds': self._elapsed_before + (time.perf_counter() - self._fit_t0 if hasattr(self, '_fit_t0') else 0.0),
             'precision': self.precision}
@@ -812,7 +979,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
     try:
-        prompt = self.tokenizer.decode([int(t) for t in self.data.val.tokens[:8]]) or '\n'
+        prompt = self.tokenizer.decode([int(t) for t in (self.data.val.tokens[:8] if self.data.val is not None else [])]) or '\n'
         devices = [self.device.index or 0] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices), self._autocast():
             text = generate(self.raw_model, self.tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.8,
@@ -821,6 +988,18 @@ def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
         self.writer.flush()
     except Exception as e:          # a sample must never stop training
         warnings.warn(f"could not generate a sample at step {self.step}: {type(e).__name__}: {e}")
+
+# %% ../nbs/09_training.ipynb #0362de42
+@patch
+def _warn_schedule_change(self: Trainer, old_total: int):
+    "Log a changed `total_steps`; warn (rank 0) when it moves the learning rate: the new curve is not a stretched old one."
+    sch, base = self.config.scheduler, self.config.optimizer.learning_rate
+    old_lr, new_lr = lr_at(self.step, sch, base, old_total), lr_at(self.step, sch, base, self.total_steps)
+    self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+    if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and self.is_main:
+        warnings.warn(f"resume: the run length changed ({old_total} -> {self.total_steps} steps) and the schedule is not "
+                      f"stretched: the learning rate of step {self.step + 1} moves from {old_lr:.3g} (old length) to "
+                      f"{new_lr:.3g} (new length)", stacklevel=2)
 
 # %% ../nbs/09_training.ipynb #44be2f0c
 @patch
@@ -860,7 +1039,7 @@ def _resume(self: Trainer):
     self.skipped_steps, self.bad_streak = int(st.get('skipped_steps', 0)), int(st.get('bad_streak', 0))
     self._elapsed_before = float(st.get('elapsed_seconds', 0.0))
     if self.scaler is not None and st.get('grad_scaler'): self.scaler.load_state_dict(st['grad_scaler'])
-    if st.get('sampler'): self.train_sampler.load_state_dict(st['sampler'])
+    if st.get('sampler'): self._load_sampler_state(st['sampler'], ck)
     rngs = st.get('rng') or []
     if rngs:
         if len(rngs) != self.dist.world_size and self.is_main:
@@ -868,7 +1047,7 @@ def _resume(self: Trainer):
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
     old_total = st.get('total_steps')
     if old_total is not None and old_total != self.total_steps:
-        self.log(f"resume: run length changed: {old_total} -> {self.total_steps} steps")
+        self._warn_schedule_change(int(old_total))
     self.last_checkpoint, self._saved_step = ck, self.step
     self.log(f"resumed from {ck} (step {self.step}, {self.tokens_seen:,} tokens seen)")
 
@@ -887,7 +1066,7 @@ def _header(self: Trainer) -> str:
             f"{' (' + self.parallel.upper() + ')' if self.parallel != 'none' else ''}; "
             f"global batch {self.global_batch} = {self.micro_batch} x {self.grad_accum} accumulation x {w} process(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_step:,} tokens/step; steps {self.step} -> {self.total_steps} "
-            f"({self.steps_per_epoch} per epoch)")
+            f"{f'({self.steps_per_epoch} per epoch)' if self.steps_per_epoch else '(streaming)'}")
 
 @patch
 def fit(self: Trainer) -> dict:
@@ -903,6 +1082,9 @@ def fit(self: Trainer) -> dict:
     finally:
         self._restore_signals()
         if self._bar is not None: self._bar.close(); self._bar = None
+        if self._live is not None:
+            try: self._live.close(self.step, self.history)
+            finally: self._live = None
         self.close()
 
 @patch
@@ -922,6 +1104,7 @@ def _fit(self: Trainer) -> dict:
     if self.show_progress:
         from tqdm.auto import tqdm
         self._bar = tqdm(total=self.total_steps, initial=self.step, unit='step', dynamic_ncols=True)
+    if self._live_mode and self.is_main: self._live = LiveChart(self.total_steps, live=self._live_mode == 'live')
     self.model.train()
     while self.step < self.total_steps:
         lr, loss, norm, bad = self._train_step()
@@ -935,6 +1118,7 @@ def _fit(self: Trainer) -> dict:
         epoch_end = self.train_sampler.epoch > self.epoch
         if epoch_end: self.epoch = self.train_sampler.epoch
         if self._bar is not None: self._bar.update(1)
+        if self._live is not None: self._live.step(self.step, self.history)
         stop = self._any_true(self._stop_signal is not None)
         done = self.step >= self.total_steps
         if (rt.log_every_n_steps and self.step % rt.log_every_n_steps == 0) or done or stop: self._log_window()
@@ -1150,3 +1334,136 @@ def _finish_saves(self: Trainer):
     "Publish the checkpoints still being written in the background (in order)."
     while getattr(self, '_pending_saves', None):
         self._publish(self._pending_saves.pop(0))
+
+# %% ../nbs/09_training.ipynb #b6180db8
+import copy
+import shutil
+import tempfile
+from types import SimpleNamespace
+
+# %% ../nbs/09_training.ipynb #176ed446
+from .config import load_config
+from .tokenizer import tokenizer_from_config
+from .data import PreparedData, SequentialSampler, prepare
+from .model import DecoderModel
+
+# %% ../nbs/09_training.ipynb #fdd916f4
+@dataclass
+class LRFinderResult:
+    "What `lr_find` measured: the rates tried, raw and smoothed losses, and the suggested learning rate."
+    lrs: list
+    losses: list
+    smoothed: list
+    suggestion: float
+    lr_min: float           # the rate at the smoothed minimum
+    lr_steep: float         # the rate where the smoothed loss fell fastest
+    diverged: bool
+
+    def __str__(self):
+        return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the smoothed "
+                f"loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
+                f"{', stopped when the loss diverged' if self.diverged else ''})")
+
+    def plot(self, ax=None):
+        "Smoothed (and raw) loss against the learning rate on a log axis, the suggestion marked."
+        if ax is None:
+            import matplotlib.pyplot as plt
+            _, ax = plt.subplots(figsize=(6.5, 3.5))
+        ax.plot(self.lrs, self.losses, color='C0', alpha=0.3, label='loss')
+        ax.plot(self.lrs, self.smoothed, color='C0', label='smoothed loss')
+        ax.axvline(self.suggestion, color='C3', ls='--', label=f'suggestion {self.suggestion:.1e}')
+        ax.plot([self.lr_steep], [np.interp(np.log(self.lr_steep), np.log(self.lrs), self.smoothed)], 'o', color='C2',
+                label=f'steepest {self.lr_steep:.1e}')
+        ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (nats/token)')
+        lo, hi = min(self.smoothed), self.smoothed[0]
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
+        ax.set_title('learning-rate range test'); ax.grid(alpha=.3); ax.legend(fontsize=8)
+        return ax
+
+# %% ../nbs/09_training.ipynb #b6258cee
+def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float]:
+    "(suggestion, lr_min, lr_steep): a tenth of the rate at the smoothed minimum, the minimum, the steepest fall before it."
+    s = np.asarray(smoothed, dtype=float); lr = np.asarray(lrs, dtype=float)
+    ok = np.isfinite(s)
+    i_min = int(np.nanargmin(np.where(ok, s, np.nan)))
+    start = min(int(len(s) * skip), max(i_min - 1, 0))          # the first few points are mostly the moving average's start
+    if i_min - start >= 2:
+        grad = np.gradient(s[start:i_min + 1], np.log(lr[start:i_min + 1]))
+        i_steep = start + int(np.argmin(grad))
+    else: i_steep = i_min
+    return max(float(lr[i_min]) / 10, float(lr[0])), float(lr[i_min]), float(lr[i_steep])
+
+# %% ../nbs/09_training.ipynb #6b2276f6
+def _lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
+    "Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written elsewhere)."
+    t = SimpleNamespace(config=config, tokenizer=tokenizer)
+    Trainer._resolve_paths(t, run_dir)                            # where the Trainer would look: run/data or data.cache_dir
+    d = config.data
+    val = list(d.validation_shards or [])
+    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed, show_progress=False, verbose=False,
+              val_sources=None if not val or _same_sources(val, d.train_shards) else val)
+    if not d.train_shards:
+        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
+    src = Trainer._tokenizer_source(t)
+    if t.data_dir.is_dir():
+        data = prepare(d.train_shards, src, t.data_dir, **kw)
+        if data.reused: return data
+        moved = tmp / data.dir.name                               # new shards: moved out of the run's cache
+        shutil.move(str(data.dir), str(moved))
+        return PreparedData.load(moved)
+    return prepare(d.train_shards, src, tmp, **kw)
+
+# %% ../nbs/09_training.ipynb #bebffadf
+def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+            beta: float = 0.98, diverge: float = 4.0, run_dir=None, plot: bool | None = None, verbose: bool = True) -> LRFinderResult:
+    """Learning-rate range test for `config` (a `Config` or a YAML path) on a fresh model (or a copy of `model`):
+    one optimizer step per rate, rates from `start_lr` to `end_lr` geometrically. Prints and returns the suggestion;
+    `plot` (default: in a notebook) draws the smoothed loss against the rate. Leaves no file and no changed model."""
+    if isinstance(config, (str, os.PathLike)): config = load_config(config)
+    if num_steps < 5: raise TrainingError(f"lr_find: num_steps must be at least 5, got {num_steps}")
+    if not 0 < start_lr < end_lr: raise TrainingError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    rng = get_rng_state()
+    try:
+        with tempfile.TemporaryDirectory(prefix='tnb-lr-find-') as tmp:
+            res = _lr_range_test(config, model, start_lr, end_lr, num_steps, beta, diverge, run_dir, Path(tmp))
+    finally: set_rng_state(rng)
+    if verbose: print(res, flush=True)
+    if plot or (plot is None and notebook_display_mode() is not None): res.plot()
+    return res
+
+# %% ../nbs/09_training.ipynb #d9ca6846
+def _lr_range_test(config, model, start_lr, end_lr, num_steps, beta, diverge, run_dir, tmp: Path) -> LRFinderResult:
+    device = resolve_device(config.runtime.device)
+    _, amp = resolve_precision(config.runtime.precision, device)
+    seed_everything(config.runtime.seed)
+    tok = tokenizer_from_config(config.tokenizer)
+    data = _lr_find_data(config, tok, run_dir, tmp)
+    net = copy.deepcopy(unwrap_model(model)) if model is not None else \
+          DecoderModel(config.model, config.model.vocab_size or tok.get_vocab_size())
+    net = net.to(device).train()
+    opt = build_optimizer(net, config.optimizer, device)
+    base = [g['lr'] / config.optimizer.learning_rate for g in opt.param_groups]   # groups keep their ratios
+    accum = config.data.gradient_accumulation_steps
+    seq = config.data.sequence_length or config.model.max_position_embeddings
+    batches = SequentialSampler(data.train, micro_batch_size(config.data.batch_size, accum), seq, seed=config.runtime.seed, shuffle=True)
+    mult = (end_lr / start_lr) ** (1 / (num_steps - 1))
+    lrs, losses, smoothed, avg, best, diverged = [], [], [], 0.0, math.inf, False
+    for i in range(num_steps):
+        lr = start_lr * mult ** i
+        for g, b in zip(opt.param_groups, base): g['lr'] = lr * b
+        total = 0.0
+        for _ in range(accum):
+            x, y = next(batches)
+            with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+                _, loss = net(x.to(device), y.to(device))
+            (loss / accum).backward(); total += loss.item() / accum
+        if config.optimizer.max_grad_norm: nn.utils.clip_grad_norm_(net.parameters(), config.optimizer.max_grad_norm)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        avg = beta * avg + (1 - beta) * total
+        s = avg / (1 - beta ** (i + 1))
+        lrs.append(lr); losses.append(total); smoothed.append(s)
+        best = min(best, s)
+        if not math.isfinite(s) or (i >= 5 and s > diverge * best): diverged = True; break
+    keep = [k for k, v in enumerate(smoothed) if math.isfinite(v)]
+    lrs, losses, smoothed = [lrs[k] for k in keep], [losses[k] for k in keep], [smoothed[k] for k in keep]
+    return LRFinderResult(lrs, losses, smoothed, *lr_suggestion(lrs, smoothed), diverged)
