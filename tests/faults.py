@@ -26,6 +26,7 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
 import threading
 import time
 from pathlib import Path
@@ -106,12 +107,16 @@ def train_in_process(cfg_path: Path, overrides=(), resume: bool = False, threads
 
 # --- running commands -----------------------------------------------------------------------------------
 
+# each console script's 'module:function', as pyproject.toml installs it
+SCRIPTS = tomllib.loads((Path(__file__).resolve().parent.parent / 'pyproject.toml').read_text())['project']['scripts']
+
+
 def argv_of(cmd: str, *args) -> list[str]:
-    "The argv of console script `cmd` (or, where the script is not installed, its `transformer_nb.cli` main)."
+    "The argv of console script `cmd` (or, where the script is not installed, its main function)."
     exe = BIN / cmd
     if exe.exists(): return [str(exe), *map(str, args)]
-    fn = cmd.replace('-', '_') + '_main'
-    return [sys.executable, '-c', f'import sys; from transformer_nb.cli import {fn}; sys.exit({fn}())', *map(str, args)]
+    mod, fn = SCRIPTS[cmd].split(':')
+    return [sys.executable, '-c', f'import sys; from {mod} import {fn}; sys.exit({fn}())', *map(str, args)]
 
 
 def env_with(extra: dict | None = None) -> dict:

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,17 @@ TINY = ['--vocab-size', '300', '--no-progress', '--prompt', 'the king', '--overr
         'data.sequence_length=64', 'data.batch_size=4', 'runtime.evaluation.max_batches=2', 'runtime.device=cpu']
 
 
+# each console script's 'module:function', as pyproject.toml installs it
+SCRIPTS = tomllib.loads((Path(__file__).resolve().parent.parent / 'pyproject.toml').read_text())['project']['scripts']
+
+
 def run(cmd, *args, cwd=None, timeout=120):
-    "Run console script `cmd` (or, without the script, its `transformer_nb.cli` function) and return the result."
+    "Run console script `cmd` (or, without the script, its main function) and return the result."
     exe = BIN / cmd
     if exe.exists(): argv = [str(exe), *map(str, args)]
     else:
-        fn = cmd.replace('-', '_') + '_main'
-        argv = [sys.executable, '-c', f'import sys; from transformer_nb.cli import {fn}; sys.exit({fn}())', *map(str, args)]
+        mod, fn = SCRIPTS[cmd].split(':')
+        argv = [sys.executable, '-c', f'import sys; from {mod} import {fn}; sys.exit({fn}())', *map(str, args)]
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
     return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
@@ -73,7 +78,7 @@ def bad_files(tmp_path_factory):
     (d / 'latin1.txt').write_bytes('caf\xe9 au lait\n'.encode('latin-1'))
     (d / 'empty.txt').write_bytes(b'')
     (d / 'notes').mkdir()
-    (d / 'notes' / 'a.md').write_text('no txt here')
+    (d / 'notes' / 'logo.png').write_bytes(b'\x89PNG not text')   # no corpus file here (.md would be one)
     return d
 
 

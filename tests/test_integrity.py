@@ -56,7 +56,7 @@ def tokenizer_forms(assets) -> dict:
 
 
 def test_every_tokenizer_form_survives_checkpoint_and_generate(assets, tmp_path):
-    from transformer_nb.cli import load_for_generation
+    from transformer_nb.checkpoint import load_for_generation
     from transformer_nb.generate import generate
     for name, section in tokenizer_forms(assets).items():
         run = tmp_path / re.sub(r'\W', '_', name)

@@ -54,3 +54,16 @@ def test_notebook_map_lists_every_notebook():
         if nb.stem == 'index': continue
         assert f'({nb.name})' in index, f'index.ipynb does not link {nb.name}'
         assert f'(nbs/{nb.name})' in readme, f'README.md does not link {nb.name}'
+
+
+MAX_EXPORTED_CELL_LINES = 60
+
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
+def test_exported_cells_are_short(nb):
+    """An exported cell does one thing and fits on a screen: at most 60 lines (split a long function into helpers,
+    and a long class across cells with fastcore's `@patch`, with prose between them)."""
+    long = [f'cell {i} ({len(src.splitlines())} lines): {src.splitlines()[1][:60]!r}' for i, cell, src in code_cells(nb)
+            if src.splitlines() and src.splitlines()[0].replace(' ', '') in ('#|export', '#|exporti', '#|exports')
+            and len(src.splitlines()) > MAX_EXPORTED_CELL_LINES]
+    assert not long, f'{nb.name}: exported cells over {MAX_EXPORTED_CELL_LINES} lines:\n' + '\n'.join(long)

@@ -95,7 +95,7 @@ def test_folder_skips_are_counted_and_glob_chooses(tmp_path):
     c = resolve_corpus(d)
     assert [s.path.relative_to(d).as_posix() for s in c] == ['README.md', 'notes.txt', 'pkg/data.jsonl', 'pkg/guide.rst']
     assert c.skipped == {'': 1, '.gz': 1, '.png': 1, 'hidden': 1}
-    assert 'skipped 1 files without an extension' in c.skipped_line and '1 .png' in c.skipped_line
+    assert 'skipped 1 file without an extension' in c.skipped_line and '1 .png' in c.skipped_line
     g = resolve_corpus(d, glob='changelog*')
     assert [(s.path.name, s.kind, s.compression) for s in g] == [('changelog.Debian.gz', 'text', 'gzip')]
     assert list(iter_documents(g)) == ['some text\n']

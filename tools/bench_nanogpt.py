@@ -12,7 +12,8 @@ only at iteration 0, one batch) and its per-iteration `time ...ms` lines are rea
 optimizer step on the same shape (`transformer_nb.bench.train_throughput`, shape `baby`: RMSNorm, RoPE, GELU
 MLP, tied head, fused AdamW, clipping at 1.0). Each round runs both, one after the other, in fresh processes
 with the same thread count; the figure of each side is the median over rounds of (tokens per step / mean step
-time over `--steps` steps after `--warmup`).
+time over `--steps` steps after `--warmup`). `--clock process` times steps by each process's CPU clock instead
+of the wall clock (for one thread on a crowded machine, where wall times mostly measure the other processes).
 """
 from __future__ import annotations
 
@@ -32,17 +33,32 @@ NANOGPT_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=F
                 '--eval_interval=1000000', '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4',
                 '--n_head=4', '--n_embd=128', '--lr_decay_iters=2000', '--dropout=0.0', '--always_save_checkpoint=False']
 OURS = """
-import json, sys, torch
-from transformer_nb.bench import bench_shape, train_throughput
-r = train_throughput(bench_shape('baby'), steps={steps}, repeats=1, warmup={warmup})
-print('RESULT ' + json.dumps({{'tokens_per_s': r['tokens_per_s']['median'], 'step_ms': r['step_ms']['median'],
+import json, time, torch
+from transformer_nb.bench import bench_config, bench_shape, random_tokens, StepRunner
+clock = time.{clock}
+s = bench_shape('baby')
+r = StepRunner(bench_config(s), s.vocab_size, random_tokens(s.vocab_size))
+for _ in range({warmup}): out = r.train_step()
+float(out[1]); t0 = clock()
+for _ in range({steps}): out = r.train_step()
+float(out[1]); step_ms = (clock() - t0) / {steps} * 1e3
+print('RESULT ' + json.dumps({{'tokens_per_s': s.tokens_per_step / step_ms * 1e3, 'step_ms': step_ms,
                               'threads': torch.get_num_threads()}}))
+"""
+# nanoGPT times its iterations with time.time(); with --clock process the wrapper points that at the process's
+# CPU clock (nanoGPT's code is run unchanged, by runpy)
+NANOGPT_WRAPPER = """
+import runpy, sys, time
+if {process}: time.time = time.process_time
+sys.argv = ['train.py'] + {args!r}
+runpy.run_path('train.py', run_name='__main__')
 """
 
 
-def run_nanogpt(repo: Path, steps: int, warmup: int, env: dict) -> dict:
+def run_nanogpt(repo: Path, steps: int, warmup: int, env: dict, clock: str = 'wall') -> dict:
     with tempfile.TemporaryDirectory(prefix='nanogpt-out-') as out:
-        cmd = [sys.executable, 'train.py', *NANOGPT_ARGS, f'--max_iters={warmup + steps}', f'--out_dir={out}']
+        args = [*NANOGPT_ARGS, f'--max_iters={warmup + steps}', f'--out_dir={out}']
+        cmd = [sys.executable, '-c', NANOGPT_WRAPPER.format(process=clock == 'process', args=args)]
         p = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
     if p.returncode != 0: sys.exit(f"nanoGPT train.py failed:\n{p.stderr[-3000:]}")
     ms = {int(m[1]): float(m[2]) for m in re.finditer(r'iter (\d+): loss [\d.]+, time ([\d.]+)ms', p.stdout)}
@@ -52,8 +68,9 @@ def run_nanogpt(repo: Path, steps: int, warmup: int, env: dict) -> dict:
     return {'tokens_per_s': TOKENS_PER_STEP / step_ms * 1e3, 'step_ms': step_ms}
 
 
-def run_ours(steps: int, warmup: int, env: dict) -> dict:
-    p = subprocess.run([sys.executable, '-c', OURS.format(steps=steps, warmup=warmup)], capture_output=True, text=True, env=env)
+def run_ours(steps: int, warmup: int, env: dict, clock: str = 'wall') -> dict:
+    code = OURS.format(steps=steps, warmup=warmup, clock='process_time' if clock == 'process' else 'perf_counter')
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
     line = next((l for l in p.stdout.splitlines() if l.startswith('RESULT ')), None)
     if p.returncode != 0 or line is None: sys.exit(f"our step failed:\n{p.stderr[-3000:]}")
     return json.loads(line[len('RESULT '):])
@@ -66,6 +83,8 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=30, help='timed steps per run (default 30)')
     ap.add_argument('--warmup', type=int, default=5, help='untimed steps first (default 5)')
     ap.add_argument('--threads', type=int, default=None, help='OMP_NUM_THREADS for both sides (default: unset)')
+    ap.add_argument('--clock', default='wall', choices=('wall', 'process'), help="step times by the wall clock "
+                    "(default), or by each process's CPU clock (steadier on a crowded machine; use with --threads 1)")
     ap.add_argument('--json', default=None, help='write the results here')
     a = ap.parse_args(argv)
     repo = Path(a.nanogpt)
@@ -78,7 +97,8 @@ def main(argv=None):
     for r in range(a.rounds):
         for name in (('nanogpt', 'ours') if r % 2 == 0 else ('ours', 'nanogpt')):     # alternate who goes first
             t0 = time.time()
-            res = run_nanogpt(repo, a.steps, a.warmup, env) if name == 'nanogpt' else run_ours(a.steps, a.warmup, env)
+            res = (run_nanogpt(repo, a.steps, a.warmup, env, a.clock) if name == 'nanogpt'
+                   else run_ours(a.steps, a.warmup, env, a.clock))
             rows[name].append(res)
             print(f"round {r + 1} {name:8s} {res['tokens_per_s']:9,.0f} tokens/s  {res['step_ms']:7.2f} ms/step  "
                   f"({time.time() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
@@ -88,7 +108,7 @@ def main(argv=None):
           + ', '.join(f"{o['tokens_per_s'] / n['tokens_per_s']:.2f}x" for o, n in zip(rows['ours'], rows['nanogpt'])))
     if a.json:
         Path(a.json).write_text(json.dumps({'rounds': rows, 'median': med, 'ratio': med['ours'] / med['nanogpt'],
-                                            'threads': a.threads, 'steps': a.steps, 'warmup': a.warmup,
+                                            'threads': a.threads, 'clock': a.clock, 'steps': a.steps, 'warmup': a.warmup,
                                             'load_average': os.getloadavg()}, indent=1) + '\n')
 
 

@@ -255,37 +255,39 @@ class CausalSelfAttention(nn.Module):
         return (q.view(B, T, H, d).transpose(1, 2), k.view(B, T, KV, d).transpose(1, 2),
                 v.view(B, T, KV, d).transpose(1, 2))
 
-    def forward(self, x: Tensor, rope=None, kv_cache: KVCache | None = None, layer_idx: int = 0,
-                attention_mask: Tensor | None = None) -> Tensor:
-        """`x` `(B, T, hidden)` -> `(B, T, hidden)`. `rope(q, k, offset)` rotates q and k (None: no
-        rotation); `kv_cache` holds earlier positions (this layer's slot is `layer_idx`);
-        `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
-        B, T, _ = x.shape
-        q, k, v = self.split_heads(x)
-        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
-        if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
-            return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
-        offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
-        if rope is not None: q, k = rope(q, k, offset=offset)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer_idx, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        k_len = k.shape[2]
-        mask = None
-        if attention_mask is not None or (offset > 0 and T > 1):
-            mask = make_attention_mask(T, k_len, attention_mask, device=x.device)
-        dropout_p = self.attn_dropout if self.training else 0.0
-        n_rep = self.num_heads // self.num_kv_heads
-        if self.use_sdpa:
-            gqa = n_rep > 1 and SDPA_GQA
-            if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=mask is None and T > 1,
-                                               **({'enable_gqa': True} if gqa else {}))
-        else:
-            if mask is None and T > 1: mask = make_attention_mask(T, k_len, device=x.device)
-            y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+# %% ../nbs/04_attention.ipynb #716d4293
+@patch
+def forward(self: CausalSelfAttention, x: Tensor, rope=None, kv_cache: KVCache | None = None, layer_idx: int = 0,
+            attention_mask: Tensor | None = None) -> Tensor:
+    """`x` `(B, T, hidden)` -> `(B, T, hidden)`. `rope(q, k, offset)` rotates q and k (None: no
+    rotation); `kv_cache` holds earlier positions (this layer's slot is `layer_idx`);
+    `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
+    B, T, _ = x.shape
+    q, k, v = self.split_heads(x)
+    if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
+    if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
+        return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
+    offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
+    if rope is not None: q, k = rope(q, k, offset=offset)
+    if kv_cache is not None:
+        k, v = kv_cache.update(layer_idx, k, v)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    k_len = k.shape[2]
+    mask = None
+    if attention_mask is not None or (offset > 0 and T > 1):
+        mask = make_attention_mask(T, k_len, attention_mask, device=x.device)
+    dropout_p = self.attn_dropout if self.training else 0.0
+    n_rep = self.num_heads // self.num_kv_heads
+    if self.use_sdpa:
+        gqa = n_rep > 1 and SDPA_GQA
+        if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                           is_causal=mask is None and T > 1,
+                                           **({'enable_gqa': True} if gqa else {}))
+    else:
+        if mask is None and T > 1: mask = make_attention_mask(T, k_len, device=x.device)
+        y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
+    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 # %% ../nbs/04_attention.ipynb #c97283d9
 @patch

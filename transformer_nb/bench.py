@@ -266,6 +266,7 @@ def bench_shape(name: str, keep_dropout: bool = False) -> BenchShape:
         s = replace(s, model=replace(s.model, attn_dropout=0.0, residual_dropout=0.0), source=s.source + ', dropout off')
     return s
 
+# %% ../nbs/11_bench.ipynb #de7c4d14
 def _bench_shape(name: str) -> BenchShape:
     if name == 'baby':
         m = ModelConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_attention_heads=4,
@@ -349,6 +350,7 @@ def cold_compile_cache():
         else:
             with temporary_cache_dir(d): yield
 
+# %% ../nbs/11_bench.ipynb #d179f6d9
 def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, repeats: int = 3, warmup: int = 2,
                      compile: bool = False, precision: str = 'fp32', peak: float | None = None,
                      cold_compile: bool = True) -> dict:
@@ -467,6 +469,7 @@ def _corpus_files(text: bytes, folder: Path, size_mb: float) -> dict:
     pq.write_table(pa.table({'text': docs}), files['Parquet'], row_group_size=10_000)
     return files
 
+# %% ../nbs/11_bench.ipynb #03d30358
 def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096, repeats: int = 3,
                        batch_chars: int = 1 << 20, workers: int | None = None) -> dict:
     """MB/s of `data.prepare` on `corpus` repeated to `size_mb` MB (MB of text, whatever the file): as text with 1
@@ -507,7 +510,6 @@ def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096
             'prepare_mb_per_s': rows[f"text, {n} worker{'s' if n > 1 else ''}"],
             'encode_batch_mb_per_s': summarize([mb / t for t in t_enc]),
             'prepare_vs_encode_batch': statistics.median(t_enc) / statistics.median(t_prep['text', n])}
-
 
 # %% ../nbs/11_bench.ipynb #e3bfa81b
 def _memory_kb(pid: int, key: str) -> int:
@@ -621,6 +623,28 @@ def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int =
         model.train(model_was_training)
     return total / (num_chars * count / n)
 
+# %% ../nbs/11_bench.ipynb #bcf3c426
+def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
+    "A quality run's tokenizer and token shards, in `tmp`: (config with the vocabulary, vocab, data, held-out tokens)."
+    vocab = config.model.vocab_size or 1024
+    (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
+    (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
+    t0 = time.perf_counter()
+    tok = train_bbpe([tmp / 'train.txt'], tmp / 'tokenizer', vocab_size=vocab, show_progress=False)
+    res['tokenizer_s'] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
+                   show_progress=False, verbose=False)
+    res['prepare_s'] = time.perf_counter() - t0
+    vocab = max(vocab, tok.get_vocab_size())
+    cfg = replace(config, model=replace(config.model, vocab_size=vocab))
+    val_tokens = np.array(data.val.tokens)
+    res.update(vocab_size=vocab, train_tokens=data.train.num_tokens, val_tokens=len(val_tokens),
+               chars_per_token=len(val_text) / max(len(val_tokens), 1))
+    say(f"quality: tokenizer of {vocab} tokens ({res['tokenizer_s']:.1f} s); {data.train.num_tokens:,} training "
+        f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
+    return cfg, vocab, data, val_tokens
+
 # %% ../nbs/11_bench.ipynb #fcf48a8f
 def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fraction: float = 0.1,
                 eval_points: int = 8, eval_windows: int = 24, max_steps: int | None = None,
@@ -637,28 +661,11 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
     text = src.read_text(encoding='utf-8')
     train_text, val_text = split_text(text, val_fraction)
     if not train_text or not val_text.strip(): raise BenchError(f"{src}: too short to hold out {val_fraction:.0%} of it")
-    vocab = config.model.vocab_size or 1024
     res = {'corpus': str(src), 'budget_s': budget_s, 'val_fraction': val_fraction,
            'train_chars': len(train_text), 'val_chars': len(val_text),
            'machine': machine_info(resolve_device(config.runtime.device))}
     with tempfile.TemporaryDirectory(prefix='tnb-quality-') as tmp:
-        tmp = Path(tmp)
-        (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
-        (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
-        t0 = time.perf_counter()
-        tok = train_bbpe([tmp / 'train.txt'], tmp / 'tokenizer', vocab_size=vocab, show_progress=False)
-        res['tokenizer_s'] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
-                       show_progress=False, verbose=False)
-        res['prepare_s'] = time.perf_counter() - t0
-        vocab = max(vocab, tok.get_vocab_size())
-        cfg = replace(config, model=replace(config.model, vocab_size=vocab))
-        val_tokens = np.array(data.val.tokens)
-        res.update(vocab_size=vocab, train_tokens=data.train.num_tokens, val_tokens=len(val_tokens),
-                   chars_per_token=len(val_text) / max(len(val_tokens), 1))
-        say(f"quality: tokenizer of {vocab} tokens ({res['tokenizer_s']:.1f} s); {data.train.num_tokens:,} training "
-            f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
+        cfg, vocab, data, val_tokens = _quality_data(config, train_text, val_text, Path(tmp), res, say)
         r = StepRunner(cfg, vocab, shards=data.train)
         res.update(parameters=r.raw_model.num_parameters(), flops_per_token=r.flops_per_token,
                    tokens_per_step=r.tokens_per_step, compile=bool(cfg.runtime.compile))
@@ -742,6 +749,7 @@ def _compare_main(a, path: Path, cfg: Config) -> dict:
 
 # %% ../nbs/11_bench.ipynb #d43901ac
 PARTS = ('peak', 'train', 'generate', 'prepare')
+
 _ENV_KEYS = ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME', 'MKL_NUM_THREADS',
              'TORCHINDUCTOR_CACHE_DIR')
 
@@ -786,6 +794,7 @@ def _print_prepare(d: dict, show=print):
                             f"{m['mb_per_s']:.2f}", f"{m['peak_rss_mb']:,.0f}", f"{m['peak_main_mb']:,.0f}"] for m in mem]))
         if len(mem) > 1: show(f"peak memory (PSS, all processes), largest / smallest corpus: {mem[-1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.2f}x")
 
+# %% ../nbs/11_bench.ipynb #839d9fd5
 def print_results(res: dict, show=print):
     "Print the tables of a `run_bench` result (e.g. one read back from its JSON file)."
     m = res['machine']
@@ -801,6 +810,29 @@ def print_results(res: dict, show=print):
     if 'generate_vs_transformers' in res: _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in res: _print_prepare(res['prepare'], show)
 
+# %% ../nbs/11_bench.ipynb #7ee3aed4
+def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, peaks, cold_compile, retries,
+                 max_others, show) -> list[dict]:
+    "The training part of `run_bench`: each shape eager (and compiled), measured again while the machine is busy."
+    peak = (peaks.get(precision) or peaks['fp32'])['median']
+    rows = []
+    show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
+         f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
+    train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)   # untimed: loads the kernels once
+    for s in shapes:
+        for comp in ((False, True) if compile else (False,)):
+            tries = [train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile)]
+            while len(tries) <= retries and (tries[-1]['others_cpu_share'] or 0) > max_others:
+                show(f"  {s.name} {'compile' if comp else 'eager'}: other processes used "
+                     f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
+                tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
+            rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
+            show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
+                 f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
+    _print_train(rows, show)
+    return rows
+
+# %% ../nbs/11_bench.ipynb #f8cf8b52
 def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int = 10, repeats: int = 3,
               warmup: int = 2, compile: bool = True, precision: str | None = None, new_tokens: int = 256,
               prompt_len: int = 16, corpus=None, prep_mb: float = 5.0, prep_vocab: int = 4096, peak_sizes=None,
@@ -834,22 +866,8 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
         res['matmul_peak'] = peaks
         _print_peak(peaks, show)
     if 'train' in parts:
-        peak = (peaks.get(precision) or peaks['fp32'])['median']
-        rows = res['train'] = []
-        show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
-             f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
-        train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)   # untimed: loads the kernels once
-        for s in shapes:
-            for comp in ((False, True) if compile else (False,)):
-                tries = [train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile)]
-                while len(tries) <= retries and (tries[-1]['others_cpu_share'] or 0) > max_others:
-                    show(f"  {s.name} {'compile' if comp else 'eager'}: other processes used "
-                         f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
-                    tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
-                rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
-                show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
-                     f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
-        _print_train(rows, show)
+        res['train'] = _bench_train(shapes, device, steps, repeats, warmup, compile, precision, peaks,
+                                    cold_compile, retries, max_others, show)
     if 'generate' in parts:
         modes = gen_modes or (('no_cache', 'kv_cache', 'compiled') if compile else ('no_cache', 'kv_cache'))
         res['generate'] = generation_throughput(bench_shape('m3_medium', keep_dropout), new_tokens, prompt_len, repeats,

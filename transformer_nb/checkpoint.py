@@ -35,6 +35,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 
 import transformer_nb
+from fastcore.basics import patch
+
 from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
@@ -275,6 +277,7 @@ def remove_leftovers(dir_root) -> list[Path]:
         logger.info("removed leftover %s", p)
     return removed
 
+# %% ../nbs/08_checkpoint.ipynb #4bc45f58
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None) -> Path:
     "Atomically write the checkpoint of `step` under `dir_root` and prune older ones to `max_keep`; returns its folder."
@@ -725,6 +728,7 @@ class RunLockError(UserError):
 
 LOCK_NAME = 'train.lock'
 
+# %% ../nbs/08_checkpoint.ipynb #ff9dbf9d
 class RunLock:
     "Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the first."
     def __init__(self, run_dir):
@@ -779,11 +783,13 @@ class RunLock:
             return self
         raise RunLockError(f"{self.path}: could not take the lock")
 
-    def release(self):
-        if self._fd is None: return
-        try: self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd); self._fd = None      # closing drops the flock
-
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
+
+# %% ../nbs/08_checkpoint.ipynb #8219033b
+@patch
+def release(self: RunLock):
+    if self._fd is None: return
+    try: self.path.unlink(missing_ok=True)
+    finally:
+        os.close(self._fd); self._fd = None      # closing drops the flock

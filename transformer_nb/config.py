@@ -419,14 +419,18 @@ _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers',
              'runtime.checkpoint.every_n_steps', 'runtime.checkpoint.every_n_epochs', 'runtime.checkpoint.max_keep',
              'runtime.evaluation.every_n_steps', 'runtime.evaluation.every_n_epochs', 'runtime.evaluation.max_batches',
              'runtime.evaluation.best.max_keep', 'runtime.logging.tensorboard_flush_every_n']
+
 _NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'optimizer.muon_weight_decay', 'scheduler.warmup_steps', 'scheduler.min_lr', 'runtime.seed']
+
 _UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2', 'optimizer.muon_momentum']
+
 _DECAYING = ('cosine', 'cosine_with_warmup', 'polynomial')
 
 def _get(cfg, key: str):
     for part in key.split('.'): cfg = getattr(cfg, part)
     return cfg
 
+# %% ../nbs/00_config.ipynb #6c072ff1
 def _check_relations(cfg: Config, where: str):
     "Raise a `ConfigError` for the first rule that `cfg` breaks (values are already type-checked)."
     def need(ok: bool, message: str):

@@ -117,6 +117,7 @@ class _ConcatTokens:
         "Rows `[s, s + length)` for each start, as a (len(starts), length) array."
         return np.stack([self._slice(int(s), int(s) + length) for s in starts])
 
+# %% ../nbs/02_data.ipynb #eb1dcf7c
 class TokenShards:
     "One split of token ids (a memmap, or a view over several), with the character count of the text behind it."
     def __init__(self, parts: Sequence[np.ndarray], num_chars: int = 0, num_documents: int = 0, paths: Sequence[Path] = ()):
@@ -683,6 +684,7 @@ def _global_geometry(g: dict) -> dict:
         g['batch_size'] = g['batch_size'] * g.pop('world_size')
     return g
 
+# %% ../nbs/02_data.ipynb #b215d933
 class SequentialSampler(_WindowSampler):
     "Epochs over the non-overlapping windows of `seq_len + 1` tokens, each window once per epoch, shuffled per epoch from the seed."
     kind = 'sequential'

@@ -321,6 +321,7 @@ def export_notes(model_cfg) -> list[str]:
         notes.append("residual_dropout has no Llama field (it only acts in training); kept in config.json's transformer_nb entry")
     return notes
 
+# %% ../nbs/12_export.ipynb #610aa496
 def export_hf(model: nn.Module, tokenizer, out_dir, dtype: str | torch.dtype | None = None, overwrite: bool = False,
               source: dict | None = None) -> Path:
     """Write `model` (a `DecoderModel`) and `tokenizer` (a `tokenizers.Tokenizer`, a tokenizer folder or None) as a

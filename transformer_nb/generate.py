@@ -133,6 +133,17 @@ class StaticDecoder:
         c.length = L
         return logits
 
+# %% ../nbs/07_generate.ipynb #7ecfc153
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    "Token-id lists as one batch padded on the left: (ids, mask), both `(B, longest)`, mask 1 on real tokens."
+    B, n = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, n), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, n, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, n - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[r, n - len(p):] = 1
+    return ids, mask
+
 # %% ../nbs/07_generate.ipynb #f686e7bc
 @torch.no_grad()
 def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, temperature: float = 1.0,
@@ -152,13 +163,8 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
     device = next(model.parameters()).device
     ctx = model.config.max_position_embeddings
     prompts = [list(p)[-ctx:] for p in prompt_ids]
-    B, n = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, n), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, n, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, n - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, n - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
+    B, n = ids.shape
     padded = bool((mask == 0).any())
     gen = _new_generator(device, seed)
     finished = torch.zeros(B, dtype=torch.bool, device=device)

@@ -125,8 +125,8 @@ def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -
 
 def skipped_summary(skipped: Counter) -> str:
     "'skipped 784 files without an extension, 30 .png, 2 hidden' (most frequent first), or ''."
-    name = lambda k: 'files without an extension' if k == '' else 'hidden' if k == 'hidden' else k
-    parts = [f"{n:,} {name(k)}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
+    name = lambda k, n: f"file{'s' * (n != 1)} without an extension" if k == '' else k
+    parts = [f"{n:,} {name(k, n)}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
     return 'skipped ' + ', '.join(parts) if parts else ''
 
 # %% ../nbs/01_sources.ipynb #43afed2c
@@ -359,6 +359,7 @@ def _read_chunks(path, chunk_size: int = _CHUNK) -> Iterator[tuple[int, int, str
 
 # %% ../nbs/01_sources.ipynb #0a819686
 _CONTROL = re.compile('[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]')   # control characters other than \t \n \r
+
 _DOC = re.compile(r'(?m)^(?:[^\S\n]*\S[^\n]*(?:\n|\Z))+')          # a run of lines that are not blank
 
 @dataclass
@@ -392,6 +393,34 @@ def _long(st, n: int, line: int):
     if not st.long_lines: st.first_long_line = line
     st.long_lines += 1
 
+# %% ../nbs/01_sources.ipynb #80a046fb
+def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], long_re, long_line: int) -> tuple[int, int]:
+    """Count one chunk into `st`: characters, lines, control characters, lines longer than `long_line`.
+    `cur` is (length so far, number) of a line that the previous chunk left unfinished (length 0: none);
+    returns the same for this chunk's last line."""
+    cur_len, cur_line = cur
+    st.chars += len(text); st.lines += text.count('\n')
+    if m := _CONTROL.search(text):
+        if not st.control_chars: st.first_control = (lineno + text.count('\n', 0, m.start()), m.group())
+        st.control_chars += len(_CONTROL.findall(text))
+    start = 0
+    if cur_len:                                       # the last chunk ended inside a line: it goes on here
+        nl = text.find('\n')
+        cur_len += len(text) if nl < 0 else nl
+        if nl >= 0:
+            if cur_len > long_line: _long(st, cur_len, cur_line)
+            cur_len, start = 0, nl + 1
+    if not cur_len:
+        for m in long_re.finditer(text, start):
+            end = text.find('\n', m.start())
+            if end < 0: break                         # goes on in the next chunk: measured when it ends
+            _long(st, end - m.start(), lineno + text.count('\n', 0, m.start()))
+        if text and text[-1] != '\n':
+            last = text.rfind('\n', start) + 1
+            cur_len, cur_line = len(text) - last, lineno + text.count('\n', 0, last)
+    return cur_len, cur_line
+
+# %% ../nbs/01_sources.ipynb #9c5d00ac
 def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
                break_after: int | None = None, chunk_size: int = _CHUNK) -> Iterator[tuple[str, bool]]:
     """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the way.
@@ -407,28 +436,9 @@ def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int
         nonlocal buf, n, open_doc
         st.documents += 1; doc = ''.join(buf); buf, n, open_doc = [], 0, False
         return doc, True
-    cur_len, cur_line = 0, 1   # characters of the line in progress (it may span chunks), and its number
+    cur = (0, 1)           # characters of the line in progress (it may span chunks), and its number
     for off, lineno, text in _read_chunks(path, chunk_size):
-        # statistics of the chunk
-        st.chars += len(text); st.lines += text.count('\n')
-        if m := _CONTROL.search(text):
-            if not st.control_chars: st.first_control = (lineno + text.count('\n', 0, m.start()), m.group())
-            st.control_chars += len(_CONTROL.findall(text))
-        start = 0
-        if cur_len:                                       # the last chunk ended inside a line: it goes on here
-            nl = text.find('\n')
-            cur_len += len(text) if nl < 0 else nl
-            if nl >= 0:
-                if cur_len > long_line: _long(st, cur_len, cur_line)
-                cur_len, start = 0, nl + 1
-        if not cur_len:
-            for m in long_re.finditer(text, start):
-                end = text.find('\n', m.start())
-                if end < 0: break                         # goes on in the next chunk: measured when it ends
-                _long(st, end - m.start(), lineno + text.count('\n', 0, m.start()))
-            if text and text[-1] != '\n':
-                last = text.rfind('\n', start) + 1
-                cur_len, cur_line = len(text) - last, lineno + text.count('\n', 0, last)
+        cur = _chunk_stats(st, text, lineno, cur, long_re, long_line)
         # documents
         t, carry = carry + text, ''
         if mid_line:                                      # first finish the long line we are in
@@ -461,7 +471,7 @@ def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int
             if not open_doc: yield end_doc()
             elif max_chars and n >= max_chars: yield ''.join(buf), False; buf, n = [], 0
         if open_doc and not seen: yield end_doc()
-    if cur_len > long_line: _long(st, cur_len, cur_line)
+    if cur[0] > long_line: _long(st, *cur)
     if text and text[-1] != '\n': st.lines += 1           # a last line without newline
     if mid_line: st.text_lines += 1; buf.append('\n')
     if open_doc: yield end_doc()

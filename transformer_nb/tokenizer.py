@@ -429,6 +429,7 @@ def build_from_vocab_merges(vocab, merges, special_tokens=None, add_bos_eos: boo
     if add_bos_eos: _set_bos_eos_template(tok, *_bos_eos_names(specials))
     return _finish(tok, vocab, manifest, None)
 
+# %% ../nbs/01_tokenizer.ipynb #177a4b7c
 def build_from_artifacts(path, special_tokens=None, verify: bool = True) -> Tokenizer:
     """Load a tokenizer from a folder of artifacts or a `tokenizer.json`, verified against the
     `manifest.json` beside it when there is one. Falls back to `vocab.json` + `merges.txt` when the

@@ -462,6 +462,7 @@ def _fmt_time(s: float) -> str:
 def _same_sources(a, b) -> bool:
     return sorted(map(str, a)) == sorted(map(str, b))
 
+# %% ../nbs/09_training.ipynb #df6d25ac
 class Trainer:
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
 
@@ -516,22 +517,24 @@ class Trainer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-    def close(self):
-        "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
-        if getattr(self, '_closed', True): return
-        self._closed = True
-        if callable(getattr(getattr(self, 'train_sampler', None), 'close', None)): self.train_sampler.close()
-        if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
-        if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
-        if self.lock is not None: self.lock.release(); self.lock = None
-        if self.dist.created and dist.is_initialized():
-            # after a completed fit every rank meets here before any leaves the group: a rank that tears
-            # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
-            # Not after an error: the other ranks may never arrive.
-            if getattr(self, '_fit_completed', False):
-                try: dist.barrier()
-                except Exception: pass
-            dist.destroy_process_group()
+# %% ../nbs/09_training.ipynb #711347c6
+@patch
+def close(self: Trainer):
+    "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
+    if getattr(self, '_closed', True): return
+    self._closed = True
+    if callable(getattr(getattr(self, 'train_sampler', None), 'close', None)): self.train_sampler.close()
+    if self.writer is not None: self.writer.flush(); self.writer.close(); self.writer = None
+    if self._metrics_file is not None: self._metrics_file.close(); self._metrics_file = None
+    if self.lock is not None: self.lock.release(); self.lock = None
+    if self.dist.created and dist.is_initialized():
+        # after a completed fit every rank meets here before any leaves the group: a rank that tears
+        # gloo down while its peer is still in a collective aborts the peer ('terminate called ...').
+        # Not after an error: the other ranks may never arrive.
+        if getattr(self, '_fit_completed', False):
+            try: dist.barrier()
+            except Exception: pass
+        dist.destroy_process_group()
 
 # %% ../nbs/09_training.ipynb #34282752
 @patch
@@ -603,6 +606,7 @@ def _tokenizer_source(self: Trainer):
     loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
     return p if self.config.tokenizer.tokenizer_json and loaded_json else self.tokenizer
 
+# %% ../nbs/09_training.ipynb #9c115f95
 @patch
 def _prepare_data(self: Trainer):
     d = self.config.data
@@ -975,6 +979,7 @@ def save(self: Trainer, directory=None, max_keep: int | None = None, sample: boo
             if sample: self._sample_to_tensorboard()
     return path
 
+# %% ../nbs/09_training.ipynb #be96fdd6
 @patch
 def _sample_to_tensorboard(self: Trainer, max_new_tokens: int = 64):
     if self.writer is None or getattr(self, 'parallel', None) == 'fsdp': return      # FSDP: a forward needs every rank
@@ -1087,6 +1092,7 @@ def fit(self: Trainer) -> dict:
             finally: self._live = None
         self.close()
 
+# %% ../nbs/09_training.ipynb #4ccda421
 @patch
 def _fit(self: Trainer) -> dict:
     rt = self.config.runtime
