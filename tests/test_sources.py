@@ -263,3 +263,18 @@ def test_crlf_bom_corpus_same_tokenizer_and_shards(tmp_path):
     runs = {n: prepare(tmp_path/n, tmp_path/'tok_lf', tmp_path/f'd_{n}', show_progress=False, verbose=False)
             for n in ('lf.txt', 'crlf.txt', 'crlf.jsonl.gz')}
     assert shas(runs['crlf.txt']) == shas(runs['lf.txt']) == shas(runs['crlf.jsonl.gz'])
+
+
+def test_orchestrate_reads_a_jsonl_dump_with_text_field(tmp_path):
+    (tmp_path/'dump').mkdir(); (tmp_path/'dump'/'logo.png').write_bytes(b'\x89PNG')
+    with gzip.open(tmp_path/'dump'/'part-0.jsonl.gz', 'wt') as f:
+        for i, t in enumerate(make_docs(300, seed=7)): f.write(json.dumps({'id': i, 'body': {'text': t}}) + '\n')
+    r = run('orchestrate', '--profile', 'local', '--input', tmp_path/'dump', '--text-field', 'body.text',
+            '--run-dir', tmp_path/'run', '--max-steps', '2', '--vocab-size', '300', '--no-progress', '--prompt', 'the king',
+            '--sample-tokens', '4', '--override', 'model.hidden_size=32', 'model.intermediate_size=64', 'model.num_layers=1',
+            'model.max_position_embeddings=64', 'data.sequence_length=64', 'data.batch_size=4',
+            'runtime.evaluation.max_batches=1', 'runtime.device=cpu')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'skipped 1 .png' in r.stdout + r.stderr
+    assert 'text_field: body.text' in (tmp_path/'run'/'training.yaml').read_text()
+    assert (tmp_path/'run'/'samples.txt').is_file()

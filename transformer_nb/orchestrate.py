@@ -25,12 +25,12 @@ from typing import Sequence
 from .base import CommandError, UserError, _existing, atomic_write_text, fmt_secs, run_command, say, sha256_file, utc_now_iso
 from .config import (Config, apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
                                    read_config_file, save_config)
-from .sources import iter_documents, resolve_sources
+from .sources import Corpus, iter_documents, resolve_corpus, resolve_sources, skipped_summary
 from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts,
                                       read_special_tokens, train_tokenizer)
 from .checkpoint import RUN_LAYOUT, RunLock, list_checkpoints
 from .training import Trainer
-from .cli import (_corpus_line, _interrupt_status, _metrics_line, _parser, _prepare, _validate, _warn_report,
+from .cli import (_corpus_flags, _corpus_line, _interrupt_status, _metrics_line, _parser, _prepare, _validate, _warn_report,
                                 stream_text, torch_threads)
 
 # %% auto #0
@@ -89,6 +89,15 @@ PROFILES: dict[str, dict] = {
 SHAKESPEARE_PROMPTS = ["Romeo.\n", "Juliet.\n", "MACBETH.\n", "PROSPERO.\n"]
 
 # %% ../nbs/10_orchestrate.ipynb #c64f4e20
+def _source_arg(s: str) -> str:
+    "A corpus source for the run's config: a path made absolute; 'shakespeare' and hub datasets as given; hf:./folder made absolute."
+    if s == 'shakespeare': return s
+    if s.startswith('hf:'):
+        target, sep, query = s[3:].partition('?')
+        local = Path(target).expanduser()
+        return f"hf:{local.absolute()}{sep}{query}" if local.is_dir() else s
+    return os.path.abspath(os.path.expanduser(s))
+
 def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), overrides: Sequence[str] = (),
                    max_steps: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
     "The raw config mapping of an orchestrated run: the profile, run-directory paths (relative), then the changes."
@@ -98,7 +107,7 @@ def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), over
     L = RUN_LAYOUT
     d['tokenizer'] = {'tokenizer_json': f"{L['tokenizer']}/tokenizer.json", 'vocab': None, 'merges': None,
                       'special_tokens': L['special_tokens']}
-    d['data'].update(train_shards=[s if s == 'shakespeare' else os.path.abspath(os.path.expanduser(s)) for s in sources],
+    d['data'].update(train_shards=[_source_arg(s) for s in sources],
                      validation_shards=[], cache_dir=L['data'])
     rt = d['runtime']
     rt['checkpoint']['directory'] = L['checkpoints']
@@ -135,6 +144,7 @@ class RunPlan:
     tokenizer_json: str | None = None
     show_progress: bool = False
     checkpoints: list[Path] = field(default_factory=list)   # found in the run directory (kept ones only)
+    glob: str | None = None               # --glob: chooses the files of folders (already applied to `sources`)
 
     @property
     def about(self) -> str: return PROFILES[self.profile]['about']
@@ -144,7 +154,8 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
              resume: bool = False, overwrite: bool = False, force_retrain_tokenizer: bool = False,
              skip_tokenizer: bool = False, tokenizer_json: str | None = None, overrides: Sequence[str] = (),
              max_steps: int | None = None, vocab_size: int | None = None, min_frequency: int | None = None,
-             seed: int | None = None, device: str | None = None, show_progress: bool | None = None) -> RunPlan:
+             seed: int | None = None, device: str | None = None, show_progress: bool | None = None,
+             text_field: str = 'text', glob: str | None = None) -> RunPlan:
     "Check the flags, paths and config (mistakes that need no work to find), and return the run's plan."
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
     if resume and overwrite: raise CommandError("--resume and --overwrite contradict each other: give one")
@@ -159,12 +170,15 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
         raise CommandError(f"--skip-tokenizer: no tokenizer in {paths['tokenizer']}; give --tokenizer-json PATH, or drop "
                            f"--skip-tokenizer to train one")
     sources = list(inputs) if inputs else ['shakespeare']
+    if glob:                                  # the config names the chosen files themselves
+        sources = [s.name if s.path is None else str(s.path) for s in resolve_corpus(sources, glob=glob)]
+    if text_field != 'text': overrides = [*overrides, f'data.text_field={text_field}']
     config = config_from_dict(profile_config(profile, sources, overrides, max_steps, seed, device), source='orchestrate')
     prof = PROFILES[profile]
     return RunPlan(profile, str(run_dir), run, paths, sources, config, vocab_size or prof['vocab_size'],
                    prof['min_frequency'] if min_frequency is None else min_frequency, resume, overwrite,
                    force_retrain_tokenizer, skip_tokenizer, tokenizer_json,
-                   sys.stderr.isatty() if show_progress is None else show_progress)
+                   sys.stderr.isatty() if show_progress is None else show_progress, glob=glob)
 
 # %% ../nbs/10_orchestrate.ipynb #bd3ad915
 def stage_run_dir(plan: RunPlan) -> None:
@@ -189,14 +203,15 @@ def stage_run_dir(plan: RunPlan) -> None:
     plan.checkpoints = existing
 
 # %% ../nbs/10_orchestrate.ipynb #e53caf8f
-def stage_corpus(plan: RunPlan) -> list[Path]:
-    "Validate the corpus (one clear error for a bad file, warnings for odd ones); returns its files."
+def stage_corpus(plan: RunPlan) -> Corpus:
+    "Validate the corpus (one clear error for a bad file, warnings for odd ones); returns its sources."
     if plan.sources == ['shakespeare']:
         say("corpus: no --input given, using the built-in Shakespeare corpus (downloaded once, then cached)")
-    report = _validate(plan.sources, show_progress=plan.show_progress)
+    report = _validate(plan.sources, show_progress=plan.show_progress, text_field=plan.config.data.text_field)
     say(f"corpus: {_corpus_line(report)}")
+    if report.skipped: say(f"corpus: {skipped_summary(report.skipped)} (--glob PATTERN chooses files)")
     _warn_report(report)
-    return resolve_sources(plan.sources)
+    return resolve_corpus(plan.sources, text_field=plan.config.data.text_field)
 
 # %% ../nbs/10_orchestrate.ipynb #059caca2
 def _special_tokens(path: Path) -> list[str]:
@@ -285,7 +300,9 @@ def stage_config(plan: RunPlan) -> Config:
 def stage_shards(plan: RunPlan, cfg: Config):
     "Tokenize the corpus into the run's token shards (a cache: reused when corpus and tokenizer are unchanged)."
     return _prepare(cfg.data.train_shards, plan.paths['tokenizer'], cfg.data.cache_dir, cfg.data.val_fraction,
-                    cfg.runtime.seed, plan.show_progress)
+                    cfg.runtime.seed, plan.show_progress, text_field=cfg.data.text_field, dedupe=cfg.data.dedupe,
+                    workers=max(1, cfg.data.num_workers) if cfg.data.num_workers is not None else None,
+                    shard_tokens=cfg.data.shard_tokens)
 
 # %% ../nbs/10_orchestrate.ipynb #abb6da33
 def _trainer_step(trainer) -> int:
@@ -374,13 +391,13 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
                 vocab_size: int | None = None, min_frequency: int | None = None, seed: int | None = None,
                 device: str | None = None, prompts: Sequence[str] | None = None, overwrite: bool = False,
                 sample_tokens: int | None = None, threads: int | None = None,
-                show_progress: bool | None = None) -> dict:
+                show_progress: bool | None = None, text_field: str = 'text', glob: str | None = None) -> dict:
     """Corpus -> tokenizer -> config -> token shards -> train (evaluated before and after) -> samples, into the run
     directory `run_dir`. Returns a summary dict (paths, metrics, seconds per stage). `threads`: CPU threads."""
     plan = plan_run(profile, run_dir, inputs, resume=resume, overwrite=overwrite, skip_tokenizer=skip_tokenizer,
                     force_retrain_tokenizer=force_retrain_tokenizer, tokenizer_json=tokenizer_json, overrides=overrides,
                     max_steps=max_steps, vocab_size=vocab_size, min_frequency=min_frequency, seed=seed, device=device,
-                    show_progress=show_progress)
+                    show_progress=show_progress, text_field=text_field, glob=glob)
     say(f"orchestrate: profile {profile} ({plan.about}) -> {plan.run}")
     stage_run_dir(plan)
     t_all, times = time.time(), {}
@@ -432,7 +449,9 @@ def orchestrate_parser() -> argparse.ArgumentParser:
                 "  orchestrate --profile full --input 'corpus/*.txt' --run-dir runs/m3-medium\n")
     p.add_argument('--profile', required=True, choices=list(PROFILES), help="starting config: local (CPU, minutes) or full (m3_medium)")
     p.add_argument('--input', nargs='+', action='extend', metavar='PATH',
-                   help="corpus: text file, directory, glob (repeatable; default: the built-in Shakespeare corpus)")
+                   help="corpus: text, .jsonl or .parquet file (maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME "
+                        "(repeatable; default: the built-in Shakespeare corpus)")
+    _corpus_flags(p)
     p.add_argument('--run-dir', required=True, metavar='DIR', help="the run directory (created if missing)")
     p.add_argument('--resume', action='store_true', help="continue the run in DIR from its newest valid checkpoint")
     p.add_argument('--force-retrain-tokenizer', action='store_true', help="retrain the tokenizer even if DIR/tokenizer exists")
@@ -459,7 +478,7 @@ def _orchestrate(args) -> int:
                 vocab_size=args.vocab_size, min_frequency=args.min_frequency, seed=args.seed, device=args.device,
                 prompts=[p.replace('\\n', '\n') for p in args.prompt or []] or None,
                 overwrite=args.overwrite, sample_tokens=args.sample_tokens, threads=args.threads,
-                show_progress=False if args.no_progress else None)
+                show_progress=False if args.no_progress else None, text_field=args.text_field, glob=args.glob)
     return _interrupt_status(summary.get('fit'))
 
 def orchestrate_main(argv: Sequence[str] | None = None) -> int:
