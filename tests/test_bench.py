@@ -57,10 +57,38 @@ def test_quality_smoke(tmp_path):
     assert res['val_chars'] < res['train_chars'] and 'nats/char' in r.stdout
 
 
+def test_quality_compare_alternates_two_configs(tmp_path):
+    corpus, out = small_corpus(tmp_path / 'corpus.txt'), tmp_path / 'compare.json'
+    base = ("model: {hidden_size: 32, intermediate_size: 64, num_layers: 1, num_attention_heads: 2,\n"
+            "        max_position_embeddings: 32, vocab_size: 300}\n"
+            "data: {batch_size: 4, sequence_length: 32}\n"
+            "scheduler: {strategy: cosine_with_warmup, warmup_steps: 2, total_steps: 100, min_lr: 1.0e-4}\n"
+            "runtime: {device: cpu, log_every_n_steps: 2}\n")
+    (tmp_path / 'a.yaml').write_text(base + "optimizer: {learning_rate: 3.0e-3}\n", encoding='utf-8')
+    (tmp_path / 'b.yaml').write_text(base.replace('num_layers: 1', 'num_layers: 1, qk_norm: true, activation: relu2')
+                                     + "optimizer: {learning_rate: 3.0e-3, algorithm: muon}\n", encoding='utf-8')
+    r = tnb_bench('--quality', '--config', tmp_path / 'a.yaml', '--compare', tmp_path / 'b.yaml', '--rounds', 2,
+                  '--corpus', corpus, '--max-steps', 4, '--clock', 'process', '--threads', 1, '--out', out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    a, b = str(tmp_path / 'a.yaml'), str(tmp_path / 'b.yaml')
+    assert res['schema'] == 'transformer_nb.bench.quality-compare/1' and res['config_files'] == [a, b]
+    assert [(x['name'], x['round']) for x in res['runs']] == [(a, 1), (b, 1), (a, 2), (b, 2)]   # alternated
+    assert res['runs'][1]['config']['optimizer']['algorithm'] == 'muon' and res['runs'][1]['config']['model']['qk_norm']
+    means = {k: v['mean'] for k, v in res['summary'].items()}
+    assert abs(res['difference'] - (means[b] - means[a])) < 1e-12
+    assert 'difference (second - first)' in r.stdout
+    r = tnb_bench('--quality', '--config', tmp_path / 'a.yaml', '--compare', tmp_path / 'nope.yaml', '--corpus', corpus,
+                  '--out', out, cwd=tmp_path)
+    assert r.returncode == 2 and 'nope.yaml' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_shipped_quality_config_loads():
     from transformer_nb.config import load_config
     cfg = load_config(ROOT / 'configs' / 'shakespeare_cpu.yaml')
     assert cfg.model.vocab_size and cfg.scheduler.total_steps
+    recipe = load_config(ROOT / 'configs' / 'shakespeare_cpu_recipe.yaml')
+    assert recipe.optimizer.algorithm == 'muon' and recipe.model.qk_norm and recipe.model.hidden_size == cfg.model.hidden_size
 
 
 def test_user_errors(tmp_path):

@@ -49,8 +49,9 @@ __all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchErr
            'CpuShare', 'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak',
            'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens',
            'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput',
-           'prepare_memory', 'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run', 'print_results',
-           'run_bench', 'bench_main', 'estimate_memory', 'format_memory_table', 'estimate_memory_main']
+           'prepare_memory', 'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run',
+           'quality_compare', 'print_compare', 'print_results', 'run_bench', 'bench_main', 'estimate_memory',
+           'format_memory_table', 'estimate_memory_main']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -705,6 +706,47 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
         + (f"; other processes used {others:.0%} of the CPU time meanwhile" if others is not None else ''))
     return res
 
+# %% ../nbs/11_bench.ipynb #3f9481e8
+def quality_compare(configs: dict, corpus=None, budget_s: float = 120.0, rounds: int = 1, clock: str = 'wall',
+                    max_steps: int | None = None, show_progress: bool = True) -> dict:
+    """`quality_run` for each of `configs` (`{name: Config}`, two or more) in turn, `rounds` times (A, B, A, B, ...).
+    Returns every run, the held-out nats/char of each config per round and their mean, and `difference`
+    (the mean of the second config minus the first's)."""
+    if rounds < 1: raise BenchError(f"--rounds must be >= 1, got {rounds}")
+    if len(configs) < 2: raise BenchError("comparing needs two configs (--config and --compare)")
+    say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
+    runs, values = [], {name: [] for name in configs}
+    for r in range(rounds):
+        for name, cfg in configs.items():
+            say(f"quality: round {r + 1}/{rounds}: {name}")
+            res = quality_run(cfg, corpus, budget_s, max_steps=max_steps, clock=clock, show_progress=show_progress)
+            runs.append({'name': name, 'round': r + 1, **res})
+            values[name].append(res['val_nats_per_char'])
+    summary = {name: {'val_nats_per_char': v, 'mean': statistics.fmean(v)} for name, v in values.items()}
+    first, second = list(summary)[:2]
+    return {'budget_s': budget_s, 'clock': clock, 'rounds': rounds, 'summary': summary, 'runs': runs,
+            'difference': summary[second]['mean'] - summary[first]['mean']}
+
+def print_compare(res: dict, show=print):
+    "The table of a `quality_compare` result: held-out nats/char per round and mean, and the difference."
+    rows = [[name, *[f'{v:.4f}' for v in s['val_nats_per_char']], f"{s['mean']:.4f}"] for name, s in res['summary'].items()]
+    show(format_table(['config', *[f'round {i + 1}' for i in range(res['rounds'])], 'mean'], rows))
+    show(f"difference (second - first): {res['difference']:+.4f} nats/char, {res['budget_s']:g} s each ({res['clock']} clock)")
+
+# %% ../nbs/11_bench.ipynb #e8edd3a7
+def _compare_main(a, path: Path, cfg: Config) -> dict:
+    "`tnb-bench --quality --compare B.yaml`: the result of `quality_compare` for --config (or the default) and B."
+    other = Path(a.compare)
+    if not other.is_file(): raise BenchError(f"{other}: --compare file not found")
+    cfg2 = load_config(other, a.override)
+    if a.device != 'auto': cfg2 = replace(cfg2, runtime=replace(cfg2.runtime, device=a.device))
+    names = [str(path), str(other)] if str(path) != str(other) else [f'{path} (1)', f'{other} (2)']
+    res = quality_compare(dict(zip(names, (cfg, cfg2))), a.corpus, a.budget, a.rounds, a.clock, a.max_steps,
+                          show_progress=not a.quiet)
+    print_compare(res)
+    return {'schema': 'transformer_nb.bench.quality-compare/1', 'created_at': utc_now_iso(), 'config_files': names,
+            'overrides': a.override, 'threads': torch.get_num_threads(), 'load_average': load_average(), **res}
+
 # %% ../nbs/11_bench.ipynb #d43901ac
 PARTS = ('peak', 'train', 'generate', 'prepare')
 
@@ -897,6 +939,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--quality', action='store_true', help='quality per compute: train for --budget seconds, '
                     'report held-out nats/char')
     ap.add_argument('--config', default=None, help='--quality: the run config (default: configs/shakespeare_cpu.yaml)')
+    ap.add_argument('--compare', default=None, metavar='CONFIG', help='--quality: a second config, trained alternately '
+                    'with --config for the same budget; prints both and the difference')
+    ap.add_argument('--rounds', type=int, default=1, help='--quality --compare: runs of each config (default 1)')
     ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE', help='--quality: config override (repeatable)')
     ap.add_argument('--budget', type=float, default=120.0, help='--quality: training seconds (default 120)')
     ap.add_argument('--clock', default='wall', choices=('wall', 'process'), help="--quality: the budget's clock: "
@@ -926,10 +971,13 @@ def bench_main(argv=None, vs_transformers=None) -> int:
             if not path.is_file(): raise BenchError(f"{path}: --config file not found")
             cfg = load_config(path, a.override)
             if a.device != 'auto': cfg = replace(cfg, runtime=replace(cfg.runtime, device=a.device))
-            res = {'schema': 'transformer_nb.bench.quality/1', 'created_at': utc_now_iso(), 'config_file': str(path),
-                   'overrides': a.override, **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
-                                                                     show_progress=not a.quiet)}
-            out = Path(a.out or 'tnb-bench-quality.json')
+            if a.compare:
+                res, out = _compare_main(a, path, cfg), Path(a.out or 'tnb-bench-quality-compare.json')
+            else:
+                res = {'schema': 'transformer_nb.bench.quality/1', 'created_at': utc_now_iso(), 'config_file': str(path),
+                       'overrides': a.override, **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
+                                                                         show_progress=not a.quiet)}
+                out = Path(a.out or 'tnb-bench-quality.json')
         else:
             sizes = [int(x) for x in _split_list(a.peak_sizes)] or None
             if a.vs_transformers and vs_transformers is None:
