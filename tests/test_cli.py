@@ -241,6 +241,7 @@ def test_resume(run_dir, corpus):
             '--resume', *TINY)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'resumed from' in r.stdout and 'reusing' in r.stdout          # checkpoint, tokenizer reused
+    assert '(resumed)' in r.stdout and 'validation     before' not in r.stdout   # the first eval is not 'before'
     assert (run_dir / 'checkpoints' / 'step_000000000016').is_dir()
     # train with the run's own config continues the same run
     r = run('train', '--config', run_dir / 'training.yaml', '--resume', '--override', 'scheduler.total_steps=18',

@@ -322,10 +322,10 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
         warnings.filterwarnings('ignore', message=r'data\.validation_shards is empty')
         trainer = Trainer(cfg, resume=plan.resume, run_dir=plan.run)
     if callable(getattr(trainer, 'close', None)): stack.callback(trainer.close)
-    before = trainer.evaluate()
-    say(f"evaluation before training (step {_trainer_step(trainer)}): {_metrics_line(before)}")
+    before, start = trainer.evaluate(), _trainer_step(trainer)
+    say(f"evaluation before training (step {start}): {_metrics_line(before)}")
     fit = trainer.fit()                          # ends with an evaluation and a checkpoint
-    out = {'trainer': trainer, 'before': before, 'fit': fit}
+    out = {'trainer': trainer, 'before': before, 'start_step': start, 'fit': fit}
     if _interrupt_status(fit): return out
     after = fit.get('eval') if isinstance(fit, dict) else None
     if not after or after.get('step', _trainer_step(trainer)) != _trainer_step(trainer): after = trainer.evaluate()
@@ -415,7 +415,7 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
         with _stage(times, 'samples', 'samples'): stage_samples(plan, cfg, trained, tok, files, prompts, sample_tokens)
     summary = {'run_dir': str(plan.run), 'profile': profile, 'tokenizer': action, 'vocab_size': tok.get_vocab_size(),
                'train_tokens': len(data.train), 'val_tokens': len(data.val), 'step': _trainer_step(trained['trainer']),
-               'eval_before': trained['before'], 'eval_after': trained['after'], 'fit': trained['fit'],
+               'eval_before': trained['before'], 'eval_after': trained['after'], 'start_step': trained['start_step'], 'fit': trained['fit'],
                'seconds': {k: round(v, 1) for k, v in times.items()} | {'total': round(time.time() - t_all, 1)},
                'checkpoints': [p.name for p in list_checkpoints(plan.paths['checkpoints'])]}
     _say_summary(plan, summary, times)
@@ -428,8 +428,9 @@ def _say_summary(plan: RunPlan, summary: dict, times: dict) -> None:
     say(f"\norchestrate: done in {fmt_secs(summary['seconds']['total'])} (" +
         ', '.join(f"{k} {fmt_secs(v)}" for k, v in times.items()) + ")")
     say(f"  run directory  {plan.run}")
-    say(f"  validation     before {_metrics_line(summary['eval_before'])}")
-    say(f"                 after  {_metrics_line(summary['eval_after'])}")
+    first = f"at step {summary['start_step']} (resumed)" if summary.get('start_step') else 'before'
+    say(f"  validation     {first} {_metrics_line(summary['eval_before'])}")
+    say(f"                 {'after':<{len(first)}} {_metrics_line(summary['eval_after'])}")
     say(f"  checkpoints    {', '.join(summary['checkpoints']) or '(none)'}")
     say(f"  samples        {L['samples']}")
     say(f"  next           generate --run-dir {plan.run_dir} --prompt \"...\"   |   tensorboard --logdir {L['tensorboard']}")
