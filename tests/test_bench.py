@@ -93,6 +93,6 @@ def test_shipped_quality_config_loads():
 
 def test_user_errors(tmp_path):
     r = tnb_bench('--shapes', 'huge', '--only', 'train', '--out', tmp_path / 'x.json', cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --shapes: unknown shape 'huge' (choose from baby, local, m3_medium)"]
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --shapes: unknown shape 'huge' (choose from baby, local, m3_medium, gpt2_124m)"]
     r = tnb_bench('--quality', '--corpus', tmp_path / 'missing.txt', '--out', tmp_path / 'x.json', cwd=tmp_path)
     assert r.returncode == 2 and 'missing.txt' in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -604,7 +604,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                            dedupe, show_progress, say, t0)
                 man = _build(job, out)
                 data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
-                _WRITTEN.add((str(out.resolve()), key)); _VERIFIED.add((str(out.resolve()), key))   # (just hashed; no "reusing" news)
+                _WRITTEN.add((str(out.resolve()), key))        # (no "reusing" news for what this process just wrote)
                 say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {short_path(out)} in {data.seconds:.1f} s "
                     f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
                 return data
