@@ -1,7 +1,9 @@
 """The commands in a real terminal (issue 18): files, progress output, help and messages as a user meets them."""
 import os
 import re
+import shutil
 import stat
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -108,13 +110,24 @@ def render(raw: bytes, cols: int = 80) -> tuple[list[str], list[str]]:
     return [l.rstrip() for l in lines], wrapped
 
 
-def test_training_output_in_an_80_column_terminal(assets, tmp_path):
+@pytest.fixture
+def short_dir():
+    "A temporary folder with a short absolute path: pytest's own (deeper under pytest-xdist) would wrap by themselves."
+    d = Path(tempfile.mkdtemp(prefix='tnb-'))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_training_output_in_an_80_column_terminal(assets, short_dir):
     from faults import argv_of, config_dict, env_with, write_config
-    d = config_dict(assets, tmp_path / 'run', steps=8, every=2, keep=1)       # keep 1: "pruned ..." on every save
+    shutil.copytree(assets['dir'], short_dir / 'a', ignore=shutil.ignore_patterns('data'))
+    a = {k: short_dir / 'a' / v.relative_to(assets['dir']) if isinstance(v, Path) else v for k, v in assets.items()}
+    work = short_dir / 'w'
+    d = config_dict(a, work / 'run', steps=8, every=2, keep=1)       # keep 1: "pruned ..." on every save
     d['runtime']['evaluation'] = {'every_n_steps': 4, 'max_batches': 1}
-    cfg = write_config(tmp_path / 'train.yaml', d)
+    cfg = write_config(work / 'train.yaml', d)
     env = env_with({'COLUMNS': '80', 'LINES': '30', 'TERM': 'xterm'})
-    rc, raw = run_in_terminal(argv_of('train', '--config', cfg), env, cwd=tmp_path)    # run paths are short: relative
+    rc, raw = run_in_terminal(argv_of('train', '--config', cfg), env, cwd=work)    # run paths are short: relative
     screen, wrapped = render(raw)
     shown = '\n'.join(screen)
     assert rc == 0, shown[-3000:]
