@@ -43,9 +43,10 @@ sync: venv
 test-nbs: venv
 	$(BIN)/nbdev-test --n-workers 2
 
-# pytest on every core (at most 4 workers: each test may start torch processes of its own)
+# pytest on every core (at most 4 workers: each test may start torch processes of its own), a test file's
+# tests on one worker: they share module fixtures (tests/test_docs.py builds the site once, in nbdev's _proc/)
 test-py: venv
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 docs: venv
 	$(BIN)/python tools/build_docs.py --out docs
