@@ -43,10 +43,9 @@ sync: venv
 test-nbs: venv
 	$(BIN)/nbdev-test --n-workers 2
 
-# pytest on every core (at most 4 workers: each test may start torch processes of its own), a test file's
-# tests on one worker: they share module fixtures (tests/test_docs.py builds the site once, in nbdev's _proc/)
+# pytest on every core (at most 4 workers: each test may start torch processes of its own)
 test-py: venv
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 docs: venv
 	$(BIN)/python tools/build_docs.py --out docs

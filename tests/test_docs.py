@@ -8,7 +8,7 @@ another host (MathJax is in the site), the search index inlined, outputs in bloc
 no temporary paths or warnings, classes shown as classes, a 404 page that works under the site's
 sub-path, and alt text on plots. (`make docs-check` runs these on `docs/` with TNB_DOCS_SITE=docs.)
 """
-import html, importlib.util, os, re, subprocess, sys
+import fcntl, html, importlib.util, os, re, subprocess, sys, tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -54,8 +54,11 @@ def site(tmp_path_factory):
         assert (out / 'index.html').exists(), f'{out}: no built site'
     else:
         out = tmp_path_factory.mktemp('site')
-        r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_docs.py'), '--out', str(out)],
-                           cwd=ROOT, capture_output=True, text=True)
+        # builds go through nbdev's _proc/ folder of the checkout: one at a time (pytest-xdist workers)
+        with open(Path(tempfile.gettempdir()) / f'tnb-docs-build-{os.getuid()}.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_docs.py'), '--out', str(out)],
+                               cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, f'docs build failed:\n{r.stdout}\n{r.stderr}'
     pages = {}
     for html in out.rglob('*.html'):
