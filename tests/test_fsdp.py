@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent('''
     from transformer_nb.config import load_config
     from transformer_nb.training import Trainer
     r = Trainer(load_config(sys.argv[1]), resume='--resume' in sys.argv, show_progress=False).fit()
-    print('RESULT', r['step'], flush=True)
+    os.write(1, f"RESULT {r['step']}\\n".encode())   # one write: the ranks share stdout
 ''')
 
 
