@@ -91,7 +91,7 @@ def train_in_process(cfg_path: Path, overrides=(), resume: bool = False, threads
     import contextlib, io, warnings
     import torch
     from transformer_nb.config import load_config
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -25,7 +25,8 @@ from transformer_nb.checkpoint import (checkpoint_model_tensors, load_checkpoint
                                        save_dcp_checkpoint)
 from transformer_nb.config import ModelConfig, config_from_dict, save_config
 from transformer_nb.model import DecoderModel
-from transformer_nb.training import Trainer, build_optimizer
+from transformer_nb.trainer import Trainer
+from transformer_nb.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
@@ -34,7 +35,7 @@ SCRIPT = textwrap.dedent('''
     import sys, warnings
     warnings.simplefilter('ignore')
     from transformer_nb.config import load_config
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     Trainer(load_config(sys.argv[1]), show_progress=False).fit()
 ''')
 

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent('''
     import os, sys, warnings
     warnings.simplefilter('ignore')
     from transformer_nb.config import load_config
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     r = Trainer(load_config(sys.argv[1]), show_progress=False).fit()
     os.write(1, f"RESULT {r['step']}\\n".encode())   # one write: the ranks share stdout
 ''')

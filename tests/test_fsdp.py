@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent('''
             return real(self, plan, planner)
         dcp.FileSystemWriter.write_data = slow
     from transformer_nb.config import load_config
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     r = Trainer(load_config(sys.argv[1]), resume='--resume' in sys.argv, show_progress=False).fit()
     os.write(1, f"RESULT {r['step']}\\n".encode())   # one write: the ranks share stdout
 ''')
@@ -236,11 +236,12 @@ def test_muon_is_refused_under_fsdp_and_its_state_round_trips_through_dcp(tmp):
     from transformer_nb.checkpoint import load_checkpoint, save_dcp_checkpoint
     from transformer_nb.config import load_config
     from transformer_nb.model import DecoderModel
-    from transformer_nb.training import DistInfo, Trainer, TrainingError, build_optimizer
+    from transformer_nb.device import TrainingError
+    from transformer_nb.optim import build_optimizer
+    from transformer_nb.parallel import check_parallel
     cfg = load_config(make_config(tmp, 'muon', optimizer__algorithm='muon'))
-    t = Trainer.__new__(Trainer)                      # just the settings check of a 2-process run, no process group
-    t.config, t.dist = cfg, DistInfo(rank=0, world_size=2)
-    with pytest.raises(TrainingError, match='optimizer.algorithm=muon with runtime.distributed=fsdp'): t._check_parallel()
+    # just the settings check of a 2-process run, no process group
+    with pytest.raises(TrainingError, match='optimizer.algorithm=muon with runtime.distributed=fsdp'): check_parallel(cfg, 2)
     # one process with the same config: no sharding, Muon runs, and its state goes through DCP and back
     torch.manual_seed(0)
     m = DecoderModel(cfg.model, 384); opt = build_optimizer(m, cfg.optimizer)

@@ -19,7 +19,7 @@ SETUP = textwrap.dedent('''\
     from pathlib import Path
     from transformer_nb.tokenizer import train_bbpe
     from transformer_nb.config import config_from_dict
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     tmp = Path({tmp!r})
     rng = random.Random(0)
     words = 'the king queen lord good night love death sword crown fair sweet heart speak come go'.split()
@@ -65,7 +65,7 @@ def test_live_chart_in_a_jupyter_kernel(tmp_path):
 
 def test_no_display_in_a_terminal(tmp_path):
     "A plain Python process (no IPython shell): the live chart stays off, whatever is asked."
-    code = "from transformer_nb.training import notebook_display_mode, live_chart_mode; " \
+    code = "from transformer_nb.display import notebook_display_mode, live_chart_mode; " \
            "print(notebook_display_mode(), live_chart_mode(True, notebook_display_mode()))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformer_nb.checkpoint import (CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint,
                                        list_checkpoints, verify_checkpoint)
 from transformer_nb.config import config_from_dict, UserError
-from transformer_nb.training import Trainer
+from transformer_nb.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
@@ -201,7 +201,7 @@ SIGTERM_SCRIPT = textwrap.dedent('''
     warnings.simplefilter('ignore')
     sys.path.insert(0, {tests!r})
     from test_resume import make_config
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     assets = {assets!r}
     r = Trainer(make_config(assets, __import__('pathlib').Path({run!r}), **{over!r}), show_progress=False).fit()
     print('RESULT', r['step'], r['interrupted'], flush=True)

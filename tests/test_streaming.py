@@ -15,7 +15,7 @@ import torch
 from transformer_nb.base import UserError
 from transformer_nb.checkpoint import CheckpointError, latest_checkpoint
 from transformer_nb.config import config_from_dict
-from transformer_nb.training import Trainer
+from transformer_nb.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'

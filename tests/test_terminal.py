@@ -38,7 +38,7 @@ def test_checkpoint_files_follow_the_umask(assets, tmp_path):
 def test_no_validation_warning_when_val_fraction_is_stated(assets, tmp_path):
     from faults import config_dict, write_config
     from transformer_nb.config import load_config
-    from transformer_nb.training import Trainer
+    from transformer_nb.trainer import Trainer
     seen = {}
     for stated in (True, False):
         d = config_dict(assets, tmp_path / f'run{stated}', steps=1, every=1)

@@ -19,7 +19,7 @@ import torch
 
 from transformer_nb.config import config_from_dict
 from transformer_nb.tokenizer import train_bbpe
-from transformer_nb.training import Trainer
+from transformer_nb.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'

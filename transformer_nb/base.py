@@ -143,7 +143,8 @@ def human(n: float, unit: str = '') -> str:
     return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
 
 def fmt_secs(s: float) -> str:
-    "Seconds as '12.3s', '4m05s' or '2h03m'."
+    "Seconds as '12.3s', '4m05s' or '2h03m'; '?' when not known (NaN or infinite)."
+    if not abs(s) < float('inf'): return '?'
     if s < 60: return f"{s:.1f}s"
     if s < 3600: return f"{int(s // 60)}m{int(s % 60):02d}s"
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"

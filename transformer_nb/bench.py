@@ -42,7 +42,10 @@ from .data import default_workers, prepare, RandomWindowSampler
 from .attention import _attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .training import apply_activation_checkpointing, build_optimizer, DistInfo, resolve_device, resolve_precision, Trainer
+from .device import resolve_device, resolve_precision
+from .parallel import apply_activation_checkpointing, DistInfo
+from .optim import build_optimizer
+from .trainer import Trainer
 
 # %% auto #0
 __all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchError', 'summarize', 'load_average', 'machine_info',

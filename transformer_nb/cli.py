@@ -28,7 +28,8 @@ from .tokenizer import eos_id, pad_id, train_tokenizer
 from .data import prepare
 from .generate import IncrementalDecoder, generate_ids
 from .checkpoint import RUN_LAYOUT, _device, find_checkpoint, load_for_generation, unwrap_model   # RUN_LAYOUT: re-exported
-from .training import Trainer, text_metrics
+from .trainer import Trainer
+from .metrics import text_metrics
 
 # %% auto #0
 __all__ = ['logger', 'HELP_WIDTH', 'torch_threads', 'validate_corpus_parser', 'validate_corpus_main', 'train_tokenizer_parser',
@@ -36,7 +37,7 @@ __all__ = ['logger', 'HELP_WIDTH', 'torch_threads', 'validate_corpus_parser', 'v
            'stream_text', 'generate_parser', 'generate_main', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/10_cli.ipynb #766157f5
-from .training import lr_find
+from .lr_find import lr_find
 
 # %% ../nbs/10_cli.ipynb #bd0ab101
 logger = logging.getLogger('transformer_nb.cli')

@@ -29,7 +29,7 @@ from .sources import Corpus, iter_documents, resolve_corpus, resolve_sources, sk
 from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts,
                                       read_special_tokens, train_tokenizer)
 from .checkpoint import RUN_LAYOUT, RunLock, RunLockError, list_checkpoints
-from .training import Trainer
+from .trainer import Trainer
 from .cli import (_corpus_flags, _corpus_line, _interrupt_status, _metrics_line, _parser, _prepare, _validate, _warn_report,
                                 stream_text, torch_threads)
 
