@@ -165,7 +165,7 @@ def test_outputs_are_blocks_of_their_own(site):
         assert not bare, (html_file.name, bare[:5])
     assert n_out > 50, f'only {n_out} output blocks in the whole site'
     # the Trainer example: log lines, its result and its stderr (if any) are separate blocks
-    p, text = pages[out / '09_training.html']
+    p, text = pages[out / '09g_trainer.html']
     assert 'nb-stdout' in text or 'nb-stderr' in text
     # highlighted code never holds output markers
     assert not re.search(r'<div class="highlight"><pre><span></span><code>[^<]*nb-output', text)

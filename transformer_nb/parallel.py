@@ -23,8 +23,8 @@ from .device import TrainingError
 from .model import DecoderModel
 
 # %% auto #0
-__all__ = ['DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json', 'wrap_ddp', 'grad_sync',
-           'resolve_parallelism', 'checkpoint_format', 'check_parallel', 'ShardedInit', 'materialize',
+__all__ = ['DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json', 'leave_process_group', 'wrap_ddp',
+           'grad_sync', 'resolve_parallelism', 'checkpoint_format', 'check_parallel', 'ShardedInit', 'materialize',
            'apply_activation_checkpointing', 'shard_model', 'build_model']
 
 # %% ../nbs/09a_parallel.ipynb #431861ca
@@ -101,7 +101,19 @@ def gather_json(info: DistInfo, obj) -> list:
     dist.all_gather(bufs, padded, group=info.ctl_group)
     return [json.loads(bytes(b[: int(s.item())].tolist()).decode()) for b, s in zip(bufs, sizes)]
 
-# %% ../nbs/09a_parallel.ipynb #949b1822
+# %% ../nbs/09a_parallel.ipynb #113f16ed
+def leave_process_group(info: DistInfo, wait_for_all: bool = True) -> None:
+    "Destroy the process group if this process created it (`info.created`); with `wait_for_all`, after a barrier."
+    if not (info.created and dist.is_initialized()):
+        return
+    # after a completed run every rank meets here before any leaves: a rank that tears gloo down while a peer is
+    # still in a collective aborts the peer. Not after an error: the others may never arrive.
+    if wait_for_all:
+        with contextlib.suppress(Exception):
+            dist.barrier()
+    dist.destroy_process_group()
+
+# %% ../nbs/09a_parallel.ipynb #f02cab26
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     "`model` under DistributedDataParallel (on its GPU, or on the CPU with gloo)."
     ids = [device.index] if device.type == 'cuda' else None
@@ -117,7 +129,7 @@ def grad_sync(model: nn.Module, parallel: str, last: bool):
         return model.no_sync()
     return contextlib.nullcontext()
 
-# %% ../nbs/09a_parallel.ipynb #866ccf0d
+# %% ../nbs/09a_parallel.ipynb #3b61e97d
 def resolve_parallelism(mode: str | None, world_size: int) -> str:
     "'none' (one process), 'ddp' or 'fsdp' for `runtime.distributed` at `world_size` processes."
     if world_size <= 1:
@@ -149,7 +161,7 @@ def check_parallel(config, world_size: int) -> str:
                             "scaling of sharded gradients is not supported")
     return parallel
 
-# %% ../nbs/09a_parallel.ipynb #bc958837
+# %% ../nbs/09a_parallel.ipynb #734f6d28
 # in-place methods that change a flag, not the values: nothing to replay
 _NOT_VALUES = {'requires_grad_', 'share_memory_', 'retain_grad_'}
 # factories whose result is a new tensor to record
@@ -207,7 +219,7 @@ class ShardedInit(TorchFunctionMode):
             raise TrainingError(f"runtime.distributed=fsdp: no initial value recorded for {', '.join(missing[:4])}")
         return {n: self.rows[self._key(p)] for n, p in model.named_parameters()}
 
-# %% ../nbs/09a_parallel.ipynb #20f88eea
+# %% ../nbs/09a_parallel.ipynb #5b106f7d
 def materialize(model: nn.Module, rows: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
     "Allocate the (sharded) parameters of a meta-device `model` on `device` and fill in this rank's `rows`."
     model.to_empty(device=device)
@@ -249,7 +261,7 @@ def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
     fully_shard(model, **kw)
     return model
 
-# %% ../nbs/09a_parallel.ipynb #44c2f867
+# %% ../nbs/09a_parallel.ipynb #c6301b57
 def build_model(model_cfg, vocab: int, device: torch.device, parallel: str = 'none', info: DistInfo | None = None,
                 precision: str = 'fp32', activation_checkpointing: bool = False) -> nn.Module:
     "The model on this rank: plain (single process, DDP) or built on meta, sharded and materialised (FSDP)."
