@@ -19,7 +19,7 @@ from .rope import apply_rotary
 
 # %% auto #0
 __all__ = ['SDPA_GQA', 'init_linear', 'residual_init_std', 'ModelShapeError', 'make_attention_mask', 'attention_reference',
-           'repeat_kv', 'KVCache', 'StaticKVCache', 'CausalSelfAttention']
+           'repeat_kv', 'KVCache', 'StaticKVCache', 'attention_shape', 'CausalSelfAttention']
 
 # %% ../nbs/04_attention.ipynb #f16d5628
 def init_linear(linear: nn.Linear, std: float = 0.02) -> nn.Linear:
@@ -207,7 +207,7 @@ class StaticKVCache:
                 f"max_len={self.max_len}, head_dim={self.k[0].shape[3]}, length={self.length}, dtype={self.dtype})")
 
 # %% ../nbs/04_attention.ipynb #89fc1d82
-def _attention_shape(cfg) -> tuple[int, int, int]:
+def attention_shape(cfg) -> tuple[int, int, int]:
     "(heads, kv_heads, head_dim) from a model config, checked."
     hidden, H = cfg.hidden_size, cfg.num_attention_heads
     KV = getattr(cfg, 'num_key_value_heads', None) or H
@@ -224,7 +224,7 @@ class CausalSelfAttention(nn.Module):
     `qkv.weight` rows: `[q: H*head_dim | k: KV*head_dim | v: KV*head_dim]`, head-major blocks."""
     def __init__(self, model_cfg):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = _attention_shape(model_cfg)
+        self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(model_cfg)
         hidden, bias = model_cfg.hidden_size, bool(getattr(model_cfg, 'bias', False))
         self.hidden_size = hidden
         self.qkv = nn.Linear(hidden, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=bias)

