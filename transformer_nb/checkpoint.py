@@ -35,7 +35,6 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 
 import transformer_nb
-from fastcore.basics import patch
 
 from .base import existing_path, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
@@ -783,13 +782,11 @@ class RunLock:
             return self
         raise RunLockError(f"{self.path}: could not take the lock")
 
+    def release(self):
+        if self._fd is None: return
+        try: self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd); self._fd = None      # closing drops the flock
+
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
-
-# %% ../nbs/08_checkpoint.ipynb #8219033b
-@patch
-def release(self: RunLock):
-    if self._fd is None: return
-    try: self.path.unlink(missing_ok=True)
-    finally:
-        os.close(self._fd); self._fd = None      # closing drops the flock
