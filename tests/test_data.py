@@ -19,8 +19,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from transformer_nb.config import UserError
+from transformer_nb.sources import scan_file
 from transformer_nb.data import (CorpusError, FileStats, RandomWindowSampler, SequentialSampler, TokenShards,
-                                 _SelectionSampler, _scan_file, iter_documents, prepare, resolve_sources,
+                                 _SelectionSampler, iter_documents, prepare, resolve_sources,
                                  shard_text, validate_corpus)
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -45,7 +46,7 @@ def reference_documents(text: str) -> list[str]:
 def scan(path, **kw):
     "Documents (pieces joined up to each end flag) and the stats."
     stats, docs, cur = FileStats(Path(path)), [], []
-    for text, end in _scan_file(path, stats, **kw):
+    for text, end in scan_file(path, stats, **kw):
         cur.append(text)
         if end: docs.append(''.join(cur)); cur = []
     assert not cur, 'pieces after the last document end'

@@ -8,7 +8,9 @@ project module, at module level or inside a function or method, in all its spell
   modules may not: a lazy import is how a cycle hides);
 - an import that goes up, or sideways, in the order below (the notebook order);
 - a module that is not in the order (place a new module in ORDER, where its notebook sorts);
-- a cycle (implied by the order, checked on its own so the message shows it).
+- a cycle (implied by the order, checked on its own so the message shows it);
+- a private name (`_x`) imported from another project module (`from .x import _y`,
+  `from transformer_nb.x import _y`): what one module needs from another is public.
 """
 import ast
 from pathlib import Path
@@ -94,6 +96,25 @@ def test_no_cycle():
     assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
 
 
+def private_imports(source: str, package: str = 'transformer_nb'):
+    "Yield (module, name, line) for each private name (`_x`, not `__x__`) imported from a project module."
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom): continue
+        if node.level: module = node.module or '.'
+        elif node.module == package or (node.module or '').startswith(package + '.'): module = node.module
+        else: continue
+        for a in node.names:
+            if a.name.startswith('_') and not (a.name.startswith('__') and a.name.endswith('__')):
+                yield module, a.name, node.lineno
+
+
+@pytest.mark.parametrize('module', modules())
+def test_no_private_names_imported(module):
+    bad = [f'{module}.py:{line}: imports the private name {name} from {frm}'
+           for frm, name, line in private_imports((PKG / f'{module}.py').read_text(encoding='utf-8'))]
+    assert not bad, '\n'.join(bad) + '\n(give it a public name, or move it to the module that uses it)'
+
+
 def test_the_checks_can_fail():
     "The detector sees every spelling of a project import, and where it happens."
     src = '''
@@ -118,3 +139,14 @@ h = lambda: __import__('os')
                             ('cli', 7, False), (PACKAGE, 8, False), ('training', 11, True), ('bench', 15, True)])
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set()}) is None
+    src = """
+from .base import _existing, say
+from transformer_nb.attention import attention_shape, _attention_shape as shape
+from transformer_nb import __version__
+from . import _modidx
+from os.path import _joinrealpath
+def f():
+    from .cli import _parser
+"""
+    assert sorted(private_imports(src)) == [('.', '_modidx', 5), ('base', '_existing', 2), ('cli', '_parser', 8),
+                                            ('transformer_nb.attention', '_attention_shape', 3)]

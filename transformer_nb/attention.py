@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fastcore.basics import patch
 from torch import Tensor, nn
 
 from .config import ConfigError
@@ -19,7 +18,7 @@ from .rope import apply_rotary
 
 # %% auto #0
 __all__ = ['SDPA_GQA', 'init_linear', 'residual_init_std', 'ModelShapeError', 'make_attention_mask', 'attention_reference',
-           'repeat_kv', 'KVCache', 'StaticKVCache', 'CausalSelfAttention']
+           'repeat_kv', 'KVCache', 'StaticKVCache', 'attend', 'attention_shape', 'CausalSelfAttention']
 
 # %% ../nbs/04_attention.ipynb #f16d5628
 def init_linear(linear: nn.Linear, std: float = 0.02) -> nn.Linear:
@@ -206,8 +205,22 @@ class StaticKVCache:
         return (f"StaticKVCache(layers={self.num_layers}, batch={self.batch_size}, kv_heads={self.k[0].shape[1]}, "
                 f"max_len={self.max_len}, head_dim={self.k[0].shape[3]}, length={self.length}, dtype={self.dtype})")
 
+# %% ../nbs/04_attention.ipynb #f6ffbb2d
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False,
+           dropout_p: float = 0.0, use_sdpa: bool = True) -> Tensor:
+    "Attention of q `(B, H, T, d)` over k, v `(B, KV, S, d)` (KV divides H) under `mask` (or causal), by SDPA or the reference path: `(B, H, T, d)`."
+    n_rep = q.shape[1] // k.shape[1]
+    if use_sdpa:
+        gqa = n_rep > 1 and SDPA_GQA
+        if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                              **({'enable_gqa': True} if gqa else {}))
+    if mask is None and is_causal: mask = make_attention_mask(q.shape[2], k.shape[2], device=q.device)
+    y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
+    return y
+
 # %% ../nbs/04_attention.ipynb #89fc1d82
-def _attention_shape(cfg) -> tuple[int, int, int]:
+def attention_shape(cfg) -> tuple[int, int, int]:
     "(heads, kv_heads, head_dim) from a model config, checked."
     hidden, H = cfg.hidden_size, cfg.num_attention_heads
     KV = getattr(cfg, 'num_key_value_heads', None) or H
@@ -224,7 +237,7 @@ class CausalSelfAttention(nn.Module):
     `qkv.weight` rows: `[q: H*head_dim | k: KV*head_dim | v: KV*head_dim]`, head-major blocks."""
     def __init__(self, model_cfg):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = _attention_shape(model_cfg)
+        self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(model_cfg)
         hidden, bias = model_cfg.hidden_size, bool(getattr(model_cfg, 'bias', False))
         self.hidden_size = hidden
         self.qkv = nn.Linear(hidden, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=bias)
@@ -255,57 +268,36 @@ class CausalSelfAttention(nn.Module):
         return (q.view(B, T, H, d).transpose(1, 2), k.view(B, T, KV, d).transpose(1, 2),
                 v.view(B, T, KV, d).transpose(1, 2))
 
-# %% ../nbs/04_attention.ipynb #716d4293
-@patch
-def forward(self: CausalSelfAttention, x: Tensor, rope=None, kv_cache: KVCache | None = None, layer_idx: int = 0,
-            attention_mask: Tensor | None = None) -> Tensor:
-    """`x` `(B, T, hidden)` -> `(B, T, hidden)`. `rope(q, k, offset)` rotates q and k (None: no
-    rotation); `kv_cache` holds earlier positions (this layer's slot is `layer_idx`);
-    `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
-    B, T, _ = x.shape
-    q, k, v = self.split_heads(x)
-    if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
-    if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
-        return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
-    offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
-    if rope is not None: q, k = rope(q, k, offset=offset)
-    if kv_cache is not None:
-        k, v = kv_cache.update(layer_idx, k, v)
-        k, v = k.to(q.dtype), v.to(q.dtype)
-    k_len = k.shape[2]
-    mask = None
-    if attention_mask is not None or (offset > 0 and T > 1):
-        mask = make_attention_mask(T, k_len, attention_mask, device=x.device)
-    dropout_p = self.attn_dropout if self.training else 0.0
-    n_rep = self.num_heads // self.num_kv_heads
-    if self.use_sdpa:
-        gqa = n_rep > 1 and SDPA_GQA
-        if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                           is_causal=mask is None and T > 1,
-                                           **({'enable_gqa': True} if gqa else {}))
-    else:
-        if mask is None and T > 1: mask = make_attention_mask(T, k_len, device=x.device)
-        y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+    def forward(self, x: Tensor, rope=None, kv_cache: KVCache | None = None, layer_idx: int = 0,
+                attention_mask: Tensor | None = None) -> Tensor:
+        """`x` `(B, T, hidden)` -> `(B, T, hidden)`. `rope(q, k, offset)` rotates q and k (None: no
+        rotation); `kv_cache` holds earlier positions (this layer's slot is `layer_idx`);
+        `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
+        B, T, _ = x.shape
+        q, k, v = self.split_heads(x)
+        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
+        if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
+            return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
+        offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
+        if rope is not None: q, k = rope(q, k, offset=offset)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer_idx, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        mask = None
+        if attention_mask is not None or (offset > 0 and T > 1):
+            mask = make_attention_mask(T, k.shape[2], attention_mask, device=x.device)
+        y = attend(q, k, v, mask, is_causal=mask is None and T > 1, dropout_p=self.attn_dropout if self.training else 0.0,
+                   use_sdpa=self.use_sdpa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
-# %% ../nbs/04_attention.ipynb #c97283d9
-@patch
-def _attend_static(self: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor, cache: StaticKVCache, layer_idx: int,
-                   rotate: bool, mask: Tensor | None = None) -> Tensor:
-    "Attention over a `StaticKVCache`: q `(B, H, T, d)`, k and v `(B, KV, T, d)` of the tokens at `cache.positions`."
-    B, _, T, _ = q.shape
-    if rotate: q, k = cache.rotate(q, k)
-    k, v = cache.update(layer_idx, k, v)
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    if mask is None: mask = cache.attention_mask()
-    elif mask.dim() != 4: raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
-    n_rep = self.num_heads // self.num_kv_heads
-    dropout_p = self.attn_dropout if self.training else 0.0
-    if self.use_sdpa:
-        gqa = n_rep > 1 and SDPA_GQA
-        if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                           **({'enable_gqa': True} if gqa else {}))
-    else: y, _ = attention_reference(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+    def _attend_static(self, q: Tensor, k: Tensor, v: Tensor, cache: StaticKVCache, layer_idx: int,
+                       rotate: bool, mask: Tensor | None = None) -> Tensor:
+        "Attention over a `StaticKVCache`: q `(B, H, T, d)`, k and v `(B, KV, T, d)` of the tokens at `cache.positions`."
+        B, _, T, _ = q.shape
+        if rotate: q, k = cache.rotate(q, k)
+        k, v = cache.update(layer_idx, k, v)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        if mask is None: mask = cache.attention_mask()
+        elif mask.dim() != 4: raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
+        y = attend(q, k, v, mask, dropout_p=self.attn_dropout if self.training else 0.0, use_sdpa=self.use_sdpa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

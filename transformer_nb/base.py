@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 # %% auto #0
 __all__ = ['UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode', 'atomic_write_bytes',
-           'atomic_write_text', 'utc_now_iso', 'fit_terminal', 'short_path', 'say', 'human', 'fmt_secs', 'one_line',
-           'run_command', 'setup_logging']
+           'atomic_write_text', 'utc_now_iso', 'existing_path', 'fit_terminal', 'short_path', 'say', 'human',
+           'fmt_secs', 'one_line', 'run_command', 'setup_logging']
 
 # %% ../nbs/00_base.ipynb #f3e3a19c
 class UserError(Exception):
@@ -90,7 +90,7 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace('+00:00', 'Z')
 
 # %% ../nbs/00_base.ipynb #e2499fba
-def _existing(path: str, what: str, kind: str = 'any') -> Path:
+def existing_path(path: str, what: str, kind: str = 'any') -> Path:
     "`path` as a Path; CommandError naming it when it does not exist (or is not a file/directory)."
     p = Path(path).expanduser()
     if not p.exists(): raise CommandError(f"{path}: {what} not found")

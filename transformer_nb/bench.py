@@ -39,7 +39,7 @@ from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfi
 from .sources import iter_documents
 from .tokenizer import build_from_artifacts, train_bbpe
 from .data import default_workers, prepare, RandomWindowSampler
-from .attention import _attention_shape
+from .attention import attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
 from .device import resolve_device, resolve_precision
@@ -1007,7 +1007,7 @@ GiB = 2 ** 30
 
 def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, float]:
     "(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens` tokens."
-    H, KV, d = _attention_shape(m)
+    H, KV, d = attention_shape(m)
     h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
     gated = str(getattr(m, 'activation', 'swiglu')).lower() == 'swiglu'
     layer = 9 * h + 3 * KV * d + (4 if gated else 2) * i + 1.5 * H

