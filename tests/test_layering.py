@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / 'transformer_nb'
 ORDER = ['base', 'config', 'sources', 'tokenizer', 'data', 'rope', 'attention', 'layers', 'model', 'generate',
-         'checkpoint', 'training', 'cli', 'orchestrate', 'bench', 'export']
+         'checkpoint', 'training', 'cli', 'orchestrate', 'bench', 'quality', 'export']
 PACKAGE = '__init__'      # the package itself (`import transformer_nb` for `__version__`): below everything
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
