@@ -43,8 +43,7 @@ from .data import default_workers, prepare, RandomWindowSampler, SequentialSampl
 from .attention import _attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .device import (measure_matmul_flops, resolve_device, resolve_precision, seed_everything,
-                                   synchronize)
+from .device import measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
 from .optim import build_optimizer
 from .trainer import StepSetup, train_step, uses_fused_step
 

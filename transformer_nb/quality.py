@@ -25,8 +25,7 @@ from .device import resolve_device
 from .optim import lr_at
 from .metrics import loss_sums, window_batches
 from .trainer import train_step
-from .bench import (BenchError, corpus_file, CpuShare, format_table, load_average, machine_info,
-                                  step_bench)
+from .bench import BenchError, corpus_file, CpuShare, format_table, load_average, machine_info, step_bench
 
 # %% auto #0
 __all__ = ['split_text', 'nats_per_char', 'quality_run', 'quality_compare', 'print_compare']
