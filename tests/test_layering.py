@@ -19,8 +19,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / 'transformer_nb'
-ORDER = ['base', 'config', 'sources', 'tokenizer', 'data', 'rope', 'attention', 'layers', 'model', 'generate',
-         'checkpoint', 'training', 'cli', 'orchestrate', 'bench', 'export']
+ORDER = ['base', 'config', 'device', 'sources', 'tokenizer', 'data', 'rope', 'attention', 'layers', 'model',
+         'generate', 'checkpoint', 'export', 'parallel', 'optim', 'metrics', 'display', 'step', 'run', 'trainer',
+         'lr_find', 'cli', 'orchestrate', 'bench', 'quality']
 PACKAGE = '__init__'      # the package itself (`import transformer_nb` for `__version__`): below everything
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 

@@ -9,7 +9,7 @@ and prepare its character-level Shakespeare data once (`python data/shakespeare_
 Shape (nanoGPT README, "I only have a macbook"): 4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0,
 vocabulary 65, fp32, eager (`--compile=False`). nanoGPT's side runs `train.py` with those settings (evaluation
 only at iteration 0, one batch) and its per-iteration `time ...ms` lines are read; ours runs the Trainer's
-optimizer step on the same shape (`transformer_nb.bench.train_throughput`, shape `baby`: RMSNorm, RoPE, GELU
+optimizer step (`trainer.train_step` on a `bench.step_bench`) on the same shape (`transformer_nb.bench.train_throughput`, shape `baby`: RMSNorm, RoPE, GELU
 MLP, tied head, fused AdamW, clipping at 1.0). Each round runs both, one after the other, in fresh processes
 with the same thread count; the figure of each side is the median over rounds of (tokens per step / mean step
 time over `--steps` steps after `--warmup`). `--clock process` times steps by each process's CPU clock instead
@@ -34,14 +34,17 @@ NANOGPT_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=F
                 '--n_head=4', '--n_embd=128', '--lr_decay_iters=2000', '--dropout=0.0', '--always_save_checkpoint=False']
 OURS = """
 import json, time, torch
-from transformer_nb.bench import bench_config, bench_shape, random_tokens, StepRunner
+from transformer_nb.bench import bench_config, bench_shape, random_tokens, step_bench
+from transformer_nb.step import train_step
 clock = time.{clock}
 s = bench_shape('baby')
-r = StepRunner(bench_config(s), s.vocab_size, random_tokens(s.vocab_size))
-for _ in range({warmup}): out = r.train_step()
-float(out[1]); t0 = clock()
-for _ in range({steps}): out = r.train_step()
-float(out[1]); step_ms = (clock() - t0) / {steps} * 1e3
+cfg = bench_config(s)
+b = step_bench(cfg, s.vocab_size, random_tokens(s.vocab_size))
+step = lambda: train_step(b.step_model, b.optimizer, b.batches, cfg.optimizer.learning_rate, b.setup, b.scaler)
+for _ in range({warmup}): out = step()
+float(out[0]); t0 = clock()
+for _ in range({steps}): out = step()
+float(out[0]); step_ms = (clock() - t0) / {steps} * 1e3
 print('RESULT ' + json.dumps({{'tokens_per_s': s.tokens_per_step / step_ms * 1e3, 'step_ms': step_ms,
                               'threads': torch.get_num_threads()}}))
 """

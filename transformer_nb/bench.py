@@ -1,4 +1,4 @@
-"""`tnb-bench`: matmul peak, training throughput and MFU, memory, generation with and without the KV cache, data preparation speed, and quality per compute (validation nats per character in a fixed time budget).
+"""`tnb-bench`: matmul peak, training throughput and MFU of the Trainer's own step, memory, generation with and without the KV cache, and data preparation speed (quality per compute: 11b_quality).
 
 Docs: https://transformer-nb.github.io/transformer_nb/bench.html.md"""
 
@@ -24,37 +24,36 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 import transformer_nb
-from .base import atomic_write_text, UserError, utc_now_iso
-from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfig, OptimizerConfig,
-                                   RuntimeConfig, SchedulerConfig)
+from .base import atomic_write_text, fmt_secs, UserError, utc_now_iso
+from .config import (Config, DataConfig, load_config, ModelConfig, OptimizerConfig, RuntimeConfig,
+                                   SchedulerConfig)
 from .sources import iter_documents
 from .tokenizer import build_from_artifacts, train_bbpe
-from .data import default_workers, prepare, RandomWindowSampler
+from .data import default_workers, prepare, RandomWindowSampler, SequentialSampler
 from .attention import attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .device import resolve_device, resolve_precision
-from .parallel import apply_activation_checkpointing, DistInfo
+from .device import measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
 from .optim import build_optimizer
-from .trainer import Trainer
+from .step import StepSetup, train_step, uses_fused_step
 
 # %% auto #0
 __all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchError', 'summarize', 'load_average', 'machine_info',
            'CpuShare', 'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak',
-           'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepRunner', 'random_tokens',
-           'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'prepare_throughput',
-           'prepare_memory', 'fmt_range', 'format_table', 'split_text', 'nats_per_char', 'quality_run',
-           'quality_compare', 'print_compare', 'print_results', 'run_bench', 'bench_main', 'estimate_memory',
-           'format_memory_table', 'estimate_memory_main']
+           'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepBench', 'step_bench', 'random_tokens',
+           'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'corpus_file',
+           'prepare_throughput', 'prepare_memory', 'fmt_range', 'format_table', 'print_results', 'run_bench',
+           'bench_main', 'estimate_memory', 'format_memory_table', 'estimate_memory_main']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -162,7 +161,7 @@ class PeakMemory:
     def __enter__(self):
         gc.collect()
         if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device); torch.cuda.empty_cache()
+            synchronize(self.device); torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base, self.method = torch.cuda.memory_allocated(self.device), 'torch.cuda.max_memory_allocated'
         else:
@@ -173,7 +172,7 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
         else:
             peak = peak_rss_bytes()
@@ -183,29 +182,10 @@ class PeakMemory:
     def mb(self) -> float | None: return None if self.bytes is None else self.bytes / 2**20
 
 # %% ../nbs/11_bench.ipynb #5f9a5374
-def _sync(device: torch.device):
-    "Wait for the device's queued work (CUDA, MPS); nothing to do on the CPU."
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-    elif device.type == 'mps': torch.mps.synchronize()
-
 def matmul_flops(device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float32, n: int = 2048,
                  repeats: int = 5, min_seconds: float = 0.25) -> dict:
-    "FLOP/s of `n x n @ n x n` products in `dtype`: `summarize` of `repeats` timings, each looping >= `min_seconds`."
-    device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(n, n, device=device, generator=gen).to(dtype) for _ in range(2))
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    torch.mm(a, b, out=out); _sync(device)
-    rates = []
-    for _ in range(repeats):
-        k, t0 = 0, time.perf_counter()
-        while True:
-            torch.mm(a, b, out=out); k += 1
-            if k % 4 == 0 or device.type != 'cuda':
-                _sync(device)
-                if time.perf_counter() - t0 >= min_seconds: break
-        _sync(device)
-        rates.append(2 * n ** 3 * k / (time.perf_counter() - t0))
+    "FLOP/s of `n x n @ n x n` products in `dtype`: `summarize` of `repeats` timings by `measure_matmul_flops`, each >= `min_seconds`."
+    rates = [measure_matmul_flops(device, dtype, n, trials=1, seconds=min_seconds) for _ in range(repeats)]
     return {**summarize(rates), 'size': n, 'dtype': str(dtype).replace('torch.', '')}
 
 def matmul_peak(device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float32, sizes=None,
@@ -297,40 +277,39 @@ def bench_config(shape: BenchShape, precision: str = 'fp32', device: str = 'cpu'
                   scheduler=SchedulerConfig(strategy='constant'),
                   runtime=RuntimeConfig(seed=0, precision=precision, device=device, compile=compile))
 
-class StepRunner(Trainer):
-    """The Trainer's optimizer step (`Trainer._train_step`) on a freshly built model, without run directory,
-    tokenizer or data preparation: `StepRunner(config, vocab_size, tokens).train_step()`.
-    Batches: random windows of `tokens` (a 1-D array of token ids), or, given `shards` (`TokenShards`),
-    the Trainer's own sampler (shuffled epochs of non-overlapping windows)."""
-    def __init__(self, config: Config, vocab_size: int, tokens=None, shards=None):
-        # Trainer.__init__ is not called on purpose: it would set up a run directory, a tokenizer and data.
-        self.config, self._closed = config, True
-        self.dist = DistInfo()
-        self.device = resolve_device(config.runtime.device)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            self.precision, self.amp_dtype = resolve_precision(config.runtime.precision, self.device)
-        self.seq_len = config.sequence_length
-        self.grad_accum = config.data.gradient_accumulation_steps
-        self.micro_batch = config.micro_batch_size()
-        self.tokens_per_step = self.micro_batch * self.grad_accum * self.seq_len
-        torch.manual_seed(config.runtime.seed)
-        self.raw_model = DecoderModel(config.model, vocab_size).to(self.device)
-        self.optimizer = build_optimizer(self.raw_model, config.optimizer, self.device)
-        self.fused = bool(self.optimizer.param_groups[0].get('fused'))
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == 'fp16' else None
-        self.model = self.eval_model = torch.compile(self.raw_model) if config.runtime.compile else self.raw_model
-        if shards is not None: self.train_sampler = self._sampler(shards, shuffle=True)
-        else: self.train_sampler = RandomWindowSampler(tokens, self.micro_batch, self.seq_len, seed=config.runtime.seed,
-                                                       pin_memory=self.device.type == 'cuda')
-        self.step, self.total_steps = 0, 1 << 62
-        self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
+@dataclass
+class StepBench:
+    "What `train_step` needs, built by `step_bench`; `step_model` is what the step runs: `model`, or it compiled."
+    model: DecoderModel
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator
+    setup: StepSetup
+    scaler: torch.amp.GradScaler | None
+    precision: str
+    tokens_per_step: int
+    flops_per_token: float
 
-    def train_step(self):
-        "One optimizer step; returns `(lr, loss, grad_norm, bad)` (tensors, not synchronised)."
-        out = self._train_step()
-        self.step += 1
-        return out
+def step_bench(config: Config, vocab_size: int, tokens=None, shards=None) -> StepBench:
+    """The model, optimizer, batches and `StepSetup` of `config`'s optimizer step on one device, without run
+    directory, tokenizer or data preparation. Batches: random windows of `tokens` (a 1-D array of token ids), or,
+    given `shards` (`TokenShards`), the Trainer's sampler (shuffled epochs of non-overlapping windows)."""
+    rt, d = config.runtime, config.data
+    device = resolve_device(rt.device)
+    with warnings.catch_warnings():           # 16-bit on a CPU: timed on purpose
+        warnings.simplefilter('ignore')
+        precision, amp_dtype = resolve_precision(rt.precision, device)
+    micro, seq_len, pin = config.micro_batch_size(), config.sequence_length, device.type == 'cuda'
+    seed_everything(rt.seed)
+    model = DecoderModel(config.model, vocab_size).to(device)
+    optimizer = build_optimizer(model, config.optimizer, device)
+    if shards is not None: batches = SequentialSampler(shards, micro, seq_len, seed=rt.seed, shuffle=True, pin_memory=pin)
+    else: batches = RandomWindowSampler(tokens, micro, seq_len, seed=rt.seed, pin_memory=pin)
+    setup = StepSetup(d.gradient_accumulation_steps, device, amp_dtype, config.optimizer.max_grad_norm,
+                      fused=uses_fused_step(optimizer))
+    return StepBench(model, torch.compile(model) if rt.compile else model, optimizer, batches, setup,
+                     torch.amp.GradScaler(device.type) if precision == 'fp16' else None, precision,
+                     micro * d.gradient_accumulation_steps * seq_len, model.flops_per_token(seq_len))
 
 # %% ../nbs/11_bench.ipynb #a4457416
 def random_tokens(vocab_size: int, n: int = 1 << 20, seed: int = 0) -> np.ndarray:
@@ -365,36 +344,37 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
     if compile: torch._dynamo.reset()
     cache = cold_compile_cache() if compile and cold_compile else contextlib.nullcontext()
     with PeakMemory(resolve_device(device)) as mem, cache:
-        r = StepRunner(cfg, shape.vocab_size, tokens)
-        dev = r.device
-        t0 = time.perf_counter(); out = r.train_step(); float(out[1])
+        b = step_bench(cfg, shape.vocab_size, tokens)
+        dev, lr = b.setup.device, cfg.optimizer.learning_rate       # (a constant schedule)
+        step = partial(train_step, b.step_model, b.optimizer, b.batches, lr, b.setup, b.scaler)
+        t0 = time.perf_counter(); out = step(); float(out[0])
         first = time.perf_counter() - t0
-        for _ in range(warmup - 1): out = r.train_step()
-        _sync(dev)
+        for _ in range(warmup - 1): out = step()
+        synchronize(dev)
         times = []
         with CpuShare() as cpu:
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                for _ in range(steps): out = r.train_step()
-                _sync(dev)
+                for _ in range(steps): out = step()
+                synchronize(dev)
                 times.append((time.perf_counter() - t0) / steps)
-        loss = float(out[1])
+        loss = float(out[0])
         t0 = time.perf_counter()
-        for _ in range(steps * r.grad_accum): next(r.train_sampler)
+        for _ in range(steps * b.setup.accum): next(b.batches)
         sampler_ms = (time.perf_counter() - t0) / steps * 1e3      # batch assembly alone, per step (included above)
     tps = [shape.tokens_per_step / t for t in times]
-    res = {'shape': shape.name, 'mode': 'compile' if compile else 'eager', 'device': str(dev), 'precision': r.precision,
-           'parameters': r.raw_model.num_parameters(), 'flops_per_token': r.flops_per_token,
+    res = {'shape': shape.name, 'mode': 'compile' if compile else 'eager', 'device': str(dev), 'precision': b.precision,
+           'parameters': b.model.num_parameters(), 'flops_per_token': b.flops_per_token,
            'batch_size': shape.batch_size, 'seq_len': shape.seq_len, 'vocab_size': shape.vocab_size,
            'tokens_per_step': shape.tokens_per_step, 'steps': steps, 'repeats': repeats, 'warmup': warmup,
            'step_ms': summarize([t * 1e3 for t in times]), 'tokens_per_s': summarize(tps),
-           'model_flops_per_s': summarize([r.flops_per_token * x for x in tps]),
-           'mfu': summarize([r.flops_per_token * x / peak for x in tps]) if peak else None,
+           'model_flops_per_s': summarize([b.flops_per_token * x for x in tps]),
+           'mfu': summarize([b.flops_per_token * x / peak for x in tps]) if peak else None,
            'peak_memory_mb': mem.mb, 'memory_method': mem.method, 'first_step_s': first,
            'compile_s': max(0.0, first - statistics.median(times)) if compile else None,
-           'sampler_ms_per_step': sampler_ms, 'fused_adamw': r.fused, 'final_loss': loss,
+           'sampler_ms_per_step': sampler_ms, 'fused_adamw': b.setup.fused, 'final_loss': loss,
            'cold_compile': cold_compile if compile else None, 'others_cpu_share': cpu.others}
-    del r, out
+    del b, out, step
     return res
 
 # %% ../nbs/11_bench.ipynb #d3c4812c
@@ -428,12 +408,12 @@ def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: 
         runs.update({k: f(model, prompts) for k, f in (extra or {}).items() if B in extra_batches})
         first, outs, times = {}, {}, {k: [] for k in runs}
         for k, run in runs.items():              # warm-up; compiles (the same shapes as the timed runs)
-            t0 = time.perf_counter(); run(new_tokens if k == 'compiled' else min(4, new_tokens)); _sync(dev)
+            t0 = time.perf_counter(); run(new_tokens if k == 'compiled' else min(4, new_tokens)); synchronize(dev)
             first[k] = time.perf_counter() - t0
         with CpuShare() as cpu:
             for _ in range(repeats):
                 for k, run in runs.items():
-                    t0 = time.perf_counter(); outs[k] = run(new_tokens); _sync(dev)
+                    t0 = time.perf_counter(); outs[k] = run(new_tokens); synchronize(dev)
                     times[k].append(time.perf_counter() - t0)
         ref = outs.get('no_cache', next(iter(outs.values())))
         for k in runs:
@@ -455,7 +435,8 @@ def default_corpus() -> Path | None:
         if p.is_file(): return p
     return None
 
-def _corpus(path) -> Path:
+def corpus_file(path=None) -> Path:
+    "The benchmark's text file: `path`, else `default_corpus()`; a `BenchError` when there is none."
     p = Path(path) if path is not None else default_corpus()
     if p is None: raise BenchError("no corpus: give --corpus FILE (a UTF-8 text file)")
     if not p.is_file(): raise BenchError(f"{p}: --corpus is not a file")
@@ -477,7 +458,7 @@ def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096
                        batch_chars: int = 1 << 20, workers: int | None = None) -> dict:
     """MB/s of `data.prepare` on `corpus` repeated to `size_mb` MB (MB of text, whatever the file): as text with 1
     worker and with `workers` (default: one per core), as JSON Lines (gzip) and as Parquet; and of plain `encode_batch`."""
-    src, n = _corpus(corpus), workers or default_workers()
+    src, n = corpus_file(corpus), workers or default_workers()
     with tempfile.TemporaryDirectory(prefix='tnb-bench-') as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -549,7 +530,7 @@ def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 400
 
 def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, workers: int | None = None) -> list[dict]:
     "Peak resident memory of `prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB of text."
-    src, out = _corpus(corpus), []
+    src, out = corpus_file(corpus), []
     exe = Path(sys.executable).parent / 'prepare-data'
     cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from transformer_nb.cli import prepare_data_main as m; sys.exit(m())']
     with tempfile.TemporaryDirectory(prefix='tnb-bench-mem-') as tmp:
@@ -586,169 +567,6 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ['  '.join(c.rjust(w[i]) for i, c in enumerate(r)) for r in cells]
     return '\n'.join([lines[0], '  '.join('-' * x for x in w)] + lines[1:])
-
-# %% ../nbs/11_bench.ipynb #afd2aab5
-def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
-    "(train, held out): the held-out part is the last `val_fraction` of the characters, starting at a line start."
-    cut = int(len(text) * (1 - val_fraction))
-    nl = text.rfind('\n', 0, cut)
-    cut = nl + 1 if nl >= 0 else cut
-    return text[:cut], text[cut:]
-
-@torch.no_grad()
-def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int = 8, max_windows: int | None = None) -> float:
-    """Summed next-token NLL (nats) of `tokens` (1-D), in consecutive windows of `seq_len` tokens, divided by
-    `num_chars`. With `max_windows`: an estimate from that many windows spread evenly over the text (the sum is
-    scaled up by the share of the tokens they cover)."""
-    model_was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    ids = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    n = len(ids) - 1                                  # predictions
-    starts = list(range(0, n, seq_len))
-    if max_windows is not None and len(starts) > max_windows:
-        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
-    total, count = 0.0, 0
-    try:
-        for i in range(0, len(starts), batch_size):
-            group = starts[i:i + batch_size]
-            L = min(seq_len, n - group[-1])            # the last window may be shorter
-            full = [s for s in group if n - s >= seq_len] if L < seq_len else group
-            for sub, length in ((full, seq_len), ([s for s in group if s not in full], L)):
-                if not sub: continue
-                x = torch.stack([ids[s:s + length] for s in sub]).to(device)
-                y = torch.stack([ids[s + 1:s + 1 + length] for s in sub]).to(device)
-                logits = model(x)
-                total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                               reduction='sum'))
-                count += y.numel()
-    finally:
-        model.train(model_was_training)
-    return total / (num_chars * count / n)
-
-# %% ../nbs/11_bench.ipynb #bcf3c426
-def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
-    "A quality run's tokenizer and token shards, in `tmp`: (config with the vocabulary, vocab, data, held-out tokens)."
-    vocab = config.model.vocab_size or 1024
-    (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
-    (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
-    t0 = time.perf_counter()
-    tok = train_bbpe([tmp / 'train.txt'], tmp / 'tokenizer', vocab_size=vocab, show_progress=False)
-    res['tokenizer_s'] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
-                   show_progress=False, verbose=False)
-    res['prepare_s'] = time.perf_counter() - t0
-    vocab = max(vocab, tok.get_vocab_size())
-    cfg = replace(config, model=replace(config.model, vocab_size=vocab))
-    val_tokens = np.array(data.val.tokens)
-    res.update(vocab_size=vocab, train_tokens=data.train.num_tokens, val_tokens=len(val_tokens),
-               chars_per_token=len(val_text) / max(len(val_tokens), 1))
-    say(f"quality: tokenizer of {vocab} tokens ({res['tokenizer_s']:.1f} s); {data.train.num_tokens:,} training "
-        f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
-    return cfg, vocab, data, val_tokens
-
-# %% ../nbs/11_bench.ipynb #fcf48a8f
-def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fraction: float = 0.1,
-                eval_points: int = 8, eval_windows: int = 24, max_steps: int | None = None,
-                clock: str = 'wall', show_progress: bool = True) -> dict:
-    """Train `config` on the first 90% of `corpus` for `budget_s` seconds of training (or `max_steps` steps,
-    whichever comes first; with `max_steps` the schedule is fixed to that length); validation nats/char on the rest.
-    `clock`: 'wall' (seconds on the clock) or 'process' (CPU seconds of this process: steadier on a shared
-    machine with one thread)."""
-    if clock not in ('wall', 'process'): raise BenchError(f"--clock: expected wall or process, got {clock!r}")
-    now = time.perf_counter if clock == 'wall' else time.process_time
-    src = _corpus(corpus)
-    if not budget_s > 0: raise BenchError(f"--budget must be > 0 seconds, got {budget_s}")
-    say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
-    text = src.read_text(encoding='utf-8')
-    train_text, val_text = split_text(text, val_fraction)
-    if not train_text or not val_text.strip(): raise BenchError(f"{src}: too short to hold out {val_fraction:.0%} of it")
-    res = {'corpus': str(src), 'budget_s': budget_s, 'val_fraction': val_fraction,
-           'train_chars': len(train_text), 'val_chars': len(val_text),
-           'machine': machine_info(resolve_device(config.runtime.device))}
-    with tempfile.TemporaryDirectory(prefix='tnb-quality-') as tmp:
-        cfg, vocab, data, val_tokens = _quality_data(config, train_text, val_text, Path(tmp), res, say)
-        r = StepRunner(cfg, vocab, shards=data.train)
-        res.update(parameters=r.raw_model.num_parameters(), flops_per_token=r.flops_per_token,
-                   tokens_per_step=r.tokens_per_step, compile=bool(cfg.runtime.compile))
-        say(f"quality: {res['parameters']:,} parameters, {r.tokens_per_step:,} tokens/step, budget {budget_s:g} s")
-        curve, evals = [], []
-        log_every = max(1, cfg.runtime.log_every_n_steps)
-        next_eval, elapsed, recent, cpu0 = budget_s / eval_points, 0.0, [], time.process_time()
-        share = CpuShare().start()
-        if max_steps: r.total_steps, every = max_steps, max(1, max_steps // eval_points)
-        while elapsed < budget_s and not (max_steps and r.step >= max_steps):
-            t0 = now()
-            _, loss, _, _ = r.train_step()
-            log = r.step % log_every == 0
-            if log: lv = float(loss)                       # the only host sync: on log steps
-            dt = now() - t0
-            elapsed += dt
-            recent = (recent + [dt])[-20:]
-            per_step = statistics.median(recent)
-            if not max_steps: r.total_steps = r.step + max(1, int((budget_s - elapsed) / per_step))   # ends with the budget
-            if log: curve.append({'step': r.step, 'elapsed_s': round(elapsed, 3), 'train_loss': lv,
-                                  'lr': r.optimizer.param_groups[0]['lr']})
-            if (r.step % every == 0 and r.step < max_steps) if max_steps else (next_eval <= elapsed < budget_s):
-                v = nats_per_char(r.raw_model, val_tokens, len(val_text), r.seq_len, r.micro_batch, eval_windows)
-                evals.append({'step': r.step, 'elapsed_s': round(elapsed, 3), 'val_nats_per_char': v, 'slice': True})
-                say(f"quality: {elapsed:6.1f} s  step {r.step:5d}  train loss {curve[-1]['train_loss'] if curve else float('nan'):.3f} "
-                    f"(nats/token)  held-out slice {v:.3f} nats/char")
-                next_eval += budget_s / eval_points
-        cpu_s, others = time.process_time() - cpu0, share.stop().others
-        t0 = time.perf_counter()
-        npc = nats_per_char(r.raw_model, val_tokens, len(val_text), r.seq_len, r.micro_batch)
-    evals.append({'step': r.step, 'elapsed_s': round(elapsed, 3), 'val_nats_per_char': npc, 'slice': False})
-    res.update(clock=clock, steps=r.step, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others, tokens_seen=r.step * r.tokens_per_step,
-               tokens_per_s=r.step * r.tokens_per_step / elapsed, eval_s=time.perf_counter() - t0,
-               val_nats_per_char=npc, val_bits_per_char=npc / math.log(2), curve=curve, evals=evals,
-               load_average_end=load_average(), config=config_to_dict(cfg))
-    say(f"quality: {r.step} steps in {elapsed:.1f} s ({res['tokens_per_s']:,.0f} tokens/s): held-out "
-        f"{npc:.4f} nats/char ({npc / math.log(2):.3f} bits/char)"
-        + (f"; other processes used {others:.0%} of the CPU time meanwhile" if others is not None else ''))
-    return res
-
-# %% ../nbs/11_bench.ipynb #3f9481e8
-def quality_compare(configs: dict, corpus=None, budget_s: float = 120.0, rounds: int = 1, clock: str = 'wall',
-                    max_steps: int | None = None, show_progress: bool = True) -> dict:
-    """`quality_run` for each of `configs` (`{name: Config}`, two or more) in turn, `rounds` times (A, B, A, B, ...).
-    Returns every run, the held-out nats/char of each config per round and their mean, and `difference`
-    (the mean of the second config minus the first's)."""
-    if rounds < 1: raise BenchError(f"--rounds must be >= 1, got {rounds}")
-    if len(configs) < 2: raise BenchError("comparing needs two configs (--config and --compare)")
-    say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
-    runs, values = [], {name: [] for name in configs}
-    for r in range(rounds):
-        for name, cfg in configs.items():
-            say(f"quality: round {r + 1}/{rounds}: {name}")
-            res = quality_run(cfg, corpus, budget_s, max_steps=max_steps, clock=clock, show_progress=show_progress)
-            runs.append({'name': name, 'round': r + 1, **res})
-            values[name].append(res['val_nats_per_char'])
-    summary = {name: {'val_nats_per_char': v, 'mean': statistics.fmean(v)} for name, v in values.items()}
-    first, second = list(summary)[:2]
-    return {'budget_s': budget_s, 'clock': clock, 'rounds': rounds, 'summary': summary, 'runs': runs,
-            'difference': summary[second]['mean'] - summary[first]['mean']}
-
-def print_compare(res: dict, show=print):
-    "The table of a `quality_compare` result: held-out nats/char per round and mean, and the difference."
-    rows = [[name, *[f'{v:.4f}' for v in s['val_nats_per_char']], f"{s['mean']:.4f}"] for name, s in res['summary'].items()]
-    show(format_table(['config', *[f'round {i + 1}' for i in range(res['rounds'])], 'mean'], rows))
-    show(f"difference (second - first): {res['difference']:+.4f} nats/char, {res['budget_s']:g} s each ({res['clock']} clock)")
-
-# %% ../nbs/11_bench.ipynb #e8edd3a7
-def _compare_main(a, path: Path, cfg: Config) -> dict:
-    "`tnb-bench --quality --compare B.yaml`: the result of `quality_compare` for --config (or the default) and B."
-    other = Path(a.compare)
-    if not other.is_file(): raise BenchError(f"{other}: --compare file not found")
-    cfg2 = load_config(other, a.override)
-    if a.device != 'auto': cfg2 = replace(cfg2, runtime=replace(cfg2.runtime, device=a.device))
-    names = [str(path), str(other)] if str(path) != str(other) else [f'{path} (1)', f'{other} (2)']
-    res = quality_compare(dict(zip(names, (cfg, cfg2))), a.corpus, a.budget, a.rounds, a.clock, a.max_steps,
-                          show_progress=not a.quiet)
-    print_compare(res)
-    return {'schema': 'transformer_nb.bench.quality-compare/1', 'created_at': utc_now_iso(), 'config_files': names,
-            'overrides': a.override, 'threads': torch.get_num_threads(), 'load_average': load_average(), **res}
 
 # %% ../nbs/11_bench.ipynb #d43901ac
 PARTS = ('peak', 'train', 'generate', 'prepare')
@@ -890,8 +708,8 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
         _print_prepare(res['prepare'], show)
     cpu.stop()
     res.update(load_average_end=load_average(), others_cpu_share=cpu.others, total_s=time.perf_counter() - t_start)
-    show(f"\n{res['total_s']:.0f} s; other processes used {cpu.others:.0%} of the machine's CPU time meanwhile"
-         if cpu.others is not None else f"\n{res['total_s']:.0f} s")
+    show(f"\n{fmt_secs(res['total_s'])}; other processes used {cpu.others:.0%} of the machine's CPU time meanwhile"
+         if cpu.others is not None else f"\n{fmt_secs(res['total_s'])}")
     return res
 
 # %% ../nbs/11_bench.ipynb #2c0da16e
