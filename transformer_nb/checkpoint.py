@@ -39,6 +39,7 @@ import transformer_nb
 from .base import existing_path, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError, utc_now_iso
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
+from .device import resolve_device
 from .model import DecoderModel
 
 # %% auto #0
@@ -690,17 +691,6 @@ def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
     raise CheckpointError(f"{run_dir}: no valid checkpoint in {best} or {ckpts} (train first, or give --checkpoint DIR)")
 
 # %% ../nbs/08_checkpoint.ipynb #b3eadb83
-def _device(name: str | None = 'auto') -> torch.device:
-    "The device to run a loaded model on (auto: cuda > mps > cpu); a CheckpointError when it is not available."
-    name = (name or 'auto').lower()
-    mps_ok = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps_ok else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise CheckpointError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
-    if name == 'mps' and not mps_ok: raise CheckpointError("device 'mps' requested but MPS is not available")
-    try: return torch.device(name)
-    except RuntimeError: raise CheckpointError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
-
 def load_for_generation(ckpt, device: str = 'auto'):
     "(model, tokenizer, config) from a self-contained checkpoint folder, the model in eval mode on `device`."
     ckpt = Path(ckpt)
@@ -715,7 +705,7 @@ def load_for_generation(ckpt, device: str = 'auto'):
     tok = build_from_artifacts(tok_src)
     model = DecoderModel(cfg.model, checkpoint_vocab_size(ckpt))      # safetensors or DCP (consolidated here)
     load_checkpoint(ckpt, model)
-    dev = _device(device)
+    dev = resolve_device(device, key='device')
     return model.to(dev).eval(), tok, cfg
 
 # %% ../nbs/08_checkpoint.ipynb #9fd1e65e

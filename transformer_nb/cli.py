@@ -27,7 +27,8 @@ from .sources import iter_documents, resolve_sources, skipped_summary, validate_
 from .tokenizer import eos_id, pad_id, train_tokenizer
 from .data import prepare
 from .generate import IncrementalDecoder, generate_ids
-from .checkpoint import RUN_LAYOUT, _device, find_checkpoint, load_for_generation, unwrap_model   # RUN_LAYOUT: re-exported
+from .device import resolve_device
+from .checkpoint import RUN_LAYOUT, find_checkpoint, load_for_generation, unwrap_model   # RUN_LAYOUT: re-exported
 from .trainer import Trainer
 from .metrics import text_metrics
 
@@ -388,8 +389,8 @@ def _check_generate_flags(args):
          'a finite number > 0 (1 = off)')
     need(args.seed is None or args.seed >= 0, '--seed', 'an integer >= 0')
     if args.compile and args.no_kv_cache: raise CommandError("--compile needs the KV cache: drop --no-kv-cache")
-    try: return _device(args.device)
-    except UserError as e: raise CommandError(f"--device {args.device}: {str(e).partition(': ')[2] or e}") from None
+    try: return resolve_device(args.device, key='--device')
+    except UserError as e: raise CommandError(str(e)) from None
 
 def _generate_with(args) -> int:
     device = _check_generate_flags(args)

@@ -26,9 +26,9 @@ __all__ = ['PRECISIONS', 'TrainingError', 'resolve_device', 'resolve_precision',
 class TrainingError(UserError):
     "A setting for running the model cannot work here (device, precision, batch split, run length)."
 
-# %% ../nbs/00_device.ipynb #dbd75a40
-def resolve_device(name: str | None = 'auto', local_rank: int = 0) -> torch.device:
-    "The torch device for `runtime.device` (auto: cuda > mps > cpu; cuda uses `local_rank`'s GPU)."
+# %% ../nbs/00_device.ipynb #f0651a47
+def resolve_device(name: str | None = 'auto', local_rank: int = 0, key: str = 'runtime.device') -> torch.device:
+    "The torch device `name` (auto: cuda > mps > cpu; cuda uses `local_rank`'s GPU); errors name the setting `key`."
     name = (name or 'auto').lower()
     mps_ok = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
     if name == 'auto':
@@ -37,15 +37,18 @@ def resolve_device(name: str | None = 'auto', local_rank: int = 0) -> torch.devi
         return torch.device('mps') if mps_ok else torch.device('cpu')
     if name.startswith('cuda'):
         if not torch.cuda.is_available():
-            raise TrainingError(f"runtime.device: {name!r} requested but CUDA is not available (torch {torch.__version__})")
-        return torch.device(name) if ':' in name else torch.device('cuda', local_rank % torch.cuda.device_count())
+            raise TrainingError(f"{key}: {name!r} requested but CUDA is not available (torch {torch.__version__})")
+        try:
+            return torch.device(name) if ':' in name else torch.device('cuda', local_rank % torch.cuda.device_count())
+        except RuntimeError:
+            raise TrainingError(f"{key}: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
     if name == 'mps':
         if not mps_ok:
-            raise TrainingError("runtime.device: 'mps' requested but MPS is not available")
+            raise TrainingError(f"{key}: 'mps' requested but MPS is not available")
         return torch.device('mps')
     if name == 'cpu':
         return torch.device('cpu')
-    raise TrainingError(f"runtime.device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)")
+    raise TrainingError(f"{key}: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)")
 
 
 # the autocast dtype of each runtime.precision (the config has already checked the name)
