@@ -1,16 +1,15 @@
-"""Smoke tests of the `tnb-bench` command: tiny shapes and budgets, one step, valid JSON (timings are not checked)."""
+"""Smoke tests of the `tnb bench` command: tiny shapes and budgets, one step, valid JSON (timings are not checked)."""
 import json, os, subprocess, sys
 from pathlib import Path
 
+from faults import argv_of
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = Path(sys.executable).parent / 'tnb-bench'
 
 
 def tnb_bench(*args, cwd):
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else \
-        [sys.executable, '-c', 'import sys; from transformer_nb.bench import bench_main; sys.exit(bench_main())']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(argv_of('tnb', 'bench', *args), capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def small_corpus(path: Path) -> Path:
