@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import transformer_nb
-from .base import atomic_write_text, UserError, utc_now_iso
+from .base import UserError, utc_now_iso
 from .config import (Config, config_to_dict, DataConfig, load_config, ModelConfig, OptimizerConfig,
                                    RuntimeConfig, SchedulerConfig)
 from .sources import iter_documents

@@ -1,4 +1,4 @@
-"""`train`, `orchestrate`, `generate`, `train-tokenizer`, `prepare-data` and `validate-corpus`: the command-line tools, their flags, progress and errors.
+"""`tnb` and its commands (`train`, `orchestrate`, `generate`, `evaluate`, ...): every parser, the registry, progress and errors.
 
 Docs: https://transformer-nb.github.io/transformer_nb/cli.html.md"""
 

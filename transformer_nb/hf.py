@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,11 +22,11 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from .base import say, UserError
+from .base import UserError
 from .config import config_from_dict, config_to_dict, load_config, ModelConfig
 from .tokenizer import BOS_NAMES, build_from_artifacts, EOS_NAMES, PAD_NAMES
 from .model import DecoderModel
-from .checkpoint import (CheckpointError, CONFIG_FILE, find_checkpoint, load_for_generation,
+from .checkpoint import (CheckpointError, CONFIG_FILE, load_for_generation,
                                        read_manifest, unwrap_model, verify_checkpoint)
 
 # %% auto #0
