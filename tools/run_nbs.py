@@ -46,7 +46,7 @@ def scrub_notebook(path: Path) -> int:
 
 
 def not_run(cell) -> bool:
-    "A cell marked `#| eval: false`: exported, never run (e.g. the package's `__main__` module in 12_cli)."
+    "A cell marked `#| eval: false`: exported, never run (e.g. the package's `__main__` module in 12b_main)."
     return cell.cell_type == 'code' and any(l.replace(' ', '') == '#|eval:false' for l in cell.source.splitlines())
 
 
