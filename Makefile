@@ -4,7 +4,7 @@
 #   make test   set up, then every test: notebooks clean and in sync, nbdev-test, pytest
 #   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
 #   make docs-check   build the site, check its HTML, screenshot it with headless Chromium if present
-#   make gpu-check    on a CUDA machine: tests/test_cuda.py, then tnb-bench MFU (m3_medium, GPT-2 124M; bf16)
+#   make gpu-check    on a CUDA machine: tests/test_cuda.py, then tnb bench MFU (m3_medium, GPT-2 124M; bf16)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -74,4 +74,4 @@ clean:
 gpu-check: venv
 	$(BIN)/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu-check: no CUDA GPU visible to torch " + torch.__version__)'
 	$(BIN)/python -m pytest -q -rs tests/test_cuda.py
-	$(BIN)/tnb-bench --device cuda --precision bf16 --shapes m3_medium,gpt2_124m --only peak,train --out tnb-bench-cuda.json
+	$(BIN)/tnb bench --device cuda --precision bf16 --shapes m3_medium,gpt2_124m --only peak,train --out tnb-bench-cuda.json

@@ -2,7 +2,7 @@
 
 - `make_assets(dir)`: a few-KB corpus and a small byte-level BPE tokenizer trained on it.
 - `write_config(path, ...)`: a tiny YAML run config (fp32, CPU, constant schedule, no dropout).
-- `command(...)` / `Proc(...)`: run a console script (`train`, `validate-corpus`, ...) as a user does,
+- `command(...)` / `Proc(...)`: run a console script (`train`, `tnb validate-corpus`, ...) as a user does,
   in its own process, with the environment pinned (1 thread, no FLOP measurement, unbuffered output).
 - `PAUSE_HOOK`: the source of a `sitecustomize.py` that makes a process stop dead at one chosen
   filesystem event inside a checkpoint save (a `mkdir`, an `fsync` of a given file, a `rename`, the
@@ -111,10 +111,17 @@ def train_in_process(cfg_path: Path, overrides=(), resume: bool = False, threads
 SCRIPTS = tomllib.loads((Path(__file__).resolve().parent.parent / 'pyproject.toml').read_text())['project']['scripts']
 
 
+def installed(cmd: str) -> Path | None:
+    "Console script `cmd` of this environment, if it is the one pyproject.toml declares (not one an older install left)."
+    exe, (mod, fn) = BIN / cmd, SCRIPTS[cmd].split(':')
+    try: return exe if f'from {mod} import {fn}' in exe.read_text(errors='replace') else None
+    except OSError: return None
+
+
 def argv_of(cmd: str, *args) -> list[str]:
-    "The argv of console script `cmd` (or, where the script is not installed, its main function)."
-    exe = BIN / cmd
-    if exe.exists(): return [str(exe), *map(str, args)]
+    """The argv of console script `cmd` (`tnb`, `train` or `orchestrate`: `argv_of('tnb', 'generate', ...)`), or,
+    where the script is not installed, of its main function."""
+    if exe := installed(cmd): return [str(exe), *map(str, args)]
     mod, fn = SCRIPTS[cmd].split(':')
     return [sys.executable, '-c', f'import sys; from {mod} import {fn}; sys.exit({fn}())', *map(str, args)]
 

@@ -1,18 +1,16 @@
-"""Smoke tests of the `tnb-bench` command: tiny shapes and budgets, one step, valid JSON (timings are not checked)."""
+"""Smoke tests of the `tnb bench` command: tiny shapes and budgets, one step, valid JSON (timings are not checked)."""
 import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
+from faults import argv_of
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = Path(sys.executable).parent / 'tnb-bench'
 
 
 def tnb_bench(*args, cwd):
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else \
-        [sys.executable, '-c', 'import sys; from transformer_nb.bench import bench_main; sys.exit(bench_main())']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(argv_of('tnb', 'bench', *args), capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def small_corpus(path: Path) -> Path:
@@ -41,13 +39,6 @@ def test_bench_smoke(tmp_path):
     assert res['prepare']['prepare_mb_per_s']['median'] > 0 and res['prepare']['encode_batch_mb_per_s']['median'] > 0
 
 
-# `tnb-bench --quality` calls the quality module (transformer_nb.quality, after bench in the layering), which bench
-# may not import: the command line that wires it is the cli module's (its move out of bench is another change).
-# Until then the command's --quality path fails; strict, so that these markers go once it works.
-QUALITY_CLI = pytest.mark.xfail(strict=True, reason="tnb-bench --quality: bench_main must get quality_run from the "
-                                                    "cli module (transformer_nb.quality)")
-
-@QUALITY_CLI
 def test_quality_smoke(tmp_path):
     corpus, out = small_corpus(tmp_path / 'corpus.txt'), tmp_path / 'quality.json'
     (tmp_path / 'q.yaml').write_text(
@@ -66,7 +57,6 @@ def test_quality_smoke(tmp_path):
     assert res['val_chars'] < res['train_chars'] and 'nats/char' in r.stdout
 
 
-@QUALITY_CLI
 def test_quality_compare_alternates_two_configs(tmp_path):
     corpus, out = small_corpus(tmp_path / 'corpus.txt'), tmp_path / 'compare.json'
     base = ("model: {hidden_size: 32, intermediate_size: 64, num_layers: 1, num_attention_heads: 2,\n"
@@ -106,7 +96,6 @@ def test_user_errors(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --shapes: unknown shape 'huge' (choose from baby, local, m3_medium, gpt2_124m)"]
 
 
-@QUALITY_CLI
 def test_quality_user_errors(tmp_path):
     r = tnb_bench('--quality', '--corpus', tmp_path / 'missing.txt', '--out', tmp_path / 'x.json', cwd=tmp_path)
     assert r.returncode == 2 and 'missing.txt' in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,11 +1,13 @@
 """The command-line tools, run as a user runs them: as separate processes through the console scripts.
 
-Covers: `--help` of every command; user errors (missing or wrong config, bad override, missing /
-binary / non-UTF-8 / empty corpus, bad tokenizer or checkpoint paths, contradictory flags) exit with
-status 2 and exactly one `error: ...` line on stderr naming the culprit, never a traceback; a tiny
-end-to-end `orchestrate` run produces the run-directory layout, `--resume` continues it, `train
---config <run>/training.yaml --resume` continues it too, `generate` streams text from it; and
-`train-tokenizer`, `prepare-data`, `validate-corpus` work on a small corpus. CPU only, no network.
+Covers: `tnb --help` (every command listed), `tnb --version`, `python -m transformer_nb`, the console
+scripts pyproject.toml installs (`tnb`, `train`, `orchestrate` only); `--help` of every command; user
+errors (missing or wrong config, bad override, missing / binary / non-UTF-8 / empty corpus, bad
+tokenizer or checkpoint paths, contradictory flags) exit with status 2 and exactly one `error: ...`
+line on stderr naming the culprit, never a traceback; `train --print-config`; a tiny end-to-end
+`orchestrate` run produces the run-directory layout, `--resume` continues it, `train --config
+<run>/training.yaml --resume` continues it too, `tnb generate` streams text from it; and
+`tnb train-tokenizer`, `tnb prepare-data`, `tnb validate-corpus` work on a small corpus. CPU only, no network.
 """
 import json
 import os
@@ -17,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-COMMANDS = ['train', 'orchestrate', 'generate', 'train-tokenizer', 'prepare-data', 'validate-corpus', 'evaluate']
+import yaml
+
+import transformer_nb
+from faults import SCRIPTS, argv_of
+from transformer_nb.cli import COMMANDS
 
 # a tiny model: every orchestrate/train call in this file trains it for a handful of steps
 TINY = ['--vocab-size', '300', '--no-progress', '--prompt', 'the king', '--override',
@@ -26,19 +31,10 @@ TINY = ['--vocab-size', '300', '--no-progress', '--prompt', 'the king', '--overr
         'data.sequence_length=64', 'data.batch_size=4', 'runtime.evaluation.max_batches=2', 'runtime.device=cpu']
 
 
-# each console script's 'module:function', as pyproject.toml installs it
-SCRIPTS = tomllib.loads((Path(__file__).resolve().parent.parent / 'pyproject.toml').read_text())['project']['scripts']
-
-
 def run(cmd, *args, cwd=None, timeout=120):
-    "Run console script `cmd` (or, without the script, its main function) and return the result."
-    exe = BIN / cmd
-    if exe.exists(): argv = [str(exe), *map(str, args)]
-    else:
-        mod, fn = SCRIPTS[cmd].split(':')
-        argv = [sys.executable, '-c', f'import sys; from {mod} import {fn}; sys.exit({fn}())', *map(str, args)]
+    "Run console script `cmd` (`tnb`, `train`, `orchestrate`; without the script, its main function) and return the result."
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='2')
-    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+    return subprocess.run(argv_of(cmd, *args), capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
 def assert_user_error(r, culprit):
@@ -98,12 +94,55 @@ def configs(tmp_path_factory, corpus):
 
 # --- help ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('cmd', COMMANDS)
-def test_help(cmd):
-    r = run(cmd, '--help')
+@pytest.mark.parametrize('name', list(COMMANDS))
+def test_help(name):
+    r = run('tnb', name, '--help')
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f'usage: {cmd}'), r.stdout[:200]
+    assert r.stdout.startswith(f'usage: tnb {name}'), r.stdout[:200]
     assert 'examples:' in r.stdout and r.stderr == ''
+
+
+@pytest.mark.parametrize('cmd', ['train', 'orchestrate'])
+def test_help_of_the_original_commands(cmd):
+    r = run(cmd, '--help')
+    assert r.returncode == 0 and r.stdout.startswith(f'usage: {cmd} ') and 'examples:' in r.stdout, r.stderr
+
+
+def test_tnb_help_lists_every_command():
+    r = run('tnb', '--help')
+    assert r.returncode == 0 and r.stdout.startswith('usage: tnb '), r.stderr
+    listed = {l.split()[0] for l in r.stdout.split('Commands:')[1].split('\n\n')[1].splitlines()}
+    assert listed == set(COMMANDS) == {'train', 'orchestrate', 'generate', 'evaluate', 'train-tokenizer', 'prepare-data',
+                                       'validate-corpus', 'bench', 'estimate-memory', 'export-hf'}, listed
+    assert not [l for l in r.stdout.split('\nexamples:')[0].splitlines() if len(l) > 80]
+    for bad in ([], ['no-such-command']):
+        r = run('tnb', *bad)
+        assert r.returncode == 2 and 'usage: tnb' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def test_tnb_version():
+    r = run('tnb', '--version')
+    assert r.returncode == 0 and r.stdout == f'transformer_nb {transformer_nb.__version__}\n', (r.stdout, r.stderr)
+
+
+def test_python_m_transformer_nb(corpus):
+    m = [sys.executable, '-m', 'transformer_nb']
+    r = subprocess.run([*m, '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith('usage: python -m transformer_nb'), r.stderr
+    assert all(name in r.stdout for name in COMMANDS)
+    r = subprocess.run([*m, 'validate-corpus', corpus], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'corpus OK' in r.stdout, r.stderr
+    r = subprocess.run([*m, 'generate', '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith('usage: python -m transformer_nb generate'), r.stderr
+
+
+def test_console_scripts():
+    "Only `tnb` and the original project's two commands go on a user's PATH."
+    assert SCRIPTS == {'tnb': 'transformer_nb.cli:main', 'train': 'transformer_nb.cli:train_main',
+                       'orchestrate': 'transformer_nb.cli:orchestrate_main'}
+    for old in ('generate', 'evaluate', 'train-tokenizer', 'prepare-data', 'validate-corpus', 'tnb-bench',
+                'estimate-memory', 'export-hf'):
+        assert old not in SCRIPTS
 
 
 def test_usage_error_exits_2():
@@ -128,22 +167,22 @@ def test_config_errors(configs, tmp_path):
 
 @pytest.mark.parametrize('name', ['binary.txt', 'latin1.txt', 'empty.txt', 'missing.txt', 'notes'])
 def test_corpus_errors(bad_files, name):
-    assert_user_error(run('validate-corpus', bad_files / name), name)
+    assert_user_error(run('tnb', 'validate-corpus', bad_files / name), name)
 
 
 def test_corpus_errors_in_other_commands(bad_files, tmp_path):
-    assert_user_error(run('train-tokenizer', '--input', bad_files / 'binary.txt', '--out', tmp_path / 't'), 'binary.txt')
+    assert_user_error(run('tnb', 'train-tokenizer', '--input', bad_files / 'binary.txt', '--out', tmp_path / 't'), 'binary.txt')
     assert_user_error(run('orchestrate', '--profile', 'local', '--input', bad_files / 'latin1.txt',
                           '--run-dir', tmp_path / 'r'), 'latin1.txt')
-    assert_user_error(run('prepare-data', '--tokenizer', tmp_path / 'nope', '--input', bad_files / 'empty.txt',
+    assert_user_error(run('tnb', 'prepare-data', '--tokenizer', tmp_path / 'nope', '--input', bad_files / 'empty.txt',
                           '--out', tmp_path / 'd'), 'nope')
 
 
 def test_path_and_flag_errors(tmp_path, corpus):
-    assert_user_error(run('generate', '--checkpoint', tmp_path / 'nope', '--prompt', 'x'), 'nope')
+    assert_user_error(run('tnb', 'generate', '--checkpoint', tmp_path / 'nope', '--prompt', 'x'), 'nope')
     (tmp_path / 'empty_dir').mkdir()
-    assert_user_error(run('generate', '--checkpoint', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
-    assert_user_error(run('generate', '--run-dir', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
+    assert_user_error(run('tnb', 'generate', '--checkpoint', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
+    assert_user_error(run('tnb', 'generate', '--run-dir', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
     assert_user_error(run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
                           '--skip-tokenizer'), '--skip-tokenizer')
     assert_user_error(run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
@@ -156,26 +195,40 @@ def test_path_and_flag_errors(tmp_path, corpus):
                           '--force-retrain-tokenizer'), '--force-retrain-tokenizer')
 
 
+def test_train_print_config(configs, tmp_path):
+    "`train --print-config` (and `tnb train --print-config`): the resolved config as YAML, nothing trained or written."
+    for cmd in (['train'], ['tnb', 'train']):
+        r = run(*cmd, '--config', configs / 'good.yaml', '--override', 'data.batch_size=2', 'model.num_layers=3',
+                '--print-config', cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        d = yaml.safe_load(r.stdout)
+        assert d['data']['batch_size'] == 2 and d['model']['num_layers'] == 3 and d['scheduler']['total_steps'] == 5
+        assert d['tokenizer']['tokenizer_json'] == str(configs / 'tok' / 'tokenizer.json')   # resolved against the file
+        assert list(tmp_path.iterdir()) == [] and not (configs / 'checkpoints').exists()
+    assert_user_error(run('train', '--config', configs / 'good.yaml', '--override', 'data.batch_sise=2', '--print-config'),
+                      'data.batch_sise')
+
+
 # --- the small commands ---------------------------------------------------------------------------
 
 def test_validate_tokenizer_prepare(corpus, tmp_path):
-    r = run('validate-corpus', corpus)
+    r = run('tnb', 'validate-corpus', corpus)
     assert r.returncode == 0, r.stderr
     assert 'verse.txt' in r.stdout and 'corpus OK' in r.stdout and '400' in r.stdout   # 400 documents
 
-    r = run('train-tokenizer', '--input', corpus, '--out', tmp_path / 'tok', '--vocab-size', '300', '--no-progress')
+    r = run('tnb', 'train-tokenizer', '--input', corpus, '--out', tmp_path / 'tok', '--vocab-size', '300', '--no-progress')
     assert r.returncode == 0, r.stderr
     for f in ('tokenizer.json', 'vocab.json', 'merges.txt', 'manifest.json'): assert (tmp_path / 'tok' / f).is_file()
     assert 'vocabulary' in r.stdout and 'compression' in r.stdout
 
-    r = run('prepare-data', '--tokenizer', tmp_path / 'tok', '--input', corpus, '--out', tmp_path / 'data',
+    r = run('tnb', 'prepare-data', '--tokenizer', tmp_path / 'tok', '--input', corpus, '--out', tmp_path / 'data',
             '--val-fraction', '0.2', '--seed', '3', '--no-progress')
     assert r.returncode == 0, r.stderr
     (folder,) = [p for p in (tmp_path / 'data').iterdir() if p.name.startswith('tokens-')]
     man = json.loads((folder / 'manifest.json').read_text())
     assert man['train']['num_tokens'] > 0 and man['val']['num_tokens'] > 0
     assert man['split']['val_fraction'] == 0.2
-    r = run('prepare-data', '--tokenizer', tmp_path / 'tok', '--input', corpus, '--out', tmp_path / 'data',
+    r = run('tnb', 'prepare-data', '--tokenizer', tmp_path / 'tok', '--input', corpus, '--out', tmp_path / 'data',
             '--val-fraction', '0.2', '--seed', '3', '--no-progress')
     assert r.returncode == 0 and 'reused' in r.stdout                                    # a cache
 
@@ -213,12 +266,12 @@ def test_orchestrate_refuses_to_clobber(run_dir, corpus):
 
 
 def test_generate(run_dir):
-    r = run('generate', '--run-dir', run_dir, '--prompt', 'KING.\\n', '--max-new-tokens', '20', '--seed', '1', '--threads', '1')
+    r = run('tnb', 'generate', '--run-dir', run_dir, '--prompt', 'KING.\\n', '--max-new-tokens', '20', '--seed', '1', '--threads', '1')
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith('KING.\n') and len(r.stdout) > len('KING.\n') + 5
     assert 'tokens/s' in r.stderr                                        # details on stderr, text on stdout
     ck = sorted((run_dir / 'checkpoints').glob('step_*'))[-1]
-    r = run('generate', '--checkpoint', ck, '--prompt', 'the', '--max-new-tokens', '15', '--temperature', '0',
+    r = run('tnb', 'generate', '--checkpoint', ck, '--prompt', 'the', '--max-new-tokens', '15', '--temperature', '0',
             '--no-echo', '--no-kv-cache', '--threads', '1')
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     assert ck.name in r.stderr and 'no KV cache' in r.stderr
@@ -230,11 +283,11 @@ def test_generate_compile(run_dir):
     ck = sorted((run_dir / 'checkpoints').glob('step_*'))[-1]
     common = ('--checkpoint', ck, '--prompt', 'the', '--max-new-tokens', '24', '--temperature', '0', '--no-echo',
               '--threads', '1')
-    outs = [run('generate', *common, *extra) for extra in ((), ('--compile',), ('--no-kv-cache',))]
+    outs = [run('tnb', 'generate', *common, *extra) for extra in ((), ('--compile',), ('--no-kv-cache',))]
     for r in outs: assert r.returncode == 0, r.stderr
     assert outs[0].stdout == outs[1].stdout == outs[2].stdout
     assert 'compiled' in outs[1].stderr
-    assert_user_error(run('generate', *common, '--compile', '--no-kv-cache'), '--compile needs the KV cache')
+    assert_user_error(run('tnb', 'generate', *common, '--compile', '--no-kv-cache'), '--compile needs the KV cache')
 
 def test_resume(run_dir, corpus):
     r = run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', run_dir, '--max-steps', '16',

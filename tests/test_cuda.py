@@ -1,4 +1,4 @@
-"""The CUDA path (issue 13, item 6): skipped without a GPU; `make gpu-check` runs it with `tnb-bench --device cuda`.
+"""The CUDA path (issue 13, item 6): skipped without a GPU; `make gpu-check` runs it with `tnb bench --device cuda`.
 
 - bf16 and fp16 autocast training steps through the Trainer (fp16 with its GradScaler): finite, learning;
 - fused AdamW is what the Trainer builds on CUDA, and its step equals the plain (for-each) AdamW's;

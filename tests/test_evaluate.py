@@ -1,4 +1,4 @@
-"""The `evaluate` command, run as a user runs it (the console script in a separate process): loss, perplexity,
+"""The `tnb evaluate` command, run as a user runs it (the console script in a separate process): loss, perplexity,
 bits per byte and nats per character of a checkpoint on any text; the figures agree with a computation by hand;
 user errors exit 2 with one line naming the culprit."""
 import json
@@ -12,19 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from faults import argv_of
 from transformer_nb.checkpoint import save_checkpoint
 from transformer_nb.config import config_from_dict
 from transformer_nb.model import DecoderModel
 from transformer_nb.tokenizer import build_from_artifacts, eos_id, train_bbpe
 
-EVALUATE = Path(sys.executable).parent / 'evaluate'
 TEXT = ("Ô Roméo, Roméo! pourquoi es-tu Roméo?\nRenie ton père et abdique ton nom.\n\n"
         "Wherefore art thou Romeo? Deny thy father and refuse thy name.\n") * 20
 
 
 def run(*args):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    return subprocess.run([str(EVALUATE), *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(argv_of('tnb', 'evaluate', *args), capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture(scope='module')
@@ -94,3 +94,38 @@ def test_missing_checkpoint_and_binary_input(ckpt, tmp_path):
     (tmp_path / 'bin.txt').write_bytes(b'abc\x00def\n')
     r = run('--checkpoint', path, '--input', tmp_path / 'bin.txt')
     assert r.returncode == 2 and 'bin.txt' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_several_inputs(ckpt, tmp_path):
+    "--input takes several paths, after one flag or repeated (a second --input adds to the first; a file named twice is read once)."
+    d, path, _ = ckpt
+    (tmp_path / 'other.txt').write_text(TEXT[: len(TEXT) // 2], encoding='utf-8')
+    figures = {}
+    for name, inputs in {'one': ['--input', d / 'text.txt'],
+                         'repeated': ['--input', d / 'text.txt', '--input', tmp_path / 'other.txt'],
+                         'after one flag': ['--input', d / 'text.txt', tmp_path / 'other.txt'],
+                         'twice': ['--input', d / 'text.txt', '--input', d / 'text.txt']}.items():
+        r = run('--checkpoint', path, *inputs, '--no-progress', '--json', tmp_path / f'{name}.json')
+        assert r.returncode == 0, r.stderr
+        figures[name] = json.loads((tmp_path / f'{name}.json').read_text())
+    assert figures['repeated']['inputs'] == [str(d / 'text.txt'), str(tmp_path / 'other.txt')]
+    assert figures['repeated']['tokens'] == figures['after one flag']['tokens'] > figures['one']['tokens']
+    assert figures['repeated']['chars'] > figures['one']['chars']
+    assert (figures['twice']['tokens'], figures['twice']['inputs']) == (figures['one']['tokens'], [str(d / 'text.txt')])
+
+
+def test_hf_dataset_input(ckpt, tmp_path):
+    "An `hf:` source (a local dataset folder: Parquet under data/, as `datasets` writes it) gives the figures of its text."
+    pa, pq = pytest.importorskip('pyarrow'), pytest.importorskip('pyarrow.parquet')
+    pytest.importorskip('datasets')
+    d, path, _ = ckpt
+    docs = [p.strip('\n') + '\n' for p in TEXT.split('\n\n') if p.strip()]
+    (tmp_path / 'ds' / 'data').mkdir(parents=True)
+    pq.write_table(pa.table({'text': docs}), tmp_path / 'ds' / 'data' / 'train-00000-of-00001.parquet')
+    r = run('--checkpoint', path, '--input', f'hf:{tmp_path / "ds"}', '--no-progress', '--json', tmp_path / 'hf.json')
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / 'hf.json').read_text())
+    r = run('--checkpoint', path, '--input', d / 'text.txt', '--no-progress', '--json', tmp_path / 'txt.json')
+    t = json.loads((tmp_path / 'txt.json').read_text())
+    assert m['inputs'] == [f'hf:{tmp_path / "ds"}'] and (m['tokens'], m['chars']) == (t['tokens'], t['chars'])
+    assert abs(m['loss'] - t['loss']) < 1e-6

@@ -2,7 +2,7 @@
 
 Logits agree within 1e-4 (fp32), greedy generation gives the same tokens, export -> import ->
 export is byte-identical, AutoTokenizer encodes like our tokenizer, and the models Llama can't
-express are refused by `export-hf` with exit status 2 and one line."""
+express are refused by `tnb export-hf` with exit status 2 and one line."""
 import json
 import os
 import shutil
@@ -22,15 +22,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from transformer_nb.checkpoint import save_checkpoint
 from transformer_nb.config import ModelConfig, config_from_dict, config_to_dict
-from transformer_nb.export import (ExportError, export_checkpoint, export_hf, export_hf_main, hf_logits_diff,
-                                   hf_tensors_equal, load_hf, read_hf_tensors)
+from transformer_nb.hf import (ExportError, export_checkpoint, export_hf, hf_logits_diff, hf_tensors_equal, load_hf,
+                               read_hf_tensors)
+from transformer_nb.cli import export_hf_main
 from transformer_nb.generate import generate, generate_ids
 from transformer_nb.model import DecoderModel
 from transformer_nb.tokenizer import build_from_artifacts, train_bbpe
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
-EXPORT_HF = Path(sys.executable).parent / 'export-hf'
 PROMPTS = ["First Citizen:\nBefore we proceed any further, hear me speak.", "All:\nSpeak, speak.",
            "You are all resolved rather to die than to famish?", "MENENIUS:\nWhy, masters"]
 
@@ -210,7 +210,7 @@ def test_tokenizer_with_bos_eos_template(tok_dir, work, tok):
 # ---- round trips ------------------------------------------------------------------------------------
 
 def test_export_import_export_is_byte_identical(exported, model, tok, work):
-    back = DecoderModel.from_hf(exported)
+    back = load_hf(exported)
     assert back.config == model.config and back.vocab_size == model.vocab_size
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
     again = export_hf(back, tok, work / 'hf-again')
@@ -314,7 +314,7 @@ def test_loads_a_model_made_by_transformers(tok, work):
         for p in native.parameters(): p.normal_(0, 0.2)
     native.save_pretrained(work / 'hf-native', max_shard_size='100KB')       # sharded: an index.json + shards
     assert (work / 'hf-native' / 'model.safetensors.index.json').is_file()
-    ours = DecoderModel.from_hf(work / 'hf-native')
+    ours = load_hf(work / 'hf-native')
     assert (ours.config.kv_heads, ours.config.theta, ours.config.norm_eps, ours.tie_embeddings) == (2, 1000.0, 1e-6, False)
     ids = batch_of(tok)
     with torch.no_grad():
@@ -329,7 +329,7 @@ def test_pickle_only_folder_is_refused(exported, work):
     shutil.copy(exported / 'config.json', d / 'config.json')
     (d / 'pytorch_model.bin').write_bytes(b'never unpickled')
     with pytest.raises(ExportError, match='pytorch_model.bin'):
-        DecoderModel.from_hf(d)
+        load_hf(d)
 
 
 def test_unsupported_hf_configs_are_refused(exported, work):
@@ -365,10 +365,10 @@ def test_cli_refuses_what_llama_cannot_express(setting, word, work, tok_dir, cap
 
 
 def test_console_script_end_to_end(work, tok_dir):
-    "The installed `export-hf` command: refusal (exit 2, one line), export with --verify, --force."
-    assert EXPORT_HF.is_file(), f"{EXPORT_HF}: console script missing (pip install -e .)"
+    "The command `tnb export-hf`, in its own process: refusal (exit 2, one line), export with --verify, --force."
+    from faults import argv_of
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
-    run = lambda *a: subprocess.run([str(EXPORT_HF), *map(str, a)], capture_output=True, text=True, env=env, timeout=300)
+    run = lambda *a: subprocess.run(argv_of('tnb', 'export-hf', *a), capture_output=True, text=True, env=env, timeout=300)
     checkpoint(work, tok_dir, 'run-ln', cfg(norm='layernorm'))
     r = run('--checkpoint', work / 'run-ln' / 'checkpoints', '--out', work / 'ln-out')
     assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'model.norm' in r.stderr and r.stderr.startswith('error: ')

@@ -12,7 +12,7 @@
   the run matches one process.
 - SIGKILL of one rank while an async save is being written: the previous checkpoint stays the newest
   valid one, and training resumes from it.
-- A DCP checkpoint exported with `export-hf` gives the logits of the model in transformers; `generate`
+- A DCP checkpoint exported with `tnb export-hf` gives the logits of the model in transformers; `generate`
   loads it; DCP's pickled `.metadata` is refused when it names anything but DCP's own classes.
 
 Tiny model (2 layers x 32, vocab 384, 32 tokens), fp32, the first 60,000 characters of tinyshakespeare.
@@ -198,8 +198,8 @@ def test_sigkill_during_async_save_keeps_previous_checkpoint(tmp):
 
 def test_dcp_checkpoint_exports_to_transformers_and_generates(tmp, single):
     transformers = pytest.importorskip('transformers')
-    from transformer_nb.export import export_checkpoint, hf_logits_diff
-    from transformer_nb.cli import load_for_generation
+    from transformer_nb.hf import export_checkpoint, hf_logits_diff
+    from transformer_nb.checkpoint import load_for_generation
     from transformer_nb.generate import generate
     ck = tmp / 'single' / 'checkpoints' / checkpoint_name(STEPS)
     export_checkpoint(ck, tmp / 'hf')
@@ -221,14 +221,15 @@ def test_dcp_metadata_naming_foreign_code_is_refused(tmp, single):
 
 
 def test_estimate_memory_command():
-    exe = Path(sys.executable).parent / 'estimate-memory'
-    p = subprocess.run([str(exe), '--config', str(ROOT / 'configs' / 'llama_1b.yaml'), '--world-size', '8'],
+    from faults import argv_of
+    exe = argv_of('tnb', 'estimate-memory')
+    p = subprocess.run([*exe, '--config', str(ROOT / 'configs' / 'llama_1b.yaml'), '--world-size', '8'],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = {l.split(',')[0].strip(): l.split() for l in p.stdout.splitlines() if 'micro-batch' in l}
     fsdp, ddp = float(rows['fsdp x8'][-1]), float(rows['ddp x8'][-1])
     assert '1,100.0M parameters' in p.stdout and fsdp < 0.6 * ddp          # sharding halves (and more) the per-rank total
-    bad = subprocess.run([str(exe), '--config', 'nope.yaml'], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*exe, '--config', 'nope.yaml'], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yaml' in bad.stderr
 
 

@@ -20,8 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / 'transformer_nb'
 ORDER = ['base', 'config', 'device', 'sources', 'tokenizer', 'data', 'rope', 'attention', 'layers', 'model',
-         'generate', 'checkpoint', 'export', 'parallel', 'optim', 'metrics', 'display', 'step', 'run', 'trainer',
-         'lr_find', 'cli', 'orchestrate', 'bench', 'quality']
+         'generate', 'checkpoint', 'hf', 'parallel', 'optim', 'metrics', 'display', 'step', 'run', 'trainer',
+         'lr_find', 'orchestrate', 'bench', 'quality', 'cli']
 PACKAGE = '__init__'      # the package itself (`import transformer_nb` for `__version__`): below everything
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
@@ -123,7 +123,7 @@ import os
 from . import config
 from .data import prepare
 import transformer_nb.model as m
-from transformer_nb.export import load_hf
+from transformer_nb.hf import load_hf
 from transformer_nb import cli
 import transformer_nb
 def f():
@@ -136,7 +136,7 @@ class C:
 h = lambda: __import__('os')
 '''
     found = sorted(project_imports(src))
-    assert found == sorted([('config', 3, False), ('data', 4, False), ('model', 5, False), ('export', 6, False),
+    assert found == sorted([('config', 3, False), ('data', 4, False), ('model', 5, False), ('hf', 6, False),
                             ('cli', 7, False), (PACKAGE, 8, False), ('training', 11, True), ('bench', 15, True)])
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set()}) is None

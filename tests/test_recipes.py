@@ -8,7 +8,7 @@ paths land there) and a small made-up corpus, with only these changes to the com
 - `train` gets a few overrides that make it short (2 steps, short sequences, 1 validation batch, CPU), and
   `orchestrate` gets `--max-steps 2` (and the small corpus as `--input` where the recipe uses the built-in one);
 - `tensorboard --logdir DIR` is not started: the test checks that DIR holds event files;
-- `tnb-bench` recipes are benchmarks, run by tests/test_bench.py; a config whose recipe is `torchrun` on
+- `tnb bench` recipes are benchmarks, run by tests/test_bench.py; a config whose recipe is `torchrun` on
   8 GPUs (llama_1b.yaml) is not run here (tests/test_ddp.py runs torchrun and FSDP).
 """
 import re
@@ -23,8 +23,7 @@ from faults import command, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / 'configs').glob('*.yaml'))
-KNOWN = {'train', 'train-tokenizer', 'orchestrate', 'generate', 'prepare-data', 'validate-corpus', 'tensorboard',
-         'mkdir', 'torchrun', 'tnb-bench', 'estimate-memory'}
+KNOWN = {'train', 'orchestrate', 'tnb', 'tensorboard', 'mkdir', 'torchrun'}
 SHORT = ['scheduler.total_steps=2', 'scheduler.warmup_steps=0', 'data.sequence_length=32',
          'runtime.evaluation.max_batches=1', 'runtime.device=cpu']
 
@@ -56,7 +55,7 @@ def run_recipe(cmds: list[str], work: Path, reads_builtin: bool):
     for cmd in cmds:
         cmd = cmd.replace('<your text files>', 'corpus.txt')
         argv = shlex.split(cmd)
-        if argv[0] == 'tnb-bench': continue
+        if argv[:2] == ['tnb', 'bench']: continue
         if argv[0] == 'tensorboard':
             logdir = work / argv[argv.index('--logdir') + 1]
             assert list(logdir.glob('events.out.tfevents.*')), f"{cmd}: no TensorBoard events in {logdir}"
@@ -66,11 +65,12 @@ def run_recipe(cmds: list[str], work: Path, reads_builtin: bool):
             assert r.returncode == 0, f"{cmd}: {r.stderr}"
             continue
         argv = [str(corpus) if a in ('shakespeare', '../shared/data/tinyshakespeare.txt') else a for a in argv]
+        if argv[0] == 'tnb' and argv[1] in ('train', 'orchestrate'): argv = argv[1:]   # the same commands
         if argv[0] == 'train':
             argv += ['--override', *SHORT] + (['--override', f'data.train_shards=[{corpus}]'] if reads_builtin else [])
         if argv[0] == 'orchestrate':
             argv += ['--max-steps', '2'] + (['--input', str(corpus)] if '--input' not in argv else [])
-        if argv[0] == 'generate' and '--max-new-tokens' in argv: argv[argv.index('--max-new-tokens') + 1] = '20'
+        if argv[:2] == ['tnb', 'generate'] and '--max-new-tokens' in argv: argv[argv.index('--max-new-tokens') + 1] = '20'
         r = command(argv[0], *argv[1:], cwd=work, timeout=600)
         assert r.returncode == 0, f"{cmd} (as run: {shlex.join(argv)}) failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
 
@@ -84,7 +84,7 @@ def work(tmp_path) -> Path:
 
 @pytest.mark.parametrize('config', CONFIGS, ids=lambda p: p.name)
 def test_config_header_recipe(config, work):
-    cmds = [c for c in header_commands(config) if c.split()[0] != 'tnb-bench']
+    cmds = [c for c in header_commands(config) if c.split()[:2] != ['tnb', 'bench']]
     if any(c.startswith('torchrun') for c in cmds):
         pytest.skip(f"{config.name}: a recipe for 8 GPUs (torchrun and FSDP are tested by tests/test_ddp.py)")
     assert any(c.startswith('train ') for c in cmds), f"{config.name}: the header never says how to train with it"
@@ -94,7 +94,7 @@ def test_config_header_recipe(config, work):
 
 def test_readme_commands(work):
     cmds = readme_commands()
-    assert any(c.startswith('train-tokenizer') for c in cmds) and any(c.startswith('orchestrate') for c in cmds)
+    assert any(c.startswith('tnb train-tokenizer') for c in cmds) and any(c.startswith('orchestrate') for c in cmds)
     run_recipe(cmds, work, reads_builtin=False)
 
 
@@ -103,5 +103,5 @@ def test_missing_tokenizer_names_the_key_and_the_command(work):
     r = command('train', '--config', 'configs/m3_medium.yaml', cwd=work)
     assert r.returncode == 2, r.stderr
     err = [l for l in r.stderr.splitlines() if l.startswith('error:')]
-    assert len(err) == 1 and 'tokenizer.tokenizer_json' in err[0] and 'train-tokenizer --input' in err[0], r.stderr
+    assert len(err) == 1 and 'tokenizer.tokenizer_json' in err[0] and 'tnb train-tokenizer --input' in err[0], r.stderr
     assert '--out runs/m3-medium/tokenizer' in err[0], err[0]

@@ -123,7 +123,7 @@ def batch(base, tmp_path_factory):
     (p / 'tokenizer' / 'tokenizer.json').write_bytes(malicious_pickle(markers / 'evil_gen'))
     reseal_tokenizer(p / 'tokenizer'); reseal(p)
     info['evil_gen'] = {'marker': markers / 'evil_gen'}
-    calls['evil_gen'] = ('generate', ['--checkpoint', p, '--prompt', 'the king', '--max-new-tokens', '2', '--device', 'cpu'])
+    calls['evil_gen'] = ('tnb', ['generate', '--checkpoint', p, '--prompt', 'the king', '--max-new-tokens', '2', '--device', 'cpu'])
 
     # item 3: the config's tokenizer_json is a pickle
     evil = base['dir'] / 'evil_tok' / 'tokenizer.json'; evil.parent.mkdir()
@@ -310,7 +310,7 @@ def unpickling_spy():
 def test_planted_pickles_are_refused_in_process(base, tmp_path, tmp_path_factory):
     from transformer_nb.checkpoint import load_for_generation
     from transformer_nb.config import load_config
-    from transformer_nb.export import read_hf_tensors
+    from transformer_nb.hf import read_hf_tensors
     from transformer_nb.tokenizer import build_from_artifacts
     markers = tmp_path / 'markers'; markers.mkdir()
     t = base['trainer']

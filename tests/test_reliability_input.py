@@ -336,9 +336,9 @@ def test_bad_input_in_real_processes(world):
     empty = bad / 'real_empty.txt'; empty.write_bytes(b'')
     runs = [(('train', ['--config', world['cfg'], '--override', 'model.num_key_value_heads=3'],
               {'cwd': world['scratch']}), ['model.num_key_value_heads']),
-            (('validate-corpus', [utf8]), [utf8.name]),
-            (('train-tokenizer', ['--input', nul, '--out', world['run'] / 'tokenizer', '--no-progress']), [nul.name]),
-            (('prepare-data', ['--tokenizer', world['assets']['tok'], '--input', empty, '--out', world['run'] / 'data',
+            (('tnb', ['validate-corpus', utf8]), [utf8.name]),
+            (('tnb', ['train-tokenizer', '--input', nul, '--out', world['run'] / 'tokenizer', '--no-progress']), [nul.name]),
+            (('tnb', ['prepare-data', '--tokenizer', world['assets']['tok'], '--input', empty, '--out', world['run'] / 'data',
                                '--no-progress']), [empty.name])]
     results = commands([c for c, _ in runs], parallel=4)
     for (c, culprits), r in zip(runs, results):

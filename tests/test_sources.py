@@ -160,7 +160,8 @@ def test_normalize_text():
 
 def run(cmd, *args, env=None, timeout=300):
     env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
-    return subprocess.run([str(BIN/cmd), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, '-m', 'transformer_nb', cmd, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def assert_user_error(r, culprit):

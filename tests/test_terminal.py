@@ -159,7 +159,7 @@ def checkpoint(assets, tmp_path_factory):
 def test_generate_names_a_bad_flag_before_loading(flag, value, tmp_path):
     "The flag is checked first: a run directory that does not even exist is not what the error is about."
     from faults import assert_user_error, command
-    r = command('generate', '--run-dir', tmp_path / 'no-such-run', '--prompt', 'x', flag, value)
+    r = command('tnb', 'generate', '--run-dir', tmp_path / 'no-such-run', '--prompt', 'x', flag, value)
     line = assert_user_error(r.returncode, r.stderr, f'{flag} ', r.stdout)
     assert line.startswith(f'error: {flag} ') and 'no-such-run' not in line, line
 
@@ -167,14 +167,14 @@ def test_generate_names_a_bad_flag_before_loading(flag, value, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message for a machine without CUDA')
 def test_generate_device_error_names_the_flag(tmp_path):
     from faults import assert_user_error, command
-    r = command('generate', '--run-dir', tmp_path / 'no-such-run', '--prompt', 'x', '--device', 'cuda')
+    r = command('tnb', 'generate', '--run-dir', tmp_path / 'no-such-run', '--prompt', 'x', '--device', 'cuda')
     line = assert_user_error(r.returncode, r.stderr, '--device cuda', r.stdout)
     assert 'runtime.device' not in line, line
 
 
 def test_generate_says_how_much_of_a_long_prompt_is_dropped(checkpoint):
     from faults import command
-    r = command('generate', '--checkpoint', checkpoint, '--prompt', 'the king ' * 100, '--max-new-tokens', '2', '--seed', '0')
+    r = command('tnb', 'generate', '--checkpoint', checkpoint, '--prompt', 'the king ' * 100, '--max-new-tokens', '2', '--seed', '0')
     assert r.returncode == 0, r.stderr
     m = re.search(r"the prompt is (\d+) tokens, the model's context 64: its first (\d+) tokens are dropped", r.stderr)
     assert m and int(m.group(1)) + 1 - 64 == int(m.group(2)), r.stderr
@@ -184,7 +184,7 @@ def test_ctrl_c_in_generate_ends_the_text_line(checkpoint):
     "Ctrl-C while text streams out: the text's line is ended, so that `error: interrupted` starts a line of its own."
     import signal, subprocess, threading, time
     from faults import argv_of, env_with
-    p = subprocess.Popen(argv_of('generate', '--checkpoint', checkpoint, '--prompt', 'KING.', '--max-new-tokens', '1000000',
+    p = subprocess.Popen(argv_of('tnb', 'generate', '--checkpoint', checkpoint, '--prompt', 'KING.', '--max-new-tokens', '1000000',
                                  '--seed', '1'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_with())
     err, loaded = [], threading.Event()
     def read_err():
@@ -223,14 +223,16 @@ def test_second_ctrl_c_says_what_was_saved(assets, tmp_path):
 
 # --- item 4: --help -------------------------------------------------------------------------------------------------
 
-COMMANDS = ['validate-corpus', 'train-tokenizer', 'prepare-data', 'train', 'orchestrate', 'generate']
-
-
 def test_help_fits_80_columns_and_shows_each_default_once():
+    "Every command of the registry (`tnb NAME --help`), and `tnb`, `train` and `orchestrate` themselves."
     from faults import commands
-    results = commands([(c, ['--help'], {'env': {'COLUMNS': '80'}}) for c in COMMANDS])
-    for c, r in zip(COMMANDS, results):
+    from transformer_nb.cli import COMMANDS
+    calls = [('tnb', [name, '--help']) for name in COMMANDS] + [('tnb', ['--help']), ('train', ['--help']), ('orchestrate', ['--help'])]
+    results = commands([(c, a, {'env': {'COLUMNS': '80'}}) for c, a in calls])
+    for (c, a), r in zip(calls, results):
+        c = ' '.join([c, *a[:-1]])
         assert r.returncode == 0, (c, r.stderr)
+        assert r.stdout.startswith(f'usage: {c}'), (c, r.stdout[:100])
         wide = [l for l in r.stdout.split('\nexamples:')[0].splitlines() if len(l) > 80]   # (examples: commands)
         assert not wide, f'{c} --help: lines wider than 80 columns:\n' + '\n'.join(wide)
         text = ' '.join(r.stdout.split())                    # (a default may be wrapped onto the next line)
@@ -239,8 +241,9 @@ def test_help_fits_80_columns_and_shows_each_default_once():
         blocks = re.split(r'\n(?=  -)', r.stdout)            # one block per option
         twice = [b for b in blocks if b.count('(default') > 1]
         assert not twice, f'{c} --help: an option with two defaults:\n' + '\n'.join(twice)
-    for c in ('train', 'generate'):
-        assert 'First:' in results[COMMANDS.index(c)].stdout, f'{c} --help does not say what to run first'
+    helps = {' '.join([c, *a[:-1]]): r.stdout for (c, a), r in zip(calls, results)}
+    for c in ('train', 'tnb generate'):
+        assert 'First:' in helps[c], f'{c} --help does not say what to run first'
 
 
 # --- item 8: a failed orchestrate leaves nothing it created --------------------------------------------------------

@@ -7,7 +7,7 @@ Builds a randomly initialised `DecoderModel` of the `m3_medium` shape (hidden 38
 6 layers, 6 heads, 512 positions, silu, bias; vocabulary 32,000 unless --vocab), then generates
 `--new-tokens` tokens greedily (batch 1, fp32, no stop at EOS) after a random prompt of
 `--prompt-len` tokens, once with the KV cache and once without, through
-`transformer_nb.generate.generate_ids` (the loop `generate` uses). Prints tokens/s for both and their
+`transformer_nb.generate.generate_ids` (the loop `tnb generate` uses). Prints tokens/s for both and their
 ratio, and checks that both produced the same tokens. Each mode is timed `--repeat` times after a short
 warm-up; the best run is reported (the least disturbed by other processes).
 """

@@ -11,7 +11,7 @@ runs the HTML checks in tests/test_docs.py either way).
 import argparse, json, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
-PAGES = ('index', '03_rope', '09g_trainer', '10_cli')
+PAGES = ('index', '03_rope', '09g_trainer', '12_cli')
 BROWSERS = ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable')
 
 # appended to a copy of a page: after load, the figures are written into <body data-tnb-check>

@@ -45,6 +45,11 @@ def scrub_notebook(path: Path) -> int:
     return changed
 
 
+def not_run(cell) -> bool:
+    "A cell marked `#| eval: false`: exported, never run (e.g. the package's `__main__` module in 12b_main)."
+    return cell.cell_type == 'code' and any(l.replace(' ', '') == '#|eval:false' for l in cell.source.splitlines())
+
+
 def run_notebook(path: Path):
     from execnb.shell import CaptureShell
     path = path.resolve()
@@ -53,7 +58,7 @@ def run_notebook(path: Path):
     t0 = time.time()
     try:
         shell = CaptureShell(mpl_format='png')
-        shell.execute(path, path, exc_stop=True)
+        shell.execute(path, path, exc_stop=True, preproc=not_run)
     finally:
         os.chdir(cwd)
     n = scrub_notebook(path)

@@ -1,4 +1,4 @@
-"""`tnb-bench`: matmul peak, training throughput and MFU of the Trainer's own step, memory, generation with and without the KV cache, and data preparation speed (quality per compute: 11b_quality).
+"""`tnb bench`: matmul peak, training throughput and MFU of the training step, memory, generation with and without the KV cache, and data preparation speed (quality per compute: [11b_quality](11b_quality.ipynb)).
 
 Docs: https://transformer-nb.github.io/transformer_nb/bench.html.md"""
 
@@ -7,7 +7,6 @@ Docs: https://transformer-nb.github.io/transformer_nb/bench.html.md"""
 # %% ../nbs/11_bench.ipynb #5d0b2483
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -44,6 +43,7 @@ from .attention import attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
 from .device import measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
+from .hf import hf_generation_runner
 from .optim import build_optimizer
 from .step import StepSetup, train_step, uses_fused_step
 
@@ -53,7 +53,7 @@ __all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchErr
            'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepBench', 'step_bench', 'random_tokens',
            'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'corpus_file',
            'prepare_throughput', 'prepare_memory', 'fmt_range', 'format_table', 'print_results', 'run_bench',
-           'bench_main', 'estimate_memory', 'format_memory_table', 'estimate_memory_main']
+           'estimate_memory', 'format_memory_table']
 
 # %% ../nbs/11_bench.ipynb #21ad7a64
 class BenchError(UserError):
@@ -529,10 +529,9 @@ def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 400
     return n
 
 def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, workers: int | None = None) -> list[dict]:
-    "Peak resident memory of `prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB of text."
+    "Peak resident memory of `tnb prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB of text."
     src, out = corpus_file(corpus), []
-    exe = Path(sys.executable).parent / 'prepare-data'
-    cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from transformer_nb.cli import prepare_data_main as m; sys.exit(m())']
+    cmd = [sys.executable, '-m', 'transformer_nb', 'prepare-data']     # the command, as a user runs it
     with tempfile.TemporaryDirectory(prefix='tnb-bench-mem-') as tmp:
         tmp = Path(tmp)
         train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
@@ -546,7 +545,7 @@ def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, work
             while p.poll() is None:
                 total, h = _tree_memory(p.pid); peak, hwm = max(peak, total), max(hwm, h)
                 time.sleep(0.1)
-            if p.returncode: raise BenchError(f"prepare-data failed on {data.name}: {p.stderr.read()[-500:]}")
+            if p.returncode: raise BenchError(f"tnb prepare-data failed on {data.name}: {p.stderr.read()[-500:]}")
             secs = time.perf_counter() - t0
             out.append({'size_mb': mb, 'gz_mb': data.stat().st_size / 1e6, 'records': records, 'seconds': secs,
                         'mb_per_s': mb / secs, 'peak_rss_mb': peak / 2**20, 'peak_main_mb': hwm / 2**20,
@@ -658,13 +657,13 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
               warmup: int = 2, compile: bool = True, precision: str | None = None, new_tokens: int = 256,
               prompt_len: int = 16, corpus=None, prep_mb: float = 5.0, prep_vocab: int = 4096, peak_sizes=None,
               keep_dropout: bool = False, cold_compile: bool = True, retries: int = 0, max_others: float = 0.1,
-              show=print, gen_batches=(1,), gen_modes=None, gen_no_cache_batches=None, vs_transformers=None,
+              show=print, gen_batches=(1,), gen_modes=None, gen_no_cache_batches=None, vs_transformers: bool = False,
               prep_workers: int | None = None, prep_memory_mb=()) -> dict:
     """Run the benchmark `parts` (see `PARTS`), print a table for each with `show`, return the results.
     A training figure taken while other processes used more than `max_others` of the CPU time is measured
     again, up to `retries` times; the least disturbed attempt is kept. Generation: `gen_batches`, `gen_modes`
-    (default no_cache, kv_cache and, with `compile`, compiled); `vs_transformers` (a factory, see
-    `generation_throughput`'s `extra`) adds a batch-1 comparison on the Llama-exportable (swiglu) m3_medium."""
+    (default no_cache, kv_cache and, with `compile`, compiled); `vs_transformers` adds a batch-1 comparison with
+    transformers' `generate` (`hf_generation_runner`, 08b_hf) on the Llama-exportable (swiglu) m3_medium."""
     bad = [p for p in parts if p not in PARTS]
     if bad: raise BenchError(f"--only: unknown part {bad[0]!r} (choose from {', '.join(PARTS)})")
     shapes = [s if isinstance(s, BenchShape) else bench_shape(s, keep_dropout) for s in shapes]
@@ -677,7 +676,7 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
                         'cold_compile': cold_compile,
                         'environment': {k: os.environ.get(k) for k in _ENV_KEYS if os.environ.get(k) is not None}},
            'shapes': {s.name: s.describe() for s in shapes}}
-    show(f"tnb-bench on {dev} ({res['machine']['cpu'] if dev.type == 'cpu' else res['machine'].get('gpu')}), "
+    show(f"tnb bench on {dev} ({res['machine']['cpu'] if dev.type == 'cpu' else res['machine'].get('gpu')}), "
          f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {res['machine']['load_average']}")
     peaks = {}
     if 'peak' in parts or 'train' in parts:
@@ -695,12 +694,12 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
                                                 device, batches=tuple(gen_batches), modes=modes,
                                                 no_cache_batches=gen_no_cache_batches)
         _print_generate(res['generate'], show)
-    if vs_transformers is not None:
+    if vs_transformers:
         s = bench_shape('m3_medium', keep_dropout)
         s = replace(s, name='m3_medium_swiglu', model=replace(s.model, activation='swiglu'))
         res['generate_vs_transformers'] = generation_throughput(
             s, new_tokens, prompt_len, repeats, device, modes=('kv_cache', 'compiled') if compile else ('kv_cache',),
-            extra={'transformers': vs_transformers})
+            extra={'transformers': hf_generation_runner})
         _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in parts:
         res['prepare'] = prepare_throughput(corpus, prep_mb, prep_vocab, repeats, workers=prep_workers)
@@ -711,114 +710,6 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
     show(f"\n{fmt_secs(res['total_s'])}; other processes used {cpu.others:.0%} of the machine's CPU time meanwhile"
          if cpu.others is not None else f"\n{fmt_secs(res['total_s'])}")
     return res
-
-# %% ../nbs/11_bench.ipynb #2c0da16e
-def _split_list(values) -> list[str]:
-    return [v for x in (values or []) for v in str(x).split(',') if v]
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='tnb-bench', description=(
-        "Measure matmul peak, training throughput / MFU / memory, generation and data-preparation speed "
-        "(default), or quality per compute (--quality); print tables and write JSON."))
-    ap.add_argument('--shapes', nargs='+', default=list(SHAPE_NAMES), metavar='NAME',
-                    help=f"training shapes (comma or space separated; default: {','.join(SHAPE_NAMES)})")
-    ap.add_argument('--only', nargs='+', default=list(PARTS), metavar='PART',
-                    help=f"parts to run (default: {','.join(PARTS)})")
-    ap.add_argument('--steps', type=int, default=10, help='timed optimizer steps per repeat (default 10)')
-    ap.add_argument('--repeats', type=int, default=3, help='timings per figure; median, min and max are shown (default 3)')
-    ap.add_argument('--warmup', type=int, default=2, help='untimed steps first (compilation happens here; default 2)')
-    ap.add_argument('--no-compile', action='store_true', help='time eager mode only (no torch.compile)')
-    ap.add_argument('--warm-compile', action='store_true', help="let torch.compile reuse its on-disk cache "
-                    "(default: an empty one, so compile times are a first run's)")
-    ap.add_argument('--retries', type=int, default=0, help='measure a training figure again (up to this many times) '
-                    'when other processes used more than --max-others of the CPU time meanwhile (default 0)')
-    ap.add_argument('--max-others', type=float, default=0.1, help="other processes' CPU share that triggers a retry "
-                    '(default 0.1)')
-    ap.add_argument('--keep-dropout', action='store_true', help="train with the config files' dropout (default: off)")
-    ap.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N, mps (default auto)')
-    ap.add_argument('--precision', default=None, help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
-    ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
-    ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
-    ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
-    ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B', help='generation batch sizes (default 1,8,32)')
-    ap.add_argument('--gen-modes', nargs='+', default=None, metavar='MODE', help='generation modes: no_cache, kv_cache, '
-                    'static, compiled (default: no_cache,kv_cache,compiled; no compiled with --no-compile)')
-    ap.add_argument('--gen-no-cache-batches', nargs='+', default=['1,8'], metavar='B', help='batch sizes timed without '
-                    'the KV cache too (default 1,8: batch 32 recomputes 32 whole sequences per token)')
-    ap.add_argument('--vs-transformers', action='store_true', help="also time transformers' generate on the same "
-                    'weights (exported to a temporary Llama folder), batch 1, alternated with ours')
-    ap.add_argument('--corpus', default=None, help='text file for data preparation and --quality '
-                    '(default: ../shared/data/tinyshakespeare.txt)')
-    ap.add_argument('--prep-mb', type=float, default=5.0, help='corpus size for data preparation, MB (default 5)')
-    ap.add_argument('--prep-vocab', type=int, default=4096, help='tokenizer vocabulary for data preparation (default 4096)')
-    ap.add_argument('--prep-workers', type=int, default=None, help='data preparation: the "all workers" rows use this many '
-                    '(default: one per core)')
-    ap.add_argument('--prep-memory-mb', nargs='+', type=float, default=[], metavar='MB', help='data preparation: also '
-                    'measure the peak memory of prepare-data on generated JSONL.gz corpora of these sizes (e.g. 50 500)')
-    ap.add_argument('--peak-sizes', nargs='+', default=None, metavar='N', help='matmul sizes for the peak '
-                    '(default: 1024,2048,4096 on CPU; 4096,8192 on CUDA)')
-    ap.add_argument('--quality', action='store_true', help='quality per compute: train for --budget seconds, '
-                    'report held-out nats/char')
-    ap.add_argument('--config', default=None, help='--quality: the run config (default: configs/shakespeare_cpu.yaml)')
-    ap.add_argument('--compare', default=None, metavar='CONFIG', help='--quality: a second config, trained alternately '
-                    'with --config for the same budget; prints both and the difference')
-    ap.add_argument('--rounds', type=int, default=1, help='--quality --compare: runs of each config (default 1)')
-    ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE', help='--quality: config override (repeatable)')
-    ap.add_argument('--budget', type=float, default=120.0, help='--quality: training seconds (default 120)')
-    ap.add_argument('--clock', default='wall', choices=('wall', 'process'), help="--quality: the budget's clock: "
-                    "wall seconds (default) or this process's CPU seconds (for tuning on a shared machine)")
-    ap.add_argument('--max-steps', type=int, default=None, help='--quality: stop after this many steps (the schedule '
-                    'then has this length; default: as many as the budget allows)')
-    ap.add_argument('--out', default=None, help='JSON results file (default: tnb-bench.json, or tnb-bench-quality.json)')
-    ap.add_argument('--quiet', action='store_true', help='print only the tables')
-    return ap
-
-# %% ../nbs/11_bench.ipynb #aad053bf
-def _ints(values, flag: str) -> tuple[int, ...]:
-    try: out = tuple(int(v) for v in _split_list(values))
-    except ValueError: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}") from None
-    if not out or min(out) < 1: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}")
-    return out
-
-def bench_main(argv=None, vs_transformers=None) -> int:
-    "The `tnb-bench` command (`vs_transformers`: the runner factory behind `--vs-transformers`, see 12_export)."
-    a = _parser().parse_args(argv)
-    try:
-        if a.threads is not None:
-            if a.threads < 1: raise BenchError(f"--threads must be >= 1, got {a.threads}")
-            torch.set_num_threads(a.threads)
-        if a.quality:
-            path = Path(a.config) if a.config else configs_dir() / 'shakespeare_cpu.yaml'
-            if not path.is_file(): raise BenchError(f"{path}: --config file not found")
-            cfg = load_config(path, a.override)
-            if a.device != 'auto': cfg = replace(cfg, runtime=replace(cfg.runtime, device=a.device))
-            if a.compare:
-                res, out = _compare_main(a, path, cfg), Path(a.out or 'tnb-bench-quality-compare.json')
-            else:
-                res = {'schema': 'transformer_nb.bench.quality/1', 'created_at': utc_now_iso(), 'config_file': str(path),
-                       'overrides': a.override, **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
-                                                                         show_progress=not a.quiet)}
-                out = Path(a.out or 'tnb-bench-quality.json')
-        else:
-            sizes = [int(x) for x in _split_list(a.peak_sizes)] or None
-            if a.vs_transformers and vs_transformers is None:
-                raise BenchError("--vs-transformers: run it through the tnb-bench command (transformer_nb.export.tnb_bench_main)")
-            res = run_bench(_split_list(a.shapes), tuple(_split_list(a.only)), a.device, a.steps, a.repeats, a.warmup,
-                            not a.no_compile, a.precision, a.new_tokens, a.prompt_len, a.corpus, a.prep_mb,
-                            a.prep_vocab, sizes, a.keep_dropout, not a.warm_compile, a.retries, a.max_others,
-                            gen_batches=_ints(a.gen_batches, '--gen-batches'),
-                            gen_modes=tuple(_split_list(a.gen_modes)) or None,
-                            gen_no_cache_batches=_ints(a.gen_no_cache_batches, '--gen-no-cache-batches'),
-                            vs_transformers=vs_transformers if a.vs_transformers else None,
-                            prep_workers=a.prep_workers, prep_memory_mb=tuple(a.prep_memory_mb))
-            out = Path(a.out or 'tnb-bench.json')
-        res['argv'] = list(sys.argv[1:] if argv is None else argv)
-        atomic_write_text(out, json.dumps(res, indent=1) + '\n')
-        print(f"\nresults written to {out}")
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 # %% ../nbs/11_bench.ipynb #149fd0ae
 GiB = 2 ** 30
@@ -870,32 +761,3 @@ def format_memory_table(rows: list[dict]) -> str:
     body = [[f"{r['mode']} x{r['world_size']}, micro-batch {r['micro_batch']} x {r['seq_len']}"] +
             [f"{r[k] / GiB:,.2f}" for k in ('params', 'grads', 'optimizer', 'activations', 'total')] for r in rows]
     return format_table(head, body)
-
-def estimate_memory_main(argv=None) -> int:
-    "The `estimate-memory` command: per-rank memory of a config, as a table (GiB)."
-    ap = argparse.ArgumentParser(prog='estimate-memory', description="Estimate per-rank memory (parameters, gradients, "
-                                 "optimizer state, activations) of a training config, for ddp and fsdp.")
-    ap.add_argument('--config', required=True, metavar='PATH', help='a training config (YAML)')
-    ap.add_argument('--world-size', type=int, default=None, metavar='N', help='processes (default: 1, and 8 for comparison)')
-    ap.add_argument('--distributed', choices=('ddp', 'fsdp'), default=None, help="default: the config's runtime.distributed")
-    ap.add_argument('--vocab-size', type=int, default=None, help="default: model.vocab_size, else the config's tokenizer")
-    a = ap.parse_args(argv)
-    try:
-        cfg = load_config(a.config)
-        vocab = a.vocab_size or cfg.model.vocab_size
-        if not vocab and cfg.tokenizer.tokenizer_json and Path(cfg.tokenizer.tokenizer_json).is_file():
-            vocab = build_from_artifacts(Path(cfg.tokenizer.tokenizer_json)).get_vocab_size()
-        if not vocab: raise BenchError(f"{a.config}: set model.vocab_size (or pass --vocab-size): the tokenizer "
-                                       f"{cfg.tokenizer.tokenizer_json} does not exist yet")
-        sizes = [a.world_size] if a.world_size else [1, 8]
-        modes = [a.distributed] if a.distributed else ['ddp', 'fsdp']
-        rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes for m in (modes if w > 1 else ['none'])]
-        P = rows[0]['parameters_count']
-        print(f"{a.config}: {P / 1e6:,.1f}M parameters, vocab {vocab:,}, precision {cfg.runtime.precision}, "
-              f"global batch {cfg.data.batch_size} x {cfg.sequence_length}, activation checkpointing "
-              f"{'on' if cfg.runtime.activation_checkpointing else 'off'}; GiB per rank:")
-        print(format_memory_table(rows))
-        return 0
-    except UserError as e:
-        print(f"estimate-memory: {e}", file=sys.stderr)
-        return 2

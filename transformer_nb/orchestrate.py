@@ -7,7 +7,6 @@ Docs: https://transformer-nb.github.io/transformer_nb/orchestrate.html.md"""
 # %% ../nbs/10_orchestrate.ipynb #89ff83f5
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -20,23 +19,73 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from .base import CommandError, UserError, existing_path, atomic_write_text, fmt_secs, run_command, say, sha256_file, utc_now_iso
+from .base import CommandError, UserError, existing_path, atomic_write_text, fmt_secs, say, sha256_file, utc_now_iso
 from .config import (Config, apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
                                    read_config_file, save_config)
-from .sources import Corpus, iter_documents, resolve_corpus, resolve_sources, skipped_summary
-from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts,
-                                      read_special_tokens, train_tokenizer)
-from .checkpoint import RUN_LAYOUT, RunLock, RunLockError, list_checkpoints
+from .sources import Corpus, iter_documents, resolve_corpus, skipped_summary, validate_corpus
+from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts, eos_id,
+                                      pad_id, read_special_tokens, train_tokenizer)
+from .data import prepare
+from .generate import IncrementalDecoder, generate_ids
+from .checkpoint import RUN_LAYOUT, RunLock, list_checkpoints, unwrap_model
 from .trainer import Trainer
-from .cli import (_corpus_flags, _corpus_line, _interrupt_status, _metrics_line, _parser, _prepare, _validate, _warn_report,
-                                stream_text, torch_threads)
 
 # %% auto #0
-__all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'STAGES', 'profile_config', 'RunPlan', 'plan_run', 'stage_run_dir',
-           'stage_corpus', 'stage_tokenizer', 'stage_config', 'stage_shards', 'stage_train', 'default_prompts',
-           'write_samples', 'stage_samples', 'orchestrate', 'orchestrate_parser', 'orchestrate_main']
+__all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'STAGES', 'torch_threads', 'corpus_line', 'warn_report', 'prepare_shards',
+           'metrics_line', 'interrupt_status', 'profile_config', 'RunPlan', 'plan_run', 'stage_run_dir', 'stage_corpus',
+           'stage_tokenizer', 'stage_config', 'stage_shards', 'stage_train', 'stream_text', 'default_prompts',
+           'write_samples', 'stage_samples', 'orchestrate']
+
+# %% ../nbs/10_orchestrate.ipynb #dd07c7b1
+class torch_threads:
+    "Context manager: `torch.set_num_threads(n)` inside (nothing when `n` is None), the previous count restored after."
+    def __init__(self, n: int | None): self.n, self.old = n, None
+    def __enter__(self):
+        if self.n is not None:
+            import torch
+            if self.n < 1: raise CommandError(f"--threads {self.n}: must be at least 1")
+            self.old = torch.get_num_threads(); torch.set_num_threads(self.n)
+        return self
+    def __exit__(self, *exc):
+        if self.old is not None:
+            import torch
+            torch.set_num_threads(self.old)
+
+# %% ../nbs/10_orchestrate.ipynb #d8419f92
+def corpus_line(report) -> str:
+    "One line about a validated corpus: files, size, documents, characters."
+    dups = f", {report.num_duplicates:,} duplicate(s)" if report.num_duplicates else ''
+    return (f"{len(report.files)} source(s), {report.num_bytes / 1e6:.2f} MB, {report.num_documents:,} documents, "
+            f"{report.num_chars:,} characters{dups}, {len(report.warnings)} warning(s)")
+
+def warn_report(report, limit: int = 5):
+    "Show the first `limit` warnings of a corpus report on stderr."
+    for w in report.warnings[:limit]: logger.warning(w)
+    if len(report.warnings) > limit: logger.warning(f"... and {len(report.warnings) - limit} more corpus warnings")
+
+def prepare_shards(sources, tokenizer, out, val_fraction: float, seed: int, show_progress: bool, **kw):
+    "Run `data.prepare` (a cache: reused when the corpus and tokenizer are unchanged) and print its summary."
+    kw = {k: v for k, v in kw.items() if v is not None}
+    pd = prepare(list(sources), tokenizer, out, val_fraction=val_fraction, seed=seed, show_progress=show_progress, **kw)
+    say(pd.summary())
+    return pd
+
+def metrics_line(m: dict | None) -> str:
+    "'loss 3.21, perplexity 24.8, ...' from a metrics dict (numbers only)."
+    if not m: return '(none)'
+    keys = [k for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bits_per_char') if k in m] or \
+           [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
+    return ', '.join(f"{k.rpartition('/')[2]} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys)
+
+def interrupt_status(r) -> int:
+    "0 for a run that finished; 128 + the signal's number (130 for Ctrl-C) for one stopped by a signal."
+    import signal
+    name = r.get('interrupted') if isinstance(r, dict) else None
+    if not name: return 0
+    sig = getattr(signal, str(name), None) if str(name).startswith('SIG') else None
+    return 128 + int(sig) if sig is not None else 130
 
 # %% ../nbs/10_orchestrate.ipynb #7c87f82c
 logger = logging.getLogger('transformer_nb.orchestrate')
@@ -207,10 +256,10 @@ def stage_corpus(plan: RunPlan) -> Corpus:
     "Validate the corpus (one clear error for a bad file, warnings for odd ones); returns its sources."
     if plan.sources == ['shakespeare']:
         say("corpus: no --input given, using the built-in Shakespeare corpus (downloaded once, then cached)")
-    report = _validate(plan.sources, show_progress=plan.show_progress, text_field=plan.config.data.text_field)
-    say(f"corpus: {_corpus_line(report)}")
+    report = validate_corpus(list(plan.sources), show_progress=plan.show_progress, text_field=plan.config.data.text_field)
+    say(f"corpus: {corpus_line(report)}")
     if report.skipped: say(f"corpus: {skipped_summary(report.skipped)} (--glob PATTERN chooses files)")
-    _warn_report(report)
+    warn_report(report)
     return resolve_corpus(plan.sources, text_field=plan.config.data.text_field)
 
 # %% ../nbs/10_orchestrate.ipynb #059caca2
@@ -299,7 +348,7 @@ def stage_config(plan: RunPlan) -> Config:
 # %% ../nbs/10_orchestrate.ipynb #83812d1c
 def stage_shards(plan: RunPlan, cfg: Config):
     "Tokenize the corpus into the run's token shards (a cache: reused when corpus and tokenizer are unchanged)."
-    return _prepare(cfg.data.train_shards, plan.paths['tokenizer'], cfg.data.cache_dir, cfg.data.val_fraction,
+    return prepare_shards(cfg.data.train_shards, plan.paths['tokenizer'], cfg.data.cache_dir, cfg.data.val_fraction,
                     cfg.runtime.seed, plan.show_progress, text_field=cfg.data.text_field, dedupe=cfg.data.dedupe,
                     workers=max(1, cfg.data.num_workers) if cfg.data.num_workers is not None else None,
                     shard_tokens=cfg.data.shard_tokens)
@@ -323,14 +372,45 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
         trainer = Trainer(cfg, resume=plan.resume, run_dir=plan.run)
     if callable(getattr(trainer, 'close', None)): stack.callback(trainer.close)
     before, start = trainer.evaluate(), _trainer_step(trainer)
-    say(f"evaluation before training (step {start}): {_metrics_line(before)}")
+    say(f"evaluation before training (step {start}): {metrics_line(before)}")
     fit = trainer.fit()                          # ends with an evaluation and a checkpoint
     out = {'trainer': trainer, 'before': before, 'start_step': start, 'fit': fit}
-    if _interrupt_status(fit): return out
+    if interrupt_status(fit): return out
     after = fit.get('eval') if isinstance(fit, dict) else None
     if not after or after.get('step', _trainer_step(trainer)) != _trainer_step(trainer): after = trainer.evaluate()
-    say(f"evaluation after training (step {_trainer_step(trainer)}): {_metrics_line(after)}")
+    say(f"evaluation after training (step {_trainer_step(trainer)}): {metrics_line(after)}")
     return out | {'after': after}
+
+# %% ../nbs/10_orchestrate.ipynb #af3c8946
+def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | None = None, max_new_tokens: int = 100,
+                temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
+                repetition_penalty: float = 1.0, seed: int | None = None, use_kv_cache: bool = True,
+                stop_at_eos: bool = False, doc_break: str = '\n\n', compile: bool = False) -> tuple[str, int]:
+    """Continue `prompt` (as the start of a document), passing each decoded piece to `write` as it comes;
+    an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). `compile`: static KV cache and
+    a `torch.compile`d decoding step (07_generate). Returns (text, tokens)."""
+    model = unwrap_model(model)
+    eos = eos_id(tokenizer)
+    pad = pad_id(tokenizer)
+    ids = [eos] + tokenizer.encode(prompt, add_special_tokens=False).ids
+    parts, dec, n = [], [IncrementalDecoder(tokenizer)], [0]
+    def out(piece):
+        if piece:
+            parts.append(piece)
+            if write is not None: write(piece)
+    def on_step(step, nxt):
+        t = int(nxt[0]); n[0] += 1
+        if t == eos:
+            out(dec[0].flush()); dec[0] = IncrementalDecoder(tokenizer)
+            if not stop_at_eos:                  # one blank line, however the document ended (or if it was empty)
+                tail = (prompt + ''.join(parts))[-len(doc_break):]
+                k = next(i for i in range(len(doc_break), -1, -1) if tail.endswith(doc_break[:i]))
+                out(doc_break[k:])
+        else: out(dec[0].push(t))
+    generate_ids(model, [ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, use_kv_cache,
+                 eos if stop_at_eos else None, eos if pad is None else pad, on_step, compile=compile)
+    out(dec[0].flush())
+    return ''.join(parts), n[0]
 
 # %% ../nbs/10_orchestrate.ipynb #d02b377d
 def default_prompts(sources: Sequence[str], paths: Sequence[Path], n: int = 4, seed: int = 0) -> list[str]:
@@ -369,7 +449,7 @@ def stage_samples(plan: RunPlan, cfg: Config, trained: dict, tok, files: Sequenc
     if sample_tokens is not None: sp['max_new_tokens'] = sample_tokens
     step = _trainer_step(trained['trainer'])
     header = (f"# samples of run {plan.run.name} (profile {plan.profile}) at step {step}, "
-              f"validation {_metrics_line(trained['after'])}; {utc_now_iso()}")
+              f"validation {metrics_line(trained['after'])}; {utc_now_iso()}")
     return write_samples(trained['trainer'].model, tok, list(prompts) if prompts else default_prompts(plan.sources, files),
                          plan.paths['samples'], header=header, seed=cfg.runtime.seed, **sp)
 
@@ -407,7 +487,7 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
     with _stage(times, 'data', 'token shards'): data = stage_shards(plan, cfg)
     with contextlib.ExitStack() as stack:        # the trainer and the thread setting, closed however we leave
         with _stage(times, 'train', 'training'): trained = stage_train(plan, cfg, stack, threads)
-        if _interrupt_status(trained['fit']):
+        if interrupt_status(trained['fit']):
             step = _trainer_step(trained['trainer'])
             say(f"orchestrate: training was interrupted ({trained['fit']['interrupted']}) at step {step}; "
                 f"continue with the same command and --resume")
@@ -429,76 +509,8 @@ def _say_summary(plan: RunPlan, summary: dict, times: dict) -> None:
         ', '.join(f"{k} {fmt_secs(v)}" for k, v in times.items()) + ")")
     say(f"  run directory  {plan.run}")
     first = f"at step {summary['start_step']} (resumed)" if summary.get('start_step') else 'before'
-    say(f"  validation     {first} {_metrics_line(summary['eval_before'])}")
-    say(f"                 {'after':<{len(first)}} {_metrics_line(summary['eval_after'])}")
+    say(f"  validation     {first} {metrics_line(summary['eval_before'])}")
+    say(f"                 {'after':<{len(first)}} {metrics_line(summary['eval_after'])}")
     say(f"  checkpoints    {', '.join(summary['checkpoints']) or '(none)'}")
     say(f"  samples        {L['samples']}")
-    say(f"  next           generate --run-dir {plan.run_dir} --prompt \"...\"   |   tensorboard --logdir {L['tensorboard']}")
-
-# %% ../nbs/10_orchestrate.ipynb #3d8fbd0a
-def orchestrate_parser() -> argparse.ArgumentParser:
-    p = _parser('orchestrate',
-                "Run the whole pipeline into one run directory: special tokens, tokenizer (trained unless\n"
-                "already there), corpus validation, token shards, the resolved config (training.yaml), an\n"
-                "evaluation, training, another evaluation, and samples.txt. Profiles:\n\n" +
-                ''.join(f"  {k:6} {v['about']}\n" for k, v in PROFILES.items()) +
-                "\nWith no --input the built-in Shakespeare corpus is used (downloaded once, then cached).",
-                "  orchestrate --profile local --run-dir runs/local-smoke\n"
-                "  orchestrate --profile local --input corpus.txt --run-dir runs/mine\n"
-                "  orchestrate --profile local --run-dir runs/local-smoke --resume --max-steps 600\n"
-                "  orchestrate --profile local --input texts/ --run-dir runs/t --max-steps 50 --override model.num_layers=1\n"
-                "  orchestrate --profile full --input 'corpus/*.txt' --run-dir runs/m3-medium\n")
-    p.add_argument('--profile', required=True, choices=list(PROFILES), help="starting config: local (CPU, minutes) or full (m3_medium)")
-    p.add_argument('--input', nargs='+', action='extend', metavar='PATH',
-                   help="corpus: text, .jsonl or .parquet file (maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME "
-                        "(repeatable; default: the built-in Shakespeare corpus)")
-    _corpus_flags(p)
-    p.add_argument('--run-dir', required=True, metavar='DIR', help="the run directory (created if missing)")
-    p.add_argument('--resume', action='store_true', help="continue the run in DIR from its newest valid checkpoint")
-    p.add_argument('--force-retrain-tokenizer', action='store_true', help="retrain the tokenizer even if DIR/tokenizer exists")
-    p.add_argument('--skip-tokenizer', action='store_true', help="never train a tokenizer: DIR/tokenizer (or --tokenizer-json) must exist")
-    p.add_argument('--tokenizer-json', metavar='PATH', help="use these tokenizer artifacts (a folder or tokenizer.json), copied into DIR/tokenizer")
-    p.add_argument('--max-steps', type=int, metavar='N', help="train for N optimizer steps (scheduler.total_steps)")
-    p.add_argument('--vocab-size', type=int, metavar='N', help="tokenizer vocabulary size (default: the profile's)")
-    p.add_argument('--min-frequency', type=int, metavar='N', help="tokenizer: minimum pair count to merge (default: the profile's)")
-    p.add_argument('--seed', type=int, help="runtime.seed (initialisation, data order, split, samples)")
-    p.add_argument('--device', help="runtime.device: auto, cpu, cuda, cuda:N or mps")
-    p.add_argument('--override', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
-                   help="change a key of the profile's config, e.g. model.num_layers=4 (repeatable)")
-    p.add_argument('--prompt', action='append', metavar='TEXT', help="a prompt for samples.txt (repeatable; default: chosen from the corpus)")
-    p.add_argument('--sample-tokens', type=int, metavar='N', help="tokens generated per prompt for samples.txt (default: the profile's)")
-    p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: 1 for local, PyTorch's default for full)")
-    p.add_argument('--overwrite', action='store_true', help="start again in a run directory that holds checkpoints (deletes them)")
-    p.add_argument('--no-progress', action='store_true', help="no progress bars")
-    return p
-
-# %% ../nbs/10_orchestrate.ipynb #ab7963c0
-def _undo_new(run: Path, before: set | None):
-    "After a failed orchestrate that wrote no checkpoint: remove what it created (the run directory itself, if new)."
-    if list_checkpoints(run / RUN_LAYOUT['checkpoints']) or list_checkpoints(run / RUN_LAYOUT['best']): return
-    if before is None: shutil.rmtree(run, ignore_errors=True); return
-    for p in (set(run.iterdir()) - before) if run.is_dir() else ():
-        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
-        else: p.unlink(missing_ok=True)
-
-def _orchestrate(args) -> int:
-    run = Path(args.run_dir).expanduser()
-    before = set(run.iterdir()) if run.is_dir() else None
-    try: summary = _orchestrate_with(args)
-    except BaseException as e:               # a failed run leaves nothing it created (unless it saved a checkpoint)
-        if not isinstance(e, RunLockError) and (before is None or run.is_dir()): _undo_new(run, before)
-        raise
-    return _interrupt_status(summary.get('fit'))
-
-def _orchestrate_with(args) -> dict:
-    return orchestrate(args.profile, args.run_dir, args.input, resume=args.resume,
-                force_retrain_tokenizer=args.force_retrain_tokenizer, skip_tokenizer=args.skip_tokenizer,
-                tokenizer_json=args.tokenizer_json, overrides=args.override, max_steps=args.max_steps,
-                vocab_size=args.vocab_size, min_frequency=args.min_frequency, seed=args.seed, device=args.device,
-                prompts=[p.replace('\\n', '\n') for p in args.prompt or []] or None,
-                overwrite=args.overwrite, sample_tokens=args.sample_tokens, threads=args.threads,
-                show_progress=False if args.no_progress else None, text_field=args.text_field, glob=args.glob)
-
-def orchestrate_main(argv: Sequence[str] | None = None) -> int:
-    "Console script `orchestrate --profile local|full [--input PATH ...] --run-dir DIR [...]`."
-    return run_command(_orchestrate, orchestrate_parser(), argv)
+    say(f"  next           tnb generate --run-dir {plan.run_dir} --prompt \"...\"   |   tensorboard --logdir {L['tensorboard']}")

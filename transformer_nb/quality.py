@@ -1,4 +1,4 @@
-"""Held-out nats per character after a fixed budget of training (`tnb-bench --quality`), and two configs compared in alternation.
+"""Held-out nats per character after a fixed budget of training (`tnb bench --quality`), and two configs compared in alternation.
 
 Docs: https://transformer-nb.github.io/transformer_nb/quality.html.md"""
 
@@ -161,17 +161,3 @@ def print_compare(res: dict, show=print):
     rows = [[name, *[f'{v:.4f}' for v in s['val_nats_per_char']], f"{s['mean']:.4f}"] for name, s in res['summary'].items()]
     show(format_table(['config', *[f'round {i + 1}' for i in range(res['rounds'])], 'mean'], rows))
     show(f"difference (second - first): {res['difference']:+.4f} nats/char, {fmt_secs(res['budget_s'])} each ({res['clock']} clock)")
-
-# %% ../nbs/11b_quality.ipynb #e8edd3a7
-def _compare_main(a, path: Path, cfg: Config) -> dict:
-    "`tnb-bench --quality --compare B.yaml`: the result of `quality_compare` for --config (or the default) and B."
-    other = Path(a.compare)
-    if not other.is_file(): raise BenchError(f"{other}: --compare file not found")
-    cfg2 = load_config(other, a.override)
-    if a.device != 'auto': cfg2 = replace(cfg2, runtime=replace(cfg2.runtime, device=a.device))
-    names = [str(path), str(other)] if str(path) != str(other) else [f'{path} (1)', f'{other} (2)']
-    res = quality_compare(dict(zip(names, (cfg, cfg2))), a.corpus, a.budget, a.rounds, a.clock, a.max_steps,
-                          show_progress=not a.quiet)
-    print_compare(res)
-    return {'schema': 'transformer_nb.bench.quality-compare/1', 'created_at': utc_now_iso(), 'config_files': names,
-            'overrides': a.override, 'threads': torch.get_num_threads(), 'load_average': load_average(), **res}

@@ -462,7 +462,7 @@ def _not_there(key: str, path) -> TokenizerError:
     out = p if p.suffix == '' else p.parent
     rel = os.path.relpath(out) if not os.path.relpath(out).startswith('..') else str(out)
     return TokenizerError(f"tokenizer.{key}: {p}: no such file or directory; create it with "
-                          f"`train-tokenizer --input <text> --out {rel}` (or let `orchestrate` train one)")
+                          f"`tnb train-tokenizer --input <text> --out {rel}` (or let `orchestrate` train one)")
 
 def tokenizer_from_config(cfg) -> Tokenizer:
     "The tokenizer a config's `tokenizer` section names: `tokenizer_json`, else `vocab` + `merges`."
@@ -587,7 +587,7 @@ def _sample_lines(corpus, max_chars: int) -> Iterator[str]:
 def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                     seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
                     show_progress: bool = True, *, text_field: str = 'text', glob: str | None = None) -> TokenizerTrainingSummary:
-    "The whole `train-tokenizer` job: resolve `inputs` (see `resolve_corpus`), `train_bbpe` with progress, measure, summarise."
+    "The whole `tnb train-tokenizer` job: resolve `inputs` (see `resolve_corpus`), `train_bbpe` with progress, measure, summarise."
     try: corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
     except CorpusError as e: raise TokenizerError(str(e)) from None
     t0 = time.perf_counter()
