@@ -39,6 +39,7 @@ test: venv sync test-nbs test-py
 
 sync: venv
 	$(BIN)/python tools/check_sync.py
+	$(BIN)/ruff check transformer_nb
 
 test-nbs: venv
 	$(BIN)/nbdev-test --n-workers 2

@@ -53,7 +53,7 @@ def init_distributed(device_name: str | None = 'auto') -> DistInfo:
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistInfo()
-    rank, local = int(os.environ.get('RANK', '0')), int(os.environ.get('LOCAL_RANK', '0'))
+    local = int(os.environ.get('LOCAL_RANK', '0'))
     name = (device_name or 'auto').lower()
     use_cuda = (torch.cuda.is_available() and name in ('auto', 'cuda')) or name.startswith('cuda:')
     created = False
