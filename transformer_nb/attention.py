@@ -1,4 +1,4 @@
-"""Causal self-attention: masks, multi-head and grouped-query attention, the fast (SDPA) and the reference path, and the KV cache used for generation.
+"""Causal self-attention: masks, multi-head and grouped-query attention, SDPA and reference paths, the KV cache.
 
 Docs: https://transformer-nb.github.io/transformer_nb/attention.html.md"""
 
@@ -29,6 +29,8 @@ def init_linear(linear: nn.Linear, std: float = 0.02) -> nn.Linear:
 
 def residual_init_std(num_layers: int, std: float = 0.02) -> float:
     "The std for projections that write into the residual stream: `std / sqrt(2 * num_layers)`."
+    # GPT-2's scheme: the stream receives 2 writes per layer (attention and MLP), so their sum at initialisation has
+    # a scale that does not grow with depth
     return std / math.sqrt(2 * num_layers)
 
 # %% ../nbs/04_attention.ipynb #f3a6a49c
@@ -55,6 +57,7 @@ def make_attention_mask(q_len: int, k_len: int, attention_mask: Tensor | None = 
         raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; "
                               f"expected (batch, {k_len}) = (batch, cached + new tokens)")
     real = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]   # (B, 1, 1, k_len)
+    # A query always sees its own key: a padding query with every key masked would softmax to NaN
     return mask & (real | (k_pos == q_pos))
 
 # %% ../nbs/04_attention.ipynb #43dc4b4b
@@ -66,6 +69,8 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = N
     is boolean (True = may attend) and broadcasts to `(B, H, Tq, Tk)`. `scale` defaults to
     `1/sqrt(d)`. Dropout (probability `dropout_p`) is applied to the weights."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    # Scores and softmax in float32 whatever the input dtype: in half precision the exponentials overflow or lose
+    # the small weights
     scores = (q @ k.transpose(-2, -1)).float() * scale
     if mask is not None: scores = scores.masked_fill(~mask, float('-inf'))
     weights = scores.softmax(dim=-1)
@@ -74,13 +79,17 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = N
 
 # %% ../nbs/04_attention.ipynb #39f273b5
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    "Expand `(B, KV, T, d)` to `(B, KV*n_rep, T, d)`: kv head `j` serves query heads `j*n_rep ... j*n_rep+n_rep-1`."
+    """Expand `(B, KV, T, d)` to `(B, KV*n_rep, T, d)`: kv head `j` serves query heads
+    `j*n_rep ... j*n_rep+n_rep-1`."""
     if n_rep == 1: return x
+    # Consecutive query heads share a kv head (Llama's grouping, which checkpoints rely on); `expand` is a view,
+    # so the one copy is the reshape
     B, KV, T, d = x.shape
     return x[:, :, None].expand(B, KV, n_rep, T, d).reshape(B, KV * n_rep, T, d)
 
 # %% ../nbs/04_attention.ipynb #256f13fc
 def _sdpa_supports_gqa() -> bool:
+    # `enable_gqa` exists from PyTorch 2.5: try a tiny call once, at import, rather than parse version strings
     x = torch.zeros(1, 2, 1, 4)
     try: F.scaled_dot_product_attention(x, x[:, :1], x[:, :1], enable_gqa=True)
     except TypeError: return False
@@ -97,9 +106,11 @@ class KVCache:
     by every layer (the RoPE offset of the next token)."""
     def __init__(self, num_layers: int, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype: torch.dtype = torch.float32):
+        # Allocated once for `max_len`: appending with torch.cat would copy the whole cache at every token
         shape = (batch_size, kv_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        # One length per layer: during a forward pass the early layers are a step ahead of the later ones
         self._lengths = [0] * num_layers
 
     @property
@@ -162,6 +173,8 @@ class StaticKVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.key_mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        # Positions are a tensor, not a Python int: a compiled step would specialise on an int and retrace for every
+        # token. Only the contents of these tensors change between steps, never their shapes
         self.slots = torch.arange(max_len, device=device)
         self.positions = torch.zeros(1, dtype=torch.long, device=device)
         self.cos = self.sin = None
@@ -180,19 +193,25 @@ class StaticKVCache:
     def dtype(self) -> torch.dtype: return self.k[0].dtype
 
     def attention_mask(self) -> Tensor:
-        "`(B, 1, T, max_len)`: True where the token at `positions[t]` may attend to slot `j` (causal, not padding, or itself)."
+        """`(B, 1, T, max_len)`: True where the token at `positions[t]` may attend to slot `j` (causal, not padding,
+        or itself)."""
+        # Attention always runs over all max_len slots (a fixed shape); the mask hides the empty ones and the padding,
+        # and a token always sees itself, so that no softmax row is empty
         q = self.positions[:, None]                                     # (T, 1)
         causal = self.slots[None, :] <= q                               # (T, max_len)
         return ((causal[None] & self.key_mask[:, None, :]) | (self.slots[None, :] == q)[None])[:, None]
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         "RoPE for q and k `(B, heads, T, d)` at `positions`, from the cache's cos/sin table."
-        if self.cos is None: raise ModelShapeError("this StaticKVCache was made without rope: it cannot rotate q and k")
+        if self.cos is None:
+            raise ModelShapeError("this StaticKVCache was made without rope: it cannot rotate q and k")
         cos, sin = self.cos[self.positions], self.sin[self.positions]
         return (apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype)))
 
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        "Write `k`, `v` `(batch, kv_heads, T, head_dim)` into slots `positions` of layer `layer_idx`; return the full buffers."
+        """Write `k`, `v` `(batch, kv_heads, T, head_dim)` into slots `positions` of layer `layer_idx`; return the
+        full buffers."""
+        # In place, at the same addresses: what CUDA graphs need to replay a step
         self.k[layer_idx].index_copy_(2, self.positions, k.to(self.dtype))
         self.v[layer_idx].index_copy_(2, self.positions, v.to(self.dtype))
         return self.k[layer_idx], self.v[layer_idx]
@@ -208,8 +227,11 @@ class StaticKVCache:
 # %% ../nbs/04_attention.ipynb #f6ffbb2d
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False,
            dropout_p: float = 0.0, use_sdpa: bool = True) -> Tensor:
-    "Attention of q `(B, H, T, d)` over k, v `(B, KV, S, d)` (KV divides H) under `mask` (or causal), by SDPA or the reference path: `(B, H, T, d)`."
+    """Attention of q `(B, H, T, d)` over k, v `(B, KV, S, d)` (KV divides H) under `mask` (or causal), by SDPA or
+    the reference path: `(B, H, T, d)`."""
     n_rep = q.shape[1] // k.shape[1]
+    # With `enable_gqa` SDPA shares each kv head among its query heads without copying; older PyTorch needs the copy.
+    # `is_causal` instead of a mask lets SDPA pick its fused causal kernels
     if use_sdpa:
         gqa = n_rep > 1 and SDPA_GQA
         if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
@@ -225,7 +247,8 @@ def attention_shape(cfg) -> tuple[int, int, int]:
     hidden, H = cfg.hidden_size, cfg.num_attention_heads
     KV = getattr(cfg, 'num_key_value_heads', None) or H
     if H < 1 or hidden % H:
-        raise ModelShapeError(f"model.hidden_size={hidden} must be a positive multiple of model.num_attention_heads={H}")
+        raise ModelShapeError(f"model.hidden_size={hidden} must be a positive multiple of "
+                              f"model.num_attention_heads={H}")
     if KV < 1 or H % KV:
         raise ModelShapeError(f"model.num_attention_heads={H} must be a multiple of model.num_key_value_heads={KV}")
     return H, KV, hidden // H
@@ -257,7 +280,8 @@ class CausalSelfAttention(nn.Module):
         return 'sdpa' if self.use_sdpa else 'reference'
     @attention_impl.setter
     def attention_impl(self, value: str):
-        if value not in ('sdpa', 'reference'): raise ValueError(f"attention_impl must be 'sdpa' or 'reference', got {value!r}")
+        if value not in ('sdpa', 'reference'):
+            raise ValueError(f"attention_impl must be 'sdpa' or 'reference', got {value!r}")
         self.use_sdpa = value == 'sdpa'
 
     def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -276,28 +300,34 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.split_heads(x)
         if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
-        if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding (below)
+        if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding: see `_attend_static`
             return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
         offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0
+        # Keys are cached after RoPE, at their true positions: a cached key is never rotated again
         if rope is not None: q, k = rope(q, k, offset=offset)
         if kv_cache is not None:
             k, v = kv_cache.update(layer_idx, k, v)
+            # The cache may hold another dtype than autocast produced (e.g. float32 under bf16)
             k, v = k.to(q.dtype), v.to(q.dtype)
+        # An explicit mask only where `is_causal` cannot express it: padding, or several new tokens after a cache
+        # (SDPA's is_causal aligns the mask to the top left, not to the cached offset). One new token sees everything
         mask = None
         if attention_mask is not None or (offset > 0 and T > 1):
             mask = make_attention_mask(T, k.shape[2], attention_mask, device=x.device)
-        y = attend(q, k, v, mask, is_causal=mask is None and T > 1, dropout_p=self.attn_dropout if self.training else 0.0,
-                   use_sdpa=self.use_sdpa)
+        y = attend(q, k, v, mask, is_causal=mask is None and T > 1,
+                   dropout_p=self.attn_dropout if self.training else 0.0, use_sdpa=self.use_sdpa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _attend_static(self, q: Tensor, k: Tensor, v: Tensor, cache: StaticKVCache, layer_idx: int,
                        rotate: bool, mask: Tensor | None = None) -> Tensor:
-        "Attention over a `StaticKVCache`: q `(B, H, T, d)`, k and v `(B, KV, T, d)` of the tokens at `cache.positions`."
+        """Attention over a `StaticKVCache`: q `(B, H, T, d)`, k and v `(B, KV, T, d)` of the tokens at
+        `cache.positions`."""
         B, _, T, _ = q.shape
         if rotate: q, k = cache.rotate(q, k)
         k, v = cache.update(layer_idx, k, v)
         k, v = k.to(q.dtype), v.to(q.dtype)
         if mask is None: mask = cache.attention_mask()
-        elif mask.dim() != 4: raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
+        elif mask.dim() != 4:
+            raise ModelShapeError("with a StaticKVCache the padding goes into cache.key_mask, not attention_mask")
         y = attend(q, k, v, mask, dropout_p=self.attn_dropout if self.training else 0.0, use_sdpa=self.use_sdpa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

@@ -60,6 +60,7 @@ def file_mode() -> int:
         for line in Path('/proc/self/status').read_text().splitlines():
             if line.startswith('Umask:'): return 0o666 & ~int(line.split()[1], 8)
     except (OSError, ValueError): pass
+    # No /proc (macOS, Windows): umask can only be read by setting it, so set and restore it at once
     old = os.umask(0o022); os.umask(old)
     return 0o666 & ~old
 
@@ -68,15 +69,17 @@ def atomic_write_bytes(path, data: bytes):
     `open()` would give), renamed over `path`, then the folder fsynced so that the new name is on disk too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file lives next to `path`: os.replace is atomic only within one filesystem
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
+            # mkstemp creates the file 0o600; an atomic write should not be more private than a plain one
             if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:       # Ctrl-C included: never leave a stray temporary file behind
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
@@ -107,9 +110,11 @@ def _terminal_width(file) -> int | None:
     except (AttributeError, OSError, ValueError): return None
 
 def fit_terminal(text: str, file=None) -> str:
-    "`text` with each line wider than the terminal `file` writes to wrapped at spaces (hanging indent); as is elsewhere."
+    """`text` with each line wider than the terminal `file` writes to wrapped at spaces (hanging indent);
+    as is elsewhere."""
     width = _terminal_width(file or sys.stdout)
     if width is None: return text
+    # Never break inside a word or at a hyphen: a path, a number or a flag stays whole and can be copied
     out = []
     for line in text.split('\n'):
         indent = ' ' * (len(line) - len(line.lstrip()) + 2)
@@ -152,7 +157,7 @@ def fmt_secs(s: float) -> str:
 # %% ../nbs/00_base.ipynb #44285ed9
 def one_line(message) -> str:
     "`message` folded onto a single line (its lines joined with ' | ', blank ones dropped)."
-    lines = [l.strip() for l in str(message).splitlines() if l.strip()]
+    lines = [s.strip() for s in str(message).splitlines() if s.strip()]
     return ' | '.join(lines) if lines else '(no message)'
 
 # %% ../nbs/00_base.ipynb #72971cb6
@@ -166,6 +171,7 @@ def run_command(command: Callable[[argparse.Namespace], int | None], parser: arg
     "Parse `argv` with `parser`, run `command(args)`; UserError -> 'error: ...' on stderr and 2, Ctrl-C -> 130."
     args = parser.parse_args(argv)        # usage errors: argparse prints them and exits with 2
     restore = setup_logging(info_to_stderr=getattr(args, '_info_to_stderr', False))
+    # Each path flushes stdout first, so that an error line never lands above output printed before it
     try:
         rc = command(args)
         _flush_std()
@@ -179,6 +185,7 @@ def run_command(command: Callable[[argparse.Namespace], int | None], parser: arg
         say("error: interrupted" + (f": {one_line(e)}" if str(e) else ''), file=sys.stderr)
         return 130
     except BrokenPipeError:               # e.g. `generate ... | head`: the reader went away
+        # stdout to /dev/null: else Python's own flush at exit hits the closed pipe and prints a traceback
         try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError: pass
         return 0
@@ -213,8 +220,10 @@ def setup_logging(info_to_stderr: bool = False, level: int = logging.INFO) -> Ca
     warn.setLevel(logging.WARNING); warn.addFilter(dedup)
     warn.setFormatter(_LevelFormatter())
     old_level, old_prop, old_show = lib.level, lib.propagate, warnings.showwarning
+    # propagate=False: a root handler (Jupyter's, the user's basicConfig) would print every record a second time
     lib.addHandler(info); lib.addHandler(warn); lib.setLevel(level); lib.propagate = False
 
+    # warnings.warn goes through the same `seen` set: a message both logged and warned is shown once
     def show(message, category, filename, lineno, file=None, line=None):
         msg = one_line(message)
         if msg in dedup.seen: return

@@ -7,12 +7,26 @@ Docs: https://transformer-nb.github.io/transformer_nb/config.html.md"""
 # %% ../nbs/00_config.ipynb #a2b4f219
 from __future__ import annotations
 
+import copy
+import difflib
+import json
+import math
 import os
-import tempfile
+import re
+import tomllib
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Iterable
 
-from .base import (UserError, atomic_write_bytes, atomic_write_text, file_mode, fsync_dir, sha256_bytes,
-                                 sha256_file, utc_now_iso)   # re-exported: they lived here before base
+import yaml
+
+# Re-exported (`x as x`): these lived here before base existed, and code still imports them from here
+from .base import (UserError, atomic_write_text, sha256_bytes, atomic_write_bytes as atomic_write_bytes,
+                                 file_mode as file_mode, fsync_dir as fsync_dir, sha256_file as sha256_file,
+                                 utc_now_iso as utc_now_iso)
 
 # %% auto #0
 __all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
@@ -24,21 +38,6 @@ __all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 
 # %% ../nbs/00_config.ipynb #a67a14af
 class ConfigError(UserError):
     "A config file, key, value or override is wrong; the message names the file and the key path."
-
-# %% ../nbs/00_config.ipynb #2ee2334e
-import copy
-import difflib
-import json
-import math
-import re
-import tomllib
-import types
-import typing
-import warnings
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Iterable
-
-import yaml
 
 # %% ../nbs/00_config.ipynb #94fc31a6
 @dataclass
@@ -123,8 +122,10 @@ class OptimizerConfig:
     muon_weight_decay: float = 0.0
     muon_nesterov: bool = True
     muon_ns_steps: int = 5  # Newton-Schulz iterations
-    muon_ns_dtype: str = 'auto'  # Newton-Schulz in 'bfloat16' (torch's Muon), 'float32', or 'auto': bfloat16 on CUDA, else float32
-    muon_adjust_lr: str = 'original'  # 'original': lr * sqrt(max(1, rows/cols)); 'match_rms_adamw': lr * 0.2 * sqrt(max(rows, cols))
+    # Newton-Schulz in 'bfloat16' (torch's Muon), 'float32', or 'auto': bfloat16 on CUDA, else float32
+    muon_ns_dtype: str = 'auto'
+    # 'original': lr * sqrt(max(1, rows/cols)); 'match_rms_adamw': lr * 0.2 * sqrt(max(rows, cols))
+    muon_adjust_lr: str = 'original'
 
 @dataclass
 class SchedulerConfig:
@@ -200,8 +201,10 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # Where the config came from, and the dotted keys its file gave: not config keys (schema False), so they stay out
+    # of the YAML, the hashes and comparisons
     source: Path | None = field(default=None, compare=False, repr=False, metadata={'schema': False})
-    stated: frozenset = field(default=frozenset(), compare=False, repr=False, metadata={'schema': False})  # keys the file gave
+    stated: frozenset = field(default=frozenset(), compare=False, repr=False, metadata={'schema': False})
 
     @property
     def sequence_length(self) -> int:
@@ -286,6 +289,7 @@ def schema_keys(cls=Config, prefix: str = '') -> list[str]:
     return keys
 
 # %% ../nbs/00_config.ipynb #e28024ac
+# PyYAML (YAML 1.1) reads '8e-5' (no dot) and '1.0e5' (no exponent sign) as strings: a float key accepts them
 _FLOAT_RE = re.compile(r'[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d+)?')
 _NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string', type(None): 'null'}
 
@@ -311,6 +315,7 @@ def _coerce(value, tp, key: str, where: str):
     "`value` checked against the annotation `tp` (and converted: int -> float, '8e-5' -> 8e-05)."
     opts = _options(tp)
     if value is None and type(None) in opts: return None
+    # bool before int: True is an int to Python, but a YAML `true` is never a valid count
     for t in opts:
         if t is bool and isinstance(value, bool): return value
         if t is int and isinstance(value, int) and not isinstance(value, bool): return value
@@ -321,6 +326,7 @@ def _coerce(value, tp, key: str, where: str):
                     raise ConfigError(f"{where}: {key}: expected a finite number, got {_show(value)}")
                 return number
         if t is str and isinstance(value, str): return value
+    # A single string where a list of strings is expected is a one-item list (`train_shards: input.txt`)
     for t in opts:
         if _is_list(t) and (isinstance(value, list) or (isinstance(value, str) and str not in opts)):
             items = value if isinstance(value, list) else [value]
@@ -344,6 +350,8 @@ def _choice(value: str, key: str, where: str):
     raise ConfigError(f"{where}: {key}: expected one of {allowed}, got {value!r}{hint}")
 
 # %% ../nbs/00_config.ipynb #1d759de9
+# Relative paths are relative to the config file's folder, not the working directory: a config file works the same
+# from wherever the command is run
 def _resolve_path(value: str, base_dir) -> str:
     path = os.path.expanduser(value)
     if base_dir is not None and not os.path.isabs(path):
@@ -351,7 +359,8 @@ def _resolve_path(value: str, base_dir) -> str:
     return os.path.normpath(path)
 
 def _resolve_source(v: str, base_dir) -> str:
-    "A corpus source: a path, resolved; a built-in name or `hf:` hub dataset, as is; `hf:./folder` (or ../, /, ~), its folder resolved."
+    """A corpus source: a path, resolved; a built-in name or `hf:` hub dataset, as is; `hf:./folder` (or ../, /, ~),
+    its folder resolved."""
     if v in CORPUS_KEYWORDS or not v.strip(): return v
     if v.startswith('hf:'):
         target, sep, query = v[3:].partition('?')
@@ -374,6 +383,8 @@ def _unknown_key(key: str) -> str:
     leaf_of = lambda k: k.rpartition('.')[2]
     elsewhere = [k for k in valid if leaf_of(k) == leaf]
     siblings = [k for k in valid if k.rpartition('.')[0] == parent]
+    # The likeliest mistake first: the right name in the wrong section (data.seed for runtime.seed); then a close
+    # spelling among its siblings; then a close spelling anywhere, with a stricter cutoff
     match = difflib.get_close_matches(leaf, [leaf_of(k) for k in siblings], n=1, cutoff=0.6)
     if elsewhere: guess = elsewhere[0]
     elif match: guess = _join(parent, match[0])
@@ -404,7 +415,8 @@ def _build(cls, raw, key: str, where: str, base_dir=None):
         if name not in known: raise ConfigError(f"{where}: {_unknown_key(path)}")
         tp = hints[name]
         if is_dataclass(tp): values[name] = _build(tp, value, path, where, base_dir)
-        elif value is None and type(None) not in _options(tp): continue  # null: keep the default
+        # null keeps the default, as leaving the key out does (every key of the original schema is optional)
+        elif value is None and type(None) not in _options(tp): continue
         else: values[name] = _read_value(value, tp, path, where, base_dir)
     return cls(**values)
 
@@ -421,9 +433,12 @@ _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers',
              'runtime.evaluation.every_n_steps', 'runtime.evaluation.every_n_epochs', 'runtime.evaluation.max_batches',
              'runtime.evaluation.best.max_keep', 'runtime.logging.tensorboard_flush_every_n']
 
-_NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'optimizer.muon_weight_decay', 'scheduler.warmup_steps', 'scheduler.min_lr', 'runtime.seed']
+_NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'optimizer.muon_weight_decay', 'scheduler.warmup_steps',
+                 'scheduler.min_lr', 'runtime.seed']
 
-_UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2', 'optimizer.muon_momentum']
+# [0, 1): a dropout of 1 zeroes everything, a beta of 1 never forgets, a val_fraction of 1 leaves nothing to train on
+_UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2',
+         'optimizer.muon_momentum']
 
 _DECAYING = ('cosine', 'cosine_with_warmup', 'polynomial')
 
@@ -436,6 +451,7 @@ def _check_relations(cfg: Config, where: str):
     "Raise a `ConfigError` for the first rule that `cfg` breaks (values are already type-checked)."
     def need(ok: bool, message: str):
         if not ok: raise ConfigError(f"{where}: {message}")
+    # None passes the range checks: an optional key left unset
     for k in _POSITIVE:
         v = _get(cfg, k); need(v is None or v > 0, f"{k} must be > 0, got {v}")
     for k in _NON_NEGATIVE:
@@ -444,7 +460,8 @@ def _check_relations(cfg: Config, where: str):
         v = _get(cfg, k); need(0 <= v < 1, f"{k} must be in [0, 1), got {v}")
     m, d, s = cfg.model, cfg.data, cfg.scheduler
     need(m.hidden_size % m.num_attention_heads == 0,
-         f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads ({m.num_attention_heads})")
+         f"model.hidden_size ({m.hidden_size}) must be divisible by "
+         f"model.num_attention_heads ({m.num_attention_heads})")
     need(m.num_attention_heads % m.kv_heads == 0, f"model.num_attention_heads ({m.num_attention_heads}) must be "
          f"divisible by model.num_key_value_heads ({m.num_key_value_heads})")
     if m.rotary_dim is None:
@@ -461,7 +478,8 @@ def _check_relations(cfg: Config, where: str):
     for k in ('data.train_shards', 'data.validation_shards'):
         need(all(v.strip() for v in _get(cfg, k)), f"{k}: a path can't be an empty string")
     need(bool(d.text_field.strip()), "data.text_field: give the name of the field that holds the text (default 'text')")
-    need(not (d.streaming and d.dedupe), "data.dedupe: not available with data.streaming (finding duplicates needs the whole corpus first)")
+    need(not (d.streaming and d.dedupe),
+         "data.dedupe: not available with data.streaming (finding duplicates needs the whole corpus first)")
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
@@ -514,6 +532,7 @@ def config_from_dict(d: dict, base_dir=None, source=None) -> Config:
     return cfg
 
 # %% ../nbs/00_config.ipynb #7762aebd
+# PyYAML silently keeps the last of two equal keys; in a config file a repeated key is almost always a mistake
 class _UniqueKeyLoader(yaml.SafeLoader):
     "A safe YAML loader that refuses a key given twice in one mapping."
 
@@ -540,17 +559,21 @@ def read_config_file(path) -> dict:
     except UnicodeDecodeError as e: raise ConfigError(f"{label}: not UTF-8 text (byte {e.start})") from None
     except OSError as e: raise ConfigError(f"{label}: can't read the file ({e.strerror})") from None
     suffix = path.suffix.lower()
+    # `from None` below: the parser's traceback adds nothing to a message that already gives file:line:column
     try:
         if suffix == '.toml': data = tomllib.loads(text)
         elif suffix == '.json': data = json.loads(text)
         else: data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise ConfigError(f"{label}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {e.problem or e.context}") from None
+        raise ConfigError(f"{label}:{mark.line + 1}:{mark.column + 1}: invalid YAML: "
+                          f"{e.problem or e.context}") from None
     except yaml.YAMLError as e: raise ConfigError(f"{label}: invalid YAML: {e}") from None
-    except json.JSONDecodeError as e: raise ConfigError(f"{label}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{label}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
     except tomllib.TOMLDecodeError as e: raise ConfigError(f"{label}: invalid TOML: {e}") from None
-    if data is None: raise ConfigError(f"{label}: the file is empty (expected the sections model, tokenizer, data, ...)")
+    if data is None:
+        raise ConfigError(f"{label}: the file is empty (expected the sections model, tokenizer, data, ...)")
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: expected a mapping of sections (model, tokenizer, data, ...), got {_show(data)}")
     return data
@@ -564,7 +587,7 @@ def load_config(path, overrides: Iterable[str] = ()) -> Config:
     if not overrides: return config_from_dict(raw, base_dir, source=path)
     _build(Config, raw, '', str(path), base_dir)  # the file's own mistakes are reported as the file's
     cfg = config_from_dict(apply_overrides(raw, overrides), base_dir, source=f"{path} (with --override)")
-    cfg.source = Path(path)
+    cfg.source = Path(path)     # the label above said "(with --override)"; the source is the file itself
     return cfg
 
 # %% ../nbs/00_config.ipynb #4924c903
@@ -587,6 +610,8 @@ def _parse_override_value(text: str, tp, key: str, where: str):
 
 def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
     "A copy of the raw config mapping `d` with each `'a.b.c=value'` / `'a.b[i]=value'` applied, checked."
+    # Overrides edit the raw mapping, which is then built and checked like a file: an override obeys the file's rules,
+    # and the relations between keys are checked once, after all of them
     d = copy.deepcopy(d) if d else {}
     for text in overrides:
         where = f"--override {text}"
@@ -601,7 +626,8 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
             name, index = m.group(1), m.group(2)
             path = _join(path, name)
             if cls is None or name not in {f.name for f in _schema_fields(cls)}:
-                raise ConfigError(f"{where}: " + (_unknown_key(path) if cls else f"{path.rpartition('.')[0]!r} has no sub-keys"))
+                raise ConfigError(f"{where}: " + (_unknown_key(path) if cls
+                                                  else f"{path.rpartition('.')[0]!r} has no sub-keys"))
             tp = _hints(cls)[name]
             if index is not None and not any(_is_list(t) for t in _options(tp)):
                 raise ConfigError(f"{where}: {path} is not a list, it can't be indexed")
@@ -626,6 +652,7 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
 # %% ../nbs/00_config.ipynb #f83d361d
 def config_to_yaml(cfg: Config, header: str | None = None) -> str:
     "The config as YAML text (every key, nulls included), after an optional `# ` comment header."
+    # In schema order (sort_keys=False), as the docs and the example files list the keys
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
     comment = ''.join(f"# {line}\n".replace('# \n', '#\n') for line in header.splitlines()) if header else ''
     return comment + text
@@ -643,6 +670,7 @@ def config_sha256(cfg, section: str | None = None) -> str:
     "SHA-256 of the config (or of one `section`, e.g. 'model') as canonical JSON."
     d = config_to_dict(cfg)
     if section is not None: d = d[section]
+    # Canonical JSON (sorted keys, no spaces): equal configs hash equal whatever the key order of their files
     return sha256_bytes(json.dumps(d, sort_keys=True, separators=(',', ':')).encode())
 
 def _flatten(d, prefix: str = '') -> dict:

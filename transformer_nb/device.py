@@ -1,4 +1,4 @@
-"""Where the model runs and in which number format: device and precision resolution, autocast, seeds, and the peak matmul throughput that MFU is measured against.
+"""Where the model runs and in which number format: device, precision, autocast, seeds, and the peak FLOP/s behind MFU.
 
 Docs: https://transformer-nb.github.io/transformer_nb/device.html.md"""
 
@@ -28,9 +28,11 @@ class TrainingError(UserError):
 
 # %% ../nbs/00_device.ipynb #f0651a47
 def resolve_device(name: str | None = 'auto', local_rank: int = 0, key: str = 'runtime.device') -> torch.device:
-    "The torch device `name` (auto: cuda > mps > cpu; cuda uses `local_rank`'s GPU); errors name the setting `key`."
+    """The torch device `name` (auto: cuda > mps > cpu; cuda uses `local_rank`'s GPU); errors name the setting
+    `key`."""
     name = (name or 'auto').lower()
     mps_ok = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    # `local_rank` modulo the GPU count: more processes than GPUs share them rather than ask for a GPU that is not there
     if name == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda', local_rank % max(1, torch.cuda.device_count()))
@@ -40,7 +42,7 @@ def resolve_device(name: str | None = 'auto', local_rank: int = 0, key: str = 'r
             raise TrainingError(f"{key}: {name!r} requested but CUDA is not available (torch {torch.__version__})")
         try:
             return torch.device(name) if ':' in name else torch.device('cuda', local_rank % torch.cuda.device_count())
-        except RuntimeError:
+        except RuntimeError:        # torch's own message does not say which setting held the name
             raise TrainingError(f"{key}: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
     if name == 'mps':
         if not mps_ok:
@@ -60,11 +62,13 @@ def resolve_precision(precision: str | None, device: torch.device) -> tuple[str,
     p = (precision or 'fp32').lower()
     if p == 'fp32':
         return p, None
+    # 16-bit on a CPU works, only slowly: a warning, not an error
     if device.type == 'cpu':
         warnings.warn(f"runtime.precision={p} on CPU: 16-bit matmuls are much slower than fp32 on most CPUs; "
                       "consider runtime.precision=fp32", stacklevel=2)
     if p == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-        raise TrainingError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
+        raise TrainingError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                            "use fp16")
     return p, PRECISIONS[p]
 
 # %% ../nbs/00_device.ipynb #09405042
@@ -86,11 +90,15 @@ def synchronize(device: torch.device) -> None:
 def seed_everything(seed: int) -> None:
     "Seed python `random`, NumPy's global generator and torch (CPU and all CUDA devices)."
     random.seed(seed)
+    # NumPy's legacy global seed must fit in 32 bits; any int is a valid torch seed
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 # %% ../nbs/00_device.ipynb #a41273e3
-# dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32)
+# dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32). Dense, not the "with sparsity"
+# figures that datasheets print first: MFU compares against what a dense matmul can reach. V100 and T4 have no
+# TF32, so their tf32 column repeats plain fp32. Keys are matched as substrings of the device name, in this
+# order: 'L40S' must come before 'L4', which it contains.
 _GPU_PEAK = {
     'H200': (989e12, 494e12, 67e12), 'H100': (989e12, 494e12, 67e12), 'A100': (312e12, 156e12, 19.5e12),
     'L40S': (362e12, 183e12, 91.6e12), 'A10G': (70e12, 35e12, 31.2e12), 'L4': (121e12, 60e12, 30.3e12),
@@ -104,7 +112,8 @@ def tf32_enabled() -> bool:
 
 
 def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = None) -> float | None:
-    "Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the current setting)."
+    """Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the
+    current setting)."""
     tf32 = tf32_enabled() if tf32 is None else tf32
     for key, (half, t32, f32) in _GPU_PEAK.items():
         if key in gpu_name:
@@ -118,8 +127,11 @@ def measure_matmul_flops(device: torch.device | str = 'cpu', dtype: torch.dtype 
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (and so resume) alone
     a, b = (torch.randn(n, n, device=device, generator=gen).to(dtype) for _ in range(2))
+    # One untimed matmul first: the first call pays for kernel selection and allocation
     a @ b
     synchronize(device)
+    # The best of several trials, not the mean: the peak is what the device can do; slower trials measured
+    # interference (other processes, clock ramp-up). 2 * n**3: a multiply and an add per term of each inner product
     best = 0.0
     for _ in range(trials):
         reps, t0 = 0, time.perf_counter()
@@ -134,11 +146,13 @@ def measure_matmul_flops(device: torch.device | str = 'cpu', dtype: torch.dtype 
 
 
 def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
-    "Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs, else a quick measurement."
+    """Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs,
+    else a quick measurement."""
     if os.environ.get('TNB_PEAK_FLOPS'):
         return float(os.environ['TNB_PEAK_FLOPS'])
     if device.type == 'cuda':
         peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
         if peak is not None:
             return peak
+    # A measured peak is lower than a datasheet one, so MFU on an unknown device reads high
     return measure_matmul_flops(device, PRECISIONS.get(precision) or torch.float32)

@@ -1,4 +1,4 @@
-"""Turning a trained model into text: temperature, top-k, top-p and repetition penalty, KV-cache decoding, streaming, batched prompts, and the speed-up the cache buys.
+"""Turning a trained model into text: sampling filters, KV-cache decoding, streaming, batched prompts, compiled steps.
 
 Docs: https://transformer-nb.github.io/transformer_nb/generate.html.md"""
 
@@ -31,6 +31,8 @@ def apply_repetition_penalty(logits: Tensor, ids: Tensor, penalty: float, mask: 
     """Penalise tokens that occur in `ids` `(B, n)` (where `mask` is 1, if given) in `logits` `(B, V)`:
     positive logits divided by `penalty`, negative ones multiplied by it."""
     if penalty == 1.0 or ids.numel() == 0: return logits
+    # Dividing a negative logit would raise it, so negative ones are multiplied (CTRL's rule). The mask is the
+    # scatter weight: a padding id adds zero and so never counts as present
     weight = torch.ones_like(ids, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
     present = torch.zeros_like(logits).scatter_add_(1, ids, weight) > 0
     return torch.where(present, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
@@ -42,7 +44,8 @@ def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
     return logits.masked_fill(logits < kth, float('-inf'))
 
 def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
-    "Keep the smallest set of most likely tokens whose probability sums to at least `p` (and ties with its last one); the rest -> -inf."
+    """Keep the smallest set of most likely tokens whose probability sums to at least `p` (and ties with its last
+    one); the rest -> -inf."""
     if p is None or p >= 1.0: return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.float().softmax(-1)
@@ -54,6 +57,7 @@ def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
 def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                       top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     "Next token ids `(B,)` from last-position logits `(B, V)`: argmax if `temperature == 0`, else a filtered sample."
+    # In float32: the filters sort, sum and compare probabilities that half precision would round together
     if temperature == 0: return logits.argmax(dim=-1)
     logits = top_p_filter(top_k_filter(logits.float() / temperature, top_k), top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
@@ -64,6 +68,8 @@ class IncrementalDecoder:
     def __init__(self, tokenizer):
         self.tokenizer, self.ids, self.emitted = tokenizer, [], ''
 
+    # Emitted text cannot be taken back: when decoding more ids rewrites the text already emitted, nothing is
+    # emitted until the text extends it again
     def _emit(self, text: str) -> str:
         piece = text[len(self.emitted):] if text.startswith(self.emitted) else ''
         self.emitted = text if text.startswith(self.emitted) else self.emitted
@@ -71,6 +77,8 @@ class IncrementalDecoder:
 
     def push(self, *ids: int) -> str:
         "Add token ids; return the newly completed text ('' while a character is still incomplete)."
+        # The whole list is decoded each time: a character whose bytes span several tokens decodes to U+FFFD
+        # until its last byte arrives, so text ending in U+FFFD is held back
         self.ids.extend(int(i) for i in ids)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         return '' if text.endswith('\ufffd') else self._emit(text)
@@ -93,6 +101,8 @@ def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalt
         raise GenerationError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
 
 def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    # A generator of its own: sampling never moves the global RNG that training's reproducibility rests on.
+    # 63 random bits when no seed is given: manual_seed accepts no more
     if seed is None: seed = int.from_bytes(os.urandom(8), 'little') & ((1 << 63) - 1)
     return torch.Generator(device=device).manual_seed(int(seed))
 
@@ -101,6 +111,7 @@ def _decode_step(model, ids: Tensor, cache) -> Tensor:
     "Last-position logits `(B, vocab)` for `ids` `(B, T)` at `cache.positions` of a `StaticKVCache`."
     return model(ids, kv_cache=cache, logits_to_keep=1)[:, -1]
 
+# One compiled function per setting, kept for the process: compiling a fresh wrapper on every call would trace again
 _COMPILED_STEPS = {}
 
 # On a CPU a batch-1 decoding step is a chain of (1, K) x (K, N) products: each reads a weight matrix
@@ -109,12 +120,15 @@ _COMPILED_STEPS = {}
 # replaces on the project's machine (11_bench). Products with more than one row are left to BLAS. (The pass
 # reads its size limit once per process, at its first use: after another compilation in the same process,
 # products wider than 2,048, such as a large vocabulary's head, stay with BLAS.)
-CPU_DECODE_OPTIONS = {'post_grad_fusion_options': {'decompose_mm_pass': {'cpu_max_other_dimension_decomposition': 1 << 18}}}
+CPU_DECODE_OPTIONS = {'post_grad_fusion_options': {
+    'decompose_mm_pass': {'cpu_max_other_dimension_decomposition': 1 << 18}}}
 
 def compiled_decode_step(device_type: str = 'cpu', mode: str | None = None):
     """`_decode_step` through `torch.compile` (fixed shapes, one graph): `mode` defaults to 'reduce-overhead'
-    (CUDA graphs) on CUDA; elsewhere the default mode with `CPU_DECODE_OPTIONS`. One compiled function each, reused."""
-    if mode is None and device_type == 'cuda': mode = 'reduce-overhead'
+    (CUDA graphs) on CUDA; elsewhere the default mode with `CPU_DECODE_OPTIONS`. One compiled function each,
+    reused."""
+    # dynamic=False: over a StaticKVCache every step has the same shapes. fullgraph=True: a graph break is an error
+    # here, not a silent slowdown    if mode is None and device_type == 'cuda': mode = 'reduce-overhead'
     key = (mode, device_type == 'cpu' and mode is None)
     if key not in _COMPILED_STEPS:
         kw = {'options': CPU_DECODE_OPTIONS} if key[1] else {'mode': mode}
@@ -141,6 +155,7 @@ class StaticDecoder:
         elif L == c.length + 1 and L <= c.max_len:            # the newest token: same shapes every step
             c.positions = self._pos.fill_(c.length)
             logits = self.step(self.model, self._ids.copy_(ids[:, -1:]), c)
+        # Anything else (past max_len, or not one token more) is for the caller's dynamic path
         else: return None
         c.length = L
         return logits
@@ -148,6 +163,7 @@ class StaticDecoder:
 # %% ../nbs/07_generate.ipynb #7ecfc153
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     "Token-id lists as one batch padded on the left: (ids, mask), both `(B, longest)`, mask 1 on real tokens."
+    # Padded on the left: every row's newest token is in the last column, where the next logits are read
     B, n = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, n), pad_id, dtype=torch.long)
     mask = torch.zeros(B, n, dtype=torch.long)
@@ -174,7 +190,7 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
         raise GenerationError("every prompt needs at least one token")
     device = next(model.parameters()).device
     ctx = model.config.max_position_embeddings
-    prompts = [list(p)[-ctx:] for p in prompt_ids]
+    prompts = [list(p)[-ctx:] for p in prompt_ids]     # too long: keep the end, what the next token depends on
     ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
     B, n = ids.shape
     padded = bool((mask == 0).any())
@@ -195,13 +211,16 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
                 logits = model(new, kv_cache=cache, attention_mask=mask if padded else None, logits_to_keep=1)[:, -1]
             else:                                               # no cache, or past the context: sliding window
                 cache = sdec = None
-                logits = model(ids[:, -ctx:], attention_mask=mask[:, -ctx:] if padded else None, logits_to_keep=1)[:, -1]
+                logits = model(ids[:, -ctx:], attention_mask=mask[:, -ctx:] if padded else None,
+                               logits_to_keep=1)[:, -1]
             logits = apply_repetition_penalty(logits.float(), ids, repetition_penalty, mask)
             nxt = sample_next_token(logits, temperature, top_k, top_p, gen)
+            # A finished row is fed pad tokens (masked on the dynamic path) to keep the batch rectangular
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
             if padded is False and bool(finished.any()): padded = True
+            # One copy to the host per step for the whole batch, not one per row
             done = finished.tolist()
             for r, t in enumerate(nxt.tolist()):
                 if done[r]: continue
@@ -232,6 +251,8 @@ def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 12
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     eos = _first_id(tokenizer, EOS_NAMES)
     start = _first_id(tokenizer, BOS_NAMES)
+    # An empty prompt starts from <bos>, or from <eos> (a document separator for tokenizers without <bos>).
+    # The pad id only fills masked positions, so any id will do when the tokenizer has none
     start = eos if start is None else start
     pad = _first_id(tokenizer, PAD_NAMES)
     pad = pad if pad is not None else (eos if eos is not None else 0)

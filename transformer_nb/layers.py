@@ -1,4 +1,4 @@
-"""The small pieces of a transformer block: linear layers and their initialisation, RMSNorm and LayerNorm, the MLP (SwiGLU, SiLU, GELU or squared ReLU) and the pre-norm residual step.
+"""The small pieces of a transformer block: linear layers, RMSNorm and LayerNorm, the MLP, the pre-norm residual step.
 
 Docs: https://transformer-nb.github.io/transformer_nb/layers.html.md"""
 
@@ -7,14 +7,13 @@ Docs: https://transformer-nb.github.io/transformer_nb/layers.html.md"""
 # %% ../nbs/05_layers.ipynb #e4988035
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError
-from .attention import init_linear, residual_init_std
+# Re-exported (`x as x`): the model initialises its blocks' linear layers with these, imported from here
+from .attention import init_linear as init_linear, residual_init_std as residual_init_std
 
 # %% auto #0
 __all__ = ['NORMS', 'ACTIVATIONS', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'mlp_num_parameters', 'residual_step',
@@ -28,12 +27,14 @@ class _RMSNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, eps):
         r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
         xn = x * r
+        # x_hat and r, not x: the backward is written in terms of them, so nothing is recomputed
         ctx.save_for_backward(xn, r, weight)
         return xn * weight
 
     @staticmethod
     def backward(ctx, g):
         xn, r, w = ctx.saved_tensors
+        # The gain is shared by every position: its gradient sums over all leading dimensions
         gw = (g * xn).reshape(-1, xn.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
         gn = g * w                       # d/dx of x*r: r * (gn - x_hat * mean(gn * x_hat))
         gx = (gn - xn * (gn * xn).mean(-1, keepdim=True)) * r if ctx.needs_input_grad[0] else None
@@ -41,12 +42,15 @@ class _RMSNormFunction(torch.autograd.Function):
 
 # %% ../nbs/05_layers.ipynb #f6568f6e
 class RMSNorm(nn.Module):
-    "RMS normalisation over the last dimension: `x * rsqrt(mean(x^2) + eps) * weight`, in float32, cast back to x's dtype."
+    """RMS normalisation over the last dimension: `x * rsqrt(mean(x^2) + eps) * weight`, in float32, cast back to
+    x's dtype."""
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    # float32 even under autocast: a mean of squares in bf16 loses the precision the normalisation depends on;
+    # the result goes back to x's dtype so that the next matmul runs in it
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _RMSNormFunction.apply(x.float(), self.weight.float(), self.eps).to(x.dtype)
 
@@ -72,6 +76,7 @@ NORMS = ('rmsnorm', 'layernorm')
 
 def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.Module:
     "The norm named by `model.norm`: 'rmsnorm' (no bias, `bias` is ignored) or 'layernorm' (bias if `bias`)."
+    # RMSNorm never has a bias (it does not centre, so a shift has nothing to undo); `bias` is for LayerNorm only
     kind = str(kind).lower()
     if kind == 'rmsnorm': return RMSNorm(dim, eps)
     if kind == 'layernorm': return LayerNorm(dim, eps, bias=bias)
@@ -81,7 +86,8 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.
 ACTIVATIONS = ('swiglu', 'silu', 'gelu', 'relu2')
 
 class MLP(nn.Module):
-    "Position-wise MLP: swiglu `down(silu(gate(x)) * up(x))`, or silu/gelu/relu2 (squared ReLU) `down(act(up(x)))`; dropout on the hidden activations."
+    """Position-wise MLP: swiglu `down(silu(gate(x)) * up(x))`, or silu/gelu/relu2 (squared ReLU)
+    `down(act(up(x)))`; dropout on the hidden activations."""
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = 'swiglu',
                  bias: bool = False, dropout: float = 0.0):
         super().__init__()
@@ -89,6 +95,8 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation: expected one of {', '.join(ACTIVATIONS)}; got {activation!r}")
         self.activation = activation
+        # The gate matrix only for SwiGLU: an unused parameter would inflate the parameter count and trip DDP's
+        # unused-parameter check
         if activation == 'swiglu': self.gate = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.up = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down = nn.Linear(intermediate_size, hidden_size, bias=bias)
@@ -102,10 +110,12 @@ class MLP(nn.Module):
         return self.down(self.dropout(h))
 
 # %% ../nbs/05_layers.ipynb #bff7d1b5
-def mlp_num_parameters(hidden_size: int, intermediate_size: int, activation: str = 'swiglu', bias: bool = False) -> int:
+def mlp_num_parameters(hidden_size: int, intermediate_size: int, activation: str = 'swiglu',
+                       bias: bool = False) -> int:
     "Number of parameters of `MLP(hidden_size, intermediate_size, activation, bias)`."
     h, i = hidden_size, intermediate_size
     mats = 3 if activation == 'swiglu' else 2
+    # Biases: one of size i per matrix that reads x (gate, up), one of size h for down
     return mats * h * i + (((mats - 1) * i + h) if bias else 0)
 
 # %% ../nbs/05_layers.ipynb #def59d04
@@ -119,5 +129,6 @@ class PreNormResidual(nn.Module):
         super().__init__()
         self.norm, self.fn, self.dropout = norm, fn, nn.Dropout(dropout)
 
+    # Pre-norm: only what the sublayer reads is normalised, never the residual stream itself
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return residual_step(x, self.fn(self.norm(x), *args, **kwargs), self.dropout)

@@ -1,4 +1,4 @@
-"""The decoder-only transformer: token embedding, a stack of pre-norm blocks, final norm and tied LM head; initialisation, parameter and FLOP counts, the loss, the KV cache from the model's side, precision and compilation.
+"""The decoder-only transformer: embedding, pre-norm blocks, tied LM head; initialisation, loss, FLOPs, KV cache.
 
 Docs: https://transformer-nb.github.io/transformer_nb/model.html.md"""
 
@@ -6,8 +6,6 @@ Docs: https://transformer-nb.github.io/transformer_nb/model.html.md"""
 
 # %% ../nbs/06_model.ipynb #9c73ccfe
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +21,7 @@ __all__ = ['DecoderBlock', 'lm_loss', 'softcap', 'DecoderModel']
 # %% ../nbs/06_model.ipynb #da4a09ed
 def _compiling() -> bool:
     "True while torch.compile / dynamo traces the code."
+    # Guarded: `torch.compiler.is_compiling` is missing from older PyTorch versions
     comp = getattr(torch, 'compiler', None)
     return bool(comp is not None and hasattr(comp, 'is_compiling') and comp.is_compiling())
 
@@ -46,7 +45,10 @@ class DecoderBlock(nn.Module):
 
 # %% ../nbs/06_model.ipynb #4a6a2f5f
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    "Mean cross-entropy of `logits` `(..., vocab)` against `targets` `(...)`, in float32; targets equal to -100 are left out."
+    """Mean cross-entropy of `logits` `(..., vocab)` against `targets` `(...)`, in float32; targets equal to -100
+    are left out."""
+    # float32: a log-softmax over a whole vocabulary in bf16 loses the small probabilities; -100 is the ignore index
+    # of PyTorch and Hugging Face, so their padded targets work as they are
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 def softcap(logits: Tensor, cap: float) -> Tensor:
@@ -67,11 +69,12 @@ class DecoderModel(nn.Module):
         if vocab_size is None: vocab_size = getattr(c, 'vocab_size', None)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ModelShapeError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+        # bool is a subclass of int: without the explicit check `True` would pass as a size of 1
         for key in ('hidden_size', 'intermediate_size', 'num_layers', 'max_position_embeddings'):
             val = getattr(c, key)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ModelShapeError(f"model.{key} must be a positive integer, got {val!r}")
-        attention_shape(c)
+        attention_shape(c)      # heads against hidden size, checked before any layer is built
         self.config, self.vocab_size = c, vocab_size
         self.tie_embeddings = bool(getattr(c, 'tie_embeddings', True))
         self.embed_tokens = nn.Embedding(vocab_size, c.hidden_size)
@@ -83,13 +86,16 @@ class DecoderModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02):
-        "Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` (zero with `zero_init_output`) for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."
+        """Normal(0, `std`) for embeddings and linear layers, `std/sqrt(2*num_layers)` (zero with `zero_init_output`)
+        for `attn.o_proj` and `mlp.down`; norm weights one, norm biases zero."""
         nn.init.normal_(self.embed_tokens.weight, 0.0, std)
         for m in self.modules():
             if isinstance(m, nn.Linear): init_linear(m, std)
             if isinstance(m, (RMSNorm, LayerNorm, nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(m.weight)
                 if getattr(m, 'bias', None) is not None: nn.init.zeros_(m.bias)
+        # After the loop above, which gave every linear layer `std`: the projections that write into the residual
+        # stream get the smaller, depth-scaled std
         for blk in self.layers:
             init_linear(blk.attn.o_proj, residual_init_std(self.config.num_layers, std))
             init_linear(blk.mlp.down, residual_init_std(self.config.num_layers, std))
@@ -117,6 +123,8 @@ class DecoderModel(nn.Module):
         if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
             raise ModelShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
                                   f"({B}, {offset + T}) = (batch, cached + new tokens)")
+        # Token ids checked on the CPU only: on a GPU, reading min and max back would synchronise every step (a bad id
+        # there fails in the embedding kernel instead); under compile, int() of a tensor would break the graph
         if ids.device.type == 'cpu' and ids.numel() and not _compiling():
             lo, hi = (int(v) for v in torch.aminmax(ids))             # one pass over the ids
             if lo < 0 or hi >= self.vocab_size:
@@ -126,6 +134,8 @@ class DecoderModel(nn.Module):
         for i, blk in enumerate(self.layers):
             x = blk(x, self.rope, kv_cache, i, attention_mask)
         x = self.norm(x)
+        # Generation needs the last position only: slicing before the LM head skips its (vocab x hidden) matmul for
+        # the other positions, the largest matmul of a small model
         if logits_to_keep > 0: x = x[:, -logits_to_keep:]
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed_tokens.weight)
         if (cap := getattr(self.config, 'logit_softcap', None)): logits = softcap(logits, cap)
@@ -146,6 +156,8 @@ class DecoderModel(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward) at context `seq_len` (default max_position_embeddings):
         `6 * (N_non_embedding + vocab*hidden) + 12 * num_layers * heads * head_dim * seq_len`."""
+        # 6 per weight a token passes through (2 forward, 4 backward); the LM head's matmul counts even when tied, the
+        # embedding lookup does not. Attention scores and weighted values: 4*H*d*T per layer forward, x3 with backward
         c = self.config
         T = self.max_seq_len if seq_len is None else seq_len
         H, _, d = attention_shape(c)
@@ -157,6 +169,8 @@ class DecoderModel(nn.Module):
         model's, `dtype` to the autocast dtype when autocast is on for that device, else the parameters' dtype."""
         p = self.embed_tokens.weight
         device = p.device if device is None else torch.device(device)
+        # Under autocast k and v come out in the autocast dtype: a cache in that dtype takes them without a cast.
+        # `is_autocast_enabled(device_type)` and `get_autocast_dtype` are missing from older PyTorch versions
         if dtype is None:
             dtype = p.dtype
             try:
@@ -166,12 +180,14 @@ class DecoderModel(nn.Module):
         H, KV, d = attention_shape(self.config)
         return KVCache(self.config.num_layers, batch_size, KV, max_len, d, device=device, dtype=dtype)
 
-    def new_static_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> StaticKVCache:
+    def new_static_kv_cache(self, batch_size: int, max_len: int | None = None, device=None,
+                            dtype=None) -> StaticKVCache:
         "An empty `StaticKVCache` (with this model's RoPE table); defaults as in `new_kv_cache`."
         c = self.new_kv_cache(1, 1, device, dtype)           # resolves device and dtype
         max_len = self.max_seq_len if max_len is None else min(max_len, self.max_seq_len)
         H, KV, d = attention_shape(self.config)
-        return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device, dtype=c.dtype)
+        return StaticKVCache(self.config.num_layers, batch_size, KV, max_len, d, rope=self.rope, device=c.device,
+                             dtype=c.dtype)
 
     def _static_mask(self, cache: StaticKVCache, attention_mask: Tensor | None) -> Tensor:
         "The 4-D mask of a forward pass over a `StaticKVCache`, computed once for all layers."

@@ -1,4 +1,4 @@
-"""Rotary position embeddings (rotate-half layout, partial rotation, position interpolation and NTK scaling) and the cos/sin cache that serves every layer and every decoding step.
+"""Rotary position embeddings (rotate-half layout, partial rotation, PI and NTK scaling) and their cos/sin cache.
 
 Docs: https://transformer-nb.github.io/transformer_nb/rope.html.md"""
 
@@ -40,7 +40,8 @@ ROPE_MODES = ('pi', 'ntk')
 
 @dataclass(frozen=True)
 class RopeScaling:
-    "Long-context scaling of RoPE: `mode` 'pi' divides positions by `factor`; 'ntk' multiplies the base by `factor ** (d/(d-2))`."
+    """Long-context scaling of RoPE: `mode` 'pi' divides positions by `factor`; 'ntk' multiplies the base by
+    `factor ** (d/(d-2))`."""
     mode: str
     factor: float
 
@@ -54,9 +55,11 @@ class RopeScaling:
 def rope_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: RopeScaling | None = None,
                      device=None) -> torch.Tensor:
     "The `rotary_dim/2` angular frequencies (radians per position, float32), after NTK base scaling if asked."
+    # NTK exponent d/(d-2): the fastest pair (j=0) keeps its frequency, the slowest (j=d/2-1) slows by exactly `factor`
     base = float(theta)
     if scaling is not None and scaling.mode == 'ntk':
         base = base * float(scaling.factor) ** (rotary_dim / (rotary_dim - 2))
+    # The powers in float64, rounded to float32 once: float32 powers of a large (NTK-scaled) base lose digits
     j = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device)
     return (base ** (-j / rotary_dim)).to(torch.float32)
 
@@ -70,6 +73,8 @@ def rope_angles(length: int, rotary_dim: int, theta: float = 10000.0, scaling: R
 # %% ../nbs/03_rope.ipynb #21568290
 def canonical_device(device) -> torch.device:
     "`device` as a tensor on it reports it: 'cuda' -> 'cuda:<current>', 'cpu:0' -> 'cpu'."
+    # 'cuda' and 'cuda:0' (or 'cpu:0' and 'cpu') are the same device but compare unequal; the cache compares devices,
+    # so a name in another form would rebuild it on every call
     device = torch.device(device)
     if device.type == 'meta': return device
     return torch.empty(0, device=device).device
@@ -90,6 +95,8 @@ class RotaryEmbedding(nn.Module):
         if not (float(theta) > 1):
             raise ConfigError(f"model.rope_theta: expected a number > 1, got {theta!r}")
         self.head_dim, self.rotary_dim, self.theta, self.scaling = head_dim, rotary_dim, float(theta), scaling
+        # Buffers, so that `.to(device)` moves the cache with the model; not persistent: the table follows from the
+        # config, and checkpoints stay free of it
         self.register_buffer('cos_cached', torch.empty(0, rotary_dim), persistent=False)
         self.register_buffer('sin_cached', torch.empty(0, rotary_dim), persistent=False)
         self._key = None      # (theta, rotary_dim, scaling) the cache was built with
@@ -105,6 +112,8 @@ class RotaryEmbedding(nn.Module):
         self.stats.update(hits=0, misses=0, rebuilds=0)
 
     def _build(self, length: int, device):
+        # Always float32, whatever the model's dtype: angles of large positions need the precision.
+        # Callers cast the slices
         ang = rope_angles(length, self.rotary_dim, self.theta, self.scaling, device=device)
         ang = torch.cat((ang, ang), dim=-1)                 # each pair's angle for both halves
         self.cos_cached, self.sin_cached = ang.cos(), ang.sin()
@@ -115,13 +124,17 @@ class RotaryEmbedding(nn.Module):
         n = self.cached_length
         stale = n > 0 and (self.cos_cached.device != device or self.cos_cached.dtype != torch.float32
                            or self._key != (self.theta, self.rotary_dim, self.scaling))
-        count = not torch.compiler.is_compiling()   # see "torch.compile" below
+        # Compiled code leaves the counters alone: Dynamo treats a module's integers as constants, so incrementing
+        # them would recompile on every call. `stats` counts eager calls only
+        count = not torch.compiler.is_compiling()
         if not stale and needed <= n:
             if count: self.stats['hits'] += 1
             return
         if count:
             self.stats['misses'] += 1
             if stale: self.stats['rebuilds'] += 1
+        # Grow to at least double: decoding n tokens one at a time then builds O(log n) times, not n.
+        # A rebuild (new device, dtype or settings) keeps the length it had
         self._build(max(needed, n if stale else 2 * n), device)
 
     def cos_sin(self, length: int, offset: int = 0, device=None, dtype=torch.float32):
@@ -140,6 +153,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"expected head_dim {self.head_dim}, got q {q.shape[-1]}, k {k.shape[-1]}")
         self._ensure(offset + T, q.device)
         cos, sin = self.cos_cached[offset:offset + T], self.sin_cached[offset:offset + T]
+        # The table in each input's dtype (cast once when q and k agree), so that bf16 in gives bf16 out
         qc, qs = cos.to(q.dtype), sin.to(q.dtype)
         kc, ks = (qc, qs) if k.dtype == q.dtype else (cos.to(k.dtype), sin.to(k.dtype))
         return apply_rotary(q, qc, qs), apply_rotary(k, kc, ks)
@@ -150,9 +164,11 @@ class RotaryEmbedding(nn.Module):
 
 # %% ../nbs/03_rope.ipynb #7a93593c
 def rope_from_config(model_cfg) -> RotaryEmbedding:
-    "A `RotaryEmbedding` for a model config (reads hidden_size, num_attention_heads, rotary_dim, rope_theta, rope_mode, rope_scale)."
+    """A `RotaryEmbedding` for a model config (reads hidden_size, num_attention_heads, rotary_dim, rope_theta,
+    rope_mode, rope_scale): any object with these attributes works."""
     heads = model_cfg.num_attention_heads
     head_dim = model_cfg.hidden_size // heads
+    # A missing attribute (a SimpleNamespace without it) and null both mean the default
     theta = getattr(model_cfg, 'rope_theta', None)
     theta = 10000.0 if theta is None else theta
     mode = getattr(model_cfg, 'rope_mode', None)

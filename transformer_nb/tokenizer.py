@@ -1,4 +1,4 @@
-"""Byte-level BPE: train it on a corpus, save it with a verified manifest, load it back, and round-trip any Unicode text exactly.
+"""Byte-level BPE: train it on a corpus, save it with a verified manifest, load it, round-trip any Unicode text.
 
 Docs: https://transformer-nb.github.io/transformer_nb/tokenizer.html.md"""
 
@@ -29,7 +29,7 @@ import transformer_nb
 from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
                                  utc_now_iso)
 from .sources import (CorpusError, FileStats, Source, describe_source, iter_documents, iter_records,
-                                    normalize_text, open_binary, resolve_corpus, resolve_sources, source_pieces)
+                                    normalize_text, open_binary, resolve_corpus, source_pieces)
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
@@ -44,6 +44,7 @@ __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANI
 class TokenizerError(UserError):
     "A tokenizer input or artifact is missing, invalid or does not match its manifest (names the file)."
 
+# Special tokens take the first ids, in this order (train_bbpe checks it): <pad> 0, <bos> 1, <eos> 2
 DEFAULT_SPECIAL_TOKENS = ['<pad>', '<bos>', '<eos>']
 TOKENIZER_FILES = ('tokenizer.json', 'vocab.json', 'merges.txt', 'manifest.json')
 MANIFEST_FORMAT, MANIFEST_VERSION = 'transformer_nb.tokenizer', 1
@@ -64,7 +65,9 @@ def read_special_tokens(path) -> list[str]:
     except UnicodeDecodeError as e: raise TokenizerError(f"{p}: not valid UTF-8 at byte {e.start}") from None
     if text.lstrip().startswith('['):
         try: toks = json.loads(text)
-        except json.JSONDecodeError as e: raise TokenizerError(f"{p}:{e.lineno}:{e.colno}: not a valid JSON array of special tokens ({e.msg})") from None
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{p}:{e.lineno}:{e.colno}: not a valid JSON array of special tokens "
+                                 f"({e.msg})") from None
         if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
             raise TokenizerError(f"{p}: expected a JSON array of strings")
         try: return resolve_special_tokens(toks)
@@ -83,9 +86,11 @@ def resolve_special_tokens(special_tokens=None) -> list[str]:
     if special_tokens is None: return list(DEFAULT_SPECIAL_TOKENS)
     if isinstance(special_tokens, (str, Path)): return read_special_tokens(special_tokens)
     toks = list(special_tokens)
+    # No surrounding whitespace or newline: special_tokens.txt strips its lines, so such a token could not be saved
     for t in toks:
         if not isinstance(t, str) or not t.strip() or t != t.strip() or '\n' in t:
-            raise TokenizerError(f"special tokens: invalid token {t!r} (expected a non-empty string without surrounding whitespace)")
+            raise TokenizerError(f"special tokens: invalid token {t!r} (expected a non-empty string without "
+                                 "surrounding whitespace)")
     dups = sorted({t for t in toks if toks.count(t) > 1})
     if dups: raise TokenizerError(f"special tokens: duplicate {dups[0]!r}")
     if not toks: raise TokenizerError("special tokens: the list is empty")
@@ -94,7 +99,8 @@ def resolve_special_tokens(special_tokens=None) -> list[str]:
 # %% ../nbs/01_tokenizer.ipynb #d8218c81
 @dataclass
 class CorpusFile:
-    "One validated training source: its path, size in bytes, SHA-256 and number of lines (and the `Source` of a non-plain-text one)."
+    """One validated training source: its path, size in bytes, SHA-256 and number of lines (and the `Source` of a
+    non-plain-text one)."""
     path: Path
     size: int
     sha256: str
@@ -109,6 +115,8 @@ def scan_text_file(path, chunk_size: int = 1 << 20, progress=None) -> CorpusFile
     p = Path(path)
     if not p.exists(): raise TokenizerError(f"{p}: no such file")
     if p.is_dir(): raise TokenizerError(f"{p}: is a directory, expected a text file")
+    # One pass, constant memory: hash, count lines and validate UTF-8 chunk by chunk; the incremental decoder
+    # carries a character cut between two chunks over to the next
     h, dec = hashlib.sha256(), codecs.getincrementaldecoder('utf-8')('strict')
     offset = lines = 0
     last = b''
@@ -126,7 +134,8 @@ def scan_text_file(path, chunk_size: int = 1 << 20, progress=None) -> CorpusFile
                 raise TokenizerError(f"{p}: binary content (NUL byte) at byte {offset + nul}, line {line}")
             if bad is not None:
                 line = lines + chunk.count(_NL, 0, max(0, bad - offset)) + 1
-                hint = " (it looks like UTF-16: save it as UTF-8)" if bad == 0 and chunk[:2] in (b'\xff\xfe', b'\xfe\xff') else ''
+                utf16 = bad == 0 and chunk[:2] in (b'\xff\xfe', b'\xfe\xff')        # a UTF-16 byte-order mark
+                hint = " (it looks like UTF-16: save it as UTF-8)" if utf16 else ''
                 raise TokenizerError(f"{p}: not valid UTF-8 at byte {bad}, line {line}{hint}")
             lines += chunk.count(_NL); offset += len(chunk); last = chunk[-1:]
             if progress is not None: progress(len(chunk))
@@ -161,7 +170,8 @@ def expand_inputs(inputs) -> list[Path]:
 MAX_LINE_BYTES = 1 << 20  # longer lines reach the trainer in pieces of this size (memory stays bounded)
 
 def _file_lines(path) -> Iterator[str]:
-    "The normalised lines of a text file (maybe compressed); a line longer than MAX_LINE_BYTES comes in pieces."
+    """The normalised lines of a text file (maybe compressed); a line longer than MAX_LINE_BYTES comes in
+    pieces."""
     dec = codecs.getincrementaldecoder('utf-8')('strict')  # a piece may end inside a character
     first = True
     with open_binary(path) as f:
@@ -183,16 +193,20 @@ def _record_lines(src: Source) -> Iterator[str]:
 def _read_lines(files: Sequence[CorpusFile]) -> Iterator[str]:
     "The lines the trainer sees: normalised with `normalize_text`, exactly like the text `prepare` tokenizes."
     for cf in files:
-        yield from (_record_lines(cf.source) if cf.source is not None and cf.source.kind != 'text' else _file_lines(cf.path))
+        records = cf.source is not None and cf.source.kind != 'text'
+        yield from (_record_lines(cf.source) if records else _file_lines(cf.path))
 
 def _select(it: Iterable, total: int, k: int, rng: random.Random) -> Iterator:
     "Exactly `k` items of the `total` in `it`, uniformly at random, in their original order (Knuth's algorithm S)."
+    # Item i is kept with probability (still needed) / (still left): one pass, no memory, and exactly k in the end
     need = k
     for i, x in enumerate(it):
         if need == 0: return
         if rng.random() * max(total - i, 1) < need:
             need -= 1; yield x
 
+# A bounded pool: each new item replaces a random one, which is emitted. BPE's pair counts do not depend on the
+# order, but a seeded order keeps the trainer's input deterministic without holding the corpus in memory
 def _shuffle_buffer(it: Iterable, size: int, rng: random.Random) -> Iterator:
     buf = []
     for x in it:
@@ -214,6 +228,8 @@ def iter_training_lines(files: Sequence[CorpusFile], seed: int = 0, max_lines: i
 # %% ../nbs/01_tokenizer.ipynb #a95a79d0
 def new_bbpe_tokenizer(model: models.BPE | None = None) -> Tokenizer:
     "A tokenizer with our byte-level pipeline around `model` (an empty BPE model by default)."
+    # No <unk> and no normalizer: bytes cover every text, and a normalizer (NFC...) would change the text, so that
+    # decoding could not give it back. No prefix space: decode(encode("x")) must be "x", not " x"
     tok = Tokenizer(model if model is not None else models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -245,15 +261,19 @@ def _scan_source(src: Source) -> CorpusFile:
     d = describe_source(src)
     return CorpusFile(src.path or Path(src.spec), d['bytes'] or st.chars, d['sha256'], st.lines, src)
 
-def _training_files(inputs, text_field: str = 'text', glob: str | None = None, show_progress: bool = True) -> list[CorpusFile]:
+def _training_files(inputs, text_field: str = 'text', glob: str | None = None,
+                    show_progress: bool = True) -> list[CorpusFile]:
     "Resolve and check the training corpus; every problem is a TokenizerError naming the file."
     try:
         corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
         total = sum(_existing_size(s.path) for s in corpus if s.path is not None)
-        with tqdm(total=total, unit='B', unit_scale=True, desc='checking corpus', disable=None if show_progress else True) as bar:
+        with tqdm(total=total, unit='B', unit_scale=True, desc='checking corpus',
+                  disable=None if show_progress else True) as bar:
             files = []
             for src in corpus:
-                if src.kind == 'text' and src.compression is None: files.append(scan_text_file(src.path, progress=bar.update))
+                # Plain text files take the fast byte-level check; everything else is read through its reader
+                if src.kind == 'text' and src.compression is None:
+                    files.append(scan_text_file(src.path, progress=bar.update))
                 else:
                     files.append(_scan_source(src))
                     if src.path is not None: bar.update(_existing_size(src.path))
@@ -290,18 +310,20 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
     files = _training_files(inputs, text_field, glob, show_progress)
     total = sum(cf.lines for cf in files)
     n_used = total if max_lines is None else min(max_lines, total)
-
+    # All 256 bytes in the alphabet whatever the corpus: a character never seen in training still encodes
     tok = new_bbpe_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     t0 = time.perf_counter()
     lines = iter_training_lines(files, seed=seed, max_lines=max_lines)
+    # Batches: one call into the Rust trainer per 1,000 lines rather than per line
     tok.train_from_iterator(_batched(lines, 1000), trainer=trainer, length=n_used)
     seconds = time.perf_counter() - t0
     got = [tok.token_to_id(t) for t in specials]
     if got != list(range(len(specials))):  # the trainer's contract; never expected to fail
         raise RuntimeError(f"special tokens got ids {got}, expected 0..{len(specials) - 1}")
     if add_bos_eos: _set_bos_eos_template(tok, bos, eos)
+    # '<eos>' in the text itself encodes as plain bytes: special ids only come from code (not stored in the JSON)
     tok.encode_special_tokens = True
 
     nbytes = sum(cf.size for cf in files)
@@ -329,10 +351,12 @@ def _special_ids(tok: Tokenizer) -> dict[str, int]:
 
 def save_tokenizer_artifacts(tok: Tokenizer, out_dir, config: dict | None = None, corpus: list | None = None,
                              training: dict | None = None) -> dict:
-    "Write `tokenizer.json`, `vocab.json`, `merges.txt` and `manifest.json` (atomically) into `out_dir`; return the manifest."
+    """Write `tokenizer.json`, `vocab.json`, `merges.txt` and `manifest.json` (atomically) into `out_dir`; return
+    the manifest."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir(): raise TokenizerError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    # vocab.json + merges.txt too (the original project's format), and the hashes of the very bytes written
     blobs = {'tokenizer.json': tok.to_str(pretty=True).encode('utf-8')}
     with tempfile.TemporaryDirectory() as td:
         tok.model.save(td)
@@ -352,7 +376,8 @@ def _read_json(p: Path, what: str):
     try: return json.loads(p.read_bytes().decode('utf-8'))
     except FileNotFoundError: raise TokenizerError(f"{p}: {what} not found") from None
     except UnicodeDecodeError as e: raise TokenizerError(f"{p}: {what} is not valid UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e: raise TokenizerError(f"{p}: {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{p}: {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except OSError as e: raise TokenizerError(f"{p}: cannot read {what} ({e.strerror})") from None
 
 def read_manifest(folder) -> dict | None:
@@ -363,14 +388,17 @@ def read_manifest(folder) -> dict | None:
     if not isinstance(m, dict) or not isinstance(m.get('artifacts'), dict):
         raise TokenizerError(f"{p}: not a tokenizer manifest (no 'artifacts' table)")
     if m.get('format') != MANIFEST_FORMAT:
-        raise TokenizerError(f"{p}: not a tokenizer manifest (format {m.get('format')!r}, expected {MANIFEST_FORMAT!r})")
+        raise TokenizerError(f"{p}: not a tokenizer manifest (format {m.get('format')!r}, "
+                             f"expected {MANIFEST_FORMAT!r})")
+    # A newer format is refused rather than misread; older ones stay readable
     if not isinstance(m.get('format_version'), int) or m['format_version'] > MANIFEST_VERSION:
         raise TokenizerError(f"{p}: manifest format_version {m.get('format_version')!r} is not supported "
                              f"(this version reads up to {MANIFEST_VERSION})")
     return m
 
 def verify_tokenizer_artifacts(path) -> list[str]:
-    "Problems found checking the artifacts in `path` (a folder or a file in it) against its manifest ([] = fine or no manifest)."
+    """Problems found checking the artifacts in `path` (a folder or a file in it) against its manifest ([] = fine or
+    no manifest)."""
     if not Path(path).exists(): return [f"{path}: no such file or directory"]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     m = read_manifest(folder)
@@ -378,6 +406,7 @@ def verify_tokenizer_artifacts(path) -> list[str]:
     problems = []
     for name, meta in m['artifacts'].items():
         p = folder/name
+        # A name with a folder in it ('../x') could make the check read outside the tokenizer folder
         if Path(name).name != name or not isinstance(meta, dict):
             problems.append(f"{folder/'manifest.json'}: malformed artifact entry {name!r}"); continue
         if not p.is_file(): problems.append(f"{p}: listed in manifest.json but missing"); continue
@@ -436,7 +465,8 @@ def build_from_artifacts(path, special_tokens=None, verify: bool = True) -> Toke
     `manifest.json` beside it when there is one. Falls back to `vocab.json` + `merges.txt` when the
     folder has no `tokenizer.json`. `special_tokens` (optional) must all exist."""
     p = Path(path)
-    if not p.exists(): raise TokenizerError(f"{p}: no such file or directory (expected a tokenizer folder or tokenizer.json)")
+    if not p.exists():
+        raise TokenizerError(f"{p}: no such file or directory (expected a tokenizer folder or tokenizer.json)")
     folder = p if p.is_dir() else p.parent
     tj = folder/'tokenizer.json' if p.is_dir() else p
     if p.is_file() and p.name in ('vocab.json', 'merges.txt'):  # pointed at the model files: use the pair
@@ -449,7 +479,8 @@ def build_from_artifacts(path, special_tokens=None, verify: bool = True) -> Toke
         _read_json(tj, 'tokenizer.json')  # a clear message for malformed JSON
         try: tok = Tokenizer.from_file(str(tj))
         except Exception as e:
-            raise TokenizerError(f"{tj}: not a valid tokenizer file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TokenizerError(f"{tj}: not a valid tokenizer file ({why})") from None
         return _finish(tok, tj, manifest, special_tokens)
     if (folder/'vocab.json').is_file() and (folder/'merges.txt').is_file():
         return build_from_vocab_merges(folder/'vocab.json', folder/'merges.txt', special_tokens, verify=verify)
@@ -476,11 +507,15 @@ def tokenizer_from_config(cfg) -> Tokenizer:
     raise TokenizerError("tokenizer: set tokenizer.tokenizer_json, or tokenizer.vocab and tokenizer.merges")
 
 # %% ../nbs/01_tokenizer.ipynb #70382f2d
+# The cases where byte-level pipelines tend to differ: special-token text, double spaces, CRLF, a byte-order mark,
+# accents, CJK, an emoji and a tab
 FINGERPRINT_PROBE = "<pad><bos><eos><s></s><|endoftext|> Hello,  world!\r\n\ufeffÜnïcödé 東京 🙂\tend\n"
 
 def tokenizer_fingerprint(tok: Tokenizer) -> str:
     """SHA-256 over all that decides how `tok` encodes: its canonical (compact) JSON, the settings the JSON
     does not store (`encode_special_tokens`), and the ids it gives `FINGERPRINT_PROBE` plus its special tokens."""
+    # The JSON alone is not enough: it leaves out encode_special_tokens, and encoding a probe shows any other
+    # setting that changes the ids
     probe = FINGERPRINT_PROBE + ''.join(_special_ids(tok))
     state = {'json': tok.to_str(), 'encode_special_tokens': bool(getattr(tok, 'encode_special_tokens', False)),
              'probe': tok.encode(probe).ids, 'probe_plain': tok.encode(probe, add_special_tokens=False).ids}
@@ -490,7 +525,8 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
 def special_token_id(tok: Tokenizer, name: str) -> int:
     "The id of token `name`; TokenizerError when the tokenizer does not have it."
     i = tok.token_to_id(name)
-    if i is None: raise TokenizerError(f"tokenizer has no token {name!r} (special tokens: {list(_special_ids(tok))})")
+    if i is None:
+        raise TokenizerError(f"tokenizer has no token {name!r} (special tokens: {list(_special_ids(tok))})")
     return i
 
 def _first_id(tok: Tokenizer, names) -> int | None:
@@ -513,7 +549,8 @@ def pad_id(tok: Tokenizer) -> int | None:
 
 # %% ../nbs/01_tokenizer.ipynb #47e292dd
 def _loaded_json(src: Path) -> Path | None:
-    "The tokenizer JSON file `build_from_artifacts(src)` reads, or None when it builds from vocab.json + merges.txt."
+    """The tokenizer JSON file `build_from_artifacts(src)` reads, or None when it builds from vocab.json +
+    merges.txt."""
     if src.is_dir(): return src/'tokenizer.json' if (src/'tokenizer.json').is_file() else None
     return None if src.name in ('vocab.json', 'merges.txt') else src
 
@@ -532,13 +569,15 @@ def copy_tokenizer_artifacts(src, dst, special_tokens=None) -> list[Path]:
         return [dst/n for n in TOKENIZER_FILES]
     if tj.name != 'tokenizer.json':                  # a lone JSON: just that file, under the usual name
         atomic_write_bytes(dst/'tokenizer.json', tj.read_bytes()); return [dst/'tokenizer.json']
+    # Byte for byte, so that the manifest's hashes still hold for the copy
     names = [n for n in TOKENIZER_FILES if (tj.parent/n).is_file()]
     for n in names: atomic_write_bytes(dst/n, (tj.parent/n).read_bytes())
     return [dst/n for n in names]
 
 # %% ../nbs/01_tokenizer.ipynb #573b02e1
 def chars_per_token(tok: Tokenizer, texts: Iterable[str], batch_size: int = 1000) -> float:
-    "Characters of `texts` per token `tok` makes of them (higher = better compression); texts are streamed in batches."
+    """Characters of `texts` per token `tok` makes of them (higher = better compression); texts are streamed in
+    batches."""
     chars = ntok = 0
     batch = []
     def flush():
@@ -569,9 +608,10 @@ class TokenizerTrainingSummary:
     def __str__(self):
         mb = self.bytes / 1e6
         lines = [f"trained byte-level BPE tokenizer -> {self.out_dir}",
-                 f"  corpus      {self.files} file(s), {mb:.2f} MB, {self.lines_used:,} of {self.lines_total:,} lines used",
+                 f"  corpus      {self.files} file(s), {mb:.2f} MB, {self.lines_used:,} of {self.lines_total:,} "
+                 "lines used",
                  f"  vocabulary  {self.vocab_size:,} tokens (asked for {self.vocab_size_requested:,})",
-                 f"  special     " + ', '.join(f"{t}={i}" for t, i in self.special_tokens.items()),
+                 "  special     " + ', '.join(f"{t}={i}" for t, i in self.special_tokens.items()),
                  f"  compression {self.chars_per_token:.2f} characters/token (on up to 1 MB of the corpus)",
                  f"  time        {self.seconds:.2f} s ({mb / max(self.seconds, 1e-9):.2f} MB/s)"]
         lines += [f"  wrote       {n} ({s:,} bytes)" for n, s in self.artifacts.items()]
@@ -586,13 +626,16 @@ def _sample_lines(corpus, max_chars: int) -> Iterator[str]:
 
 def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                     seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
-                    show_progress: bool = True, *, text_field: str = 'text', glob: str | None = None) -> TokenizerTrainingSummary:
-    "The whole `tnb train-tokenizer` job: resolve `inputs` (see `resolve_corpus`), `train_bbpe` with progress, measure, summarise."
+                    show_progress: bool = True, *, text_field: str = 'text',
+                    glob: str | None = None) -> TokenizerTrainingSummary:
+    """The whole `tnb train-tokenizer` job: resolve `inputs` (see `resolve_corpus`), `train_bbpe` with progress,
+    measure, summarise."""
     try: corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
     except CorpusError as e: raise TokenizerError(str(e)) from None
     t0 = time.perf_counter()
-    tok = train_bbpe(corpus, out_dir, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens,
-                     seed=seed, max_lines=max_lines, add_bos_eos=add_bos_eos, show_progress=show_progress)
+    tok = train_bbpe(corpus, out_dir, vocab_size=vocab_size, min_frequency=min_frequency,
+                     special_tokens=special_tokens, seed=seed, max_lines=max_lines, add_bos_eos=add_bos_eos,
+                     show_progress=show_progress)
     seconds = time.perf_counter() - t0
     m = read_manifest(out_dir)
     tr = m['training']
@@ -602,4 +645,3 @@ def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int 
         special_tokens=_special_ids(tok), seconds=seconds,
         chars_per_token=chars_per_token(tok, _sample_lines(corpus, 1_000_000)),
         artifacts={n: (Path(out_dir)/n).stat().st_size for n in TOKENIZER_FILES})
-
