@@ -159,3 +159,17 @@ def ok(x): pass
     assert too_long(src, 'm.py') == ['m.py:14: def long is 61 lines (at most 60)']
     assert too_long('class C:\n' + '    x = 1\n' * 150, 'c.py') == ['c.py:1: class C is 151 lines (at most 150: split it into components)']
     assert defines_class('#| export\nclass C: pass') and not defines_class('#| export\ndef f(): pass')
+
+
+MAX_LINE = 120
+
+
+@pytest.mark.parametrize('module', sorted(p.name for p in (ROOT / 'transformer_nb').glob('*.py') if p.name != '_modidx.py'))
+def test_exported_lines_fit(module):
+    """The exported modules are what tracebacks, editors and GitHub show: no line over 120 characters (the limit of
+    pyproject's [tool.ruff]; `make test` runs `ruff check` for the rest). nbdev writes the first line of `__all__`
+    itself (it wraps the list at 120 characters, then puts `__all__ = ` in front): that line is exempt."""
+    lines = (ROOT / 'transformer_nb' / module).read_text(encoding='utf-8').splitlines()
+    long = [f'{module}:{i}: {len(l)} characters' for i, l in enumerate(lines, 1)
+            if len(l) > MAX_LINE and not l.startswith('__all__ = [')]
+    assert not long, 'lines over 120 characters (wrap them in the notebook):\n' + '\n'.join(long)
