@@ -21,11 +21,13 @@ __all__ = ['NORMS', 'ACTIVATIONS', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', '
 
 # %% ../nbs/05_layers.ipynb #3a08b19b
 class _RMSNormFunction(torch.autograd.Function):
-    """`x * rsqrt(mean(x^2) + eps) * weight` with a hand-written backward: autograd would record six small
-    element-wise ops and replay their backward one by one; this saves `x_hat` and `r` and needs four."""
+    """`x * rsqrt(mean(x^2) + eps) * weight` with a hand-written backward, in few full-size passes: forward one norm
+    reduction, then `x * r` and `* weight`; backward `g * x_hat` (used for both gradients), its column sum, one
+    matrix-vector product and one `addcmul`. Autograd would record six small element-wise ops and replay each."""
     @staticmethod
     def forward(ctx, x, weight, eps):
-        r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        # rsqrt(|x|^2 / d + eps) from one norm reduction: no full-size tensor of squares
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
         xn = x * r
         # x_hat and r, not x: the backward is written in terms of them, so nothing is recomputed
         ctx.save_for_backward(xn, r, weight)
@@ -34,10 +36,14 @@ class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         xn, r, w = ctx.saved_tensors
+        d = xn.shape[-1]
+        gxn = g * xn
         # The gain is shared by every position: its gradient sums over all leading dimensions
-        gw = (g * xn).reshape(-1, xn.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        gn = g * w                       # d/dx of x*r: r * (gn - x_hat * mean(gn * x_hat))
-        gx = (gn - xn * (gn * xn).mean(-1, keepdim=True)) * r if ctx.needs_input_grad[0] else None
+        gw = gxn.reshape(-1, d).sum(0) if ctx.needs_input_grad[1] else None
+        gx = None
+        if ctx.needs_input_grad[0]:  # d/dx of x*r: r * (g*w - x_hat * mean(g*w*x_hat)), mean(...) = (g*x_hat) @ w / d
+            dot = (gxn @ w).unsqueeze_(-1).mul_(-1.0 / d)
+            gx = torch.addcmul(g * w, xn, dot).mul_(r)
         return gx, gw, None
 
 # %% ../nbs/05_layers.ipynb #f6568f6e

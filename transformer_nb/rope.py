@@ -26,12 +26,35 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 # %% ../nbs/03_rope.ipynb #dd611c40
+class _RotateHalfFunction(torch.autograd.Function):
+    """`x * cos + rotate_half(x) * sin` as one autograd node. With `swap` exchanging the halves of the last dimension
+    and `ss = (-sin, sin)` by halves, it is `swap(x) * ss + x * cos`; the map is orthogonal, so its backward is its
+    transpose, `swap(g * ss) + g * cos`: three full-size passes each way instead of autograd's six ops and their
+    backward (RoPE runs on q and k in every layer, and at small widths these passes are a noticeable share)."""
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        h = x.shape[-1] // 2
+        ss = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)  # the (T, d) table: tiny next to x
+        ctx.save_for_backward(cos, ss)
+        return torch.cat((x[..., h:], x[..., :h]), dim=-1).mul_(ss).addcmul_(x, cos)
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, ss = ctx.saved_tensors
+        h = g.shape[-1] // 2
+        gs = g * ss
+        return torch.cat((gs[..., h:], gs[..., :h]), dim=-1).addcmul_(g, cos), None, None
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first `cos.shape[-1]` channels of `x` (..., T, head_dim) by the angles behind
     `cos`/`sin` (T, rotary_dim), in rotate-half layout; the other channels pass through.
     `cos`/`sin` must already have `x`'s dtype and device."""
     rd = cos.shape[-1]
-    if rd == x.shape[-1]: return x * cos + rotate_half(x) * sin
+    if rd == x.shape[-1]:
+        if torch.is_grad_enabled() and x.requires_grad:  # training: the one-node version above
+            return _RotateHalfFunction.apply(x, cos, sin)
+        return x * cos + rotate_half(x) * sin
     xr, xp = x[..., :rd], x[..., rd:]
     return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
