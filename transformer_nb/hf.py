@@ -245,9 +245,9 @@ def _llama_model_dict(cfg: dict, where: str) -> dict:
                 num_key_value_heads=int(cfg.get('num_key_value_heads') or heads),
                 max_position_embeddings=int(cfg.get('max_position_embeddings', 2048)),
                 attn_dropout=float(cfg.get('attention_dropout') or 0.0), rope_mode=mode, rope_theta=theta,
-                norm='rmsnorm', activation='swiglu', bias=ab, tie_embeddings=bool(cfg.get('tie_word_embeddings', False)),
-                rotary_dim=None, rope_scale=scale, norm_eps=float(cfg.get('rms_norm_eps', 1e-6)),
-                vocab_size=int(need('vocab_size')), qk_norm=qwen3)
+                norm='rmsnorm', activation='swiglu', bias=ab,
+                tie_embeddings=bool(cfg.get('tie_word_embeddings', False)), rotary_dim=None, rope_scale=scale,
+                norm_eps=float(cfg.get('rms_norm_eps', 1e-6)), vocab_size=int(need('vocab_size')), qk_norm=qwen3)
 
 # %% ../nbs/08b_hf.ipynb #46542bea
 def model_config_from_hf(cfg: dict, where: str = 'config.json') -> ModelConfig:
