@@ -409,7 +409,8 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
 def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | None = None,
                 max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = None,
                 top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
-                use_kv_cache: bool = True, stop_at_eos: bool = False, doc_break: str = '\n\n', compile: bool = False) -> tuple[str, int]:
+                use_kv_cache: bool = True, stop_at_eos: bool = False, doc_break: str = '\n\n',
+                compile: bool = False) -> tuple[str, int]:
     """Continue `prompt` (as the start of a document), passing each decoded piece to `write` as it comes;
     an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). `compile`: static KV cache and
     a `torch.compile`d decoding step (07_generate). Returns (text, tokens)."""
