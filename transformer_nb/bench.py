@@ -539,7 +539,7 @@ def _memory_kb(pid: int, key: str) -> int:
 def _tree_memory(pid: int) -> tuple[int, int]:
     """(memory of `pid` and all its descendants, the PSS sum in bytes; peak resident bytes of `pid` itself), from
     /proc."""
-    # PSS, not RSS: the workers share the parent's pages after fork, and summing RSS would count them once per worker
+    # PSS, not RSS: pages the processes share (libraries, copy-on-write memory) count once, not once per process
     parent = {}
     for p in Path('/proc').iterdir():
         if not p.name.isdigit(): continue
