@@ -254,7 +254,7 @@ def _from_config(name: str, file: str, batch: int | None, seq: int | None) -> tu
 def bench_shape(name: str, keep_dropout: bool = False) -> BenchShape:
     "One of `SHAPE_NAMES` as a `BenchShape`; dropout off unless `keep_dropout` (then as in the config file)."
     s = _bench_shape(name)
-    # dropout off by default: it costs time that depends on the RNG, not on the model's arithmetic
+    # dropout off by default: the figures are of the model's arithmetic, not of drawing dropout masks
     if not keep_dropout and (s.model.attn_dropout or s.model.residual_dropout):
         s = replace(s, model=replace(s.model, attn_dropout=0.0, residual_dropout=0.0),
                     source=s.source + ', dropout off')
@@ -333,7 +333,7 @@ def random_tokens(vocab_size: int, n: int = 1 << 20, seed: int = 0) -> np.ndarra
 def cold_compile_cache():
     """Make torch.compile start from an empty cache (a temporary folder), so that compile times are those of a first
     run."""
-    # newer torch has a helper that also resets inductor's in-memory state; older versions read only the variable
+    # newer torch provides a helper for this; older versions only read the environment variable
     with tempfile.TemporaryDirectory(prefix='tnb-inductor-') as d:
         try: from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
         except ImportError: temporary_cache_dir = None

@@ -266,7 +266,7 @@ def diff_dicts(old: dict, new: dict, prefix: str = '') -> list[str]:
 def _versions() -> dict:
     v = {'transformer_nb': getattr(transformer_nb, '__version__', None), 'torch': torch.__version__,
          'safetensors': safetensors.__version__, 'numpy': np.__version__, 'python': platform.python_version()}
-    # recorded for diagnosis only; tokenizers is optional for reading checkpoints
+    # recorded for diagnosis only: a missing tokenizers package must not stop a save
     try:
         import tokenizers; v['tokenizers'] = tokenizers.__version__
     except ImportError: pass

@@ -68,8 +68,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _fill(text: str, width: int) -> str:
     """Re-fill each paragraph of `text` to `width`; lines that start with a space (tables, commands) are kept as they
     are."""
-    # the descriptions are written for 100 columns: re-filled, they read well on a narrow terminal too; flags and
-    # paths are never split (no breaks at hyphens or inside words)
+    # re-filled to the terminal's width; flags and paths are never split (no breaks at hyphens or inside words)
     out = []
     for para in text.split('\n\n'):
         lines = para.split('\n')
@@ -542,6 +541,7 @@ def orchestrate_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12_cli.ipynb #ab7963c0
 def _undo_new(run: Path, before: set | None):
     "After a failed orchestrate that wrote no checkpoint: remove what it created (the run directory itself, if new)."
+    # a run that saved a checkpoint is kept whatever failed afterwards: it can be resumed
     if list_checkpoints(run / RUN_LAYOUT['checkpoints']) or list_checkpoints(run / RUN_LAYOUT['best']): return
     if before is None: shutil.rmtree(run, ignore_errors=True); return
     for p in (set(run.iterdir()) - before) if run.is_dir() else ():
@@ -702,6 +702,7 @@ def _bench(a) -> int:
                         vs_transformers=a.vs_transformers, prep_workers=a.prep_workers,
                         prep_memory_mb=tuple(a.prep_memory_mb))
         out = Path(a.out or 'tnb-bench.json')
+    # the exact command line goes into the JSON: a figure can be traced back to how it was measured
     res['argv'] = list(a._argv)
     atomic_write_text(out, json.dumps(res, indent=1) + '\n')
     print(f"\nresults written to {out}")

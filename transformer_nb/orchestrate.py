@@ -43,7 +43,6 @@ __all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'STAGES', 'torch_threads
 class torch_threads:
     """Context manager: `torch.set_num_threads(n)` inside (nothing when `n` is None), the previous count restored
     after."""
-    # torch is imported only when a thread count is set: `orchestrate --help` and the planning stay fast
     def __init__(self, n: int | None): self.n, self.old = n, None
     def __enter__(self):
         if self.n is not None:
@@ -351,7 +350,7 @@ def stage_config(plan: RunPlan) -> Config:
     if path.is_file():
         try: changes = diff_configs(read_config_file(path), config_to_dict(plan.config))
         except UserError: changes = {}
-        # keys that are None on both sides (unset, then spelled out) are no change worth reporting
+        # a key that is None on both sides (unset in one version, absent in the other) is no change to report
         changes = {k: v for k, v in changes.items() if v[0] is not None or v[1] is not None}
         if changes: say(f"config: changed from the previous {path.name}: " +
                         ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items())))
@@ -445,7 +444,8 @@ def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | 
 def default_prompts(sources: Sequence[str], paths: Sequence[Path], n: int = 4, seed: int = 0) -> list[str]:
     "Prompts for the samples: Shakespeare speakers for the built-in corpus, else the first words of `n` documents."
     if list(sources) == ['shakespeare']: return list(SHAKESPEARE_PROMPTS)
-    # the first 2,000 documents (2,000 characters each) are enough to pick from: a large corpus is not read whole
+    # the first 2,000 documents (pieces of at most 2,000 characters) are enough to pick from: a large corpus is not
+    # read whole
     docs = []
     for d in iter_documents(paths, max_chars=2000):
         docs.append(d)

@@ -269,7 +269,7 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
 def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
     "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
     kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
-    # blocks first, root last: each block is then gathered and freed on its own, keeping only one in full at a time
+    # blocks first, root last: each block is gathered and freed on its own, so only a block or two are ever in full
     for blk in model.layers:
         fully_shard(blk, **kw)
     fully_shard(model, **kw)
@@ -283,7 +283,7 @@ def build_model(model_cfg, vocab: int, device: torch.device, parallel: str = 'no
         model = DecoderModel(model_cfg, vocab).to(device)
         return apply_activation_checkpointing(model) if activation_checkpointing else model
     info = info or DistInfo()
-    # built on meta (no memory), its initial values recorded row-wise: no rank ever holds the whole model
+    # built on meta (no memory), its initial values recorded row-wise: no rank holds the whole model at once
     rec = ShardedInit(info.rank, info.world_size)
     with torch.device('meta'), rec:
         model = DecoderModel(model_cfg, vocab)

@@ -63,7 +63,7 @@ def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res
     data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
                    show_progress=False, verbose=False)
     res['prepare_s'] = time.perf_counter() - t0
-    # the trained vocabulary can exceed the requested size (special tokens): the model must cover every id
+    # the trained tokenizer can hold more ids than requested: the model must cover every id
     vocab = max(vocab, tok.get_vocab_size())
     cfg = replace(config, model=replace(config.model, vocab_size=vocab))
     val_tokens = np.array(data.val.tokens)

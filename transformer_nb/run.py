@@ -251,8 +251,8 @@ def run_length(sched, steps_per_epoch: int | None) -> int:
 
 def eval_batches(val, micro_batch: int, seq_len: int, info: DistInfo, n_micro: int):
     "The first `n_micro` micro-batches of the validation split, in order (the same at every evaluation)."
-    # drop_last keeps every rank's batches the same size, so the summed counts are comparable; a validation split
-    # too small for that still gets evaluated on one short batch
+    # full batches where the split allows; a validation split too small for one per rank still gets evaluated
+    # on a short batch
     try:
         sampler = SequentialSampler(val, micro_batch, seq_len, rank=info.rank, world_size=info.world_size,
                                     shuffle=False, drop_last=True)
