@@ -668,9 +668,12 @@ def _bench_quality(a) -> tuple[dict, Path]:
     cfg = load_config(path, a.override)
     if a.device != 'auto': cfg = replace(cfg, runtime=replace(cfg.runtime, device=a.device))
     if not a.compare:
-        res = quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock, show_progress=not a.quiet)
+        # the dict is evaluated left to right: created_at is the time the run starts
         return ({'schema': 'transformer_nb.bench.quality/1', 'created_at': utc_now_iso(), 'config_file': str(path),
-                 'overrides': a.override, **res}, Path(a.out or 'tnb-bench-quality.json'))
+                 'overrides': a.override,
+                 **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
+                               show_progress=not a.quiet)},
+                Path(a.out or 'tnb-bench-quality.json'))
     other = Path(a.compare)
     if not other.is_file(): raise BenchError(f"{other}: --compare file not found")
     cfg2 = load_config(other, a.override)

@@ -255,8 +255,8 @@ def model_config_from_hf(cfg: dict, where: str = 'config.json') -> ModelConfig:
     matches."""
     d = _llama_model_dict(cfg, where)
     mc = config_from_dict({'model': d}, source=where).model
-    ours = cfg.get('transformer_nb')
-    stored = (ours or {}).get('model_config') if isinstance(ours, dict) else None
+    entry = cfg.get('transformer_nb')
+    stored = (entry or {}).get('model_config') if isinstance(entry, dict) else None
     # the stored config is trusted only if it still yields the same Llama fields: someone may have edited
     # config.json (or fine-tuned the model elsewhere) since the export
     if isinstance(stored, dict):
