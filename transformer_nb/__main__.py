@@ -11,4 +11,5 @@ __all__ = []
 import sys
 from .cli import main
 
+# `python -m transformer_nb` is the `tnb` command; usage lines show the name that was typed
 if __name__ == '__main__': sys.exit(main(prog='python -m transformer_nb'))

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 import transformer_nb
-from .base import atomic_write_text, fmt_secs, UserError, utc_now_iso
+from .base import fmt_secs, UserError, utc_now_iso
 from .config import (Config, DataConfig, load_config, ModelConfig, OptimizerConfig, RuntimeConfig,
                                    SchedulerConfig)
 from .sources import iter_documents
@@ -92,19 +92,20 @@ def _machine_jiffies() -> tuple[int, int] | None:
     "(busy, total) clock ticks of all CPUs since boot, from /proc/stat."
     try: f = [int(x) for x in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
     except (OSError, ValueError, IndexError): return None
-    busy = f[0] + f[1] + f[2] + sum(f[5:8])          # user nice system + irq softirq steal
-    return busy, busy + f[3] + f[4]                  # + idle iowait
+    busy = f[0] + f[1] + f[2] + sum(f[5:8])  # user nice system + irq softirq steal
+    return busy, busy + f[3] + f[4]  # + idle iowait
 
 def _own_ticks() -> float:
     "CPU ticks used by this process, its reaped children and its live children (compile workers)."
     hz = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
     t = os.times()
     ticks = (t.user + t.system + t.children_user + t.children_system) * hz
+    # os.times counts children only once they are reaped: torch.compile's live worker processes are read from /proc
     me = str(os.getpid())
     for d in Path('/proc').glob('[0-9]*'):
         try:
             f = (d / 'stat').read_text().rsplit(')', 1)[1].split()
-            if f[1] == me: ticks += int(f[11]) + int(f[12])      # ppid, utime, stime
+            if f[1] == me: ticks += int(f[11]) + int(f[12])  # ppid, utime, stime
         except (OSError, IndexError, ValueError): pass
     return ticks
 
@@ -119,6 +120,8 @@ class CpuShare:
     def stop(self):
         m = _machine_jiffies()
         if m is None or self._m is None: return self
+        # the others' share is the machine's busy time minus ours: a benchmark figure taken while it was high is
+        # suspect (shared CPUs)
         busy, total = m[0] - self._m[0], m[1] - self._m[1]
         own = _own_ticks() - self._own
         if total > 0: self.others, self.own = max(0.0, busy - own) / total, min(1.0, own / total)
@@ -145,9 +148,11 @@ def peak_rss_bytes() -> int | None:
 
 def reset_peak_rss() -> bool:
     "Reset the high-water mark to the current resident set; False where the kernel does not allow it."
+    # '5' resets VmHWM (Linux >= 4.0); not allowed in some containers
     try: Path('/proc/self/clear_refs').write_text('5'); return True
     except OSError: return False
 
+# freed memory that glibc keeps would hide a later peak from VmHWM - VmRSS: it is returned to the OS first
 def _malloc_trim():
     try: ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError): pass
@@ -159,6 +164,7 @@ class PeakMemory:
         self.bytes, self.method = None, None
 
     def __enter__(self):
+        # a clean baseline: garbage and cached blocks of earlier measurements must not count against this one
         gc.collect()
         if self.device.type == 'cuda':
             synchronize(self.device); torch.cuda.empty_cache()
@@ -184,7 +190,8 @@ class PeakMemory:
 # %% ../nbs/11_bench.ipynb #5f9a5374
 def matmul_flops(device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float32, n: int = 2048,
                  repeats: int = 5, min_seconds: float = 0.25) -> dict:
-    "FLOP/s of `n x n @ n x n` products in `dtype`: `summarize` of `repeats` timings by `measure_matmul_flops`, each >= `min_seconds`."
+    """FLOP/s of `n x n @ n x n` products in `dtype`: `summarize` of `repeats` timings by `measure_matmul_flops`,
+    each >= `min_seconds`."""
     rates = [measure_matmul_flops(device, dtype, n, trials=1, seconds=min_seconds) for _ in range(repeats)]
     return {**summarize(rates), 'size': n, 'dtype': str(dtype).replace('torch.', '')}
 
@@ -192,6 +199,7 @@ def matmul_peak(device: torch.device | str = 'cpu', dtype: torch.dtype = torch.f
                 repeats: int = 5, min_seconds: float = 0.25) -> dict:
     "The best `matmul_flops` over `sizes` (by median); `.by_size` keeps every size's median."
     device = torch.device(device)
+    # the best of several sizes is the peak: small products underuse a GPU, large ones overflow a CPU's caches
     sizes = sizes or ((4096, 8192) if device.type == 'cuda' else (1024, 2048, 4096))
     runs = [matmul_flops(device, dtype, n, repeats, min_seconds) for n in sizes]
     best = max(runs, key=lambda r: r['median'])
@@ -218,8 +226,9 @@ class BenchShape:
                 f"vocab {self.vocab_size} [{self.source}]")
 
 SHAPE_NAMES = ('baby', 'local', 'm3_medium')
-EXTRA_SHAPES = ('gpt2_124m',)       # on request only (--shapes gpt2_124m): a GPU-sized shape
+EXTRA_SHAPES = ('gpt2_124m',)  # on request only (--shapes gpt2_124m): a GPU-sized shape
 
+# the shapes of configs/local.yaml and configs/m3_medium.yaml, for an installed package without the configs folder
 _BUILTIN = {
     'local': dict(hidden_size=128, intermediate_size=512, num_layers=2, num_attention_heads=2, num_key_value_heads=2,
                   max_position_embeddings=256),
@@ -245,8 +254,10 @@ def _from_config(name: str, file: str, batch: int | None, seq: int | None) -> tu
 def bench_shape(name: str, keep_dropout: bool = False) -> BenchShape:
     "One of `SHAPE_NAMES` as a `BenchShape`; dropout off unless `keep_dropout` (then as in the config file)."
     s = _bench_shape(name)
+    # dropout off by default: the figures are of the model's arithmetic, not of drawing dropout masks
     if not keep_dropout and (s.model.attn_dropout or s.model.residual_dropout):
-        s = replace(s, model=replace(s.model, attn_dropout=0.0, residual_dropout=0.0), source=s.source + ', dropout off')
+        s = replace(s, model=replace(s.model, attn_dropout=0.0, residual_dropout=0.0),
+                    source=s.source + ', dropout off')
     return s
 
 # %% ../nbs/11_bench.ipynb #de7c4d14
@@ -261,7 +272,7 @@ def _bench_shape(name: str) -> BenchShape:
     if name == 'm3_medium':
         m, b, t, src = _from_config('m3_medium', 'm3_medium.yaml', 8, 256)
         return BenchShape('m3_medium', m, 4096, b, t, src)
-    if name == 'gpt2_124m':      # GPT-2 small's shape (RoPE instead of learned positions): 124M parameters
+    if name == 'gpt2_124m':  # GPT-2 small's shape (RoPE instead of learned positions): 124M parameters
         m = ModelConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_attention_heads=12,
                         max_position_embeddings=1024, activation='gelu', norm='layernorm', bias=True)
         return BenchShape('gpt2_124m', m, 50257, 8, 1024, 'GPT-2 small shape')
@@ -296,14 +307,15 @@ def step_bench(config: Config, vocab_size: int, tokens=None, shards=None) -> Ste
     given `shards` (`TokenShards`), the Trainer's sampler (shuffled epochs of non-overlapping windows)."""
     rt, d = config.runtime, config.data
     device = resolve_device(rt.device)
-    with warnings.catch_warnings():           # 16-bit on a CPU: timed on purpose
+    with warnings.catch_warnings():  # 16-bit on a CPU: timed on purpose
         warnings.simplefilter('ignore')
         precision, amp_dtype = resolve_precision(rt.precision, device)
     micro, seq_len, pin = config.micro_batch_size(), config.sequence_length, device.type == 'cuda'
     seed_everything(rt.seed)
     model = DecoderModel(config.model, vocab_size).to(device)
     optimizer = build_optimizer(model, config.optimizer, device)
-    if shards is not None: batches = SequentialSampler(shards, micro, seq_len, seed=rt.seed, shuffle=True, pin_memory=pin)
+    if shards is not None:
+        batches = SequentialSampler(shards, micro, seq_len, seed=rt.seed, shuffle=True, pin_memory=pin)
     else: batches = RandomWindowSampler(tokens, micro, seq_len, seed=rt.seed, pin_memory=pin)
     setup = StepSetup(d.gradient_accumulation_steps, device, amp_dtype, config.optimizer.max_grad_norm,
                       fused=uses_fused_step(optimizer))
@@ -319,7 +331,9 @@ def random_tokens(vocab_size: int, n: int = 1 << 20, seed: int = 0) -> np.ndarra
 
 @contextlib.contextmanager
 def cold_compile_cache():
-    "Make torch.compile start from an empty cache (a temporary folder), so that compile times are those of a first run."
+    """Make torch.compile start from an empty cache (a temporary folder), so that compile times are those of a first
+    run."""
+    # newer torch provides a helper for this; older versions only read the environment variable
     with tempfile.TemporaryDirectory(prefix='tnb-inductor-') as d:
         try: from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
         except ImportError: temporary_cache_dir = None
@@ -340,13 +354,16 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
     With `compile`, the first step compiles (from an empty cache if `cold_compile`)."""
     if steps < 1 or repeats < 1 or warmup < 1: raise BenchError("--steps, --repeats and --warmup must be >= 1")
     cfg = bench_config(shape, precision, device, compile)
+    # random tokens: throughput does not depend on the text, and no tokenizer or corpus is needed
     tokens = random_tokens(shape.vocab_size, max(1 << 18, 4 * shape.tokens_per_step))
+    # dynamo's caches from an earlier shape would make this compile look cheaper than it is
     if compile: torch._dynamo.reset()
     cache = cold_compile_cache() if compile and cold_compile else contextlib.nullcontext()
     with PeakMemory(resolve_device(device)) as mem, cache:
         b = step_bench(cfg, shape.vocab_size, tokens)
-        dev, lr = b.setup.device, cfg.optimizer.learning_rate       # (a constant schedule)
+        dev, lr = b.setup.device, cfg.optimizer.learning_rate  # (a constant schedule)
         step = partial(train_step, b.step_model, b.optimizer, b.batches, lr, b.setup, b.scaler)
+        # the first step, waited for (float() syncs): with compile, its time minus a normal step's is compile time
         t0 = time.perf_counter(); out = step(); float(out[0])
         first = time.perf_counter() - t0
         for _ in range(warmup - 1): out = step()
@@ -355,15 +372,17 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
         with CpuShare() as cpu:
             for _ in range(repeats):
                 t0 = time.perf_counter()
+                # steps are queued asynchronously on a GPU: one sync per repeat, not per step
                 for _ in range(steps): out = step()
                 synchronize(dev)
                 times.append((time.perf_counter() - t0) / steps)
         loss = float(out[0])
         t0 = time.perf_counter()
         for _ in range(steps * b.setup.accum): next(b.batches)
-        sampler_ms = (time.perf_counter() - t0) / steps * 1e3      # batch assembly alone, per step (included above)
+        sampler_ms = (time.perf_counter() - t0) / steps * 1e3  # batch assembly alone, per step (included above)
     tps = [shape.tokens_per_step / t for t in times]
-    res = {'shape': shape.name, 'mode': 'compile' if compile else 'eager', 'device': str(dev), 'precision': b.precision,
+    res = {'shape': shape.name, 'mode': 'compile' if compile else 'eager', 'device': str(dev),
+           'precision': b.precision,
            'parameters': b.model.num_parameters(), 'flops_per_token': b.flops_per_token,
            'batch_size': shape.batch_size, 'seq_len': shape.seq_len, 'vocab_size': shape.vocab_size,
            'tokens_per_step': shape.tokens_per_step, 'steps': steps, 'repeats': repeats, 'warmup': warmup,
@@ -404,22 +423,27 @@ def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: 
            'parameters': model.num_parameters(), 'vocab_size': shape.vocab_size, 'repeats': repeats, 'rows': []}
     for B in batches:
         prompts = rng.integers(0, shape.vocab_size, (B, prompt_len)).tolist()
-        runs = {m: _gen_runner(model, prompts, m) for m in modes if m != 'no_cache' or B in (no_cache_batches or batches)}
+        # no_cache is quadratic in the length: it can be limited to some batch sizes
+        runs = {m: _gen_runner(model, prompts, m) for m in modes
+                if m != 'no_cache' or B in (no_cache_batches or batches)}
         runs.update({k: f(model, prompts) for k, f in (extra or {}).items() if B in extra_batches})
         first, outs, times = {}, {}, {k: [] for k in runs}
-        for k, run in runs.items():              # warm-up; compiles (the same shapes as the timed runs)
+        for k, run in runs.items():  # warm-up; compiles (the same shapes as the timed runs)
             t0 = time.perf_counter(); run(new_tokens if k == 'compiled' else min(4, new_tokens)); synchronize(dev)
             first[k] = time.perf_counter() - t0
+        # the modes take turns within each repeat: a change in the machine's load affects them all alike
         with CpuShare() as cpu:
             for _ in range(repeats):
                 for k, run in runs.items():
                     t0 = time.perf_counter(); outs[k] = run(new_tokens); synchronize(dev)
                     times[k].append(time.perf_counter() - t0)
+        # greedy decoding is deterministic: every mode must produce the uncached reference's tokens
         ref = outs.get('no_cache', next(iter(outs.values())))
         for k in runs:
-            res['rows'].append({'batch': B, 'mode': k, 'tokens_per_s': summarize([B * new_tokens / t for t in times[k]]),
-                                'seconds': summarize(times[k]), 'first_call_s': first[k], 'same_tokens': outs[k] == ref,
-                                'others_cpu_share': cpu.others})
+            tps = summarize([B * new_tokens / t for t in times[k]])
+            res['rows'].append({'batch': B, 'mode': k, 'tokens_per_s': tps,
+                                'seconds': summarize(times[k]), 'first_call_s': first[k],
+                                'same_tokens': outs[k] == ref, 'others_cpu_share': cpu.others})
     one = {r['mode']: r for r in res['rows'] if r['batch'] == batches[0]}
     res.update({k: one[k] for k in ('kv_cache', 'no_cache') if k in one}, batch=batches[0],
                same_tokens=all(r['same_tokens'] for r in res['rows']))
@@ -443,8 +467,11 @@ def corpus_file(path=None) -> Path:
     return p
 
 def _corpus_files(text: bytes, folder: Path, size_mb: float) -> dict:
-    "The benchmark text repeated to `size_mb` MB, as a text file, as JSON Lines (gzip) and as Parquet (one record per document)."
-    files = {'text': folder / 'corpus.txt', 'JSONL.gz': folder / 'corpus.jsonl.gz', 'Parquet': folder / 'corpus.parquet'}
+    """The benchmark text repeated to `size_mb` MB, as a text file, as JSON Lines (gzip) and as Parquet (one record per
+    document)."""
+    # the same documents in all three formats: the MB/s figures then differ by the reader only
+    files = {'text': folder / 'corpus.txt', 'JSONL.gz': folder / 'corpus.jsonl.gz',
+             'Parquet': folder / 'corpus.parquet'}
     with open(files['text'], 'wb') as f:
         for _ in range(max(1, math.ceil(size_mb * 1e6 / max(len(text), 1)))): f.write(text)
     docs = list(iter_documents(files['text']))
@@ -457,7 +484,8 @@ def _corpus_files(text: bytes, folder: Path, size_mb: float) -> dict:
 def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096, repeats: int = 3,
                        batch_chars: int = 1 << 20, workers: int | None = None) -> dict:
     """MB/s of `data.prepare` on `corpus` repeated to `size_mb` MB (MB of text, whatever the file): as text with 1
-    worker and with `workers` (default: one per core), as JSON Lines (gzip) and as Parquet; and of plain `encode_batch`."""
+    worker and with `workers` (default: one per core), as JSON Lines (gzip) and as Parquet; and of plain
+    `encode_batch`."""
     src, n = corpus_file(corpus), workers or default_workers()
     with tempfile.TemporaryDirectory(prefix='tnb-bench-') as tmp:
         tmp = Path(tmp)
@@ -467,6 +495,7 @@ def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096
         files = _corpus_files(src.read_bytes(), tmp, size_mb)
         mb = files['text'].stat().st_size / 1e6
         tok = build_from_artifacts(tmp / 'tokenizer')
+        # plain encode_batch on the same batches is the yardstick: what tokenizing costs without prepare's work
         batches, b, k = [], [], 0
         for doc in iter_documents(files['text']):
             b.append(doc); k += len(doc)
@@ -483,12 +512,14 @@ def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096
                                 batch_chars=batch_chars, workers=w)
                     t_prep[kind, w].append(time.perf_counter() - t0)
                     tokens = d.train.num_tokens + d.val.num_tokens
-                    shutil.rmtree(cache)
+                    shutil.rmtree(cache)  # prepare is a cache: a kept folder would make the next run a no-op
                 t0 = time.perf_counter()
                 for b in batches: tok.encode_batch(b, add_special_tokens=False)
                 t_enc.append(time.perf_counter() - t0)
-    rows = {f"{kind}, {w} worker{'s' if w > 1 else ''}": summarize([mb / t for t in ts]) for (kind, w), ts in t_prep.items()}
-    return {'others_cpu_share': cpu.others, 'corpus': str(src), 'corpus_mb': mb, 'vocab_size': vocab_size, 'tokens': tokens,
+    rows = {f"{kind}, {w} worker{'s' if w > 1 else ''}": summarize([mb / t for t in ts])
+            for (kind, w), ts in t_prep.items()}
+    return {'others_cpu_share': cpu.others, 'corpus': str(src), 'corpus_mb': mb, 'vocab_size': vocab_size,
+            'tokens': tokens,
             'batch_chars': batch_chars, 'repeats': repeats, 'tokenizer_train_s': tok_s, 'workers': n, 'rows': rows,
             'workers_speedup': statistics.median(t_prep['text', 1]) / statistics.median(t_prep['text', n]),
             'prepare_mb_per_s': rows[f"text, {n} worker{'s' if n > 1 else ''}"],
@@ -497,16 +528,22 @@ def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096
 
 # %% ../nbs/11_bench.ipynb #e3bfa81b
 def _memory_kb(pid: int, key: str) -> int:
-    "A `/proc/<pid>` memory figure in kB: 'Pss' (from smaps_rollup: shared pages counted once over processes), 'VmHWM', 'VmRSS'."
+    """A `/proc/<pid>` memory figure in kB: 'Pss' (from smaps_rollup: shared pages counted once over processes),
+    'VmHWM', 'VmRSS'."""
     name = 'smaps_rollup' if key == 'Pss' else 'status'
-    try: return int(next(l for l in (Path('/proc') / str(pid) / name).read_text().splitlines() if l.startswith(key + ':')).split()[1])
+    try:
+        lines = (Path('/proc') / str(pid) / name).read_text().splitlines()
+        return int(next(line for line in lines if line.startswith(key + ':')).split()[1])
     except (OSError, StopIteration, ValueError): return 0
 
 def _tree_memory(pid: int) -> tuple[int, int]:
-    "(memory of `pid` and all its descendants, the PSS sum in bytes; peak resident bytes of `pid` itself), from /proc."
+    """(memory of `pid` and all its descendants, the PSS sum in bytes; peak resident bytes of `pid` itself), from
+    /proc."""
+    # PSS, not RSS: pages the processes share (libraries, copy-on-write memory) count once, not once per process
     parent = {}
     for p in Path('/proc').iterdir():
         if not p.name.isdigit(): continue
+        # the command name in /proc/<pid>/stat may contain spaces and ')': fields are read after its last ')'
         try: st = (p / 'stat').read_text(); parent[int(p.name)] = int(st[st.rindex(')') + 2:].split()[1])
         except (OSError, ValueError, IndexError): continue
     tree, todo = set(), [pid]
@@ -516,7 +553,9 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return sum(_memory_kb(q, 'Pss') or _memory_kb(q, 'VmRSS') for q in tree) * 1024, _memory_kb(pid, 'VmHWM') * 1024
 
 def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 4000) -> int:
-    "Write `size_mb` MB of distinct ~`record_chars`-character records made of `text`'s documents to a JSONL.gz file."
+    """Write `size_mb` MB of distinct ~`record_chars`-character records made of `text`'s documents to a JSONL.gz
+    file."""
+    # distinct records (numbered): prepare's de-duplication must not shrink the corpus being measured
     docs, n, written, buf = text.split('\n\n'), 0, 0, []
     with gzip.open(path, 'wt', encoding='utf-8', compresslevel=1) as f:
         while written < size_mb * 1e6:
@@ -528,10 +567,14 @@ def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 400
                     if written >= size_mb * 1e6: break
     return n
 
-def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, workers: int | None = None) -> list[dict]:
-    "Peak resident memory of `tnb prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB of text."
+# %% ../nbs/11_bench.ipynb #fb5ca68d
+def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096,
+                   workers: int | None = None) -> list[dict]:
+    """Peak resident memory of `tnb prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB
+    of text."""
+    # a separate process: this one's memory (torch, the benchmark) must not count, and its peak is its own
     src, out = corpus_file(corpus), []
-    cmd = [sys.executable, '-m', 'transformer_nb', 'prepare-data']     # the command, as a user runs it
+    cmd = [sys.executable, '-m', 'transformer_nb', 'prepare-data']  # the command, as a user runs it
     with tempfile.TemporaryDirectory(prefix='tnb-bench-mem-') as tmp:
         tmp = Path(tmp)
         train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
@@ -541,7 +584,9 @@ def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096, work
             args = ['--tokenizer', tmp / 'tokenizer', '--input', data, '--out', tmp / f'out-{mb:g}', '--no-progress']
             if workers: args += ['--workers', workers]
             t0, peak, hwm = time.perf_counter(), 0, 0
-            p = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            p = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)
+            # sampled every 0.1 s: the tree's PSS has no high-water mark of its own
             while p.poll() is None:
                 total, h = _tree_memory(p.pid); peak, hwm = max(peak, total), max(hwm, h)
                 time.sleep(0.1)
@@ -580,8 +625,8 @@ def _print_peak(peaks: dict, show=print):
                         ', '.join(f"{n}: {x / 1e9:,.1f}" for n, x in v['by_size'].items())] for k, v in peaks.items()]))
 
 def _print_train(rows: list[dict], show=print):
-    show(format_table(['shape', 'mode', 'params', 'tokens/s', 'model GFLOP/s', 'MFU', 'step ms', 'peak MiB', 'compile s',
-                       "others' CPU"],
+    show(format_table(['shape', 'mode', 'params', 'tokens/s', 'model GFLOP/s', 'MFU', 'step ms', 'peak MiB',
+                       'compile s', "others' CPU"],
                       [[r['shape'], r['mode'], f"{r['parameters'] / 1e6:.2f}M", fmt_range(r['tokens_per_s']),
                         fmt_range(r['model_flops_per_s'], 1e-9, '{:,.1f}'), fmt_range(r['mfu'], pct=True),
                         fmt_range(r['step_ms'], fmt='{:,.1f}'),
@@ -591,8 +636,8 @@ def _print_train(rows: list[dict], show=print):
 
 def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
     rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
-    show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new tokens "
-         f"per row, greedy; the same tokens in every mode: {g['same_tokens']})")
+    show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new "
+         f"tokens per row, greedy; the same tokens in every mode: {g['same_tokens']})")
     base = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'no_cache'}
     hf = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'transformers'}
     ratio = lambda r, d: f"{r['tokens_per_s']['median'] / d[r['batch']]:.2f}x" if r['batch'] in d else '-'
@@ -600,26 +645,33 @@ def _print_generate(g: dict, show=print, title: str = 'generation with and witho
                       ['seconds', 'first call s', 'same tokens'],
                       [[r['batch'], r['mode'], fmt_range(r['tokens_per_s'], fmt='{:,.1f}'), ratio(r, base)] +
                        ([ratio(r, hf)] if hf else []) + [fmt_range(r['seconds'], fmt='{:.2f}'),
-                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-')] for r in rows]))
+                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-')]
+                       for r in rows]))
 
 def _print_prepare(d: dict, show=print):
     show(f"\ndata preparation ({d['corpus_mb']:.1f} MB of text, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
     rows = [[k, fmt_range(v, fmt='{:.2f}')] for k, v in d.get('rows', {'data.prepare': d['prepare_mb_per_s']}).items()]
-    show(format_table(['data.prepare', 'MB/s'], rows + [['plain encode_batch (all threads)', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]])
+    plain = ['plain encode_batch (all threads)', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]
+    show(format_table(['data.prepare', 'MB/s'], rows + [plain])
          + (f"\n{d['workers']} workers / 1 worker: {d['workers_speedup']:.2f}x" if 'workers_speedup' in d else '')
          + f"\nprepare / encode_batch speed: {d['prepare_vs_encode_batch']:.2f}")
     if mem := d.get('memory'):
-        show(format_table(['JSONL.gz text MB', 'file MB', 'records', 'seconds', 'MB/s', 'peak PSS MiB (all)', 'main peak RSS MiB'],
+        show(format_table(['JSONL.gz text MB', 'file MB', 'records', 'seconds', 'MB/s', 'peak PSS MiB (all)',
+                           'main peak RSS MiB'],
                           [[f"{m['size_mb']:g}", f"{m['gz_mb']:.1f}", f"{m['records']:,}", f"{m['seconds']:.0f}",
-                            f"{m['mb_per_s']:.2f}", f"{m['peak_rss_mb']:,.0f}", f"{m['peak_main_mb']:,.0f}"] for m in mem]))
-        if len(mem) > 1: show(f"peak memory (PSS, all processes), largest / smallest corpus: {mem[-1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.2f}x")
+                            f"{m['mb_per_s']:.2f}", f"{m['peak_rss_mb']:,.0f}", f"{m['peak_main_mb']:,.0f}"]
+                           for m in mem]))
+        if len(mem) > 1:
+            growth = mem[-1]['peak_rss_mb'] / mem[0]['peak_rss_mb']
+            show(f"peak memory (PSS, all processes), largest / smallest corpus: {growth:.2f}x")
 
 # %% ../nbs/11_bench.ipynb #839d9fd5
 def print_results(res: dict, show=print):
     "Print the tables of a `run_bench` result (e.g. one read back from its JSON file)."
     m = res['machine']
     others = res.get('others_cpu_share')
-    show(f"{m['device']} ({m.get('gpu') or m['cpu']}, {m['cpu_count']} CPUs), {m['threads']} threads, torch {m['torch']}; "
+    show(f"{m['device']} ({m.get('gpu') or m['cpu']}, {m['cpu_count']} CPUs), {m['threads']} threads, "
+         f"torch {m['torch']}; "
          f"load average {m['load_average']} at the start, {res.get('load_average_end')} at the end"
          + (f"; other processes used {others:.0%} of the CPU time" if others is not None else ''))
     if 'matmul_peak' in res: _print_peak(res['matmul_peak'], show)
@@ -627,7 +679,8 @@ def print_results(res: dict, show=print):
         show(f"\ntraining ({res['settings']['precision']}, MFU against the matmul peak)")
         _print_train(res['train'], show)
     if 'generate' in res: _print_generate(res['generate'], show)
-    if 'generate_vs_transformers' in res: _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
+    if 'generate_vs_transformers' in res:
+        _print_generate(res['generate_vs_transformers'], show, 'generation against transformers')
     if 'prepare' in res: _print_prepare(res['prepare'], show)
 
 # %% ../nbs/11_bench.ipynb #7ee3aed4
@@ -638,7 +691,7 @@ def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, pea
     rows = []
     show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
          f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
-    train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)   # untimed: loads the kernels once
+    train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)  # untimed: loads the kernels once
     for s in shapes:
         for comp in ((False, True) if compile else (False,)):
             tries = [train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile)]
@@ -646,6 +699,7 @@ def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, pea
                 show(f"  {s.name} {'compile' if comp else 'eager'}: other processes used "
                      f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
                 tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
+            # the least disturbed attempt is kept, and how many it took is recorded with it
             rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
             show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
                  f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
@@ -715,16 +769,19 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
 GiB = 2 ** 30
 
 def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, float]:
-    "(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens` tokens."
+    """(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens`
+    tokens."""
     H, KV, d = attention_shape(m)
     h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
     gated = str(getattr(m, 'activation', 'swiglu')).lower() == 'swiglu'
+    # values saved per token and layer, as measured on this model with saved_tensors_hooks (not derived): with
+    # checkpointing only each block's input is kept, plus one block in full while it is recomputed
     layer = 9 * h + 3 * KV * d + (4 if gated else 2) * i + 1.5 * H
     blocks = L * h if checkpointing else L * layer
     return tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0), tokens * vocab
 
-def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None, vocab_size: int | None = None,
-                    device_type: str = 'cuda') -> dict:
+def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None,
+                    vocab_size: int | None = None, device_type: str = 'cuda') -> dict:
     "Bytes per rank for parameters, gradients, optimizer state and activations of `config` (see the text above)."
     m, rt, W = config.model, config.runtime, int(world_size)
     if W < 1: raise BenchError(f"--world-size must be >= 1, got {W}")
@@ -733,6 +790,7 @@ def estimate_memory(config: Config, world_size: int = 1, distributed: str | None
     if mode not in ('none', 'ddp', 'fsdp'): raise BenchError(f"--distributed: unknown {mode!r} (ddp, fsdp)")
     V = vocab_size or m.vocab_size
     if not V: raise BenchError("the vocabulary size is unknown: set model.vocab_size in the config or pass vocab_size")
+    # built on meta: exact parameter counts without allocating a byte
     with torch.device('meta'): model = DecoderModel(m, V)
     P = model.num_parameters()
     block = sum(p.numel() for p in model.layers[0].parameters())
@@ -743,15 +801,20 @@ def estimate_memory(config: Config, world_size: int = 1, distributed: str | None
     saved, recompute, logits_grad = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
     act_bytes = 2 if half else 4
     if mode == 'fsdp':
-        pb = 2 if (half and rt.precision == 'bf16') else 4          # the mixed-precision policy gathers in bf16
+        # fp32 shards of weights, gradients and Adam's two moments are split W ways; on top, the gathered full
+        # parameters of the root and of ~2 blocks at a time (the next one is prefetched), and one block's gradients
+        pb = 2 if (half and rt.precision == 'bf16') else 4  # the mixed-precision policy gathers in bf16
         params = 4 * P / W + pb * (root + 2 * block)
         grads = 4 * P / W + 4 * block
         optim = 8 * P / W
     else:
+        # DDP keeps a second copy of the gradients in its communication buckets
         params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), 8 * P
+    # the logits' gradient (V fp32 values per token) exists at the start of the backward pass, on top
     acts = act_bytes * (saved + recompute) + 4 * logits_grad
-    return {'mode': mode, 'world_size': W, 'parameters_count': P, 'micro_batch': micro, 'seq_len': config.sequence_length,
-            'params': params, 'grads': grads, 'optimizer': optim, 'activations': acts, 'activations_saved': act_bytes * saved,
+    return {'mode': mode, 'world_size': W, 'parameters_count': P, 'micro_batch': micro,
+            'seq_len': config.sequence_length, 'params': params, 'grads': grads, 'optimizer': optim,
+            'activations': acts, 'activations_saved': act_bytes * saved,
             'total': params + grads + optim + acts}
 
 # %% ../nbs/11_bench.ipynb #6776f4ac

@@ -36,7 +36,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
 
 import transformer_nb
 
-from .base import existing_path, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError, utc_now_iso
+from .base import (existing_path, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError,
+                                 utc_now_iso)
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
 from .device import resolve_device
@@ -65,10 +66,14 @@ class CheckpointWarning(UserWarning):
 
 # %% ../nbs/08_checkpoint.ipynb #fa978ec0
 def flatten_state(obj: Any, prefix: str = '') -> tuple[Any, dict[str, torch.Tensor]]:
-    "Split a nested state (dicts, lists, tuples, scalars, tensors) into a JSON-able structure and a flat dict of tensors."
+    """Split a nested state (dicts, lists, tuples, scalars, tensors) into a JSON-able structure and a flat dict of
+    tensors."""
+    # no pickle anywhere: tensors go to safetensors, the rest to JSON, with markers for what JSON cannot say
+    # (tuples, dicts with non-string keys such as an optimizer's integer parameter ids)
     tensors: dict[str, torch.Tensor] = {}
     def enc(o, path):
         if isinstance(o, torch.Tensor):
+            # safetensors names must be unique: a repeated path gets a '#n' suffix
             name, i = path or 'tensor', 1
             while name in tensors: name, i = f'{path}#{i}', i + 1
             tensors[name] = o.detach().cpu().contiguous()
@@ -90,7 +95,8 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, dict):
         if set(obj) == {'__tensor__'}: return tensors[obj['__tensor__']]
         if set(obj) == {'__tuple__'}: return tuple(unflatten_state(v, tensors) for v in obj['__tuple__'])
-        if set(obj) == {'__dict__'}: return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in obj['__dict__']}
+        if set(obj) == {'__dict__'}:
+            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in obj['__dict__']}
         return {k: unflatten_state(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list): return [unflatten_state(v, tensors) for v in obj]
     return obj
@@ -105,9 +111,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     "The model's state as contiguous CPU tensors, each storage once, and `{alias: kept_name}` for the tied ones."
+    # safetensors refuses tensors that share memory: a tied weight (embedding = head) is stored once and recorded
+    # as an alias; two names are the same tensor when storage, offset, shape, strides and dtype all match
     tensors, aliases, seen = {}, {}, {}
     for name, t in unwrap_model(model).state_dict().items():
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) if t.numel() else None
+        key = ((t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                t.dtype) if t.numel() else None)
         if key is not None and key in seen: aliases[name] = seen[key]; continue
         if key is not None: seen[key] = name
         tensors[name] = t.detach().cpu().contiguous()
@@ -119,6 +128,7 @@ def _unb64(s: str) -> torch.Tensor: return torch.frombuffer(bytearray(base64.b64
 
 def get_rng_state() -> dict:
     "Every RNG state (python, numpy, torch CPU, each CUDA device) as a JSON-serialisable dict."
+    # the states as JSON-able values (byte tensors in base64): trainer_state.json holds them without pickle
     v, st, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {'python': [v, list(st), gauss],
@@ -133,6 +143,7 @@ def set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state['numpy']
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(_unb64(state['torch_cpu']))
+    # CUDA states are per device: on another device count they cannot be matched up, so they are left alone
     cuda = state.get('torch_cuda')
     if cuda and torch.cuda.is_available():
         if len(cuda) == torch.cuda.device_count(): torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
@@ -140,6 +151,8 @@ def set_rng_state(state: dict) -> None:
                              len(cuda), torch.cuda.device_count())
 
 # %% ../nbs/08_checkpoint.ipynb #172aeec0
+# step_ + 12 digits: names sort as steps do. Leftovers of interrupted saves are named
+# .<kind>-<checkpoint>-<pid>-<random>, so that clean-up can tell whether their writer is still alive
 CHECKPOINT_RE = re.compile(r'^step_(\d{12})$')
 _LEFTOVER_RE = re.compile(r'^\.(tmp|trash|old)-(step_\d{12})-(\d+)-[0-9a-f]+$')
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON, STATE_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR = (
@@ -160,6 +173,8 @@ def _fsync_path(path: Path):
     except OSError: pass
     finally: os.close(fd)
 
+# every file is fsynced before the folder is renamed into place: after a crash a published checkpoint is
+# complete on disk, not just in the page cache
 def _write_bytes(path: Path, data: bytes) -> dict:
     "Write, flush and fsync `data`; return its manifest entry."
     with open(path, 'wb') as f:
@@ -169,12 +184,13 @@ def _write_bytes(path: Path, data: bytes) -> dict:
 def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     "Save tensors with safetensors, fsync, and return the manifest entry."
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
-    os.chmod(path, file_mode())                              # safetensors makes it 0600; the run's files follow the umask
+    os.chmod(path, file_mode())  # safetensors makes it 0600; the run's files follow the umask
     _fsync_path(path)
     return {'sha256': sha256_file(path), 'size': path.stat().st_size}
 
 def _pid_alive(pid: int) -> bool:
     "Whether a process with this pid exists on this machine."
+    # signal 0 only checks: PermissionError means the process exists but belongs to another user
     if pid <= 0: return False
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -187,14 +203,15 @@ def _json_dumps(obj) -> str: return json.dumps(obj, indent=1, sort_keys=True, al
 # %% ../nbs/08_checkpoint.ipynb #5edf880d
 def _load_swap():
     "The platform's atomic swap of two paths, as `f(a: bytes, b: bytes) -> errno` (0: done), or None."
+    # glibc/macOS calls through ctypes: Python has no binding for an atomic exchange of two directories
     try: libc = ctypes.CDLL(None, use_errno=True)
     except (OSError, TypeError): return None
     if sys.platform.startswith('linux') and hasattr(libc, 'renameat2'):
-        fn, args, call = libc.renameat2, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], \
-            lambda f, a, b: f(-100, a, -100, b, 2)           # AT_FDCWD, RENAME_EXCHANGE
+        fn, args = libc.renameat2, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        call = lambda f, a, b: f(-100, a, -100, b, 2)  # AT_FDCWD, RENAME_EXCHANGE
     elif sys.platform == 'darwin' and hasattr(libc, 'renamex_np'):
-        fn, args, call = libc.renamex_np, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint], \
-            lambda f, a, b: f(a, b, 2)                       # RENAME_SWAP
+        fn, args = libc.renamex_np, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        call = lambda f, a, b: f(a, b, 2)  # RENAME_SWAP
     else: return None
     fn.argtypes, fn.restype = args, ctypes.c_int
     return lambda a, b: 0 if call(fn, a, b) == 0 else ctypes.get_errno()
@@ -205,12 +222,15 @@ def _rename_exchange(a, b) -> bool:
     "Swap the paths `a` and `b` (both exist) atomically; False where the platform or the filesystem can't."
     if _SWAP is None: return False
     err = _SWAP(os.fsencode(a), os.fsencode(b))
+    # unsupported here (old kernel, a filesystem without exchange): the caller falls back to two renames
     if err == 0: return True
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV): return False
     raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 def _publish_dir(tmp: Path, final: Path) -> None:
     "Put the complete folder `tmp` in place as `final`; an existing `final` stays valid until the new one is there."
+    # re-saving a step that exists: swap atomically where possible; otherwise move the old one aside first (named
+    # so that remove_leftovers can restore it if we crash between the two renames)
     if not final.exists(): os.rename(tmp, final)
     elif _rename_exchange(tmp, final): pass                 # `tmp` now holds the old folder
     else:
@@ -230,6 +250,7 @@ def config_dict(config) -> dict | None:
 
 def canonical_sha256(obj) -> str:
     "sha256 of the canonical JSON form of `obj` (sorted keys, no spaces)."
+    # canonical form: the same config hashes the same whatever its key order or formatting
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(',', ':'), default=str).encode())
 
 def diff_dicts(old: dict, new: dict, prefix: str = '') -> list[str]:
@@ -245,19 +266,24 @@ def diff_dicts(old: dict, new: dict, prefix: str = '') -> list[str]:
 def _versions() -> dict:
     v = {'transformer_nb': getattr(transformer_nb, '__version__', None), 'torch': torch.__version__,
          'safetensors': safetensors.__version__, 'numpy': np.__version__, 'python': platform.python_version()}
+    # recorded for diagnosis only: a missing tokenizers package must not stop a save
     try:
         import tokenizers; v['tokenizers'] = tokenizers.__version__
     except ImportError: pass
     return v
 
 def _copy_tokenizer(src, dst: Path):
-    "Copy tokenizer artifacts (a folder or a tokenizer.json) into `dst`; a `tokenizers.Tokenizer` is saved as tokenizer.json."
+    """Copy tokenizer artifacts (a folder or a tokenizer.json) into `dst`; a `tokenizers.Tokenizer` is saved as
+    tokenizer.json."""
     if hasattr(src, 'to_str'):
-        dst.mkdir(parents=True, exist_ok=True); (dst / 'tokenizer.json').write_text(src.to_str(), encoding='utf-8'); return
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / 'tokenizer.json').write_text(src.to_str(), encoding='utf-8')
+        return
     copy_tokenizer_artifacts(src, dst)
 
 def _config_yaml(config, cfg: dict) -> str:
-    "The YAML text of the config: `config_to_yaml` for a `Config` (what `load_config` reads back), else a plain dump."
+    """The YAML text of the config: `config_to_yaml` for a `Config` (what `load_config` reads back), else a plain
+    dump."""
     if not isinstance(config, dict):
         return config_to_yaml(config, header=f'resolved config of the run (checkpoint written {utc_now_iso()})')
     import yaml
@@ -269,10 +295,12 @@ def remove_leftovers(dir_root) -> list[Path]:
     removed = []
     for p in sorted(Path(dir_root).iterdir()) if Path(dir_root).is_dir() else []:
         m = _LEFTOVER_RE.match(p.name)
+        # a live writer's folders are left alone: it may be another process saving into the same directory
         if not m or (int(m.group(3)) != os.getpid() and _pid_alive(int(m.group(3)))): continue
         if m.group(1) == 'old' and not (p.parent / m.group(2)).exists():
             os.rename(p, p.parent / m.group(2)); _fsync_path(p.parent)
-            logger.info("restored %s (its replacement was never put in place)", short_path(p.parent / m.group(2))); continue
+            logger.info("restored %s (its replacement was never put in place)", short_path(p.parent / m.group(2)))
+            continue
         shutil.rmtree(p, ignore_errors=True); removed.append(p)
         logger.info("removed leftover %s", short_path(p))
     return removed
@@ -287,6 +315,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
     remove_leftovers(dir_root)
     name = checkpoint_name(step)
     final = dir_root / name
+    # written into a hidden temporary folder, then renamed into place: a reader sees a whole checkpoint or none
     tmp = dir_root / f'.tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}'
     try:
         tmp.mkdir()
@@ -321,6 +350,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
                     'model_config_sha256': canonical_sha256(model_cfg) if model_cfg is not None else None,
                     'model_config': model_cfg, 'vocab_size': getattr(unwrap_model(model), 'vocab_size', None),
                     'tied_weights': aliases, 'versions': _versions()}
+        # the manifest comes last: a folder without one is incomplete by definition
         _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
         _fsync_path(tmp)
         _publish_dir(tmp, final)
@@ -339,13 +369,15 @@ def read_manifest(path) -> dict:
     mf = Path(path) / MANIFEST_FILE
     try: m = json.loads(mf.read_text(encoding='utf-8'))
     except FileNotFoundError: raise CheckpointError(f"{mf}: missing (not a complete checkpoint)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: raise CheckpointError(f"{mf}: unreadable: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{mf}: unreadable: {e}") from None
     if not isinstance(m, dict) or not isinstance(m.get('files'), dict):
         raise CheckpointError(f"{mf}: not a checkpoint manifest (no 'files' table)")
     return m
 
 def verify_checkpoint(path, hashes: bool = True) -> list[str]:
-    "Problems found in checkpoint folder `path` (missing/extra-size/sha256-mismatched/unreadable files); empty = valid."
+    """Problems found in checkpoint folder `path` (missing/extra-size/sha256-mismatched/unreadable files); empty =
+    valid."""
     path = Path(path)
     if not path.is_dir(): return [f"{path}: not a directory"]
     try: m = read_manifest(path)
@@ -356,10 +388,14 @@ def verify_checkpoint(path, hashes: bool = True) -> list[str]:
     for rel, entry in m['files'].items():
         f = path / rel
         if not f.is_file(): problems.append(f"{f}: missing"); continue
+        # the size check is free and catches truncation; hashing reads every byte (skipped with hashes=False)
         try:
             size = f.stat().st_size
-            if size != entry.get('size'): problems.append(f"{f}: size {size} != {entry.get('size')} in the manifest (truncated or replaced)"); continue
-            if hashes and sha256_file(f) != entry.get('sha256'): problems.append(f"{f}: sha256 mismatch (corrupt or edited)"); continue
+            if size != entry.get('size'):
+                problems.append(f"{f}: size {size} != {entry.get('size')} in the manifest (truncated or replaced)")
+                continue
+            if hashes and sha256_file(f) != entry.get('sha256'):
+                problems.append(f"{f}: sha256 mismatch (corrupt or edited)"); continue
             if rel.endswith('.json') and hashes: json.loads(f.read_text(encoding='utf-8'))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: problems.append(f"{f}: unreadable: {e}")
     return problems
@@ -378,7 +414,8 @@ def checkpoint_step(path) -> int:
     return int(m.group(1))
 
 def latest_checkpoint(dir_root, verify_hashes: bool = True) -> Path | None:
-    "The newest checkpoint in `dir_root` that verifies, or None; each corrupt newer one is skipped with a warning naming the file."
+    """The newest checkpoint in `dir_root` that verifies, or None; each corrupt newer one is skipped with a warning
+    naming the file."""
     for p in reversed(list_checkpoints(dir_root)):
         problems = verify_checkpoint(p, hashes=verify_hashes)
         if not problems: return p
@@ -388,6 +425,7 @@ def latest_checkpoint(dir_root, verify_hashes: bool = True) -> Path | None:
 def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
     "Delete the oldest complete checkpoints so that at most `max_keep` remain (never `keep`); returns the deleted."
     keep = Path(keep).resolve() if keep is not None else None
+    # only complete checkpoints count towards max_keep: a corrupt one must not push a good one out
     complete = [p for p in list_checkpoints(dir_root) if p.resolve() == keep or not verify_checkpoint(p)]
     if keep is not None:      # never count checkpoints newer than the one just written (left by an abandoned branch)
         ks = checkpoint_step(keep)
@@ -405,6 +443,8 @@ def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
 DCP_DIR = 'dcp'             # the DCP folder inside a checkpoint: <rank>_0.distcp files + .metadata
 DCP_METADATA = f'{DCP_DIR}/.metadata'
 
+# DCP's .metadata is a pickle, and unpickling runs code: before torch reads it, its opcodes are scanned without
+# executing anything and every global it names must be one of these (DCP's metadata classes, dtypes, layouts)
 _DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
                  ('pathlib', 'WindowsPath'), ('pathlib', 'PurePosixPath'), ('collections', 'OrderedDict'),
                  ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
@@ -412,7 +452,8 @@ _DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pa
                     'Metadata', 'StorageMeta', 'TensorProperties', 'BytesStorageMetadata', 'TensorStorageMetadata',
                     '_MEM_FORMAT_ENCODING', 'MetadataIndex', 'ChunkStorageMetadata')}
                 | {('torch', n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
-                | {('torch', n) for n in ('strided', 'sparse_coo', 'contiguous_format', 'preserve_format', 'channels_last')})
+                | {('torch', n) for n in ('strided', 'sparse_coo', 'contiguous_format', 'preserve_format',
+                                          'channels_last')})
 _STR_OPS = {'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'UNICODE', 'SHORT_BINSTRING', 'BINSTRING', 'STRING'}
 _NEUTRAL_OPS = {'PROTO', 'FRAME', 'MEMOIZE', 'PUT', 'BINPUT', 'LONG_BINPUT'}
 _REFUSED_OPS = {'INST', 'OBJ', 'EXT1', 'EXT2', 'EXT4', 'PERSID', 'BINPERSID'}
@@ -422,11 +463,14 @@ def check_dcp_metadata(path) -> None:
     path = Path(path)
     try: data = path.read_bytes()
     except OSError as e: raise CheckpointError(f"{path}: unreadable: {e}") from None
-    memo, recent = {}, []            # string values of the memo, and what the last ops pushed (str or None)
+    # STACK_GLOBAL takes module and name from the stack, possibly through the memo: both are tracked (strings only)
+    # so that the names can be checked
+    memo, recent = {}, []  # string values of the memo, and what the last ops pushed (str or None)
     try:
         for op, arg, _ in pickletools.genops(data):
             name = op.name
-            if name in _REFUSED_OPS: raise CheckpointError(f"{path}: refused: pickle opcode {name} (not DCP metadata)")
+            if name in _REFUSED_OPS:
+                raise CheckpointError(f"{path}: refused: pickle opcode {name} (not DCP metadata)")
             if name == 'MEMOIZE': memo[len(memo)] = recent[-1] if recent else None
             elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'): memo[int(arg)] = recent[-1] if recent else None
             if name in _NEUTRAL_OPS: continue
@@ -436,9 +480,11 @@ def check_dcp_metadata(path) -> None:
                 if not (isinstance(mod, str) and isinstance(attr, str)) or (mod, attr) not in _DCP_GLOBALS:
                     raise CheckpointError(f"{path}: refused: the pickle names {mod}.{attr}, which is not DCP metadata")
                 recent.append(None); continue
-            recent.append(arg if name in _STR_OPS else memo.get(arg) if name in ('GET', 'BINGET', 'LONG_BINGET') else None)
+            recent.append(arg if name in _STR_OPS else memo.get(arg) if name in ('GET', 'BINGET', 'LONG_BINGET')
+                          else None)
     except CheckpointError: raise
-    except Exception as e: raise CheckpointError(f"{path}: not a DCP metadata file ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a DCP metadata file ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/08_checkpoint.ipynb #6e6ee5ab
 class SafeDCPReader(dcp.FileSystemReader):
@@ -459,7 +505,9 @@ def dcp_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     return {'model': msd, 'optim': osd}
 
 def write_dcp(folder, model: nn.Module, optimizer=None, async_save: bool = False, process_group=None):
-    "Write model (+ optimizer) shards into `folder/dcp` (collective: every rank calls it); a Future when `async_save`."
+    """Write model (+ optimizer) shards into `folder/dcp` (collective: every rank calls it); a Future when
+    `async_save`."""
+    # one file per rank, fsynced: the manifest written afterwards can hash complete files
     writer = dcp.FileSystemWriter(str(Path(folder) / DCP_DIR), single_file_per_rank=True, sync_files=True)
     sd = dcp_state_dict(model, optimizer)
     with warnings.catch_warnings():          # DCP's notice when one process writes alone (intended)
@@ -479,23 +527,30 @@ def stage_checkpoint(dir_root, step: int) -> Path:
     tmp.mkdir()
     return tmp
 
-def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None,
-                       vocab_size: int | None = None) -> Path:
-    "Finish a staged DCP checkpoint: state, config, tokenizer, a manifest hashing every file, then one atomic rename."
+# %% ../nbs/08_checkpoint.ipynb #bc14f522
+def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokenizer_dir=None,
+                       max_keep: int | None = None, vocab_size: int | None = None) -> Path:
+    """Finish a staged DCP checkpoint: state, config, tokenizer, a manifest hashing every file, then one atomic
+    rename."""
     tmp = Path(tmp); dir_root = tmp.parent; final = dir_root / checkpoint_name(step)
     try:
         files = {}
-        for f in sorted((tmp / DCP_DIR).rglob('*')):            # the shards of every rank and DCP's index
+        # every rank's shards are on the shared disk by now (the callers agreed on it): rank 0 hashes them all
+        for f in sorted((tmp / DCP_DIR).rglob('*')):  # the shards of every rank and DCP's index
             if f.is_file():
-                _fsync_path(f); files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
-        if DCP_METADATA not in files: raise CheckpointError(f"{tmp / DCP_METADATA}: missing: the DCP write did not finish")
+                _fsync_path(f)
+                files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+        if DCP_METADATA not in files:
+            raise CheckpointError(f"{tmp / DCP_METADATA}: missing: the DCP write did not finish")
         files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, _json_dumps(dict(trainer_state, step=int(step))).encode())
         cfg = config_dict(config)
         if cfg is not None: files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, _config_yaml(config, cfg).encode())
         if tokenizer_dir is not None:
             _copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
             for f in sorted((tmp / TOKENIZER_DIR).rglob('*')):
-                if f.is_file(): _fsync_path(f); files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+                if f.is_file():
+                    _fsync_path(f)
+                    files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
         model_cfg = (cfg or {}).get('model')
         manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, 'weights': 'dcp', 'step': int(step),
                     'created_at': utc_now_iso(), 'files': files,
@@ -504,6 +559,7 @@ def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokeniz
                     'model_config': model_cfg, 'vocab_size': vocab_size, 'tied_weights': {}, 'versions': _versions()}
         _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
         _fsync_path(tmp / DCP_DIR); _fsync_path(tmp)
+        # a re-saved step: the old folder moves to a trash name first (deleted after the rename, or by clean-up)
         trash = None
         if final.exists():
             trash = dir_root / f'.trash-{final.name}-{os.getpid()}-{secrets.token_hex(4)}'
@@ -513,8 +569,9 @@ def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokeniz
         if trash is not None: shutil.rmtree(trash, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError): raise CheckpointError(f"{final}: saving the checkpoint failed ({type(e).__name__}: {e}); "
-                                                         f"earlier checkpoints in {dir_root} are intact") from e
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{final}: saving the checkpoint failed ({type(e).__name__}: {e}); "
+                                  f"earlier checkpoints in {dir_root} are intact") from e
         raise
     if max_keep is not None and max_keep > 0: prune_checkpoints(dir_root, max_keep, keep=final)
     return final
@@ -539,7 +596,8 @@ def _dcp_read(path: Path, sd: dict, no_dist: bool = False):
             warnings.filterwarnings('ignore', message='torch.distributed is disabled')
             dcp.load(sd, storage_reader=SafeDCPReader(str(path / DCP_DIR)), no_dist=no_dist)
     except CheckpointError: raise
-    except Exception as e:        # DCP wraps a failing rank's error in a CheckpointException
+    except Exception as e:  # DCP wraps a failing rank's error in a CheckpointException
+        # the last line of DCP's traceback-laden message is the cause; the rest is noise for a user
         raise CheckpointError(f"{path / DCP_DIR}: cannot be read into this model: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
 
@@ -547,6 +605,7 @@ def load_dcp_model_tensors(path) -> dict[str, torch.Tensor]:
     "The full (consolidated) model state dict of a DCP checkpoint, read in this process without a process group."
     path = Path(path)
     check_dcp_metadata(path / DCP_METADATA)
+    # the full shapes are in the metadata: empty tensors of those shapes are filled in a single process
     meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
     sd = {}
     for key, m in meta.state_dict_metadata.items():
@@ -565,14 +624,16 @@ def checkpoint_model_tensors(path) -> dict[str, torch.Tensor]:
 def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     "Read a DCP checkpoint into `model` (+ `optimizer`), resharding to however they are laid out now (collective)."
     path = Path(path)
+    # DCP would load a model with missing or extra keys partially and silently: the names are compared first
     sd = dcp_state_dict(model, optimizer)
     own = set(sd['model'])
     meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
     saved = {v[1] for v in (meta.planner_data or {}).values() if len(v) >= 2 and v[0] == 'model'}
     if saved and saved != own:
         miss, extra = sorted(own - saved), sorted(saved - own)
-        raise CheckpointError(f"{path / DCP_DIR}: does not fit this model: " + '; '.join(
-            ([f"missing {', '.join(miss[:4])}"] if miss else []) + ([f"unexpected {', '.join(extra[:4])}"] if extra else [])))
+        bits = (([f"missing {', '.join(miss[:4])}"] if miss else [])
+                + ([f"unexpected {', '.join(extra[:4])}"] if extra else []))
+        raise CheckpointError(f"{path / DCP_DIR}: does not fit this model: " + '; '.join(bits))
     if optimizer is not None and not any(v[0] == 'optim' for v in (meta.planner_data or {}).values()):
         raise CheckpointError(f"{path / DCP_DIR}: holds no optimizer state")
     _dcp_read(path, sd)
@@ -582,7 +643,8 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
 
 # %% ../nbs/08_checkpoint.ipynb #71c7b577
 def checkpoint_vocab_size(path) -> int:
-    "The vocabulary size of the model in checkpoint folder `path` (rows of `embed_tokens.weight`), read from the headers."
+    """The vocabulary size of the model in checkpoint folder `path` (rows of `embed_tokens.weight`), read from the
+    headers."""
     path = Path(path)
     try:
         if is_dcp_checkpoint(path):
@@ -618,13 +680,18 @@ def _is_sharded(model: nn.Module) -> bool:
 def _check_fits(sd: dict, model: nn.Module, where: Path):
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    bits = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + \
-           ([f"unexpected {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}"] if extra else []) + \
-           ([f"shape {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''} (checkpoint vs model)"] if shapes else [])
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    # one readable line instead of load_state_dict's error: a few names of each kind, '...' for the rest
+    more = lambda xs, n: ' ...' if len(xs) > n else ''
+    bits = (([f"missing {', '.join(missing[:4])}{more(missing, 4)}"] if missing else [])
+            + ([f"unexpected {', '.join(extra[:4])}{more(extra, 4)}"] if extra else [])
+            + ([f"shape {', '.join(shapes[:3])}{more(shapes, 3)} (checkpoint vs model)"] if shapes else []))
     if bits: raise CheckpointError(f"{where}: does not fit this model: " + '; '.join(bits))
 
-def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, verify: bool = True) -> dict:
+# %% ../nbs/08_checkpoint.ipynb #4154a469
+def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    verify: bool = True) -> dict:
     "Restore model weights (and optimizer state) from checkpoint folder `path`; returns the trainer state dict."
     path = Path(path)
     if verify and (problems := verify_checkpoint(path)):
@@ -632,8 +699,8 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     model = unwrap_model(model)
     if is_dcp_checkpoint(path): load_dcp_checkpoint(path, model, optimizer)
     elif _is_sharded(model):
-        raise CheckpointError(f"{path}: a safetensors checkpoint cannot be loaded into an FSDP-sharded model in place; "
-                              "resume it without runtime.distributed=fsdp, or from a DCP checkpoint")
+        raise CheckpointError(f"{path}: a safetensors checkpoint cannot be loaded into an FSDP-sharded model in "
+                              "place; resume it without runtime.distributed=fsdp, or from a DCP checkpoint")
     else:
         sd = load_model_tensors(path / MODEL_FILE)
         _check_fits(sd, model, path / MODEL_FILE)
@@ -645,8 +712,9 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         except (OSError, safetensors.SafetensorError) as e:
             raise CheckpointError(f"{path / OPTIM_FILE}: not a readable safetensors file: {e}") from None
         try: osd = unflatten_state(json.loads((path / OPTIM_JSON).read_text(encoding='utf-8')), ots)
-        except (OSError, KeyError, TypeError, ValueError) as e:      # JSONDecodeError, UnicodeDecodeError are ValueErrors
-            raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {type(e).__name__}: {e}") from None
+        except (OSError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+            what = f"{type(e).__name__}: {e}"
+            raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {what}") from None
         try: optimizer.load_state_dict(osd)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path / OPTIM_JSON}: does not fit this optimizer: {e}") from None
@@ -665,6 +733,7 @@ def _config_dirs(run: Path) -> tuple[Path, Path]:
     "The (best, checkpoints) folders of a run directory: from its training.yaml when there is one."
     best, ckpts = run / RUN_LAYOUT['best'], run / RUN_LAYOUT['checkpoints']
     cfg_file = run / RUN_LAYOUT['config']
+    # a broken training.yaml only costs the custom folders: the default layout is still searched
     if cfg_file.is_file():
         try:
             cfg = load_config(cfg_file)
@@ -674,21 +743,27 @@ def _config_dirs(run: Path) -> tuple[Path, Path]:
     return best, ckpts
 
 def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
-    "The checkpoint folder to generate from: `checkpoint` itself (or the newest valid one in it), or the best/newest of `run_dir`."
+    """The checkpoint folder to generate from: `checkpoint` itself (or the newest valid one in it), or the best/newest
+    of `run_dir`."""
     p = existing_path(checkpoint, 'checkpoint folder', 'dir') if checkpoint is not None else None
     run = existing_path(run_dir, 'run directory', 'dir') if checkpoint is None else None
     if p is not None:
         if (p / 'manifest.json').is_file():
-            if problems := verify_checkpoint(p): raise CheckpointError(f"{checkpoint}: not a valid checkpoint: {problems[0]}")
+            if problems := verify_checkpoint(p):
+                raise CheckpointError(f"{checkpoint}: not a valid checkpoint: {problems[0]}")
             return p
         if list_checkpoints(p):
-            if (found := latest_checkpoint(p)) is None: raise CheckpointError(f"{checkpoint}: no valid checkpoint in it")
+            if (found := latest_checkpoint(p)) is None:
+                raise CheckpointError(f"{checkpoint}: no valid checkpoint in it")
             return found
-        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (no manifest.json) and holds no step_* checkpoints")
+        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (no manifest.json) and holds no step_* "
+                              "checkpoints")
     best, ckpts = _config_dirs(run)
-    for folder in (best, ckpts, run):           # (a folder of step_* checkpoints given as --run-dir works too)
+    # the best model first: for generating, the lowest eval loss beats the newest step
+    for folder in (best, ckpts, run):  # (a folder of step_* checkpoints given as --run-dir works too)
         if list_checkpoints(folder) and (found := latest_checkpoint(folder)) is not None: return found
-    raise CheckpointError(f"{run_dir}: no valid checkpoint in {best} or {ckpts} (train first, or give --checkpoint DIR)")
+    raise CheckpointError(f"{run_dir}: no valid checkpoint in {best} or {ckpts} (train first, or give --checkpoint "
+                          "DIR)")
 
 # %% ../nbs/08_checkpoint.ipynb #b3eadb83
 def load_for_generation(ckpt, device: str = 'auto'):
@@ -703,12 +778,15 @@ def load_for_generation(ckpt, device: str = 'auto'):
         if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
                                                         f"{cfg.tokenizer.tokenizer_json} is not there either")
     tok = build_from_artifacts(tok_src)
-    model = DecoderModel(cfg.model, checkpoint_vocab_size(ckpt))      # safetensors or DCP (consolidated here)
+    # the vocabulary from the weights, not the config: a config leaving vocab_size unset took the tokenizer's
+    model = DecoderModel(cfg.model, checkpoint_vocab_size(ckpt))  # safetensors or DCP (consolidated here)
     load_checkpoint(ckpt, model)
     dev = resolve_device(device, key='device')
     return model.to(dev).eval(), tok, cfg
 
 # %% ../nbs/08_checkpoint.ipynb #9fd1e65e
+# flock where there is one (POSIX): the kernel drops the lock when the process dies, so a crash leaves no stale
+# lock; elsewhere an O_EXCL pid file, taken over when its pid is gone
 try: import fcntl
 except ImportError: fcntl = None
 
@@ -719,7 +797,8 @@ LOCK_NAME = 'train.lock'
 
 # %% ../nbs/08_checkpoint.ipynb #ff9dbf9d
 class RunLock:
-    "Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the first."
+    """Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the
+    first."""
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir); self.path = self.run_dir / LOCK_NAME; self._fd = None
 
@@ -743,10 +822,13 @@ class RunLock:
                 os.close(fd)
                 raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
                                    f"lock file {self.path})") from None
+            # another process may have deleted and re-created the file between our open and our flock: then our lock
+            # is on a file nobody else sees, and we try again
             try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError: same = False
             if same: break
-            os.close(fd)               # the file was replaced/removed while we locked it: retry
+            os.close(fd)  # the file was replaced/removed while we locked it: retry
+        # the lock is ours, so whoever wrote the old content is gone: a crashed run's lock is taken over, with a notice
         prev = os.read(fd, 4096)
         if prev.strip():
             try: old = json.loads(prev)
@@ -764,10 +846,13 @@ class RunLock:
             except FileExistsError:
                 try: old = json.loads(self.path.read_text(encoding='utf-8'))
                 except (OSError, ValueError): old = {}
+                # a pid can only be checked on its own machine: another host's lock is never taken over
                 if old.get('hostname') == socket.gethostname() and not _pid_alive(int(old.get('pid', 0))):
-                    warnings.warn(f"taking over stale lock {self.path} of pid {old.get('pid')}", CheckpointWarning, stacklevel=2)
+                    warnings.warn(f"taking over stale lock {self.path} of pid {old.get('pid')}", CheckpointWarning,
+                                  stacklevel=2)
                     self.path.unlink(missing_ok=True); continue
-                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; lock file {self.path})")
+                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
+                                   f"lock file {self.path})")
             os.write(fd, self._info()); os.fsync(fd); self._fd = fd
             return self
         raise RunLockError(f"{self.path}: could not take the lock")
@@ -776,7 +861,7 @@ class RunLock:
         if self._fd is None: return
         try: self.path.unlink(missing_ok=True)
         finally:
-            os.close(self._fd); self._fd = None      # closing drops the flock
+            os.close(self._fd); self._fd = None  # closing drops the flock
 
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()

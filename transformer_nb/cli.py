@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import torch
 
 import transformer_nb
-from .base import CommandError, UserError, existing_path, atomic_write_text, fmt_secs, human, run_command, say, short_path, utc_now_iso
+from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, human,
+                                 run_command, say, short_path, utc_now_iso)
 from .config import config_to_yaml, load_config
 from .sources import iter_documents, resolve_corpus, skipped_summary, validate_corpus
 from .tokenizer import build_from_artifacts, train_tokenizer
@@ -32,8 +33,8 @@ from .hf import export_checkpoint, hf_logits_diff, load_hf, model_config_from_hf
 from .metrics import text_metrics
 from .trainer import Trainer
 from .lr_find import lr_find
-from .orchestrate import (PROFILES, corpus_line, interrupt_status, metrics_line, orchestrate, prepare_shards,
-                                        stream_text, torch_threads, warn_report)
+from .orchestrate import (PROFILES, corpus_line, interrupt_status, metrics_line, orchestrate,
+                                        prepare_shards, stream_text, torch_threads, warn_report)
 from .bench import (PARTS, SHAPE_NAMES, BenchError, configs_dir, estimate_memory, format_memory_table,
                                   load_average, run_bench)
 from .quality import print_compare, quality_compare, quality_run
@@ -52,44 +53,51 @@ logger = logging.getLogger('transformer_nb.cli')
 HELP_WIDTH = 80
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    "Help at most 80 columns wide (narrower terminals: theirs); a flag's default shown once, and only when it says something."
+    """Help at most 80 columns wide (narrower terminals: theirs); a flag's default shown once, and only when it says
+    something."""
     def __init__(self, prog, **kw):
         kw.setdefault('width', min(shutil.get_terminal_size((HELP_WIDTH, 24)).columns, HELP_WIDTH) - 1)
         super().__init__(prog, **kw)
     def _get_help_string(self, action):
+        # no '(default: None)' or '(default: False)' noise, and none where the help text already names the default
         h, d = action.help or '', action.default
         if 'default' in h or not action.option_strings or d is None or d is False or d == [] or d is argparse.SUPPRESS:
             return h
         return h + ' (default: %(default)s)'
 
 def _fill(text: str, width: int) -> str:
-    "Re-fill each paragraph of `text` to `width`; lines that start with a space (tables, commands) are kept as they are."
+    """Re-fill each paragraph of `text` to `width`; lines that start with a space (tables, commands) are kept as they
+    are."""
+    # re-filled to the terminal's width; flags and paths are never split (no breaks at hyphens or inside words)
     out = []
     for para in text.split('\n\n'):
         lines = para.split('\n')
-        out.append(para if any(l.startswith(' ') for l in lines) else textwrap.fill(' '.join(lines), width, break_on_hyphens=False,
-                                                                                     break_long_words=False))
+        keep = any(line.startswith(' ') for line in lines)
+        out.append(para if keep else textwrap.fill(' '.join(lines), width, break_on_hyphens=False,
+                                                   break_long_words=False))
     return '\n\n'.join(out)
 
 def _example(line: str, width: int) -> str:
     "A long example command split into shell continuation lines."
     parts = []
     while len(line) > width:
-        cut = line.rfind(' --', 10, width - 2)          # (past the command and the continuation indent)
+        # split before a flag, so that each continuation line starts with one and the command stays copy-pasteable
+        cut = line.rfind(' --', 10, width - 2)  # (past the command and the continuation indent)
         if cut < 0: break
         parts.append(line[:cut] + ' \\'); line = '        ' + line[cut + 1:]
     return '\n'.join(parts + [line])
 
 def _parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
     w = min(shutil.get_terminal_size((HELP_WIDTH, 24)).columns, HELP_WIDTH) - 1
-    epilog = "examples:\n" + '\n'.join(_example(l, w) for l in examples.rstrip('\n').split('\n')) + '\n'
+    epilog = "examples:\n" + '\n'.join(_example(line, w) for line in examples.rstrip('\n').split('\n')) + '\n'
     return argparse.ArgumentParser(prog=prog, description=_fill(description, w), formatter_class=_HelpFormatter,
                                    epilog=epilog)
 
 # %% ../nbs/12_cli.ipynb #88abbb2a
 @dataclass(frozen=True)
 class Command:
-    "A command of `tnb`: its name, a one-line summary (for `tnb --help`), its parser, and the function that runs it."
+    """A command of `tnb`: its name, a one-line summary (for `tnb --help`), its parser, and the function that runs
+    it."""
     name: str
     about: str
     parser: Callable[[], argparse.ArgumentParser]
@@ -97,6 +105,8 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 
+# the registry behind `tnb`: each command registers itself where it is defined, and `tnb --help` lists them in
+# that order
 def command(name: str, about: str, parser: Callable[[], argparse.ArgumentParser]):
     "Decorator: register the decorated `run(args)` as the command `name` (`tnb name`)."
     def register(run):
@@ -111,16 +121,18 @@ def run_named(name: str, argv: Sequence[str] | None = None, prog: str | None = N
     parser = cmd.parser()
     if prog: parser.prog = prog
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    parser.set_defaults(_argv=argv)                 # (for a command that records how it was called)
+    parser.set_defaults(_argv=argv)  # (for a command that records how it was called)
     return run_command(cmd.run, parser, argv)
 
 # %% ../nbs/12_cli.ipynb #7c0fabee
 def _corpus_flags(p: argparse.ArgumentParser):
     "The flags that say how to read a corpus: --text-field and --glob."
     p.add_argument('--text-field', default='text', metavar='NAME',
-                   help="JSON field / Parquet or dataset column holding the text; a.b reaches inside records (default: text)")
-    p.add_argument('--glob', metavar='PATTERN', help="in folders, take the files matching PATTERN (e.g. '*.gz') instead "
-                   "of the corpus kinds (.txt .md .rst .jsonl .json .parquet, maybe compressed)")
+                   help="JSON field / Parquet or dataset column holding the text; a.b reaches inside records "
+                        "(default: text)")
+    p.add_argument('--glob', metavar='PATTERN',
+                   help="in folders, take the files matching PATTERN (e.g. '*.gz') instead "
+                        "of the corpus kinds (.txt .md .rst .jsonl .json .parquet, maybe compressed)")
 
 def validate_corpus_parser() -> argparse.ArgumentParser:
     p = _parser('tnb validate-corpus',
@@ -135,15 +147,18 @@ def validate_corpus_parser() -> argparse.ArgumentParser:
                 "  tnb validate-corpus /usr/share/doc --glob '*.gz'    # the gzipped files of a folder, as text\n"
                 "  tnb validate-corpus hf:./fineweb-sample             # a local copy of a Hugging Face dataset\n"
                 "  tnb validate-corpus shakespeare                     # the built-in corpus\n")
-    p.add_argument('paths', nargs='+', metavar='PATH', help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare'")
+    p.add_argument('paths', nargs='+', metavar='PATH',
+                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or "
+                        "'shakespeare'")
     _corpus_flags(p)
     return p
 
 @command('validate-corpus', "check a corpus (UTF-8, not binary, not empty), report on it", validate_corpus_parser)
 def _validate_corpus(args) -> int:
     t0 = time.time()
-    report = validate_corpus(list(args.paths), show_progress=sys.stderr.isatty(), text_field=args.text_field, glob=args.glob)
-    say(report.table(width=shutil.get_terminal_size((80, 24)).columns))   # columns dropped rather than wrapped
+    report = validate_corpus(list(args.paths), show_progress=sys.stderr.isatty(), text_field=args.text_field,
+                             glob=args.glob)
+    say(report.table(width=shutil.get_terminal_size((80, 24)).columns))  # columns dropped rather than wrapped
     for w in report.warnings: say(f"warning: {w}")
     say(f"corpus OK: {corpus_line(report)} ({fmt_secs(time.time() - t0)})")
     return 0
@@ -160,12 +175,14 @@ def train_tokenizer_parser() -> argparse.ArgumentParser:
                 "  tnb train-tokenizer --input corpus.txt --out runs/tok --vocab-size 4096\n"
                 "  tnb train-tokenizer --input texts/ --out runs/tok --special-tokens special_tokens.txt\n")
     p.add_argument('--input', nargs='+', action='extend', required=True, metavar='PATH',
-                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare' (repeatable)")
+                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or "
+                        "'shakespeare' (repeatable)")
     p.add_argument('--out', required=True, metavar='DIR', help="output folder for the artifacts")
     _corpus_flags(p)
     p.add_argument('--vocab-size', type=int, default=4096, metavar='N', help="vocabulary size, special tokens included")
     p.add_argument('--min-frequency', type=int, default=2, metavar='N', help="minimum count of a pair to be merged")
-    p.add_argument('--special-tokens', metavar='FILE', help="special_tokens.txt, one token per line (default <pad> <bos> <eos>)")
+    p.add_argument('--special-tokens', metavar='FILE',
+                   help="special_tokens.txt, one token per line (default <pad> <bos> <eos>)")
     p.add_argument('--seed', type=int, default=0, help="seed of the line shuffling")
     p.add_argument('--max-lines', type=int, metavar='N', help="train on at most N lines")
     p.add_argument('--no-progress', action='store_true', help="no progress bar")
@@ -199,17 +216,22 @@ def prepare_data_parser() -> argparse.ArgumentParser:
                 "folder is a cache: the same corpus and tokenizer reuse it; an interrupted run resumes.\n"
                 "The shards are the same for any number of --workers.",
                 "  tnb prepare-data --tokenizer runs/tok --input corpus.txt --out runs/data\n"
-                "  tnb prepare-data --tokenizer runs/tok/tokenizer.json --input texts/ --out runs/data --val-fraction 0.05\n"
-                "  tnb prepare-data --tokenizer runs/tok --input 'dump/*.jsonl.zst' --text-field content --dedupe --out runs/data\n")
+                "  tnb prepare-data --tokenizer runs/tok/tokenizer.json --input texts/ --out runs/data "
+                "--val-fraction 0.05\n"
+                "  tnb prepare-data --tokenizer runs/tok --input 'dump/*.jsonl.zst' --text-field content --dedupe "
+                "--out runs/data\n")
     p.add_argument('--tokenizer', required=True, metavar='DIR', help="tokenizer folder (or its tokenizer.json)")
     p.add_argument('--input', nargs='+', action='extend', required=True, metavar='PATH',
-                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare' (repeatable)")
+                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or "
+                        "'shakespeare' (repeatable)")
     p.add_argument('--out', required=True, metavar='DIR', help="output folder (cache) for the shards")
     _corpus_flags(p)
     p.add_argument('--workers', type=int, metavar='N', help="tokenizing processes (default: one per core)")
     p.add_argument('--shard-tokens', type=int, metavar='N', help="tokens per shard file at most (default 2^28)")
-    p.add_argument('--dedupe', action='store_true', help="leave out exact duplicate documents (they are counted either way)")
-    p.add_argument('--val-fraction', type=float, default=0.1, metavar='F', help="fraction of documents held out for validation")
+    p.add_argument('--dedupe', action='store_true',
+                   help="leave out exact duplicate documents (they are counted either way)")
+    p.add_argument('--val-fraction', type=float, default=0.1, metavar='F',
+                   help="fraction of documents held out for validation")
     p.add_argument('--seed', type=int, default=0, help="seed of the train/validation split")
     p.add_argument('--no-progress', action='store_true', help="no progress bar")
     return p
@@ -218,9 +240,11 @@ def prepare_data_parser() -> argparse.ArgumentParser:
 def _prepare_data(args) -> int:
     tok = existing_path(args.tokenizer, 'tokenizer (a folder or tokenizer.json)')
     for flag in ('workers', 'shard_tokens'):
-        if (v := getattr(args, flag)) is not None and v < 1: raise CommandError(f"--{flag.replace('_', '-')} {v}: must be at least 1")
-    prepare_shards(args.input, tok, args.out, args.val_fraction, args.seed, not args.no_progress, text_field=args.text_field,
-                   glob=args.glob, workers=args.workers, shard_tokens=args.shard_tokens, dedupe=args.dedupe)
+        if (v := getattr(args, flag)) is not None and v < 1:
+            raise CommandError(f"--{flag.replace('_', '-')} {v}: must be at least 1")
+    prepare_shards(args.input, tok, args.out, args.val_fraction, args.seed, not args.no_progress,
+                   text_field=args.text_field, glob=args.glob, workers=args.workers, shard_tokens=args.shard_tokens,
+                   dedupe=args.dedupe)
     return 0
 
 def prepare_data_main(argv: Sequence[str] | None = None) -> int:
@@ -233,7 +257,8 @@ def train_parser() -> argparse.ArgumentParser:
                 "Train a model from a YAML config (model, tokenizer, data, optimizer, scheduler, runtime).\n"
                 "Checkpoints, the best checkpoint, TensorBoard logs go where runtime.* says; relative paths\n"
                 "in the config are relative to the config file's folder. Also `tnb train`.\n\n"
-                "First: a tokenizer where tokenizer.tokenizer_json points (tnb train-tokenizer --input TEXT --out DIR)\n"
+                "First: a tokenizer where tokenizer.tokenizer_json points (tnb train-tokenizer --input TEXT "
+                "--out DIR)\n"
                 "and the text that data.train_shards names; each config's header lists its commands. Or let\n"
                 "`orchestrate --profile local --run-dir DIR` do it all, from your text to samples.",
                 "  train --config configs/m3_medium.yaml\n"
@@ -243,10 +268,12 @@ def train_parser() -> argparse.ArgumentParser:
                 "  train --config configs/m3_medium.yaml --lr-find\n"
                 "  train --config configs/local.yaml --override data.batch_size=16 --print-config\n")
     p.add_argument('--config', required=True, metavar='PATH', help="the run's YAML config")
-    p.add_argument('--resume', action='store_true', help="continue from the newest valid checkpoint (from scratch if none)")
+    p.add_argument('--resume', action='store_true',
+                   help="continue from the newest valid checkpoint (from scratch if none)")
     p.add_argument('--override', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                    help="change a config key, e.g. optimizer.learning_rate=4e-5 (repeatable; several after one flag)")
-    p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
+    p.add_argument('--threads', type=int, metavar='N',
+                   help="CPU threads for PyTorch (default: PyTorch's, one per core)")
     p.add_argument('--lr-find', action='store_true',
                    help="only run the learning-rate range test on a fresh model and print a suggested learning rate "
                         "(writes nothing)")
@@ -263,7 +290,9 @@ def _fit_summary(r: dict) -> str:
              + (f", {r['skipped_steps']} skipped" if r.get('skipped_steps') else '') + ")"]
     if r.get('train_loss') is not None: lines.append(f"  train loss   {r['train_loss']:.4f}")
     if r.get('eval'): lines.append(f"  validation   {metrics_line(r['eval'])} (step {r['eval'].get('step', '?')})")
-    if r.get('best'): lines.append(f"  best         {r['best'].get('metric', 'eval/loss')} {r['best'].get('value', float('nan')):.4f} at step {r['best'].get('step')}")
+    if b := r.get('best'):
+        lines.append(f"  best         {b.get('metric', 'eval/loss')} {b.get('value', float('nan')):.4f} "
+                     f"at step {b.get('step')}")
     if r.get('checkpoint'): lines.append(f"  checkpoint   {short_path(r['checkpoint'])}")
     if r.get('interrupted'): lines.append(f"  interrupted  by {r['interrupted']}: continue with --resume")
     return '\n'.join(lines)
@@ -274,19 +303,23 @@ def _lr_find(cfg, args) -> int:
     if args.lr_find_steps < 5: raise CommandError(f"--lr-find-steps {args.lr_find_steps}: must be at least 5")
     with torch_threads(args.threads): res = lr_find(cfg, num_steps=args.lr_find_steps, plot=False, verbose=False)
     print('learning rate   smoothed loss')
+    # about a dozen points of the curve: enough to see the valley without the plot
     for k in range(0, len(res.lrs), max(1, len(res.lrs) // 12)): print(f'{res.lrs[k]:13.2e}   {res.smoothed[k]:.4f}')
     print(res)
-    print(f"set it with: --override optimizer.learning_rate={res.suggestion:.1e} (the config has {cfg.optimizer.learning_rate:g})")
+    print(f"set it with: --override optimizer.learning_rate={res.suggestion:.1e} "
+          f"(the config has {cfg.optimizer.learning_rate:g})")
     return 0
 
 # %% ../nbs/12_cli.ipynb #09cf82d8
 @command('train', "train a model from a YAML config (--resume, --override)", train_parser)
 def _train(args) -> int:
     cfg = load_config(args.config, overrides=args.override)
+    # --print-config writes YAML alone to stdout, so that it can be redirected into a file as it is
     if args.print_config:
         sys.stdout.write(config_to_yaml(cfg)); sys.stdout.flush()
         return 0
-    say(f"config: {args.config}" + (f" with {len(args.override)} override(s): {' '.join(args.override)}" if args.override else ''))
+    said = f" with {len(args.override)} override(s): {' '.join(args.override)}" if args.override else ''
+    say(f"config: {args.config}{said}")
     if args.lr_find: return _lr_find(cfg, args)
     t0 = time.time()
     with torch_threads(args.threads):
@@ -310,26 +343,33 @@ def generate_parser() -> argparse.ArgumentParser:
                 "First: a trained model, e.g. from `orchestrate --profile local --run-dir runs/local-smoke`\n"
                 "(or `train --config ...`, then --run-dir or --checkpoint where its checkpoints went).",
                 "  tnb generate --run-dir runs/local-smoke --prompt \"ROMEO:\" --max-new-tokens 200\n"
-                "  tnb generate --checkpoint runs/local-smoke/checkpoints/step_000000000300 --prompt \"To be\" --temperature 0\n"
+                "  tnb generate --checkpoint runs/local-smoke/checkpoints/step_000000000300 --prompt \"To be\" "
+                "--temperature 0\n"
                 "  tnb generate --run-dir runs/local-smoke --prompt \"Juliet.\" --top-p 0.9 --seed 1 > sample.txt\n")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--run-dir', metavar='DIR', help="a run directory (uses its best, else newest valid checkpoint)")
-    src.add_argument('--checkpoint', metavar='DIR', help="a checkpoint folder (step_*), or a folder of them (newest valid)")
+    src.add_argument('--checkpoint', metavar='DIR',
+                     help="a checkpoint folder (step_*), or a folder of them (newest valid)")
     p.add_argument('--prompt', required=True, metavar='TEXT', help="the text to continue (\\n is a newline)")
     p.add_argument('--max-new-tokens', type=int, default=200, metavar='N', help="tokens to generate at most")
     p.add_argument('--temperature', type=float, default=0.8, metavar='T', help="sampling temperature (0 = greedy)")
     p.add_argument('--top-k', type=int, metavar='K', help="sample among the K most likely tokens")
-    p.add_argument('--top-p', type=float, metavar='P', help="nucleus sampling: the smallest set of tokens with probability >= P")
-    p.add_argument('--repetition-penalty', type=float, default=1.0, metavar='R', help="> 1 discourages repeating tokens")
+    p.add_argument('--top-p', type=float, metavar='P',
+                   help="nucleus sampling: the smallest set of tokens with probability >= P")
+    p.add_argument('--repetition-penalty', type=float, default=1.0, metavar='R',
+                   help="> 1 discourages repeating tokens")
     p.add_argument('--seed', type=int, metavar='S', help="seed for reproducible sampling")
-    p.add_argument('--no-kv-cache', action='store_true', help="recompute the whole context each step (slower; for checking)")
+    p.add_argument('--no-kv-cache', action='store_true',
+                   help="recompute the whole context each step (slower; for checking)")
     p.add_argument('--compile', action='store_true', help="static KV cache and a torch.compile'd decoding step (CUDA "
                    "graphs on a GPU): faster per token after a one-off compile of some seconds")
     p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
+    p.add_argument('--threads', type=int, metavar='N',
+                   help="CPU threads for PyTorch (default: PyTorch's, one per core)")
     p.add_argument('--no-echo', action='store_true', help="print only the generated text, not the prompt")
     p.add_argument('--stop-at-eos', action='store_true',
                    help="stop at the model's first end of document (default: go on, a blank line between documents)")
+    # stdout carries only the generated text (pipeable into a file): run_command sends the notices to stderr
     p.set_defaults(_info_to_stderr=True)
     return p
 
@@ -343,7 +383,8 @@ def _check_generate_flags(args):
     def need(ok: bool, flag: str, what: str):
         if not ok: raise CommandError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: must be {what}")
     need(args.max_new_tokens >= 0, '--max-new-tokens', 'an integer >= 0')
-    need(math.isfinite(args.temperature) and args.temperature >= 0, '--temperature', 'a finite number >= 0 (0 = greedy)')
+    need(math.isfinite(args.temperature) and args.temperature >= 0, '--temperature',
+         'a finite number >= 0 (0 = greedy)')
     need(args.top_k is None or args.top_k >= 1, '--top-k', 'an integer >= 1')
     need(args.top_p is None or 0 < args.top_p <= 1, '--top-p', 'in (0, 1]')
     need(math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0, '--repetition-penalty',
@@ -364,19 +405,22 @@ def _generate_with(args) -> int:
         f"context {cfg.model.max_position_embeddings}) on {dev}, loaded in {fmt_secs(time.time() - t0)}")
     prompt = args.prompt.replace('\\n', '\n')
     n_prompt, ctx = len(tok.encode(prompt, add_special_tokens=False).ids) + 1, cfg.model.max_position_embeddings
-    if n_prompt > ctx:                       # (+1: the end-of-document token the prompt starts after)
+    if n_prompt > ctx:  # (+1: the end-of-document token the prompt starts after)
         err(f"warning: the prompt is {n_prompt - 1:,} tokens, the model's context {ctx:,}: its first "
             f"{n_prompt - ctx:,} tokens are dropped")
-    echo, last = [not args.no_echo], ['\n']  # the prompt goes out with the first piece (none if settings are refused)
+    # the prompt goes out with the first piece (none if settings are refused); `last` remembers the final character
+    # written, so that an interrupted line can be ended before the error message
+    echo, last = [not args.no_echo], ['\n']
     def write(piece: str):
         if echo[0]: sys.stdout.write(prompt); echo[0] = False; last[0] = prompt[-1:] or last[0]
         sys.stdout.write(piece); sys.stdout.flush(); last[0] = piece[-1:] or last[0]
     t1 = time.time()
     try:
-        _, n = stream_text(model, tok, prompt, write, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+        _, n = stream_text(model, tok, prompt, write, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           repetition_penalty=args.repetition_penalty, seed=args.seed,
                            use_kv_cache=not args.no_kv_cache, stop_at_eos=args.stop_at_eos, compile=args.compile)
-    except KeyboardInterrupt:                # the error line goes on a line of its own, not after the text
+    except KeyboardInterrupt:  # the error line goes on a line of its own, not after the text
         if last[0] != '\n': sys.stdout.write('\n'); sys.stdout.flush()
         raise
     sys.stdout.write((prompt if echo[0] else '') + '\n'); sys.stdout.flush()
@@ -397,17 +441,21 @@ def evaluate_parser() -> argparse.ArgumentParser:
                 "names a checkpoint folder. The figures go to stdout (and with --json to a file), progress to stderr.",
                 "  tnb evaluate --run-dir runs/local-smoke --input held_out.txt\n"
                 "  tnb evaluate --run-dir runs/local-smoke --input a.txt --input 'b/*.txt' --input hf:./sample\n"
-                "  tnb evaluate --checkpoint runs/m3-medium/checkpoints/step_000000000500 --input texts/ --max-tokens 100000\n")
+                "  tnb evaluate --checkpoint runs/m3-medium/checkpoints/step_000000000500 --input texts/ "
+                "--max-tokens 100000\n")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--run-dir', metavar='DIR', help="a run directory (uses its best, else newest valid checkpoint)")
-    src.add_argument('--checkpoint', metavar='DIR', help="a checkpoint folder (step_*), or a folder of them (newest valid)")
+    src.add_argument('--checkpoint', metavar='DIR',
+                     help="a checkpoint folder (step_*), or a folder of them (newest valid)")
     p.add_argument('--input', nargs='+', action='extend', required=True, metavar='PATH',
-                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or 'shakespeare' (repeatable)")
+                   help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or "
+                        "'shakespeare' (repeatable)")
     _corpus_flags(p)
     p.add_argument('--max-tokens', type=int, metavar='N', help="evaluate at most N tokens (default: all)")
     p.add_argument('--batch-size', type=int, default=8, metavar='N', help="windows per forward pass")
     p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: PyTorch's, one per core)")
+    p.add_argument('--threads', type=int, metavar='N',
+                   help="CPU threads for PyTorch (default: PyTorch's, one per core)")
     p.add_argument('--json', metavar='FILE', help="also write the figures to this JSON file")
     p.add_argument('--no-progress', action='store_true', help="no progress bar")
     p.set_defaults(_info_to_stderr=True)
@@ -420,20 +468,22 @@ def _evaluate(args) -> int:
         if v is not None and v < 1: raise CommandError(f"{flag} must be >= 1, got {v}")
     read = dict(text_field=args.text_field, glob=args.glob)
     sources = resolve_corpus(args.input, **read)
-    validate_corpus(list(args.input), **read)            # a broken input fails before anything is loaded
+    validate_corpus(list(args.input), **read)  # a broken input fails before anything is loaded
     ckpt = find_checkpoint(args.run_dir, args.checkpoint)
     with torch_threads(args.threads):
         model, tok, cfg = load_for_generation(ckpt, args.device)
-        say(f"evaluate: {ckpt} ({human(model.num_parameters())} parameters) on {len(sources)} source(s)", file=sys.stderr)
+        say(f"evaluate: {ckpt} ({human(model.num_parameters())} parameters) on {len(sources)} source(s)",
+            file=sys.stderr)
         t0 = time.time()
         m = text_metrics(model, tok, iter_documents(list(args.input), **read), cfg.sequence_length, args.batch_size,
                          args.max_tokens, show_progress=not args.no_progress)
-    say(f"evaluate: {m['tokens']:,} tokens, {m['chars']:,} characters, {m['bytes']:,} bytes in {fmt_secs(time.time() - t0)}",
-        file=sys.stderr)
+    say(f"evaluate: {m['tokens']:,} tokens, {m['chars']:,} characters, {m['bytes']:,} bytes in "
+        f"{fmt_secs(time.time() - t0)}", file=sys.stderr)
     print(f"loss {m['loss']:.4f} nats/token | perplexity {m['perplexity']:.2f} | bpb {m['bpb']:.4f} | "
           f"nats/char {m['nats_per_char']:.4f}", flush=True)
     if args.json:
-        atomic_write_text(args.json, json.dumps({'checkpoint': str(ckpt), 'inputs': [s.name for s in sources], **m}, indent=1) + '\n')
+        res = {'checkpoint': str(ckpt), 'inputs': [s.name for s in sources], **m}
+        atomic_write_text(args.json, json.dumps(res, indent=1) + '\n')
     return 0
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
@@ -452,35 +502,46 @@ def orchestrate_parser() -> argparse.ArgumentParser:
                 "  orchestrate --profile local --run-dir runs/local-smoke\n"
                 "  orchestrate --profile local --input corpus.txt --run-dir runs/mine\n"
                 "  orchestrate --profile local --run-dir runs/local-smoke --resume --max-steps 600\n"
-                "  orchestrate --profile local --input texts/ --run-dir runs/t --max-steps 50 --override model.num_layers=1\n"
+                "  orchestrate --profile local --input texts/ --run-dir runs/t --max-steps 50 "
+                "--override model.num_layers=1\n"
                 "  orchestrate --profile full --input 'corpus/*.txt' --run-dir runs/m3-medium\n")
-    p.add_argument('--profile', required=True, choices=list(PROFILES), help="starting config: local (CPU, minutes) or full (m3_medium)")
+    p.add_argument('--profile', required=True, choices=list(PROFILES),
+                   help="starting config: local (CPU, minutes) or full (m3_medium)")
     p.add_argument('--input', nargs='+', action='extend', metavar='PATH',
                    help="corpus: text, .jsonl or .parquet file (maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME "
                         "(repeatable; default: the built-in Shakespeare corpus)")
     _corpus_flags(p)
     p.add_argument('--run-dir', required=True, metavar='DIR', help="the run directory (created if missing)")
     p.add_argument('--resume', action='store_true', help="continue the run in DIR from its newest valid checkpoint")
-    p.add_argument('--force-retrain-tokenizer', action='store_true', help="retrain the tokenizer even if DIR/tokenizer exists")
-    p.add_argument('--skip-tokenizer', action='store_true', help="never train a tokenizer: DIR/tokenizer (or --tokenizer-json) must exist")
-    p.add_argument('--tokenizer-json', metavar='PATH', help="use these tokenizer artifacts (a folder or tokenizer.json), copied into DIR/tokenizer")
+    p.add_argument('--force-retrain-tokenizer', action='store_true',
+                   help="retrain the tokenizer even if DIR/tokenizer exists")
+    p.add_argument('--skip-tokenizer', action='store_true',
+                   help="never train a tokenizer: DIR/tokenizer (or --tokenizer-json) must exist")
+    p.add_argument('--tokenizer-json', metavar='PATH',
+                   help="use these tokenizer artifacts (a folder or tokenizer.json), copied into DIR/tokenizer")
     p.add_argument('--max-steps', type=int, metavar='N', help="train for N optimizer steps (scheduler.total_steps)")
     p.add_argument('--vocab-size', type=int, metavar='N', help="tokenizer vocabulary size (default: the profile's)")
-    p.add_argument('--min-frequency', type=int, metavar='N', help="tokenizer: minimum pair count to merge (default: the profile's)")
+    p.add_argument('--min-frequency', type=int, metavar='N',
+                   help="tokenizer: minimum pair count to merge (default: the profile's)")
     p.add_argument('--seed', type=int, help="runtime.seed (initialisation, data order, split, samples)")
     p.add_argument('--device', help="runtime.device: auto, cpu, cuda, cuda:N or mps")
     p.add_argument('--override', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                    help="change a key of the profile's config, e.g. model.num_layers=4 (repeatable)")
-    p.add_argument('--prompt', action='append', metavar='TEXT', help="a prompt for samples.txt (repeatable; default: chosen from the corpus)")
-    p.add_argument('--sample-tokens', type=int, metavar='N', help="tokens generated per prompt for samples.txt (default: the profile's)")
-    p.add_argument('--threads', type=int, metavar='N', help="CPU threads for PyTorch (default: 1 for local, PyTorch's default for full)")
-    p.add_argument('--overwrite', action='store_true', help="start again in a run directory that holds checkpoints (deletes them)")
+    p.add_argument('--prompt', action='append', metavar='TEXT',
+                   help="a prompt for samples.txt (repeatable; default: chosen from the corpus)")
+    p.add_argument('--sample-tokens', type=int, metavar='N',
+                   help="tokens generated per prompt for samples.txt (default: the profile's)")
+    p.add_argument('--threads', type=int, metavar='N',
+                   help="CPU threads for PyTorch (default: 1 for local, PyTorch's default for full)")
+    p.add_argument('--overwrite', action='store_true',
+                   help="start again in a run directory that holds checkpoints (deletes them)")
     p.add_argument('--no-progress', action='store_true', help="no progress bars")
     return p
 
 # %% ../nbs/12_cli.ipynb #ab7963c0
 def _undo_new(run: Path, before: set | None):
     "After a failed orchestrate that wrote no checkpoint: remove what it created (the run directory itself, if new)."
+    # a run that saved a checkpoint is kept whatever failed afterwards: it can be resumed
     if list_checkpoints(run / RUN_LAYOUT['checkpoints']) or list_checkpoints(run / RUN_LAYOUT['best']): return
     if before is None: shutil.rmtree(run, ignore_errors=True); return
     for p in (set(run.iterdir()) - before) if run.is_dir() else ():
@@ -490,9 +551,11 @@ def _undo_new(run: Path, before: set | None):
 @command('orchestrate', "the whole pipeline, from text to samples, in one run dir", orchestrate_parser)
 def _orchestrate(args) -> int:
     run = Path(args.run_dir).expanduser()
+    # what was there before: only what this command adds is removed on failure, never the user's own files
     before = set(run.iterdir()) if run.is_dir() else None
     try: summary = _orchestrate_with(args)
-    except BaseException as e:               # a failed run leaves nothing it created (unless it saved a checkpoint)
+    except BaseException as e:  # a failed run leaves nothing it created (unless it saved a checkpoint)
+        # not after a RunLockError: the directory belongs to the live run that holds the lock
         if not isinstance(e, RunLockError) and (before is None or run.is_dir()): _undo_new(run, before)
         raise
     return interrupt_status(summary.get('fit'))
@@ -507,7 +570,8 @@ def _orchestrate_with(args) -> dict:
                 show_progress=False if args.no_progress else None, text_field=args.text_field, glob=args.glob)
 
 def orchestrate_main(argv: Sequence[str] | None = None) -> int:
-    "Console script `orchestrate --profile local|full [--input PATH ...] --run-dir DIR [...]` (also `tnb orchestrate`)."
+    """Console script `orchestrate --profile local|full [--input PATH ...] --run-dir DIR [...]` (also `tnb
+    orchestrate`)."""
     return run_named('orchestrate', argv)
 
 # %% ../nbs/12_cli.ipynb #2c0da16e
@@ -525,7 +589,8 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--only', nargs='+', default=list(PARTS), metavar='PART',
                     help=f"parts to run (default: {','.join(PARTS)})")
     ap.add_argument('--steps', type=int, default=10, help='timed optimizer steps per repeat (default 10)')
-    ap.add_argument('--repeats', type=int, default=3, help='timings per figure; median, min and max are shown (default 3)')
+    ap.add_argument('--repeats', type=int, default=3,
+                    help='timings per figure; median, min and max are shown (default 3)')
     ap.add_argument('--warmup', type=int, default=2, help='untimed steps first (compilation happens here; default 2)')
     ap.add_argument('--no-compile', action='store_true', help='time eager mode only (no torch.compile)')
     ap.add_argument('--warm-compile', action='store_true', help="let torch.compile reuse its on-disk cache "
@@ -540,8 +605,10 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
-    ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B', help='generation batch sizes (default 1,8,32)')
-    ap.add_argument('--gen-modes', nargs='+', default=None, metavar='MODE', help='generation modes: no_cache, kv_cache, '
+    ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B',
+                    help='generation batch sizes (default 1,8,32)')
+    ap.add_argument('--gen-modes', nargs='+', default=None, metavar='MODE',
+                    help='generation modes: no_cache, kv_cache, '
                     'static, compiled (default: no_cache,kv_cache,compiled; no compiled with --no-compile)')
     ap.add_argument('--gen-no-cache-batches', nargs='+', default=['1,8'], metavar='B', help='batch sizes timed without '
                     'the KV cache too (default 1,8: batch 32 recomputes 32 whole sequences per token)')
@@ -550,26 +617,32 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--corpus', default=None, help='text file for data preparation and --quality '
                     '(default: ../shared/data/tinyshakespeare.txt)')
     ap.add_argument('--prep-mb', type=float, default=5.0, help='corpus size for data preparation, MB (default 5)')
-    ap.add_argument('--prep-vocab', type=int, default=4096, help='tokenizer vocabulary for data preparation (default 4096)')
-    ap.add_argument('--prep-workers', type=int, default=None, help='data preparation: the "all workers" rows use this many '
+    ap.add_argument('--prep-vocab', type=int, default=4096,
+                    help='tokenizer vocabulary for data preparation (default 4096)')
+    ap.add_argument('--prep-workers', type=int, default=None,
+                    help='data preparation: the "all workers" rows use this many '
                     '(default: one per core)')
     ap.add_argument('--prep-memory-mb', nargs='+', type=float, default=[], metavar='MB', help='data preparation: also '
-                    'measure the peak memory of tnb prepare-data on generated JSONL.gz corpora of these sizes (e.g. 50 500)')
+                    'measure the peak memory of tnb prepare-data on generated JSONL.gz corpora of these sizes '
+                    '(e.g. 50 500)')
     ap.add_argument('--peak-sizes', nargs='+', default=None, metavar='N', help='matmul sizes for the peak '
                     '(default: 1024,2048,4096 on CPU; 4096,8192 on CUDA)')
     _quality_flags(ap)
-    ap.add_argument('--out', default=None, help='JSON results file (default: tnb-bench.json, or tnb-bench-quality.json)')
+    ap.add_argument('--out', default=None,
+                    help='JSON results file (default: tnb-bench.json, or tnb-bench-quality.json)')
     ap.add_argument('--quiet', action='store_true', help='print only the tables')
     return ap
 
 # %% ../nbs/12_cli.ipynb #e8edd3a7
+# list flags accept both spellings, '--shapes a,b' and '--shapes a b' (and a mix)
 def _split_list(values) -> list[str]:
     return [v for x in (values or []) for v in str(x).split(',') if v]
 
 def _ints(values, flag: str) -> tuple[int, ...]:
+    bad = f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}"
     try: out = tuple(int(v) for v in _split_list(values))
-    except ValueError: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}") from None
-    if not out or min(out) < 1: raise BenchError(f"{flag}: expected positive integers, got {' '.join(map(str, values))!r}")
+    except ValueError: raise BenchError(bad) from None
+    if not out or min(out) < 1: raise BenchError(bad)
     return out
 
 def _quality_flags(ap: argparse.ArgumentParser):
@@ -580,7 +653,8 @@ def _quality_flags(ap: argparse.ArgumentParser):
     ap.add_argument('--compare', default=None, metavar='CONFIG', help='--quality: a second config, trained alternately '
                     'with --config for the same budget; prints both and the difference')
     ap.add_argument('--rounds', type=int, default=1, help='--quality --compare: runs of each config (default 1)')
-    ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE', help='--quality: config override (repeatable)')
+    ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
+                    help='--quality: config override (repeatable)')
     ap.add_argument('--budget', type=float, default=120.0, help='--quality: training seconds (default 120)')
     ap.add_argument('--clock', default='wall', choices=('wall', 'process'), help="--quality: the budget's clock: "
                     "wall seconds (default) or this process's CPU seconds (for tuning on a shared machine)")
@@ -594,13 +668,17 @@ def _bench_quality(a) -> tuple[dict, Path]:
     cfg = load_config(path, a.override)
     if a.device != 'auto': cfg = replace(cfg, runtime=replace(cfg.runtime, device=a.device))
     if not a.compare:
+        # the dict is evaluated left to right: created_at is the time the run starts
         return ({'schema': 'transformer_nb.bench.quality/1', 'created_at': utc_now_iso(), 'config_file': str(path),
-                 'overrides': a.override, **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
-                                                        show_progress=not a.quiet)}, Path(a.out or 'tnb-bench-quality.json'))
+                 'overrides': a.override,
+                 **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
+                               show_progress=not a.quiet)},
+                Path(a.out or 'tnb-bench-quality.json'))
     other = Path(a.compare)
     if not other.is_file(): raise BenchError(f"{other}: --compare file not found")
     cfg2 = load_config(other, a.override)
     if a.device != 'auto': cfg2 = replace(cfg2, runtime=replace(cfg2.runtime, device=a.device))
+    # the same file twice (a noise measurement) still needs two distinct names in the results
     names = [str(path), str(other)] if str(path) != str(other) else [f'{path} (1)', f'{other} (2)']
     res = quality_compare(dict(zip(names, (cfg, cfg2))), a.corpus, a.budget, a.rounds, a.clock, a.max_steps,
                           show_progress=not a.quiet)
@@ -627,6 +705,7 @@ def _bench(a) -> int:
                         vs_transformers=a.vs_transformers, prep_workers=a.prep_workers,
                         prep_memory_mb=tuple(a.prep_memory_mb))
         out = Path(a.out or 'tnb-bench.json')
+    # the exact command line goes into the JSON: a figure can be traced back to how it was measured
     res['argv'] = list(a._argv)
     atomic_write_text(out, json.dumps(res, indent=1) + '\n')
     print(f"\nresults written to {out}")
@@ -654,13 +733,16 @@ def estimate_memory_parser() -> argparse.ArgumentParser:
 def _estimate_memory(a) -> int:
     cfg = load_config(a.config)
     vocab = a.vocab_size or cfg.model.vocab_size
+    # the vocabulary decides the embedding's size: from the tokenizer when the config leaves it open
     if not vocab and cfg.tokenizer.tokenizer_json and Path(cfg.tokenizer.tokenizer_json).is_file():
         vocab = build_from_artifacts(Path(cfg.tokenizer.tokenizer_json)).get_vocab_size()
     if not vocab: raise BenchError(f"{a.config}: set model.vocab_size (or pass --vocab-size): the tokenizer "
                                    f"{cfg.tokenizer.tokenizer_json} does not exist yet")
     sizes = [a.world_size] if a.world_size else [1, 8]
     modes = [a.distributed] if a.distributed else ['ddp', 'fsdp']
-    rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes for m in (modes if w > 1 else ['none'])]
+    # one process has no parallelism to choose: a single 'none' row for it
+    rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes
+            for m in (modes if w > 1 else ['none'])]
     P = rows[0]['parameters_count']
     print(f"{a.config}: {P / 1e6:,.1f}M parameters, vocab {vocab:,}, precision {cfg.runtime.precision}, "
           f"global batch {cfg.data.batch_size} x {cfg.sequence_length}, activation checkpointing "
@@ -680,13 +762,16 @@ def export_hf_parser() -> argparse.ArgumentParser:
                 "(Qwen3ForCausalLM for a model with model.qk_norm). Models they cannot express (LayerNorm,\n"
                 "non-gated MLP, partial rotary, logit soft-capping) are refused.",
                 "  tnb export-hf --run-dir runs/local-smoke --out exports/local-smoke\n"
-                "  tnb export-hf --checkpoint runs/local-smoke/checkpoints/step_000000000300 --out hf --dtype bfloat16\n"
+                "  tnb export-hf --checkpoint runs/local-smoke/checkpoints/step_000000000300 --out hf "
+                "--dtype bfloat16\n"
                 "  tnb export-hf --run-dir runs/local-smoke --out exports/local-smoke --force --verify\n")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--checkpoint', metavar='DIR', help="a checkpoint folder (step_*), or a folder of them (newest valid)")
+    src.add_argument('--checkpoint', metavar='DIR',
+                     help="a checkpoint folder (step_*), or a folder of them (newest valid)")
     src.add_argument('--run-dir', metavar='DIR', help="a run directory (its best, else newest valid checkpoint)")
     p.add_argument('--out', required=True, metavar='DIR', help="the folder to write (must not exist, or be empty)")
-    p.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'), help="tensor dtype in the export (default: the checkpoint's)")
+    p.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'),
+                   help="tensor dtype in the export (default: the checkpoint's)")
     p.add_argument('--force', action='store_true', help="replace an existing export in --out")
     p.add_argument('--verify', action='store_true', help="load the export with transformers and compare logits")
     return p
@@ -698,14 +783,17 @@ def _export_hf(args) -> int:
     out = export_checkpoint(ckpt, args.out, dtype=args.dtype, overwrite=args.force)
     conf = json.loads((out / 'config.json').read_text(encoding='utf-8'))
     size = (out / 'model.safetensors').stat().st_size
-    say(f"export-hf: {ckpt} -> {out} ({conf['architectures'][0]}: {conf['num_hidden_layers']} layers x {conf['hidden_size']}, "
+    say(f"export-hf: {ckpt} -> {out} ({conf['architectures'][0]}: {conf['num_hidden_layers']} layers x "
+        f"{conf['hidden_size']}, "
         f"vocab {conf['vocab_size']:,}, {conf['torch_dtype']}, {size / 2**20:.2f} MiB) in {time.time() - t0:.1f}s")
     cfg = model_config_from_hf(conf)
     if args.verify:
         model = load_hf(out)
         T = min(16, cfg.max_position_embeddings)
+        # two short deterministic rows are enough: a wrong name or split shows in every logit
         ids = torch.arange(2 * T).reshape(2, T) % conf['vocab_size']
         diff = hf_logits_diff(model, out, ids)
+        # both sides compute in float32: only summation order differs, far below 1e-4
         ok = diff <= 1e-4
         say(f"export-hf: verify: transformers loads it as {conf['architectures'][0]}; max |logit difference| "
             f"{diff:.2e} vs transformer_nb, both in float32 ({'ok' if ok else 'TOO LARGE: the export is wrong'})")
@@ -735,6 +823,7 @@ def tnb_parser(prog: str = 'tnb') -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = 'tnb') -> int:
     "`tnb COMMAND [ARGS ...]` (the console script `tnb`, and `python -m transformer_nb`): run one of `COMMANDS`."
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    # a known command runs directly, so that its own parser handles (and reports) all its arguments
     if argv and argv[0] in COMMANDS: return run_named(argv[0], argv[1:], prog=f'{prog} {argv[0]}')
-    tnb_parser(prog).parse_args(argv)        # --help, --version, or a usage error (an unknown command): exits
+    tnb_parser(prog).parse_args(argv)  # --help, --version, or a usage error (an unknown command): exits
     return 2

@@ -22,8 +22,10 @@ from .base import fmt_secs
 __all__ = ['fit_columns', 'notebook_display_mode', 'live_chart_mode', 'training_chart', 'ChartImage', 'ProgressView', 'LiveChart']
 
 # %% ../nbs/09d_display.ipynb #06018b39
-def fit_columns(parts: Sequence[str], extras: Sequence[str] = (), width: int | None = None, sep: str = ' | ') -> str:
-    "`parts` joined by `sep`, then each of `extras` in turn while the line stays within `width` (default: the terminal's)."
+def fit_columns(parts: Sequence[str], extras: Sequence[str] = (), width: int | None = None,
+                sep: str = ' | ') -> str:
+    """`parts` joined by `sep`, then each of `extras` in turn while the line stays within `width` (default: the
+    terminal's)."""
     width = width or shutil.get_terminal_size((80, 24)).columns
     line = sep.join(parts)
     for x in extras:
@@ -33,11 +35,13 @@ def fit_columns(parts: Sequence[str], extras: Sequence[str] = (), width: int | N
 
 # %% ../nbs/09d_display.ipynb #5c346e7f
 def notebook_display_mode() -> str | None:
-    "'live' in a Jupyter kernel (outputs update in place), 'final' in another IPython shell that keeps rich outputs, None elsewhere."
+    """'live' in a Jupyter kernel (outputs update in place), 'final' in another IPython shell that keeps rich
+    outputs, None elsewhere."""
     ipython = sys.modules.get('IPython')  # not imported here: a script that did not load IPython is no notebook
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is None:
         return None
+    # by class name, so that IPython's shells need not be imported; the terminal shell cannot show images
     kind = type(shell).__name__
     if kind == 'ZMQInteractiveShell':
         return 'live'
@@ -60,6 +64,7 @@ def training_chart(history: dict, step: int | None = None, total_steps: int | No
     from matplotlib.figure import Figure  # matplotlib is loaded only when a chart is drawn
 
     tr, ev = history.get('train', []), history.get('eval', [])
+    # a bare Figure, not pyplot: no global figure state, no GUI backend, safe in a training process
     fig = Figure(figsize=(9, 3.2), dpi=dpi, layout='constrained')
     loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
     if tr:
@@ -143,6 +148,7 @@ class LiveChart:
         self.t0 = time.perf_counter()
 
     def _show(self, name: str, obj):
+        # the first draw creates the output; later ones replace it in place through its display handle
         if name in self.handles:
             self.handles[name].update(obj)
         else:
@@ -151,6 +157,7 @@ class LiveChart:
 
     def step(self, step: int, history: dict):
         "After an optimizer step: the bar every `every` steps; the chart when the history has grown."
+        # throttled by steps and by seconds: redrawing a PNG each step would slow a fast run down
         now = time.perf_counter()
         if not self.live or step % self.every or now - self._last < self.min_seconds:
             return

@@ -39,7 +39,8 @@ __all__ = ['logger', 'EXPORT_FORMAT_VERSION', 'ExportError', 'hf_architecture', 
 logger = logging.getLogger(__name__)
 
 class ExportError(UserError):
-    "A model the Llama format cannot express, or a folder that is not a loadable Llama model (names the setting or file)."
+    """A model the Llama format cannot express, or a folder that is not a loadable Llama model (names the setting or
+    file)."""
 
 # %% ../nbs/08b_hf.ipynb #ca9582f8
 def _kv_heads(c) -> int: return getattr(c, 'num_key_value_heads', None) or c.num_attention_heads
@@ -49,13 +50,16 @@ def _mode(c) -> str | None:
     return None if m is None or str(m).lower() == 'none' else str(m).lower()
 
 def hf_architecture(model_cfg) -> str:
-    "The Hugging Face architecture a model is exported as: 'qwen3' with `qk_norm` (Qwen3 has q_norm/k_norm), else 'llama'."
+    """The Hugging Face architecture a model is exported as: 'qwen3' with `qk_norm` (Qwen3 has q_norm/k_norm), else
+    'llama'."""
     return 'qwen3' if getattr(model_cfg, 'qk_norm', False) else 'llama'
 
 _ARCH_NAMES = {'llama': 'Llama', 'qwen3': 'Qwen3'}
 
 def llama_problems(model_cfg) -> list[str]:
-    "Why `model_cfg` cannot be written as its HF architecture (`hf_architecture`: Llama, or Qwen3 with qk_norm); empty = it can."
+    """Why `model_cfg` cannot be written as its HF architecture (`hf_architecture`: Llama, or Qwen3 with qk_norm);
+    empty = it can."""
+    # every problem is collected, not just the first: the user can fix the config in one go
     c, out = model_cfg, []
     if hf_architecture(c) == 'qwen3' and bool(getattr(c, 'bias', False)):
         out.append("model.bias=true with model.qk_norm: Qwen3 (the architecture with q/k norms) has biases only on the "
@@ -78,13 +82,17 @@ def llama_problems(model_cfg) -> list[str]:
     return out
 
 def check_llama_compatible(model_cfg) -> None:
-    "Raise `ExportError` naming the first setting of `model_cfg` that its HF architecture (Llama, or Qwen3) cannot express."
+    """Raise `ExportError` naming the first setting of `model_cfg` that its HF architecture (Llama, or Qwen3) cannot
+    express."""
     if problems := llama_problems(model_cfg):
-        more = f" (and {len(problems) - 1} more: {'; '.join(p.split(':')[0] for p in problems[1:])})" if len(problems) > 1 else ''
+        others = '; '.join(p.split(':')[0] for p in problems[1:])
+        more = f" (and {len(problems) - 1} more: {others})" if len(problems) > 1 else ''
         raise ExportError(f"cannot export as {_ARCH_NAMES[hf_architecture(model_cfg)]}: {problems[0]}{more}")
 
 # %% ../nbs/08b_hf.ipynb #031dddb1
-_LAYER_NAMES = {   # ours, under layers.{i}.  ->  HF, under model.layers.{i}.
+# the tensors map one to one, except our fused qkv projection, which HF keeps as separate q/k/v (split along the
+# output rows, in that order: q's heads, then k's and v's key/value heads)
+_LAYER_NAMES = {  # ours, under layers.{i}.  ->  HF, under model.layers.{i}.
     'norm1.weight': 'input_layernorm.weight', 'norm2.weight': 'post_attention_layernorm.weight',
     'attn.o_proj.weight': 'self_attn.o_proj.weight', 'attn.o_proj.bias': 'self_attn.o_proj.bias',
     'mlp.gate.weight': 'mlp.gate_proj.weight', 'mlp.gate.bias': 'mlp.gate_proj.bias',
@@ -99,7 +107,9 @@ def _qkv_sizes(c) -> list[int]:
     return [c.num_attention_heads * d, _kv_heads(c) * d, _kv_heads(c) * d]
 
 def to_hf_state_dict(state_dict: dict[str, Tensor], model_cfg) -> dict[str, Tensor]:
-    "Our `DecoderModel` state dict renamed (and `qkv` split) into HF Llama's names; each tensor contiguous, on CPU, unshared."
+    """Our `DecoderModel` state dict renamed (and `qkv` split) into HF Llama's names; each tensor contiguous, on CPU,
+    unshared."""
+    # clones: safetensors refuses tensors that share memory (the pieces of qkv, a tied embedding and head)
     out = {}
     for name, t in state_dict.items():
         t = t.detach().cpu()
@@ -118,12 +128,14 @@ def to_hf_state_dict(state_dict: dict[str, Tensor], model_cfg) -> dict[str, Tens
 
 # %% ../nbs/08b_hf.ipynb #79bd3a79
 def from_hf_state_dict(hf: dict[str, Tensor], model_cfg, where: str = 'model.safetensors') -> dict[str, Tensor]:
-    "HF Llama tensors -> our `DecoderModel` state dict (q/k/v fused into `qkv`); `ExportError` names a missing or unknown tensor."
-    qk = bool(getattr(model_cfg, 'qk_norm', False))      # q_norm/k_norm belong to a Qwen3 model only
+    """HF Llama tensors -> our `DecoderModel` state dict (q/k/v fused into `qkv`); `ExportError` names a missing or
+    unknown tensor."""
+    qk = bool(getattr(model_cfg, 'qk_norm', False))  # q_norm/k_norm belong to a Qwen3 model only
     inv_layer = {v: k for k, v in _LAYER_NAMES.items() if qk or not k.endswith(('q_norm.weight', 'k_norm.weight'))}
     inv_top = {v: k for k, v in _TOP_NAMES.items()}
     tied = bool(getattr(model_cfg, 'tie_embeddings', True))
     out, qkv = {}, {}
+    # skipped: the RoPE buffer some HF files carry (we compute it), and a tied model's head (the embedding again)
     for name, t in hf.items():
         if name.endswith('rotary_emb.inv_freq'): continue
         if name == 'lm_head.weight' and tied: continue
@@ -135,6 +147,7 @@ def from_hf_state_dict(hf: dict[str, Tensor], model_cfg, where: str = 'model.saf
             if parts[3] == 'self_attn' and parts[4] in ('q_proj', 'k_proj', 'v_proj') and len(parts) == 6:
                 qkv.setdefault((i, parts[5]), {})[parts[4]] = t; continue
         raise ExportError(f"{where}: unexpected tensor {name!r} (not part of a Llama/Qwen3 model of this config)")
+    # q, k and v arrive in any order (and maybe in different shards): fused once all three are there
     for (i, kind), d in sorted(qkv.items()):
         missing = [p for p in ('q_proj', 'k_proj', 'v_proj') if p not in d]
         if missing: raise ExportError(f"{where}: layer {i} has no self_attn.{missing[0]}.{kind}")
@@ -147,7 +160,9 @@ _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 EXPORT_FORMAT_VERSION = 1
 
 def llama_rope_theta(model_cfg) -> float:
-    "The `rope_theta` of the Llama equivalent: our base, times `rope_scale ** (d/(d-2))` for NTK (as `rope_frequencies` does)."
+    """The `rope_theta` of the Llama equivalent: our base, times `rope_scale ** (d/(d-2))` for NTK (as
+    `rope_frequencies` does)."""
+    # static NTK scaling only changes the base, so a plain-RoPE Llama with a larger theta computes the same angles
     c = model_cfg
     theta = 10000.0 if getattr(c, 'rope_theta', None) is None else float(c.rope_theta)
     if _mode(c) == 'ntk':
@@ -157,17 +172,19 @@ def llama_rope_theta(model_cfg) -> float:
 
 def hf_config(model_cfg, vocab_size: int, bos_token_id: int | None = None, eos_token_id: int | None = None,
               pad_token_id: int | None = None, dtype: str = 'float32') -> dict:
-    "The config.json dict of the Llama (or, with qk_norm, Qwen3) equivalent of `model_cfg` (`ExportError` if there is none)."
+    """The config.json dict of the Llama (or, with qk_norm, Qwen3) equivalent of `model_cfg` (`ExportError` if there
+    is none)."""
     check_llama_compatible(model_cfg)
     c, theta = model_cfg, llama_rope_theta(model_cfg)
     bias = bool(getattr(c, 'bias', False))
+    # transformers 4 reads rope_scaling, 5 reads rope_parameters: both are written
     if _mode(c) == 'pi':
         scaling = {'rope_type': 'linear', 'factor': float(c.rope_scale)}
         params = {'rope_type': 'linear', 'factor': float(c.rope_scale), 'rope_theta': theta}
     else: scaling, params = None, {'rope_type': 'default', 'rope_theta': theta}
     arch = hf_architecture(c)
-    extra = ({'use_sliding_window': False, 'sliding_window': None, 'max_window_layers': c.num_layers} if arch == 'qwen3'
-             else {'mlp_bias': bias, 'pretraining_tp': 1})
+    extra = ({'use_sliding_window': False, 'sliding_window': None, 'max_window_layers': c.num_layers}
+             if arch == 'qwen3' else {'mlp_bias': bias, 'pretraining_tp': 1})
     return {
         'architectures': [f'{_ARCH_NAMES[arch]}ForCausalLM'], 'model_type': arch,
         'vocab_size': int(vocab_size), 'hidden_size': c.hidden_size, 'intermediate_size': c.intermediate_size,
@@ -179,6 +196,7 @@ def hf_config(model_cfg, vocab_size: int, bos_token_id: int | None = None, eos_t
         'tie_word_embeddings': bool(getattr(c, 'tie_embeddings', True)),
         'bos_token_id': bos_token_id, 'eos_token_id': eos_token_id, 'pad_token_id': pad_token_id,
         'torch_dtype': dtype, 'dtype': dtype, 'initializer_range': 0.02, 'use_cache': True,
+        # our own config rides along, so that load_hf can restore settings Llama's fields cannot express
         'transformer_nb': {'format_version': EXPORT_FORMAT_VERSION,
                            'model_config': config_to_dict(c) if isinstance(c, ModelConfig) else None}}
 
@@ -200,7 +218,8 @@ def _llama_model_dict(cfg: dict, where: str) -> dict:
     archs = cfg.get('architectures') or []
     qwen3 = cfg.get('model_type') == 'qwen3' or 'Qwen3ForCausalLM' in archs
     if cfg.get('model_type') != 'llama' and 'LlamaForCausalLM' not in archs and not qwen3:
-        raise ExportError(f"{where}: model_type {cfg.get('model_type')!r} (architectures {archs}): only Llama and Qwen3 models can be loaded")
+        raise ExportError(f"{where}: model_type {cfg.get('model_type')!r} (architectures {archs}): only Llama and "
+                          "Qwen3 models can be loaded")
     if qwen3 and cfg.get('use_sliding_window'):
         raise ExportError(f"{where}: use_sliding_window=true: our attention has no sliding window")
     hidden, heads = int(need('hidden_size')), int(need('num_attention_heads'))
@@ -212,7 +231,8 @@ def _llama_model_dict(cfg: dict, where: str) -> dict:
                           f"num_attention_heads={heads}: our model needs head_dim = hidden_size / num_attention_heads")
     ab, mb = bool(cfg.get('attention_bias', False)), (bool(cfg.get('mlp_bias', False)) if not qwen3 else False)
     if ab != mb:
-        raise ExportError(f"{where}: attention_bias={ab} but mlp_bias={mb}: our model.bias puts biases on both or neither")
+        raise ExportError(f"{where}: attention_bias={ab} but mlp_bias={mb}: our model.bias puts biases on both or "
+                          "neither")
     rtype, theta, factor, partial = _rope_of(cfg)
     if partial != 1.0:
         raise ExportError(f"{where}: partial_rotary_factor={partial}: Llama-style loading needs RoPE on the whole head")
@@ -225,20 +245,26 @@ def _llama_model_dict(cfg: dict, where: str) -> dict:
                 num_key_value_heads=int(cfg.get('num_key_value_heads') or heads),
                 max_position_embeddings=int(cfg.get('max_position_embeddings', 2048)),
                 attn_dropout=float(cfg.get('attention_dropout') or 0.0), rope_mode=mode, rope_theta=theta,
-                norm='rmsnorm', activation='swiglu', bias=ab, tie_embeddings=bool(cfg.get('tie_word_embeddings', False)),
-                rotary_dim=None, rope_scale=scale, norm_eps=float(cfg.get('rms_norm_eps', 1e-6)),
-                vocab_size=int(need('vocab_size')), qk_norm=qwen3)
+                norm='rmsnorm', activation='swiglu', bias=ab,
+                tie_embeddings=bool(cfg.get('tie_word_embeddings', False)), rotary_dim=None, rope_scale=scale,
+                norm_eps=float(cfg.get('rms_norm_eps', 1e-6)), vocab_size=int(need('vocab_size')), qk_norm=qwen3)
 
+# %% ../nbs/08b_hf.ipynb #46542bea
 def model_config_from_hf(cfg: dict, where: str = 'config.json') -> ModelConfig:
-    "A checked `ModelConfig` from a Llama config.json dict; our own `transformer_nb.model_config` when it still matches."
+    """A checked `ModelConfig` from a Llama config.json dict; our own `transformer_nb.model_config` when it still
+    matches."""
     d = _llama_model_dict(cfg, where)
     mc = config_from_dict({'model': d}, source=where).model
-    stored = (cfg.get('transformer_nb') or {}).get('model_config') if isinstance(cfg.get('transformer_nb'), dict) else None
+    entry = cfg.get('transformer_nb')
+    stored = (entry or {}).get('model_config') if isinstance(entry, dict) else None
+    # the stored config is trusted only if it still yields the same Llama fields: someone may have edited
+    # config.json (or fine-tuned the model elsewhere) since the export
     if isinstance(stored, dict):
         try:
             ours = config_from_dict({'model': stored}, source=where).model
             if _llama_model_dict(hf_config(ours, d['vocab_size']), where) == d: return ours
-            logger.info("%s: the transformer_nb model_config no longer matches the Llama fields; using the Llama fields", where)
+            logger.info("%s: the transformer_nb model_config no longer matches the Llama fields; using the Llama "
+                        "fields", where)
         except UserError as e: logger.info("%s: transformer_nb model_config ignored (%s)", where, e)
     return mc
 
@@ -246,6 +272,7 @@ def model_config_from_hf(cfg: dict, where: str = 'config.json') -> ModelConfig:
 def _named_specials(tokenizer) -> dict[str, str | None]:
     "The tokenizer's bos/eos/pad/unk tokens (by our naming conventions), None where it has none."
     have = lambda names: next((t for t in names if tokenizer.token_to_id(t) is not None), None)
+    # the unknown token is a setting of the BPE model, not an added token: read from the tokenizer's JSON
     try: unk = json.loads(tokenizer.to_str()).get('model', {}).get('unk_token')
     except (ValueError, AttributeError): unk = None
     unk = unk or have(('<unk>', '<|unk|>', '[UNK]'))
@@ -255,6 +282,7 @@ def hf_tokenizer_files(tokenizer, model_max_length: int) -> dict[str, str]:
     "`tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` (as text) for a `tokenizers.Tokenizer`."
     named = _named_specials(tokenizer)
     split = bool(getattr(tokenizer, 'encode_special_tokens', False))
+    # left padding: batched generation in transformers appends new tokens on the right of every row
     tcfg = {'tokenizer_class': 'PreTrainedTokenizerFast', **named, 'model_max_length': int(model_max_length),
             'padding_side': 'left', 'clean_up_tokenization_spaces': False, 'split_special_tokens': split}
     dump = lambda d: json.dumps(d, indent=2, ensure_ascii=False) + '\n'
@@ -278,9 +306,12 @@ def _fresh_target(out: Path, overwrite: bool) -> None:
     if not out.exists(): return
     if not out.is_dir(): raise ExportError(f"{out}: exists and is not a folder")
     if not any(out.iterdir()): return
-    if not overwrite: raise ExportError(f"{out}: exists and is not empty (give --force / overwrite=True to replace it)")
+    if not overwrite:
+        raise ExportError(f"{out}: exists and is not empty (give --force / overwrite=True to replace it)")
+    # even with overwrite: a folder that does not look like an export (a typo'd path, a home folder) is never deleted
     if not (out / 'config.json').is_file():
-        raise ExportError(f"{out}: not empty and holds no config.json; refusing to replace a folder that is not a model export")
+        raise ExportError(f"{out}: not empty and holds no config.json; refusing to replace a folder that is not a "
+                          "model export")
 
 def _model_card(conf: dict, source: dict | None, notes: Sequence[str]) -> str:
     arch = conf['model_type']
@@ -306,13 +337,16 @@ def _fsync_all(folder: Path) -> None:
         finally: os.close(fd)
 
 def export_notes(model_cfg) -> list[str]:
-    "What a reader of the export should know about settings written in another form (e.g. NTK as a larger rope_theta)."
+    """What a reader of the export should know about settings written in another form (e.g. NTK as a larger
+    rope_theta)."""
     c, notes = model_cfg, []
     if _mode(c) == 'ntk':
-        notes.append(f"rope_mode 'ntk' (rope_scale {float(c.rope_scale):g}) is static NTK-aware scaling: exported as plain "
-                     f"RoPE with rope_theta {llama_rope_theta(c):.6g} (not HF's 'dynamic' type, which is another method)")
+        notes.append(f"rope_mode 'ntk' (rope_scale {float(c.rope_scale):g}) is static NTK-aware scaling: exported as "
+                     f"plain RoPE with rope_theta {llama_rope_theta(c):.6g} (not HF's 'dynamic' type, which is another "
+                     "method)")
     if float(getattr(c, 'residual_dropout', 0.0) or 0.0) > 0:
-        notes.append("residual_dropout has no Llama field (it only acts in training); kept in config.json's transformer_nb entry")
+        notes.append("residual_dropout has no Llama field (it only acts in training); kept in config.json's "
+                     "transformer_nb entry")
     return notes
 
 # %% ../nbs/08b_hf.ipynb #610aa496
@@ -327,6 +361,7 @@ def export_hf(model: nn.Module, tokenizer, out_dir, dtype: str | torch.dtype | N
     tok = _as_tokenizer(tokenizer)
     first = next(iter(model.parameters()))
     dt = _dtype(dtype, first.dtype if first.dtype in _DTYPE_NAMES else torch.float32)
+    # the special tokens' ids go into config.json and generation_config.json, where transformers looks for them
     ids = {'bos_token_id': None, 'eos_token_id': None, 'pad_token_id': None}
     if tok is not None:
         if tok.get_vocab_size() > model.vocab_size:
@@ -341,6 +376,7 @@ def export_hf(model: nn.Module, tokenizer, out_dir, dtype: str | torch.dtype | N
     out = Path(out_dir).expanduser()
     _fresh_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside `out` and renamed into place: a crash never leaves a half-written model behind
     tmp = out.parent / f".tmp-export-{out.name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
@@ -372,6 +408,7 @@ def hf_logits_diff(model: nn.Module, hf_dir, ids: Tensor) -> float:
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise ExportError("checking an export needs transformers (pip install 'transformers>=4.45')") from None
+    # transformers 5 renamed torch_dtype to dtype
     kw = {'dtype' if int(transformers.__version__.split('.')[0]) >= 5 else 'torch_dtype': torch.float32}
     tl = transformers.utils.logging
     bars = tl.is_progress_bar_enabled()
@@ -380,6 +417,7 @@ def hf_logits_diff(model: nn.Module, hf_dir, ids: Tensor) -> float:
     finally:
         if bars: tl.enable_progress_bar()
     p = next(model.parameters())
+    # compared in fp32 on both sides: a half-precision model is copied up, so that the caller's model is untouched
     m = model if p.dtype == torch.float32 else copy.deepcopy(model).float()
     was_training = m.training
     m.eval()
@@ -394,12 +432,14 @@ def hf_logits_diff(model: nn.Module, hf_dir, ids: Tensor) -> float:
 def _read_json(path: Path) -> dict:
     try: d = json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError: raise ExportError(f"{path}: missing (not a Hugging Face model folder)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: raise ExportError(f"{path}: unreadable: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: unreadable: {e}") from None
     if not isinstance(d, dict): raise ExportError(f"{path}: expected a JSON object")
     return d
 
 def read_hf_tensors(folder) -> dict[str, Tensor]:
-    "All tensors of a HF model folder: `model.safetensors`, or the shards of `model.safetensors.index.json`. Never pickles."
+    """All tensors of a HF model folder: `model.safetensors`, or the shards of `model.safetensors.index.json`. Never
+    pickles."""
     folder = Path(folder)
     single, index = folder / 'model.safetensors', folder / 'model.safetensors.index.json'
     if single.is_file(): files = [single]
@@ -434,9 +474,11 @@ def load_hf(path, dtype: str | torch.dtype | None = None, device=None) -> Decode
     model = DecoderModel(mc, int(cfg['vocab_size']))
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
+    # a missing tensor is named as HF calls it: that is the name the user can look for in the files
     if missing:
         names = sorted(to_hf_state_dict({k: own[k] for k in missing}, mc))
-        raise ExportError(f"{where}: missing tensor {names[0]!r}{f' (and {len(names) - 1} more)' if len(names) > 1 else ''}")
+        more = f' (and {len(names) - 1} more)' if len(names) > 1 else ''
+        raise ExportError(f"{where}: missing tensor {names[0]!r}{more}")
     for k, t in sd.items():
         if k not in own: raise ExportError(f"{where}: unexpected tensor for {k!r}")
         if tuple(t.shape) != tuple(own[k].shape):
@@ -451,16 +493,18 @@ def load_hf(path, dtype: str | torch.dtype | None = None, device=None) -> Decode
 def hf_tensors_equal(dir_a, dir_b) -> bool:
     "Whether two HF folders hold exactly the same tensors (names, dtypes, shapes, bytes)."
     a, b = read_hf_tensors(dir_a), read_hf_tensors(dir_b)
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k])
-                                        for k in a)
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                                        and torch.equal(a[k], b[k]) for k in a)
 
 # %% ../nbs/08b_hf.ipynb #309928fa
-def export_checkpoint(checkpoint_dir, out_dir, dtype: str | torch.dtype | None = None, overwrite: bool = False) -> Path:
+def export_checkpoint(checkpoint_dir, out_dir, dtype: str | torch.dtype | None = None,
+                      overwrite: bool = False) -> Path:
     "Export a checkpoint folder (weights + training.yaml + tokenizer copy) as a Hugging Face Llama folder `out_dir`."
     ckpt = Path(checkpoint_dir)
     if problems := verify_checkpoint(ckpt): raise CheckpointError(f"{ckpt}: not a valid checkpoint: {problems[0]}")
     if not (ckpt / CONFIG_FILE).is_file():
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: missing; this checkpoint does not hold its config")
+    # checked from the config before the weights are loaded: an impossible export fails fast
     check_llama_compatible(load_config(ckpt / CONFIG_FILE).model)
     model, tok, _ = load_for_generation(ckpt, device='cpu')
     step = read_manifest(ckpt).get('step')
@@ -484,9 +528,11 @@ def hf_generation_runner(model: nn.Module, prompts: list[list[int]]):
     try:
         with tempfile.TemporaryDirectory(prefix='tnb-hf-') as tmp:
             export_hf(model, None, Path(tmp) / 'hf')
-            hf = AutoModelForCausalLM.from_pretrained(str(Path(tmp) / 'hf'), local_files_only=True, **kw).to(dev).eval()
+            hf = AutoModelForCausalLM.from_pretrained(str(Path(tmp) / 'hf'), local_files_only=True, **kw)
+            hf = hf.to(dev).eval()
     finally:
         if bars: tl.enable_progress_bar()
+    # equal-length prompts need no padding; min_new_tokens keeps EOS from ending a row early, so the rows compare
     ids = torch.tensor(prompts, dtype=torch.long, device=dev)
     mask = torch.ones_like(ids)
     @torch.no_grad()

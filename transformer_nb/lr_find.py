@@ -46,8 +46,8 @@ class LRFinderResult:
     diverged: bool
 
     def __str__(self):
-        return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the smoothed "
-                f"loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
+        return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the "
+                f"smoothed loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
                 f"{', stopped when the loss diverged' if self.diverged else ''})")
 
     def plot(self, ax=None):
@@ -64,6 +64,7 @@ class LRFinderResult:
         ax.set_xscale('log')
         ax.set_xlabel('learning rate')
         ax.set_ylabel('loss (nats/token)')
+        # zoomed on the interesting part: the diverging tail would otherwise squash the curve flat
         lo, hi = min(self.smoothed), self.smoothed[0]
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
         ax.set_title('learning-rate range test')
@@ -73,8 +74,11 @@ class LRFinderResult:
 
 # %% ../nbs/09h_lr_find.ipynb #9173b88d
 def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float]:
-    "(suggestion, lr_min, lr_steep): a tenth of the rate at the smoothed minimum, the minimum, the steepest fall before it."
+    """(suggestion, lr_min, lr_steep): a tenth of the rate at the smoothed minimum, the minimum, the steepest fall
+    before it."""
     s, lr = np.asarray(smoothed, dtype=float), np.asarray(lrs, dtype=float)
+    # non-finite points (a diverged tail) are ignored; the slope is taken against log(lr), the axis the rates are
+    # spaced evenly on
     i_min = int(np.nanargmin(np.where(np.isfinite(s), s, np.nan)))
     start = min(int(len(s) * skip), max(i_min - 1, 0))  # the first points are mostly the moving average's start
     if i_min - start >= 2:
@@ -82,14 +86,17 @@ def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float
         i_steep = start + int(np.argmin(grad))
     else:
         i_steep = i_min
+    # a tenth of the minimum's rate: at the minimum itself the loss is about to blow up (fastai's rule of thumb)
     return max(float(lr[i_min]) / 10, float(lr[0])), float(lr[i_min]), float(lr[i_steep])
 
 # %% ../nbs/09h_lr_find.ipynb #2f8d8ef4
 def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
-    "Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written elsewhere)."
+    """Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written
+    elsewhere)."""
     d = config.data
     if not d.train_shards:
-        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
+        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or "
+                            "'shakespeare')")
     data_dir, src = RunPaths.from_config(config, run_dir).data_dir, tokenizer_source(config.tokenizer, tokenizer)
     kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed, show_progress=False, verbose=False,
               val_sources=validation_sources(config, is_main=False))
@@ -105,19 +112,22 @@ def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
 
 def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, end_lr: float, num_steps: int,
                   beta: float = 0.98, diverge: float = 4.0) -> LRFinderResult:
-    "Train `net` one step per rate, rates from `start_lr` to `end_lr` geometrically, until the smoothed loss diverges."
+    """Train `net` one step per rate, rates from `start_lr` to `end_lr` geometrically, until the smoothed loss
+    diverges."""
     device = next(net.parameters()).device
     _, amp = resolve_precision(config.runtime.precision, device)
     opt = build_optimizer(net, config.optimizer, device)
     setup = StepSetup(config.data.gradient_accumulation_steps, device, amp, config.optimizer.max_grad_norm,
                       fused=uses_fused_step(opt))
-    batches = SequentialSampler(data.train, config.micro_batch_size(), config.sequence_length, seed=config.runtime.seed,
-                                shuffle=True)
+    batches = SequentialSampler(data.train, config.micro_batch_size(), config.sequence_length,
+                                seed=config.runtime.seed, shuffle=True)
     mult = (end_lr / start_lr) ** (1 / (num_steps - 1))
     lrs, losses, smoothed, avg, best, diverged = [], [], [], 0.0, math.inf, False
     for i in range(num_steps):
         lr = start_lr * mult**i
         loss = float(train_step(net, opt, batches, lr, setup)[0])
+        # one step per rate makes the raw loss noisy: an exponential moving average decides, and 'diverged' means
+        # several times the best smoothed loss seen so far (after a few steps, so that the start cannot trigger it)
         avg = beta * avg + (1 - beta) * loss
         s = avg / (1 - beta ** (i + 1))  # corrected for the average's start at 0, as Adam's moments are
         lrs.append(lr), losses.append(loss), smoothed.append(s)
@@ -130,8 +140,8 @@ def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, e
     return LRFinderResult(lrs, losses, smoothed, *lr_suggestion(lrs, smoothed), diverged)
 
 # %% ../nbs/09h_lr_find.ipynb #f4368eee
-def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
-            beta: float = 0.98, diverge: float = 4.0, run_dir=None, plot: bool | None = None,
+def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
+            num_steps: int = 100, beta: float = 0.98, diverge: float = 4.0, run_dir=None, plot: bool | None = None,
             verbose: bool = True) -> LRFinderResult:
     """Learning-rate range test for `config` (a `Config` or a YAML path) on a fresh model (or a copy of `model`):
     one optimizer step per rate, rates from `start_lr` to `end_lr` geometrically. Prints and returns the suggestion;
@@ -141,6 +151,7 @@ def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_
         raise TrainingError(f"lr_find: num_steps must be at least 5, got {num_steps}")
     if not 0 < start_lr < end_lr:
         raise TrainingError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    # the test trains a throw-away model: the caller's random state is saved and restored around it
     rng = get_rng_state()
     try:
         device = resolve_device(config.runtime.device)

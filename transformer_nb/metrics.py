@@ -45,8 +45,11 @@ def loss_sums(model: nn.Module, batches: Iterable, device: torch.device, token_b
               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     "[nats, correct guesses, predictions, target bytes] of `model` summed over `batches` of (x, y), on `device`."
     fdtype = torch.float32 if device.type == 'mps' else torch.float64  # MPS has no float64
+    # sums in float64 on the device: no host sync per batch, and no rounding over millions of tokens
     sums = torch.zeros(4, dtype=fdtype, device=device)
     gpus = [device.index or 0] if device.type == 'cuda' else []
+    # evaluating must not disturb the training run: its random state (dropout) is forked and restored, and the
+    # model goes back to its own train/eval mode
     was_training = model.training
     model.eval()
     try:
@@ -68,7 +71,9 @@ def loss_sums(model: nn.Module, batches: Iterable, device: torch.device, token_b
 def text_figures(nats: float, correct: float, tokens: float, nbytes: float, chars: float | None) -> dict:
     "loss (nats/token), perplexity, accuracy, nats_per_char (per `chars`), bpb (bits per UTF-8 byte) and tokens."
     loss = nats / tokens if tokens else float('nan')
-    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)), 'accuracy': correct / tokens if tokens else float('nan'),
+    # exp overflows a float above ~709: an untrained model's perplexity is clamped, not an exception
+    return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
+            'accuracy': correct / tokens if tokens else float('nan'),
             'nats_per_char': nats / chars if chars else float('nan'),
             'bpb': nats / math.log(2) / nbytes if nbytes else float('nan'), 'tokens': int(tokens)}
 
@@ -76,6 +81,7 @@ def text_figures(nats: float, correct: float, tokens: float, nbytes: float, char
 def token_stream(tokenizer, documents: Iterable[str], max_tokens: int | None = None) -> tuple[np.ndarray, int]:
     "(EOS + each document's tokens + EOS ..., characters) of `documents`, cut after `max_tokens` predictions."
     eos = eos_id(tokenizer)
+    # the leading EOS lets the first document's first token be predicted too, like every later document's
     ids, chars = [eos], 0
     for doc in documents:
         enc = tokenizer.encode(doc, add_special_tokens=False).ids + [eos]
@@ -117,6 +123,7 @@ def text_metrics(model: nn.Module, tokenizer, documents, seq_len: int, batch_siz
         raise TrainingError("no text to evaluate: the input holds no tokens")
     device = next(model.parameters()).device
     lens = torch.from_numpy(token_byte_lengths(tokenizer))
+    # the model's vocabulary can be larger than the tokenizer's (a config's fixed size): those ids count 0 bytes
     lens = nn.functional.pad(lens, (0, max(0, getattr(model, 'vocab_size', len(lens)) - len(lens)))).to(device)
     with tqdm(total=n, unit='tok', unit_scale=True, desc='evaluate', disable=not show_progress) as bar:
         def counted(batches):

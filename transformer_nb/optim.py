@@ -21,11 +21,13 @@ __all__ = ['lr_at', 'make_scheduler', 'param_groups', 'adamw', 'build_optimizer'
 
 # %% ../nbs/09b_optim.ipynb #7cd93281
 def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, power: float = 2.0) -> float:
-    "Learning rate of optimizer step `step` (0-based) under scheduler config `sched`; `base_lr` when `max_lr` is unset."
+    """Learning rate of optimizer step `step` (0-based) under scheduler config `sched`; `base_lr` when `max_lr` is
+    unset."""
     strategy = (sched.strategy or 'constant').lower()
     warmup = sched.warmup_steps or 0
     max_lr = sched.max_lr if sched.max_lr is not None else base_lr
     min_lr = sched.min_lr or 0.0
+    # step + 1: the first step already trains at a small, non-zero rate
     if step < warmup:
         return max_lr * (step + 1) / warmup
     if strategy == 'constant':
@@ -44,8 +46,10 @@ def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, powe
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, sched, base_lr: float, total_steps: int | None = None):
-    "A `torch.optim.lr_scheduler.LambdaLR` following `lr_at` (for use outside the Trainer, which calls `lr_at` directly)."
+    """A `torch.optim.lr_scheduler.LambdaLR` following `lr_at` (for use outside the Trainer, which calls `lr_at`
+    directly)."""
     for g in optimizer.param_groups:
+        # LambdaLR multiplies each group's initial_lr by the lambda: base_lr makes the product lr_at itself
         g['lr'] = g['initial_lr'] = base_lr
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, sched, base_lr, total_steps) / base_lr)
 
@@ -59,8 +63,10 @@ def _is_tied(model: nn.Module) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    "Two AdamW groups: matrices with `weight_decay`; biases, norm gains and the tied embedding without. Adds 'names'."
+    """Two AdamW groups: matrices with `weight_decay`; biases, norm gains and the tied embedding without. Adds
+    'names'."""
     model = unwrap_model(model)
+    # a tied embedding is the output head as well and is left undecayed; an untied one is decayed like any matrix
     no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} if _is_tied(model) else set()
     groups = {True: ([], []), False: ([], [])}
     for name, p in model.named_parameters():  # each shared parameter once
@@ -84,17 +90,20 @@ def adamw(groups: list[dict], opt_cfg) -> torch.optim.AdamW:
 
 
 def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None):
-    "The optimizer of the `optimizer` config section: AdamW with `param_groups`, or `MuonWithAdamW` (below) for `muon`."
+    """The optimizer of the `optimizer` config section: AdamW with `param_groups`, or `MuonWithAdamW` (below) for
+    `muon`."""
     if opt_cfg.algorithm == 'muon':
         return muon_with_adamw(model, opt_cfg, device)
     return adamw(param_groups(model, opt_cfg.weight_decay), opt_cfg)
 
 # %% ../nbs/09b_optim.ipynb #8e230286
-def muon_param_groups(model: nn.Module, weight_decay: float, muon_weight_decay: float = 0.0) -> tuple[list[dict], list[dict]]:
+def muon_param_groups(model: nn.Module, weight_decay: float,
+                      muon_weight_decay: float = 0.0) -> tuple[list[dict], list[dict]]:
     """(Muon groups, AdamW groups) with 'names': the 2-D weights inside the blocks (`layers.*`) go to Muon;
     the rest is grouped as `param_groups` does. Empty groups are left out."""
     muon, rest = ([], []), []
     for g in param_groups(model, weight_decay):
+        # Muon orthogonalises matrices: the embedding, the head and 1-D gains are left to AdamW
         keep = ([], [])
         for p, n in zip(g['params'], g['names']):
             into = muon if n.startswith('layers.') and p.ndim == 2 else keep
@@ -137,6 +146,7 @@ class MuonWithAdamW:
             found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"expected the state of Muon + AdamW (keys 'adam_w', 'muon'), found {found}: "
                              "was this checkpoint trained with another optimizer.algorithm?")
+        # a state dict carries each group's hyper-parameters: the configured lr_scale is kept over the saved one
         scales = [g.get('lr_scale') for g in self.param_groups]
         self.muon.load_state_dict(state_dict['muon']); self.adamw.load_state_dict(state_dict['adam_w'])
         for g, s in zip(self.param_groups, scales):
@@ -145,9 +155,13 @@ class MuonWithAdamW:
     def __repr__(self): return f"MuonWithAdamW(\n{self.muon!r},\n{self.adamw!r})"
 
 # %% ../nbs/09b_optim.ipynb #54b9d8df
-def newton_schulz(g: torch.Tensor, coefficients=(3.4445, -4.7750, 2.0315), steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    "The quintic Newton-Schulz iteration of `torch.optim.Muon` (an approximate `U V^T` of `g = U S V^T`), in `g`'s dtype."
+def newton_schulz(g: torch.Tensor, coefficients=(3.4445, -4.7750, 2.0315), steps: int = 5,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """The quintic Newton-Schulz iteration of `torch.optim.Muon` (an approximate `U V^T` of `g = U S V^T`), in
+    `g`'s dtype."""
     a, b, c = coefficients
+    # on the wide orientation the Gram matrix x x^T is the smaller one; dividing by the Frobenius norm brings every
+    # singular value into (0, 1], where the iteration converges
     x = g.T if g.size(0) > g.size(1) else g
     x = x / x.norm().clamp(min=eps)
     for _ in range(steps):
@@ -167,18 +181,23 @@ class Muon32(torch.optim.Muon):
             for p in group['params']:
                 if p.grad is None: continue
                 buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p.grad))
+                # momentum as torch.optim.Muon keeps it (lerp, then an optional Nesterov look-ahead)
                 buf.lerp_(p.grad, 1 - mom)
                 u = p.grad.lerp(buf, mom) if group['nesterov'] else buf
                 u = newton_schulz(u.float(), group['ns_coefficients'], group['ns_steps'], group['eps'])
+                # the two learning-rate adjustments of torch.optim.Muon: an update RMS like AdamW's, or the original
+                # sqrt(rows / columns)
                 A, B = p.shape
-                scale = 0.2 * math.sqrt(max(A, B)) if group['adjust_lr_fn'] == 'match_rms_adamw' else math.sqrt(max(1, A / B))
+                scale = (0.2 * math.sqrt(max(A, B)) if group['adjust_lr_fn'] == 'match_rms_adamw'
+                         else math.sqrt(max(1, A / B)))
                 p.mul_(1 - lr * group['weight_decay'])
                 p.add_(u.to(p.dtype), alpha=-lr * scale)
         return loss
 
 # %% ../nbs/09b_optim.ipynb #260acfb0
 def muon_with_adamw(model: nn.Module, opt_cfg, device=None) -> MuonWithAdamW:
-    "`MuonWithAdamW` from the `optimizer` config section (its `muon_*` keys for Muon, the AdamW keys for the rest) for `device`."
+    """`MuonWithAdamW` from the `optimizer` config section (its `muon_*` keys for Muon, the AdamW keys for the rest)
+    for `device`."""
     c = opt_cfg
     muon_groups, rest = muon_param_groups(model, c.weight_decay, c.muon_weight_decay)
     if not muon_groups:

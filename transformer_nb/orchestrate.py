@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .base import CommandError, UserError, existing_path, atomic_write_text, fmt_secs, say, sha256_file, utc_now_iso
+from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, say, sha256_file,
+                                 utc_now_iso)
 from .config import (Config, apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
                                    read_config_file, save_config)
 from .sources import Corpus, iter_documents, resolve_corpus, skipped_summary, validate_corpus
@@ -40,7 +41,8 @@ __all__ = ['logger', 'PROFILES', 'SHAKESPEARE_PROMPTS', 'STAGES', 'torch_threads
 
 # %% ../nbs/10_orchestrate.ipynb #dd07c7b1
 class torch_threads:
-    "Context manager: `torch.set_num_threads(n)` inside (nothing when `n` is None), the previous count restored after."
+    """Context manager: `torch.set_num_threads(n)` inside (nothing when `n` is None), the previous count restored
+    after."""
     def __init__(self, n: int | None): self.n, self.old = n, None
     def __enter__(self):
         if self.n is not None:
@@ -75,6 +77,7 @@ def prepare_shards(sources, tokenizer, out, val_fraction: float, seed: int, show
 def metrics_line(m: dict | None) -> str:
     "'loss 3.21, perplexity 24.8, ...' from a metrics dict (numbers only)."
     if not m: return '(none)'
+    # the usual text metrics when present; any other dict shows its first numbers
     keys = [k for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bits_per_char') if k in m] or \
            [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
     return ', '.join(f"{k.rpartition('/')[2]} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys)
@@ -84,12 +87,15 @@ def interrupt_status(r) -> int:
     import signal
     name = r.get('interrupted') if isinstance(r, dict) else None
     if not name: return 0
+    # the shell's convention for a process ended by a signal; an unknown name counts as Ctrl-C
     sig = getattr(signal, str(name), None) if str(name).startswith('SIG') else None
     return 128 + int(sig) if sig is not None else 130
 
 # %% ../nbs/10_orchestrate.ipynb #7c87f82c
 logger = logging.getLogger('transformer_nb.orchestrate')
 
+# a profile: the config of a run (run-directory paths are added by `profile_config`) plus what the other stages need
+# (tokenizer size, sampling settings, CPU threads)
 _RUNTIME_COMMON = {'precision': 'fp32', 'device': 'auto', 'compile': False}
 
 PROFILES: dict[str, dict] = {
@@ -110,7 +116,7 @@ PROFILES: dict[str, dict] = {
                         'logging': {'enable_stdout': True, 'tensorboard_flush_every_n': 25}},
         },
         'samples': {'max_new_tokens': 100, 'temperature': 0.8, 'top_k': 40},
-        'threads': 1,      # a model this small gains little from a 2nd thread, and loses 2-3x when the cores are shared
+        'threads': 1,  # a model this small gains little from a 2nd thread, and loses 2-3x when the cores are shared
     },
     'full': {
         'about': "GPU: m3_medium, 6 layers x 384, 32,000-token BPE, 512 tokens, 10k steps",
@@ -120,7 +126,8 @@ PROFILES: dict[str, dict] = {
                       'num_key_value_heads': 6, 'max_position_embeddings': 512, 'attn_dropout': 0.02,
                       'residual_dropout': 0.02, 'rope_mode': None, 'rope_theta': None,
                       'activation': 'silu', 'bias': True, 'norm': 'rmsnorm', 'tie_embeddings': True},
-            'data': {'batch_size': 6, 'gradient_accumulation_steps': 1, 'shuffle_buffer_size': 1024, 'val_fraction': 0.1},
+            'data': {'batch_size': 6, 'gradient_accumulation_steps': 1, 'shuffle_buffer_size': 1024,
+                     'val_fraction': 0.1},
             'optimizer': {'algorithm': 'adam_w', 'learning_rate': 8e-5, 'weight_decay': 0.01, 'beta1': 0.9,
                           'beta2': 0.95, 'epsilon': 1e-8},
             'scheduler': {'strategy': 'cosine_with_warmup', 'warmup_steps': 500, 'total_steps': 10000, 'min_lr': 1e-5},
@@ -139,7 +146,9 @@ SHAKESPEARE_PROMPTS = ["Romeo.\n", "Juliet.\n", "MACBETH.\n", "PROSPERO.\n"]
 
 # %% ../nbs/10_orchestrate.ipynb #c64f4e20
 def _source_arg(s: str) -> str:
-    "A corpus source for the run's config: a path made absolute; 'shakespeare' and hub datasets as given; hf:./folder made absolute."
+    """A corpus source for the run's config: a path made absolute; 'shakespeare' and hub datasets as given;
+    hf:./folder made absolute."""
+    # absolute, because training.yaml lives in the run directory and its relative paths are read from there
     if s == 'shakespeare': return s
     if s.startswith('hf:'):
         target, sep, query = s[3:].partition('?')
@@ -150,8 +159,8 @@ def _source_arg(s: str) -> str:
 def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), overrides: Sequence[str] = (),
                    max_steps: int | None = None, seed: int | None = None, device: str | None = None) -> dict:
     "The raw config mapping of an orchestrated run: the profile, run-directory paths (relative), then the changes."
-    import copy
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
+    # a deep copy: the run's changes must never leak into the shared PROFILES table
     d = copy.deepcopy(PROFILES[profile]['config'])
     L = RUN_LAYOUT
     d['tokenizer'] = {'tokenizer_json': f"{L['tokenizer']}/tokenizer.json", 'vocab': None, 'merges': None,
@@ -162,6 +171,7 @@ def profile_config(profile: str, sources: Sequence[str] = ('shakespeare',), over
     rt['checkpoint']['directory'] = L['checkpoints']
     rt['evaluation']['best']['directory'] = L['best']
     rt['logging']['tensorboard'] = L['tensorboard']
+    # a shortened run keeps its shape: warm-up, logging, evaluations and checkpoints scale down with it
     if max_steps is not None:
         if max_steps < 1: raise CommandError(f"--max-steps {max_steps}: must be at least 1")
         sc = d['scheduler']
@@ -206,6 +216,7 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
              seed: int | None = None, device: str | None = None, show_progress: bool | None = None,
              text_field: str = 'text', glob: str | None = None) -> RunPlan:
     "Check the flags, paths and config (mistakes that need no work to find), and return the run's plan."
+    # every mistake that needs no work to find is reported here, before minutes of tokenizing
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
     if resume and overwrite: raise CommandError("--resume and --overwrite contradict each other: give one")
     for flag, given in (('--skip-tokenizer', skip_tokenizer), ('--tokenizer-json', tokenizer_json)):
@@ -216,13 +227,14 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
     paths = {k: run / v for k, v in RUN_LAYOUT.items()}
     if tokenizer_json: existing_path(tokenizer_json, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
     elif skip_tokenizer and not (paths['tokenizer'] / 'tokenizer.json').is_file():
-        raise CommandError(f"--skip-tokenizer: no tokenizer in {paths['tokenizer']}; give --tokenizer-json PATH, or drop "
-                           f"--skip-tokenizer to train one")
+        raise CommandError(f"--skip-tokenizer: no tokenizer in {paths['tokenizer']}; give --tokenizer-json PATH, or "
+                           "drop --skip-tokenizer to train one")
     sources = list(inputs) if inputs else ['shakespeare']
-    if glob:                                  # the config names the chosen files themselves
+    if glob:  # the config names the chosen files themselves
         sources = [s.name if s.path is None else str(s.path) for s in resolve_corpus(sources, glob=glob)]
     if text_field != 'text': overrides = [*overrides, f'data.text_field={text_field}']
-    config = config_from_dict(profile_config(profile, sources, overrides, max_steps, seed, device), source='orchestrate')
+    raw = profile_config(profile, sources, overrides, max_steps, seed, device)
+    config = config_from_dict(raw, source='orchestrate')
     prof = PROFILES[profile]
     return RunPlan(profile, str(run_dir), run, paths, sources, config, vocab_size or prof['vocab_size'],
                    prof['min_frequency'] if min_frequency is None else min_frequency, resume, overwrite,
@@ -234,20 +246,22 @@ def stage_run_dir(plan: RunPlan) -> None:
     "Make the run directory ready: refuse to clobber a run, honour --resume / --overwrite, respect a live lock."
     L, existing = plan.paths, list_checkpoints(plan.paths['checkpoints'])
     if existing and not plan.resume and not plan.overwrite:
-        raise CommandError(f"{plan.run_dir}: already holds checkpoints (newest {existing[-1].name}); pass --resume to "
-                           f"continue that run, --overwrite to start it again, or choose another --run-dir")
+        raise CommandError(f"{plan.run_dir}: already holds checkpoints (newest {existing[-1].name}); pass --resume "
+                           f"to continue that run, --overwrite to start it again, or choose another --run-dir")
     if plan.force_retrain_tokenizer and plan.resume and existing:
         raise CommandError(f"--force-retrain-tokenizer: the checkpoints in {L['checkpoints']} were trained with the "
                            f"current tokenizer; retrain into a new --run-dir (or use --overwrite instead of --resume)")
-    with RunLock(plan.run): pass                # refuse a run directory that a live training process holds
+    # taken and released at once: only to refuse a run directory that a live training process holds, before
+    # anything in it is deleted
+    with RunLock(plan.run): pass
     if plan.overwrite:
         for k in ('checkpoints', 'best', 'tensorboard'):
             if L[k].exists(): shutil.rmtree(L[k])
         for f in (L['samples'], plan.run / 'metrics.jsonl'): f.unlink(missing_ok=True)
         if existing: say(f"--overwrite: removed the checkpoints, best and tensorboard folders of {plan.run}")
         existing = []
-    if plan.resume: say(f"--resume: " + (f"{len(existing)} checkpoint(s), newest {existing[-1].name}" if existing
-                                         else "no checkpoint yet, this run starts from step 0"))
+    if plan.resume: say("--resume: " + (f"{len(existing)} checkpoint(s), newest {existing[-1].name}" if existing
+                                        else "no checkpoint yet, this run starts from step 0"))
     plan.run.mkdir(parents=True, exist_ok=True)
     plan.checkpoints = existing
 
@@ -256,7 +270,8 @@ def stage_corpus(plan: RunPlan) -> Corpus:
     "Validate the corpus (one clear error for a bad file, warnings for odd ones); returns its sources."
     if plan.sources == ['shakespeare']:
         say("corpus: no --input given, using the built-in Shakespeare corpus (downloaded once, then cached)")
-    report = validate_corpus(list(plan.sources), show_progress=plan.show_progress, text_field=plan.config.data.text_field)
+    report = validate_corpus(list(plan.sources), show_progress=plan.show_progress,
+                             text_field=plan.config.data.text_field)
     say(f"corpus: {corpus_line(report)}")
     if report.skipped: say(f"corpus: {skipped_summary(report.skipped)} (--glob PATTERN chooses files)")
     warn_report(report)
@@ -264,7 +279,8 @@ def stage_corpus(plan: RunPlan) -> Corpus:
 
 # %% ../nbs/10_orchestrate.ipynb #059caca2
 def _special_tokens(path: Path) -> list[str]:
-    "The run's special tokens: those of `path` when it exists (a run being continued), else the defaults, written there."
+    """The run's special tokens: those of `path` when it exists (a run being continued), else the defaults, written
+    there."""
     if path.is_file():
         specials = read_special_tokens(path)
         say(f"special tokens: reusing {path}: {' '.join(specials)}")
@@ -288,14 +304,16 @@ def _copy_tokenizer(plan: RunPlan) -> str:
     tok_dir, given = plan.paths['tokenizer'], plan.tokenizer_json
     src = existing_path(given, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
     src_json = src / 'tokenizer.json' if src.is_dir() else src
+    # compared by content: the same tokenizer given again is a no-op, even from another path
     if (tok_dir / 'tokenizer.json').is_file() and _same_file(src_json, tok_dir / 'tokenizer.json'):
         build_from_artifacts(tok_dir)
         say(f"tokenizer: {src} is already in {tok_dir}")
         return 'reused'
     if plan.resume and plan.checkpoints:
         raise CommandError(f"--tokenizer-json {given}: differs from the tokenizer the checkpoints in "
-                           f"{plan.paths['checkpoints']} were trained with ({tok_dir}); use a new --run-dir for a new tokenizer")
-    build_from_artifacts(src)                       # a clear error before anything is removed
+                           f"{plan.paths['checkpoints']} were trained with ({tok_dir}); use a new --run-dir for a new "
+                           "tokenizer")
+    build_from_artifacts(src)  # a clear error before anything is removed
     if tok_dir.exists(): shutil.rmtree(tok_dir)
     copy_tokenizer_artifacts(src, tok_dir)
     say(f"tokenizer: copied {src} to {tok_dir} (vocab {build_from_artifacts(tok_dir).get_vocab_size():,})")
@@ -317,8 +335,9 @@ def stage_tokenizer(plan: RunPlan, files: Sequence[Path]):
     else:
         if plan.skip_tokenizer:
             raise CommandError(f"--skip-tokenizer: no tokenizer in {tok_dir}; give --tokenizer-json PATH, or drop "
-                               f"--skip-tokenizer to train one")
+                               "--skip-tokenizer to train one")
         if tok_dir.exists(): shutil.rmtree(tok_dir)
+        # seed 0: the same corpus always trains the same tokenizer, whatever the run's seed
         say(str(train_tokenizer(list(files), tok_dir, vocab_size=plan.vocab_size, min_frequency=plan.min_frequency,
                                 special_tokens=L['special_tokens'], seed=0, show_progress=plan.show_progress)))
         action = 'trained'
@@ -331,6 +350,7 @@ def stage_config(plan: RunPlan) -> Config:
     if path.is_file():
         try: changes = diff_configs(read_config_file(path), config_to_dict(plan.config))
         except UserError: changes = {}
+        # a key that is None on both sides (unset in one version, absent in the other) is no change to report
         changes = {k: v for k, v in changes.items() if v[0] is not None or v[1] is not None}
         if changes: say(f"config: changed from the previous {path.name}: " +
                         ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items())))
@@ -338,6 +358,7 @@ def stage_config(plan: RunPlan) -> Config:
               f"Paths are relative to this file's folder. Continue the run with\n"
               f"    orchestrate --profile {plan.profile} --run-dir {plan.run_dir} --resume   (same flags)\n"
               f"or  train --config {path} --resume")
+    # loaded back from the file: training then runs on exactly what training.yaml says (paths resolved from there)
     save_config(plan.config, path, header=header)
     cfg = load_config(path)
     say(f"config: wrote {path} (model {cfg.model.num_layers} layers x {cfg.model.hidden_size}, "
@@ -354,6 +375,7 @@ def stage_shards(plan: RunPlan, cfg: Config):
                     shard_tokens=cfg.data.shard_tokens)
 
 # %% ../nbs/10_orchestrate.ipynb #abb6da33
+# duck-typed: any trainer-like object that exposes its step as `step`, `global_step` or `state` will do
 def _trainer_step(trainer) -> int:
     for name in ('step', 'global_step'):
         v = getattr(trainer, name, None)
@@ -367,32 +389,36 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
     threads = threads if threads is not None else PROFILES[plan.profile].get('threads')
     if threads is not None: say(f"CPU threads: {threads} (--threads N to change)")
     stack.enter_context(torch_threads(threads if cfg.runtime.device in ('auto', 'cpu') else None))
-    with warnings.catch_warnings():            # the held-out split is this command's design, said with the shards
+    with warnings.catch_warnings():  # the held-out split is this command's design, said with the shards
         warnings.filterwarnings('ignore', message=r'data\.validation_shards is empty')
         trainer = Trainer(cfg, resume=plan.resume, run_dir=plan.run)
     if callable(getattr(trainer, 'close', None)): stack.callback(trainer.close)
     before, start = trainer.evaluate(), _trainer_step(trainer)
     say(f"evaluation before training (step {start}): {metrics_line(before)}")
-    fit = trainer.fit()                          # ends with an evaluation and a checkpoint
+    fit = trainer.fit()  # ends with an evaluation and a checkpoint
     out = {'trainer': trainer, 'before': before, 'start_step': start, 'fit': fit}
     if interrupt_status(fit): return out
     after = fit.get('eval') if isinstance(fit, dict) else None
+    # fit's last evaluation is reused when it is of the final step (a run resumed at its end evaluated nothing)
     if not after or after.get('step', _trainer_step(trainer)) != _trainer_step(trainer): after = trainer.evaluate()
     say(f"evaluation after training (step {_trainer_step(trainer)}): {metrics_line(after)}")
     return out | {'after': after}
 
 # %% ../nbs/10_orchestrate.ipynb #af3c8946
-def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | None = None, max_new_tokens: int = 100,
-                temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-                repetition_penalty: float = 1.0, seed: int | None = None, use_kv_cache: bool = True,
-                stop_at_eos: bool = False, doc_break: str = '\n\n', compile: bool = False) -> tuple[str, int]:
+def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | None = None,
+                max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = None,
+                top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
+                use_kv_cache: bool = True, stop_at_eos: bool = False, doc_break: str = '\n\n',
+                compile: bool = False) -> tuple[str, int]:
     """Continue `prompt` (as the start of a document), passing each decoded piece to `write` as it comes;
     an end-of-sequence token becomes `doc_break` (or ends the text with `stop_at_eos`). `compile`: static KV cache and
     a `torch.compile`d decoding step (07_generate). Returns (text, tokens)."""
     model = unwrap_model(model)
     eos = eos_id(tokenizer)
     pad = pad_id(tokenizer)
+    # a leading EOS: the prompt starts a document, as every document did in training
     ids = [eos] + tokenizer.encode(prompt, add_special_tokens=False).ids
+    # one-element lists: the callbacks below replace the decoder and count tokens (closures cannot rebind names)
     parts, dec, n = [], [IncrementalDecoder(tokenizer)], [0]
     def out(piece):
         if piece:
@@ -402,7 +428,9 @@ def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | 
         t = int(nxt[0]); n[0] += 1
         if t == eos:
             out(dec[0].flush()); dec[0] = IncrementalDecoder(tokenizer)
-            if not stop_at_eos:                  # one blank line, however the document ended (or if it was empty)
+            # one blank line, however the document ended (or if it was empty): only the part of `doc_break` the text
+            # does not already end with is written
+            if not stop_at_eos:
                 tail = (prompt + ''.join(parts))[-len(doc_break):]
                 k = next(i for i in range(len(doc_break), -1, -1) if tail.endswith(doc_break[:i]))
                 out(doc_break[k:])
@@ -416,6 +444,8 @@ def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | 
 def default_prompts(sources: Sequence[str], paths: Sequence[Path], n: int = 4, seed: int = 0) -> list[str]:
     "Prompts for the samples: Shakespeare speakers for the built-in corpus, else the first words of `n` documents."
     if list(sources) == ['shakespeare']: return list(SHAKESPEARE_PROMPTS)
+    # the first 2,000 documents (pieces of at most 2,000 characters) are enough to pick from: a large corpus is not
+    # read whole
     docs = []
     for d in iter_documents(paths, max_chars=2000):
         docs.append(d)
@@ -432,6 +462,7 @@ def write_samples(model, tokenizer, prompts: Sequence[str], path, header: str = 
     parts.append(f"# settings: max_new_tokens={max_new_tokens} temperature={temperature} top_k={top_k} "
                  f"top_p={top_p} seed={seed}+i; a blank line is the model's end of a document\n")
     for i, p in enumerate(prompts):
+        # seed + i: each prompt its own random stream, the same at every rerun
         text, _ = stream_text(model, tokenizer, p, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_k=top_k, top_p=top_p, seed=seed + i)
         text = text.rstrip()
@@ -450,8 +481,9 @@ def stage_samples(plan: RunPlan, cfg: Config, trained: dict, tok, files: Sequenc
     step = _trainer_step(trained['trainer'])
     header = (f"# samples of run {plan.run.name} (profile {plan.profile}) at step {step}, "
               f"validation {metrics_line(trained['after'])}; {utc_now_iso()}")
-    return write_samples(trained['trainer'].model, tok, list(prompts) if prompts else default_prompts(plan.sources, files),
-                         plan.paths['samples'], header=header, seed=cfg.runtime.seed, **sp)
+    prompts = list(prompts) if prompts else default_prompts(plan.sources, files)
+    return write_samples(trained['trainer'].model, tok, prompts, plan.paths['samples'], header=header,
+                         seed=cfg.runtime.seed, **sp)
 
 # %% ../nbs/10_orchestrate.ipynb #4cbf551a
 @contextlib.contextmanager
@@ -485,17 +517,19 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
     with _stage(times, 'tokenizer', 'tokenizer'): tok, action = stage_tokenizer(plan, files)
     with _stage(times, 'config', 'config'): cfg = stage_config(plan)
     with _stage(times, 'data', 'token shards'): data = stage_shards(plan, cfg)
-    with contextlib.ExitStack() as stack:        # the trainer and the thread setting, closed however we leave
+    with contextlib.ExitStack() as stack:  # the trainer and the thread setting, closed however we leave
         with _stage(times, 'train', 'training'): trained = stage_train(plan, cfg, stack, threads)
         if interrupt_status(trained['fit']):
             step = _trainer_step(trained['trainer'])
             say(f"orchestrate: training was interrupted ({trained['fit']['interrupted']}) at step {step}; "
                 f"continue with the same command and --resume")
-            return {'run_dir': str(plan.run), 'interrupted': trained['fit']['interrupted'], 'fit': trained['fit'], 'step': step}
+            return {'run_dir': str(plan.run), 'interrupted': trained['fit']['interrupted'], 'fit': trained['fit'],
+                    'step': step}
         with _stage(times, 'samples', 'samples'): stage_samples(plan, cfg, trained, tok, files, prompts, sample_tokens)
     summary = {'run_dir': str(plan.run), 'profile': profile, 'tokenizer': action, 'vocab_size': tok.get_vocab_size(),
                'train_tokens': len(data.train), 'val_tokens': len(data.val), 'step': _trainer_step(trained['trainer']),
-               'eval_before': trained['before'], 'eval_after': trained['after'], 'start_step': trained['start_step'], 'fit': trained['fit'],
+               'eval_before': trained['before'], 'eval_after': trained['after'], 'start_step': trained['start_step'],
+               'fit': trained['fit'],
                'seconds': {k: round(v, 1) for k, v in times.items()} | {'total': round(time.time() - t_all, 1)},
                'checkpoints': [p.name for p in list_checkpoints(plan.paths['checkpoints'])]}
     _say_summary(plan, summary, times)
@@ -513,4 +547,5 @@ def _say_summary(plan: RunPlan, summary: dict, times: dict) -> None:
     say(f"                 {'after':<{len(first)}} {metrics_line(summary['eval_after'])}")
     say(f"  checkpoints    {', '.join(summary['checkpoints']) or '(none)'}")
     say(f"  samples        {L['samples']}")
-    say(f"  next           tnb generate --run-dir {plan.run_dir} --prompt \"...\"   |   tensorboard --logdir {L['tensorboard']}")
+    say(f"  next           tnb generate --run-dir {plan.run_dir} --prompt \"...\"   |   "
+        f"tensorboard --logdir {L['tensorboard']}")

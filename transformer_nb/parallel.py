@@ -49,7 +49,8 @@ class DistInfo:
 
 
 def init_distributed(device_name: str | None = 'auto') -> DistInfo:
-    "Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU); else a single-process DistInfo."
+    """Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU); else a single-process
+    DistInfo."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistInfo()
@@ -58,6 +59,7 @@ def init_distributed(device_name: str | None = 'auto') -> DistInfo:
     use_cuda = (torch.cuda.is_available() and name in ('auto', 'cuda')) or name.startswith('cuda:')
     created = False
     if not dist.is_initialized():
+        # the device is chosen before the group exists: NCCL binds each rank to the current device
         if use_cuda:
             torch.cuda.set_device(local % torch.cuda.device_count())
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
@@ -78,6 +80,7 @@ def all_true(info: DistInfo, flag: bool) -> bool:
     "Whether `flag` holds on every rank (a CPU collective on the control group)."
     if not info.enabled:
         return flag
+    # MAX over 'not flag': one rank's False makes the answer False everywhere, in a single collective
     t = torch.tensor([0 if flag else 1], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.ctl_group)
     return int(t.item()) == 0
@@ -92,6 +95,7 @@ def gather_json(info: DistInfo, obj) -> list:
     "`obj` from every rank (JSON-serialisable), as a list indexed by rank."
     if not info.enabled:
         return [obj]
+    # all_gather needs equal sizes: the lengths go first, then every payload padded to the longest
     data = torch.tensor(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(info.world_size)]
     dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=info.ctl_group)
@@ -122,6 +126,7 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 def grad_sync(model: nn.Module, parallel: str, last: bool):
     "Context for one micro-step: gradients are reduced across processes only on the `last` one."
+    # skipping the reduction on the earlier micro-batches lets gradients accumulate locally: one all-reduce per step
     if parallel == 'fsdp':
         model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
@@ -145,17 +150,19 @@ def checkpoint_format(runtime) -> str:
 
 
 def check_parallel(config, world_size: int) -> str:
-    "The parallelism of `config` at `world_size` processes; settings that cannot work together are refused (one line each)."
+    """The parallelism of `config` at `world_size` processes; settings that cannot work together are refused (one
+    line each)."""
     rt = config.runtime
     parallel, fmt = resolve_parallelism(rt.distributed, world_size), checkpoint_format(rt)
     if rt.checkpoint.async_save and fmt != 'dcp':
         raise TrainingError("runtime.checkpoint.async_save needs runtime.checkpoint.format: dcp")
     if parallel == 'fsdp' and fmt != 'dcp':
-        raise TrainingError("runtime.checkpoint.format=safetensors with runtime.distributed=fsdp would gather the whole "
-                            "model on rank 0: use dcp (tnb generate and tnb export-hf read DCP checkpoints)")
+        raise TrainingError("runtime.checkpoint.format=safetensors with runtime.distributed=fsdp would gather the "
+                            "whole model on rank 0: use dcp (tnb generate and tnb export-hf read DCP checkpoints)")
     if parallel == 'fsdp' and config.optimizer.algorithm == 'muon':
-        raise TrainingError("optimizer.algorithm=muon with runtime.distributed=fsdp: Muon orthogonalises whole matrices "
-                            "and FSDP gives it row shards (wrong updates, no error); use runtime.distributed=ddp")
+        raise TrainingError("optimizer.algorithm=muon with runtime.distributed=fsdp: Muon orthogonalises whole "
+                            "matrices and FSDP gives it row shards (wrong updates, no error); use "
+                            "runtime.distributed=ddp")
     if parallel == 'fsdp' and (rt.precision or 'fp32').lower() == 'fp16':
         raise TrainingError("runtime.precision=fp16 with runtime.distributed=fsdp: use bf16 (or fp32); fp16 loss "
                             "scaling of sharded gradients is not supported")
@@ -165,7 +172,8 @@ def check_parallel(config, world_size: int) -> str:
 # in-place methods that change a flag, not the values: nothing to replay
 _NOT_VALUES = {'requires_grad_', 'share_memory_', 'retain_grad_'}
 # factories whose result is a new tensor to record
-_FACTORIES = {'ones', 'zeros', 'full', 'empty', 'ones_like', 'zeros_like', 'full_like', 'empty_like', 'tensor', 'arange'}
+_FACTORIES = {'ones', 'zeros', 'full', 'empty', 'ones_like', 'zeros_like', 'full_like', 'empty_like', 'tensor',
+              'arange'}
 
 
 class ShardedInit(TorchFunctionMode):
@@ -175,6 +183,7 @@ class ShardedInit(TorchFunctionMode):
         super().__init__()
         self.rank, self.world_size, self.rows = rank, world_size, {}
 
+    # meta tensors hold no data: a tensor is recognised by its storage, shared with the `nn.Parameter` made from it
     @staticmethod
     def _key(t: torch.Tensor):
         return t.untyped_storage()._cdata
@@ -203,6 +212,8 @@ class ShardedInit(TorchFunctionMode):
     def _replay(self, func, name: str, t: torch.Tensor, rest, kw):
         if t._is_view() or any(isinstance(a, torch.Tensor) for a in (*rest, *kw.values())):
             raise TrainingError(f"runtime.distributed=fsdp: cannot replay {name} on a view or with tensor arguments")
+        # an initialiser draws every element from the full shape, so each rank draws the whole tensor (same seed,
+        # same numbers as a single process) and keeps its rows; arithmetic on a recorded value can run on the rows
         if getattr(func, '__module__', '') == 'torch.nn.init' or name in ('normal_', 'uniform_', 'zero_', 'fill_'):
             full = torch.empty(t.shape, dtype=t.dtype, device='cpu')  # overwrites every element: draw in full
             func(full, *rest, **kw)
@@ -222,6 +233,8 @@ class ShardedInit(TorchFunctionMode):
 # %% ../nbs/09a_parallel.ipynb #5b106f7d
 def materialize(model: nn.Module, rows: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
     "Allocate the (sharded) parameters of a meta-device `model` on `device` and fill in this rank's `rows`."
+    # to_empty allocates without initialising: every parameter is then overwritten with the recorded rows, and a
+    # buffer with data would be garbage, so it is refused
     model.to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -256,6 +269,7 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
 def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
     "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
     kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
+    # blocks first, root last: each block is gathered and freed on its own, so only a block or two are ever in full
     for blk in model.layers:
         fully_shard(blk, **kw)
     fully_shard(model, **kw)
@@ -269,12 +283,14 @@ def build_model(model_cfg, vocab: int, device: torch.device, parallel: str = 'no
         model = DecoderModel(model_cfg, vocab).to(device)
         return apply_activation_checkpointing(model) if activation_checkpointing else model
     info = info or DistInfo()
+    # built on meta (no memory), its initial values recorded row-wise: no rank holds the whole model at once
     rec = ShardedInit(info.rank, info.world_size)
     with torch.device('meta'), rec:
         model = DecoderModel(model_cfg, vocab)
     rows = rec.local_rows(model)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
+    # bf16 compute and all-gathers, gradients reduced in fp32 so that the sum over ranks loses no precision
     bf16_gpu = device.type == 'cuda' and precision == 'bf16'
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_gpu else None
     return materialize(shard_model(model, mp), rows, device)

@@ -15,10 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .base import fmt_secs, utc_now_iso
-from .config import Config, config_to_dict, load_config
+from .base import fmt_secs
+from .config import Config, config_to_dict
 from .tokenizer import train_bbpe
 from .data import prepare
 from .device import resolve_device
@@ -39,13 +38,16 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 # %% ../nbs/11b_quality.ipynb #643666f1
-def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int = 8, max_windows: int | None = None) -> float:
+def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int = 8,
+                  max_windows: int | None = None) -> float:
     """Summed next-token NLL (nats) of `tokens` (1-D), in consecutive windows of `seq_len` tokens, divided by
     `num_chars`. With `max_windows`: an estimate from that many windows spread evenly over the text (the sum is
     scaled up by the share of the tokens they cover)."""
     device = next(model.parameters()).device
     batches = window_batches(tokens, seq_len, batch_size, max_windows)
     nats, _, predicted, _ = loss_sums(model, batches, device).tolist()
+    # per character, not per token, so that configs with different tokenizers compare; a sampled estimate scales
+    # the character count down to the share of the tokens the windows predicted
     return nats / (num_chars * predicted / (len(tokens) - 1))
 
 # %% ../nbs/11b_quality.ipynb #bcf3c426
@@ -61,6 +63,7 @@ def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res
     data = prepare([tmp / 'train.txt'], tmp / 'tokenizer', tmp / 'cache', val_sources=[tmp / 'val.txt'],
                    show_progress=False, verbose=False)
     res['prepare_s'] = time.perf_counter() - t0
+    # the trained tokenizer can hold more ids than requested: the model must cover every id
     vocab = max(vocab, tok.get_vocab_size())
     cfg = replace(config, model=replace(config.model, vocab_size=vocab))
     val_tokens = np.array(data.val.tokens)
@@ -74,7 +77,8 @@ def _quality_text(corpus, val_fraction: float) -> tuple[Path, str, str]:
     "(the corpus file, its training part, its held-out part) for a quality run."
     src = corpus_file(corpus)
     train_text, val_text = split_text(src.read_text(encoding='utf-8'), val_fraction)
-    if not train_text or not val_text.strip(): raise BenchError(f"{src}: too short to hold out {val_fraction:.0%} of it")
+    if not train_text or not val_text.strip():
+        raise BenchError(f"{src}: too short to hold out {val_fraction:.0%} of it")
     return src, train_text, val_text
 
 # %% ../nbs/11b_quality.ipynb #fcf48a8f
@@ -98,7 +102,9 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
         b, seq_len, micro = step_bench(cfg, vocab, shards=data.train), cfg.sequence_length, cfg.micro_batch_size()
         res.update(parameters=b.model.num_parameters(), flops_per_token=b.flops_per_token,
                    tokens_per_step=b.tokens_per_step, compile=bool(cfg.runtime.compile))
-        say(f"quality: {res['parameters']:,} parameters, {b.tokens_per_step:,} tokens/step, budget {fmt_secs(budget_s)}")
+        say(f"quality: {res['parameters']:,} parameters, {b.tokens_per_step:,} tokens/step, "
+            f"budget {fmt_secs(budget_s)}")
+        # `total`, the schedule's length, is re-estimated each step from recent step times: it ends with the budget
         curve, evals, step, total = [], [], 0, 1 << 62
         log_every = max(1, cfg.runtime.log_every_n_steps)
         next_eval, elapsed, recent, cpu0 = budget_s / eval_points, 0.0, [], time.process_time()
@@ -113,23 +119,24 @@ def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fracti
             dt = now() - t0
             elapsed += dt
             recent = (recent + [dt])[-20:]
-            if not max_steps: total = step + max(1, int((budget_s - elapsed) / statistics.median(recent)))   # ends with the budget
+            if not max_steps: total = step + max(1, int((budget_s - elapsed) / statistics.median(recent)))
             if log: curve.append({'step': step, 'elapsed_s': round(elapsed, 3), 'train_loss': lv,
                                   'lr': b.optimizer.param_groups[0]['lr']})
             if (step % every == 0 and step < max_steps) if max_steps else (next_eval <= elapsed < budget_s):
                 v = nats_per_char(b.model, val_tokens, len(val_text), seq_len, micro, eval_windows)
                 evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'val_nats_per_char': v, 'slice': True})
-                say(f"quality: {fmt_secs(elapsed):>6}  step {step:5d}  train loss {curve[-1]['train_loss'] if curve else float('nan'):.3f} "
-                    f"(nats/token)  held-out slice {v:.3f} nats/char")
+                say(f"quality: {fmt_secs(elapsed):>6}  step {step:5d}  train loss "
+                    f"{curve[-1]['train_loss'] if curve else float('nan'):.3f} (nats/token)  "
+                    f"held-out slice {v:.3f} nats/char")
                 next_eval += budget_s / eval_points
         cpu_s, others = time.process_time() - cpu0, share.stop().others
         t0 = time.perf_counter()
         npc = nats_per_char(b.model, val_tokens, len(val_text), seq_len, micro)
     evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'val_nats_per_char': npc, 'slice': False})
-    res.update(clock=clock, steps=step, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others, tokens_seen=step * b.tokens_per_step,
-               tokens_per_s=step * b.tokens_per_step / elapsed, eval_s=time.perf_counter() - t0,
-               val_nats_per_char=npc, val_bits_per_char=npc / math.log(2), curve=curve, evals=evals,
-               load_average_end=load_average(), config=config_to_dict(cfg))
+    res.update(clock=clock, steps=step, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others,
+               tokens_seen=step * b.tokens_per_step, tokens_per_s=step * b.tokens_per_step / elapsed,
+               eval_s=time.perf_counter() - t0, val_nats_per_char=npc, val_bits_per_char=npc / math.log(2),
+               curve=curve, evals=evals, load_average_end=load_average(), config=config_to_dict(cfg))
     say(f"quality: {step} steps in {fmt_secs(elapsed)} ({res['tokens_per_s']:,.0f} tokens/s): held-out "
         f"{npc:.4f} nats/char ({npc / math.log(2):.3f} bits/char)"
         + (f"; other processes used {others:.0%} of the CPU time meanwhile" if others is not None else ''))
@@ -144,6 +151,7 @@ def quality_compare(configs: dict, corpus=None, budget_s: float = 120.0, rounds:
     if rounds < 1: raise BenchError(f"--rounds must be >= 1, got {rounds}")
     if len(configs) < 2: raise BenchError("comparing needs two configs (--config and --compare)")
     say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
+    # interleaved rounds (A, B, A, B), not A, A, B, B: a drift in the machine's load hits both configs alike
     runs, values = [], {name: [] for name in configs}
     for r in range(rounds):
         for name, cfg in configs.items():
@@ -158,6 +166,8 @@ def quality_compare(configs: dict, corpus=None, budget_s: float = 120.0, rounds:
 
 def print_compare(res: dict, show=print):
     "The table of a `quality_compare` result: held-out nats/char per round and mean, and the difference."
-    rows = [[name, *[f'{v:.4f}' for v in s['val_nats_per_char']], f"{s['mean']:.4f}"] for name, s in res['summary'].items()]
+    rows = [[name, *[f'{v:.4f}' for v in s['val_nats_per_char']], f"{s['mean']:.4f}"]
+            for name, s in res['summary'].items()]
     show(format_table(['config', *[f'round {i + 1}' for i in range(res['rounds'])], 'mean'], rows))
-    show(f"difference (second - first): {res['difference']:+.4f} nats/char, {fmt_secs(res['budget_s'])} each ({res['clock']} clock)")
+    show(f"difference (second - first): {res['difference']:+.4f} nats/char, {fmt_secs(res['budget_s'])} each "
+         f"({res['clock']} clock)")

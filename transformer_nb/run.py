@@ -60,6 +60,7 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         "Set every field found in `state` (keys added since a checkpoint was written keep their defaults)."
+        # the values come from JSON: each is converted to its field's type (dicts, like `best`, are kept as they are)
         for f in fields(self):
             if state.get(f.name) is not None:
                 value = state[f.name]
@@ -76,6 +77,7 @@ class NanGuard:
 
     def update(self, bad: torch.Tensor) -> None:
         "Count one step; `bad` is its device flag."
+        # arithmetic on the flags instead of `if bad:`, which would copy it to the host and stall the GPU each step
         self.skipped += bad
         self.streak = (self.streak + 1) * bad  # back to 0 on a good step
         self.worst = torch.maximum(self.worst, self.streak)
@@ -116,7 +118,8 @@ class RunPaths:
         run = Path(run_dir) if run_dir is not None else ckpt.parent
         best = Path(rt.evaluation.best.directory) if rt.evaluation.best.directory else run / 'best'
         tb = rt.logging.tensorboard_dir(run)
-        return cls(run, ckpt, best, Path(d.cache_dir) if d.cache_dir else ckpt.parent / 'data', Path(tb) if tb else None)
+        data = Path(d.cache_dir) if d.cache_dir else ckpt.parent / 'data'
+        return cls(run, ckpt, best, data, Path(tb) if tb else None)
 
 # %% ../nbs/09f_run.ipynb #93145609
 @dataclass
@@ -130,6 +133,7 @@ class RunData:
 def tokenizer_source(tok_cfg, tokenizer):
     """What checkpoints copy: the tokenizer.json (or its folder) that `tokenizer_json` names, else the Tokenizer
     built from vocab.json + merges.txt (with the config's special tokens, if any): what was loaded."""
+    # a vocab.json/merges.txt pair is not a tokenizer.json: the checkpoint then saves the loaded Tokenizer itself
     p = Path(tok_cfg.tokenizer_json or '')
     loaded_json = p.is_file() and p.name not in ('vocab.json', 'merges.txt') or (p / 'tokenizer.json').is_file()
     return p if tok_cfg.tokenizer_json and loaded_json else tokenizer
@@ -156,7 +160,8 @@ def validation_sources(config, is_main: bool = True) -> list | None:
 # %% ../nbs/09f_run.ipynb #0026af46
 def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistInfo, show_progress: bool = False,
                      log=say) -> RunData:
-    "Token shards for the data section (rank 0 prepares, the others then open them); only validation text when streaming."
+    """Token shards for the data section (rank 0 prepares, the others then open them); only validation text when
+    streaming."""
     d = config.data
     if d.streaming:
         val = validation_sources(config, info.is_main)
@@ -165,16 +170,18 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
             return RunData()
         return RunData(val=tokenize_in_memory(val, tokenizer, text_field=d.text_field))
     if not d.train_shards:
-        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or 'shakespeare')")
+        raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or "
+                            "'shakespeare')")
+    # resolved up front, so that a missing file is reported by its config key before any tokenizing starts
     for key, srcs in (('data.train_shards', d.train_shards), ('data.validation_shards', d.validation_shards or [])):
         try:
             resolve_sources(srcs) if srcs else None
         except UserError as e:  # missing text: say which key names it, and what to do
             raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
     workers = max(1, d.num_workers) if d.num_workers is not None else None
-    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed, val_sources=validation_sources(config, info.is_main),
-              text_field=d.text_field, workers=workers, dedupe=d.dedupe,
-              **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
+    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed,
+              val_sources=validation_sources(config, info.is_main), text_field=d.text_field, workers=workers,
+              dedupe=d.dedupe, **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
     if info.is_main:  # the others wait, then open (and verify) the same cached shards
         data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
     barrier(info)
@@ -190,6 +197,7 @@ class TrainBatches:
                  device: torch.device):
         d, pin = config.data, device.type == 'cuda'
         self.info, self.streaming = info, bool(d.streaming)
+        # pinned host memory lets the copy to the GPU run asynchronously (`non_blocking` in the step)
         if self.streaming:
             self.sampler = StreamingSampler(d.train_shards, tokenizer, micro_batch, seq_len, info.rank,
                                             info.world_size, text_field=d.text_field, pin_memory=pin)
@@ -234,7 +242,8 @@ def run_length(sched, steps_per_epoch: int | None) -> int:
     if sched.total_steps:
         return int(sched.total_steps)
     if sched.total_epochs and steps_per_epoch is None:
-        raise TrainingError("data.streaming: set scheduler.total_steps (the length of an epoch of a stream is not known ahead)")
+        raise TrainingError("data.streaming: set scheduler.total_steps (the length of an epoch of a stream is not "
+                            "known ahead)")
     if sched.total_epochs:
         return int(math.ceil(sched.total_epochs * steps_per_epoch))
     raise TrainingError("set scheduler.total_steps or scheduler.total_epochs: how long to train")
@@ -242,6 +251,8 @@ def run_length(sched, steps_per_epoch: int | None) -> int:
 
 def eval_batches(val, micro_batch: int, seq_len: int, info: DistInfo, n_micro: int):
     "The first `n_micro` micro-batches of the validation split, in order (the same at every evaluation)."
+    # full batches where the split allows; a validation split too small for one per rank still gets evaluated
+    # on a short batch
     try:
         sampler = SequentialSampler(val, micro_batch, seq_len, rank=info.rank, world_size=info.world_size,
                                     shuffle=False, drop_last=True)
@@ -270,11 +281,13 @@ class StepWindow:
 
     def rows(self, last_step: int, tokens_per_step: int) -> tuple[list[dict], float]:
         "(one row per step, tokens/s over the clocked steps), and an empty window."
+        # one stack and one .tolist(): a single device-to-host copy for the whole window
         lrs = [it[0] for it in self.items]
         vals = torch.stack([torch.stack([it[k] for it in self.items]).float() for k in (1, 2, 3)]).tolist()
         first = last_step - len(lrs) + 1
         rows = [{'kind': 'train', 'step': first + i, 'loss': loss, 'lr': lr, 'grad_norm': norm, 'skipped': bool(bad)}
                 for i, (lr, loss, norm, bad) in enumerate(zip(lrs, *vals))]
+        # only the steps after the clock's last restart were timed (an evaluation or a save came in between)
         timed = len(lrs) - self.n0
         tps = timed * tokens_per_step / max(time.perf_counter() - self.t0, 1e-9) if timed > 0 else float('nan')
         self.items = []
@@ -317,6 +330,7 @@ class MetricsLogger:
         core = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}", f"loss {loss:.4f}",
                 f"lr {rows[-1]['lr']:.2e}", f"{tps:,.0f} tok/s", f"eta {fmt_secs(eta)}"]
         core += [f"skipped {nskip} (NaN/inf)"] if nskip else []
+        # the essentials always fit; the extras are added while the terminal is wide enough
         self.log(fit_columns(core, [f"grad_norm {norm:.3f}", f"mfu {mfu:.1%}", f"elapsed {fmt_secs(elapsed)}"]))
         self.history['train'] += rows
         if self.writer is not None:
@@ -326,6 +340,7 @@ class MetricsLogger:
             self.writer.add_scalar('train/tokens_per_sec', tps, step)
             if math.isfinite(mfu):
                 self.writer.add_scalar('train/mfu', mfu, step)
+            # flushing each line would make TensorBoard's file I/O a per-step cost; evaluations flush at once
             if step - self.flushed_at >= self.flush_every:
                 self.writer.flush()
                 self.flushed_at = step
@@ -335,9 +350,10 @@ class MetricsLogger:
     def eval(self, row: dict) -> None:
         "Record an evaluation (`row`: step and metrics) and print its line."
         bits = f"bits/char {row['nats_per_char'] / math.log(2):.3f}"
-        self.log(fit_columns([f"eval step {row['step']}", f"loss {row['loss']:.4f}", f"perplexity {row['perplexity']:.2f}",
-                              f"nats/char {row['nats_per_char']:.4f}"],
-                             [f"bpb {row['bpb']:.4f}", f"accuracy {row['accuracy']:.3f}", bits, f"{row['tokens']:,} tokens"]))
+        core = [f"eval step {row['step']}", f"loss {row['loss']:.4f}", f"perplexity {row['perplexity']:.2f}",
+                f"nats/char {row['nats_per_char']:.4f}"]
+        self.log(fit_columns(core, [f"bpb {row['bpb']:.4f}", f"accuracy {row['accuracy']:.3f}", bits,
+                                    f"{row['tokens']:,} tokens"]))
         self.history['eval'].append(row)
         if self.writer is not None:
             for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bpb'):
@@ -353,7 +369,8 @@ class MetricsLogger:
                 self.file.write(json.dumps(r, allow_nan=True) + '\n')
             self.file.flush()
         except OSError as e:  # e.g. a full disk: keep training; the next checkpoint save reports it cleanly
-            warnings.warn(f"{self.paths.metrics_path}: cannot write metrics ({e}); metrics.jsonl disabled for this run")
+            warnings.warn(f"{self.paths.metrics_path}: cannot write metrics ({e}); metrics.jsonl disabled for this "
+                          "run")
             with contextlib.suppress(OSError):
                 self.file.close()
             self.file = None
@@ -375,15 +392,18 @@ class MetricsLogger:
 
 # %% ../nbs/09f_run.ipynb #e44114d7
 class Checkpointer:
-    "A run's checkpoints: written (safetensors by rank 0, or DCP shards by every rank, maybe in the background) and found again."
+    """A run's checkpoints: written (safetensors by rank 0, or DCP shards by every rank, maybe in the background) and
+    found again."""
 
     def __init__(self, config, paths: RunPaths, info: DistInfo, tokenizer_source, log=say):
         self.config, self.paths, self.info, self.source, self.log = config, paths, info, tokenizer_source, log
         self.format, self.async_save = checkpoint_format(config.runtime), bool(config.runtime.checkpoint.async_save)
-        self.group = dist.new_group(backend='gloo') if self.async_save and info.enabled else None  # async writes' own group
+        # background writes get a gloo group of their own: their collectives must not interleave with training's
+        self.group = dist.new_group(backend='gloo') if self.async_save and info.enabled else None
         self.pending, self.last, self.saved_step = [], None, None  # last: newest regular checkpoint (rank 0)
 
-    def save(self, step: int, model, optimizer, state: dict, directory=None, max_keep: int | None = None) -> Path | None:
+    def save(self, step: int, model, optimizer, state: dict, directory=None,
+             max_keep: int | None = None) -> Path | None:
         "Checkpoint `step` into `directory` (default: the checkpoint dir); every rank calls it; the folder on rank 0."
         regular, directory = directory is None, Path(directory or self.paths.checkpoint_dir)
         max_keep = self.config.runtime.checkpoint.max_keep if max_keep is None else max_keep
@@ -391,6 +411,8 @@ class Checkpointer:
             self.saved_step = step
         if self.format == 'dcp':
             return self._save_dcp(directory, step, model, optimizer, state, max_keep, regular)
+        # rank 0 writes alone; every rank then learns whether it succeeded, so that all raise together (a rank that
+        # raised alone would leave the others waiting in the next collective)
         barrier(self.info)
         path, err = None, None
         if self.info.is_main:
@@ -406,7 +428,9 @@ class Checkpointer:
         return self._published(path, regular)
 
     def _save_dcp(self, directory: Path, step: int, model, optimizer, state: dict, max_keep, regular: bool):
-        "Every rank writes its shards into rank 0's staging folder; rank 0 publishes (now, or when an async write ends)."
+        """Every rank writes its shards into rank 0's staging folder; rank 0 publishes (now, or when an async write
+    ends)."""
+        # at most one write in flight: the previous background write is published first, in step order
         self.finish()
         tmp, err = None, None
         if self.info.is_main:
@@ -416,6 +440,7 @@ class Checkpointer:
                 err = e
         if not all_true(self.info, err is None):
             raise err or CheckpointError(f"{directory}: rank 0 could not stage the checkpoint of step {step}")
+        # rank 0 chose the staging folder: every rank writes its shards there
         tmp = Path(gather_json(self.info, str(tmp) if tmp is not None else None)[0])
         job = dict(tmp=tmp, step=step, state=state, max_keep=max_keep, regular=regular, fut=None, err=None,
                    vocab=model.vocab_size)
@@ -436,6 +461,7 @@ class Checkpointer:
                 job['fut'].result()
             except Exception as e:
                 err = e
+        # two agreements: every rank wrote its shards, then rank 0 published; each failure raises on every rank
         wrote = all_true(self.info, err is None)
         path, perr = None, None
         if self.info.is_main:
@@ -473,6 +499,7 @@ class Checkpointer:
         if self.info.is_main:
             remove_leftovers(d)  # puts back a checkpoint whose re-save a crash cut short
         barrier(self.info)
+        # the other ranks wait for the clean-up above, then every rank picks the same checkpoint itself
         found = list_checkpoints(d)
         with warnings.catch_warnings():
             if not self.info.is_main:  # (one warning per corrupt checkpoint, not one per rank)
@@ -485,14 +512,16 @@ class Checkpointer:
 
 # %% ../nbs/09f_run.ipynb #f488308b
 def check_resumable(ck: Path, config, tok_source, log=say) -> None:
-    "Refuse `ck` when its model differs from `config`'s (naming the keys); log other changes; warn about another tokenizer."
+    """Refuse `ck` when its model differs from `config`'s (naming the keys); log other changes; warn about another
+    tokenizer."""
     manifest, new = read_manifest(ck), config_dict(config)
     if manifest.get('model_config') is not None:
         defaults = config_dict(type(config)())['model']  # keys added since the checkpoint was written: their defaults
         diffs = diff_dicts({**defaults, **manifest['model_config']}, new['model'], 'model.')
         if diffs:
-            raise CheckpointError(f"{ck}: cannot resume with a different model config ({'; '.join(diffs)}; checkpoint -> "
-                                  f"config): restore those keys or use a new checkpoint directory")
+            raise CheckpointError(f"{ck}: cannot resume with a different model config ({'; '.join(diffs)}; "
+                                  f"checkpoint -> config): restore those keys or use a new checkpoint directory")
+    # the saved training.yaml only explains changes: an unreadable one is no reason to refuse the resume
     try:
         old = yaml.safe_load((ck / 'training.yaml').read_text(encoding='utf-8'))
     except (OSError, yaml.YAMLError):
@@ -522,12 +551,14 @@ def restore_rng(states: list, info: DistInfo, ck: Path) -> None:
         return
     if len(states) != info.world_size and info.is_main:
         warnings.warn(f"{ck}: saved by {len(states)} process(es), resumed by {info.world_size}: random streams differ")
+    # a rank beyond the saved ones (the run grew) takes rank 0's state: resumable, though not reproducible
     set_rng_state(states[info.rank] if info.rank < len(states) else states[0])
 
 # %% ../nbs/09f_run.ipynb #cc4ecd41
 def sample_text(model, tokenizer, val, device: torch.device, amp_dtype=None, seed: int = 0,
                 max_new_tokens: int = 64) -> tuple[str, str | None]:
     "(prompt, a short sample from `model`) with forked random generators; the sample is None if generation fails."
+    # the first tokens of the validation text as the prompt: the same at every checkpoint, so samples compare
     prompt = tokenizer.decode([int(t) for t in (val.tokens[:8] if val is not None else [])]) or '\n'
     try:
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == 'cuda' else []):

@@ -54,6 +54,7 @@ def train_step(model: nn.Module, optimizer, batches, lr: float, setup: StepSetup
             loss_sum += loss.detach().float()
             scaled = loss / setup.accum  # the gradients of the micro-batches add up to the mean's
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    # only the loss is reduced here: the gradients were synchronised inside the last backward (DDP/FSDP hooks)
     if setup.info.enabled:  # every rank reports (and judges) the same, global loss
         dist.all_reduce(loss_sum)
         loss_sum /= setup.info.world_size
@@ -63,6 +64,7 @@ def train_step(model: nn.Module, optimizer, batches, lr: float, setup: StepSetup
     norm = nn.utils.clip_grad_norm_(model.parameters(), setup.max_norm or float('inf'))
     if isinstance(norm, DTensor):  # FSDP: the norm over every rank's shards
         norm = norm.full_tensor()
+    # `bad` stays a device tensor: testing it on the host would sync every step (the fused path never does)
     loss_bad = ~torch.isfinite(loss)
     bad = loss_bad | ~torch.isfinite(norm)
     if scaler is not None:  # fp16: the scaler skips an overflowing step by itself
@@ -77,5 +79,6 @@ def train_step(model: nn.Module, optimizer, batches, lr: float, setup: StepSetup
             del optimizer.grad_scale, optimizer.found_inf
     elif not bool(bad):  # (other optimizers: one host sync per step)
         optimizer.step()
+    # None, not zeros: the next backward writes the gradients instead of adding to zeroed memory
     optimizer.zero_grad(set_to_none=True)
     return loss, norm, bad

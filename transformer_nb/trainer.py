@@ -47,6 +47,8 @@ class StopSignal:
     def __init__(self, note=lambda: ''):
         self.name, self.note, self._old = None, note, {}
 
+    # the handler only records the signal: stopping between steps leaves the model, the optimizer and the
+    # checkpoints consistent; a second signal is the user insisting, and interrupts at once
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
             for s in (signal.SIGINT, signal.SIGTERM):
@@ -67,7 +69,8 @@ class StopSignal:
 
 @contextlib.contextmanager
 def progress(total: int, start: int, bar: bool, live_mode: str | None, history: dict):
-    "While `fit` runs: a tqdm bar (terminal) and a live chart (notebook); yields `show(step)`, called after each step."
+    """While `fit` runs: a tqdm bar (terminal) and a live chart (notebook); yields `show(step)`, called after each
+    step."""
     pbar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True) if bar else None
     live = LiveChart(total, live=live_mode == 'live') if live_mode else None
 
@@ -82,6 +85,7 @@ def progress(total: int, start: int, bar: bool, live_mode: str | None, history: 
     finally:
         if pbar is not None:
             pbar.close()
+        # the final chart is drawn even when training raised: the curve up to the failure is what one wants to see
         if live is not None:
             live.close(history['train'][-1]['step'] if history['train'] else start, history)
 
@@ -93,7 +97,8 @@ def model_shape(config, tokenizer) -> tuple[int, int]:
     if vocab < tok_vocab:
         raise TrainingError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tok_vocab})")
     if seq > m.max_position_embeddings:
-        raise TrainingError(f"data.sequence_length ({seq}) exceeds model.max_position_embeddings ({m.max_position_embeddings})")
+        raise TrainingError(f"data.sequence_length ({seq}) exceeds model.max_position_embeddings "
+                            f"({m.max_position_embeddings})")
     return vocab, seq
 
 
@@ -106,7 +111,8 @@ def describe_run(t) -> str:
     return (f"training {t.raw_model.num_parameters() / 1e6:.2f}M parameters on {t.device} ({t.precision}{extras}), "
             f"{w} process(es){how}\n"
             f"  global batch {t.global_batch} = {t.micro_batch} x {t.grad_accum} accumulation x {w} process(es)\n"
-            f"  {t.seq_len} tokens each: {t.tokens_per_step:,} tokens/step; steps {t.step} -> {t.total_steps} {per_epoch}")
+            f"  {t.seq_len} tokens each: {t.tokens_per_step:,} tokens/step; steps {t.step} -> {t.total_steps} "
+            f"{per_epoch}")
 
 # %% ../nbs/09g_trainer.ipynb #1fc56294
 class TrainingRun:
@@ -124,12 +130,15 @@ class TrainingRun:
         self._resources = contextlib.ExitStack()  # what close() releases, newest first
         self._closed = self._completed = False
         self._peak, self._live_mode = peak_flops, live_chart_mode(live_plot, notebook_display_mode())
+        # whatever was acquired before a failure (run lock, log files, process group) is released before raising
         try:
             self._build(run_dir, show_progress)
             if resume:
                 self._resume()
             self.guard = NanGuard(max_bad_steps, self.device, self.state.skipped_steps, self.state.bad_streak)
-            self.model = self.eval_model = torch.compile(self.raw_model) if self.config.runtime.compile else self.raw_model
+            # evaluation uses the compiled model without the DDP wrapper: its forward needs no gradient sync
+            compiled = torch.compile(self.raw_model) if self.config.runtime.compile else self.raw_model
+            self.model = self.eval_model = compiled
             if self.parallel == 'ddp':
                 self.model = wrap_ddp(self.model, self.device)
         except BaseException:
@@ -140,12 +149,15 @@ class TrainingRun:
         cfg, rt, info = self.config, self.config.runtime, self.dist
         self.device = resolve_device(rt.device, info.local_rank)
         self.precision, self.amp_dtype = resolve_precision(rt.precision, self.device)
-        self.parallel, self.paths, self.is_main = check_parallel(cfg, info.world_size), RunPaths.from_config(cfg, run_dir), info.is_main
+        self.parallel, self.is_main = check_parallel(cfg, info.world_size), info.is_main
+        self.paths = RunPaths.from_config(cfg, run_dir)
         tty = bool(getattr(sys.stdout, 'isatty', lambda: False)())
-        self.show_progress = (tty if show_progress is None else show_progress) and self.is_main and rt.logging.enable_stdout
+        self.show_progress = ((tty if show_progress is None else show_progress) and self.is_main
+                              and rt.logging.enable_stdout)
         if self.is_main:  # one trainer per run directory
             self._resources.enter_context(RunLock(self.paths.checkpoint_dir.parent))
         self.logger = self._resources.enter_context(contextlib.closing(MetricsLogger(self.paths, info, rt.logging)))
+        # seeded before the model is built: every rank draws the same initial weights
         seed_everything(rt.seed)
         self.tokenizer = tokenizer_from_config(cfg.tokenizer)
         self.tokenizer_source = tokenizer_source(cfg.tokenizer, self.tokenizer)
@@ -153,43 +165,51 @@ class TrainingRun:
         self.grad_accum, self.micro_batch = cfg.data.gradient_accumulation_steps, cfg.micro_batch_size(info.world_size)
         self.global_batch = self.micro_batch * self.grad_accum * info.world_size  # = data.batch_size, as a rule
         self.tokens_per_step = self.global_batch * self.seq_len
-        self.data = prepare_run_data(cfg, self.tokenizer_source, self.tokenizer, self.paths.data_dir, info, self.show_progress, self.log)
-        self.raw_model = build_model(cfg.model, vocab, self.device, self.parallel, info, self.precision, rt.activation_checkpointing)
+        self.data = prepare_run_data(cfg, self.tokenizer_source, self.tokenizer, self.paths.data_dir, info,
+                                     self.show_progress, self.log)
+        self.raw_model = build_model(cfg.model, vocab, self.device, self.parallel, info, self.precision,
+                                     rt.activation_checkpointing)
         self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
         if info.enabled:
             torch.manual_seed(rt.seed + info.rank)  # each rank its own dropout masks
         self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == 'fp16' else None
         self.fused = uses_fused_step(self.optimizer)
-        self.setup = StepSetup(self.grad_accum, self.device, self.amp_dtype, cfg.optimizer.max_grad_norm, self.parallel, info, self.fused)
+        self.setup = StepSetup(self.grad_accum, self.device, self.amp_dtype, cfg.optimizer.max_grad_norm, self.parallel,
+                               info, self.fused)
         batches = TrainBatches(cfg, self.data, self.tokenizer, self.micro_batch, self.seq_len, info, self.device)
         self.batches = self._resources.enter_context(contextlib.closing(batches))
         self.steps_per_epoch = None if cfg.data.streaming else max(1, len(self.batches) // self.grad_accum)
         self.total_steps = run_length(cfg.scheduler, self.steps_per_epoch)
-        self.state, self.checkpointer = TrainState(), Checkpointer(cfg, self.paths, info, self.tokenizer_source, self.log)
+        self.state = TrainState()
+        self.checkpointer = Checkpointer(cfg, self.paths, info, self.tokenizer_source, self.log)
 
     def _resume(self):
         "Load every part from the newest checkpoint that verifies (a fresh start, with a notice, when there is none)."
         ck = self.checkpointer.find()
         if ck is None:
-            return self.log(f"notice: --resume: no checkpoint in {short_path(self.paths.checkpoint_dir)} yet; starting from scratch")
+            return self.log(f"notice: --resume: no checkpoint in {short_path(self.paths.checkpoint_dir)} yet; "
+                            "starting from scratch")
         check_resumable(ck, self.config, self.tokenizer_source, self.log)
         st = load_checkpoint(ck, self.raw_model, self.optimizer, verify=False)  # (find() verified it)
         self.state.load_state_dict(st)
         if self.scaler is not None and st.get('grad_scaler'):
             self.scaler.load_state_dict(st['grad_scaler'])
+        # a data position that does not fit this run is the checkpoint's error, reported by its path
         try:
             self.batches.load_state_dict(st.get('sampler') or {})
         except ValueError as e:
             raise CheckpointError(f"{ck}: {e}") from None
         restore_rng(st.get('rng') or [], self.dist, ck)
         if st.get('total_steps') not in (None, self.total_steps):
-            warn_schedule_change(self.config, self.state.step, int(st['total_steps']), self.total_steps, self.log, self.is_main)
+            warn_schedule_change(self.config, self.state.step, int(st['total_steps']), self.total_steps, self.log,
+                                 self.is_main)
         self.checkpointer.last, self.checkpointer.saved_step = ck, self.state.step
         self.log(f"resumed from {short_path(ck)} (step {self.state.step}, {self.state.tokens_seen:,} tokens seen)")
 
     def state_dict(self) -> dict:
-        "What the run continues from besides the model and the optimizer: `trainer_state.json` (collective under DDP)."
+        """What the run continues from besides the model and the optimizer: `trainer_state.json` (collective under
+        DDP)."""
         sch, lr = self.config.scheduler, self.config.optimizer.learning_rate
         elapsed = time.perf_counter() - self._t0 if hasattr(self, '_t0') else 0.0  # this session's training time
         shape = dict(world_size=self.dist.world_size, global_batch_size=self.global_batch, seq_len=self.seq_len)
@@ -197,6 +217,7 @@ class TrainingRun:
                 'total_steps': self.total_steps, 'precision': self.precision,
                 'scheduler': {'strategy': sch.strategy, 'next_lr': lr_at(self.state.step, sch, lr, self.total_steps)},
                 'grad_scaler': self.scaler.state_dict() if self.scaler is not None else None,
+                # every rank's random state (and stream position): a collective, so every rank calls state_dict
                 'sampler': self.batches.state_dict(), 'rng': gather_json(self.dist, get_rng_state())}
 
     def close(self):
@@ -234,7 +255,8 @@ class TrainingRun:
 # %% ../nbs/09g_trainer.ipynb #7671c533
 class Trainer(TrainingRun):
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
-    The arguments are `TrainingRun`'s; `fit()` trains, `evaluate()` measures, `save()` checkpoints, `close()` releases."""
+    The arguments are `TrainingRun`'s; `fit()` trains, `evaluate()` measures, `save()` checkpoints, `close()`
+    releases."""
 
     def fit(self) -> dict:
         "Train to `total_steps` (or until Ctrl-C/SIGTERM); returns the final metrics. Releases the run lock when done."
@@ -243,33 +265,41 @@ class Trainer(TrainingRun):
         rt, st = self.config.runtime, self.state
         try:
             self._start()
-            shown = progress(self.total_steps, st.step, self.show_progress, self._live_mode if self.is_main else None, self.history)
+            live = self._live_mode if self.is_main else None
+            shown = progress(self.total_steps, st.step, self.show_progress, live, self.history)
             with StopSignal(self._saved_note) as self._stop, shown as show:
                 while st.step < self.total_steps:
+                    # one optimizer step; its loss, norm and NaN flag stay on the device until a log line
                     lr = lr_at(st.step, self.config.scheduler, self.config.optimizer.learning_rate, self.total_steps)
                     loss, norm, bad = train_step(self.model, self.optimizer, self.batches, lr, self.setup, self.scaler)
                     st.step, st.tokens_seen = st.step + 1, st.tokens_seen + self.tokens_per_step
-                    self.guard.update(bad)  # counters and figures stay on the device until a log line
+                    self.guard.update(bad)
                     self.window.add(lr, loss, norm, bad)
                     epoch_end, st.epoch = self.batches.epoch > st.epoch, max(st.epoch, self.batches.epoch)
                     show(st.step)  # progress bar, live chart
-                    stopping = any_true(self.dist, self._stop.name is not None)  # a signal on any rank stops them all
+                    # a signal on any rank stops them all (every rank must leave the loop at the same step)
+                    stopping = any_true(self.dist, self._stop.name is not None)
                     done = stopping or st.step >= self.total_steps
+                    # the log line: mean loss since the last one, tokens/s, MFU
                     if done or (rt.log_every_n_steps and st.step % rt.log_every_n_steps == 0):
-                        self._log_window()  # the log line: mean loss since the last one, tokens/s, MFU
+                        self._log_window()
+                    # held-out loss; the best model so far is saved apart
                     evaluate = not stopping and (done or self._due(rt.evaluation, epoch_end))
                     if evaluate:
-                        self._evaluate_and_track()  # held-out loss; the best model so far is saved apart
+                        self._evaluate_and_track()
+                    # a checkpoint when due, and always at the end (never the same step twice)
                     save = (done or self._due(rt.checkpoint, epoch_end)) and self.checkpointer.saved_step != st.step
                     if save:
                         self.save()
+                    # tokens/s counts training time only
                     if evaluate or save:
-                        self.window.restart_clock()  # tokens/s counts training time only
+                        self.window.restart_clock()
                     if stopping:
                         self.log(f"stopped by {self._stop.name or 'a signal on another rank'} after step {st.step}; "
                                  f"resume with --resume from {short_path(self.checkpointer.last)}")
                         break
-            self.checkpointer.finish()  # checkpoints written in the background are published
+            # checkpoints written in the background are published
+            self.checkpointer.finish()
             self._completed = True
             return self._result(self._stop.name)
         finally:
@@ -285,19 +315,23 @@ class Trainer(TrainingRun):
         self.model.train()
 
     def _log_window(self):
+        # the host syncs happen here, once per log line: the NaN counters, then the window's figures
         self.guard.check(self.state, self.checkpointer.last)
         rows, tps = self.window.rows(self.state.step, self.tokens_per_step)
         mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size)
+        # the ETA extrapolates this session's pace (a resumed run's earlier sessions are not counted)
         elapsed, done = time.perf_counter() - self._t0, self.state.step - self._step0
         eta = (self.total_steps - self.state.step) * elapsed / done if done else float('nan')
         rows[-1].update(tokens_per_sec=tps, mfu=mfu, elapsed=self.state.elapsed_seconds + elapsed)
         self._last_loss = self.logger.train(rows, tps, mfu, eta, elapsed)
 
     def evaluate(self, max_batches: int | None = None) -> dict:
-        "Validation loss, perplexity, accuracy, nats_per_char and bpb over `max_batches` global batches (default: the config's)."
+        """Validation loss, perplexity, accuracy, nats_per_char and bpb over `max_batches` global batches (default: the
+        config's)."""
         val, n_micro = self.data.val, (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
         batches = eval_batches(val, self.micro_batch, self.seq_len, self.dist, n_micro)
         sums = loss_sums(self.eval_model, batches, self.device, self.token_bytes, self.amp_dtype)
+        # sums, not means, are reduced: ranks with a short last batch are weighted by their tokens
         if self.dist.enabled:
             dist.all_reduce(sums)
         nats, correct, tokens, nbytes = sums.tolist()
@@ -310,6 +344,7 @@ class Trainer(TrainingRun):
         m = self.evaluate()
         self.state.last_eval = {'step': self.state.step, **m}
         self.logger.eval(self.state.last_eval)
+        # a NaN evaluation never becomes the best
         if math.isfinite(m['loss']) and (self.state.best is None or m['loss'] < self.state.best['value']):
             self.state.best = {'metric': 'eval/loss', 'value': m['loss'], 'step': self.state.step}
             p = self.save(self.paths.best_dir, self.config.runtime.evaluation.best.max_keep, sample=False)
@@ -318,11 +353,15 @@ class Trainer(TrainingRun):
         return m
 
     def save(self, directory=None, max_keep: int | None = None, sample: bool = True) -> Path | None:
-        "Checkpoint the current step into `directory` (default: the checkpoint dir); every rank calls it; the folder on rank 0."
+        """Checkpoint the current step into `directory` (default: the checkpoint dir); every rank calls it; the folder
+        on rank 0."""
         self.guard.check(self.state, self.checkpointer.last)  # a diverged run is never checkpointed
-        path = self.checkpointer.save(self.state.step, self.raw_model, self.optimizer, self.state_dict(), directory, max_keep)
-        if directory is None and sample and self.is_main and self.parallel != 'fsdp':  # (FSDP: a forward needs all ranks)
-            args = (self.raw_model, self.tokenizer, self.data.val, self.device, self.amp_dtype, self.config.runtime.seed)
+        path = self.checkpointer.save(self.state.step, self.raw_model, self.optimizer, self.state_dict(), directory,
+                                      max_keep)
+        # a sample with each regular checkpoint, from rank 0 alone (not under FSDP: a forward needs all ranks)
+        if directory is None and sample and self.is_main and self.parallel != 'fsdp':
+            args = (self.raw_model, self.tokenizer, self.data.val, self.device, self.amp_dtype,
+                    self.config.runtime.seed)
             self.logger.sample(*sample_text(*args), self.state.step)
         return path
 
