@@ -1,4 +1,4 @@
-"""`tnb bench`: matmul peak, training throughput and MFU of the training step, memory, generation with and without the KV cache, and data preparation speed (quality per compute: [11b_quality](11b_quality.ipynb)).
+"""`tnb bench`: matmul peak, training throughput and MFU, memory, KV-cache decoding and data-preparation speed.
 
 Docs: https://transformer-nb.github.io/transformer_nb/bench.html.md"""
 

@@ -1,4 +1,4 @@
-"""Safetensors checkpoints with a sha256 manifest, written atomically, verified on load, pruned safely; exact-resume state (optimizer, RNGs) without pickle; one writer per run directory.
+"""Safetensors checkpoints with a sha256 manifest, written atomically, verified on load; exact resume, no pickle.
 
 Docs: https://transformer-nb.github.io/transformer_nb/checkpoint.html.md"""
 

@@ -1,4 +1,4 @@
-"""`tnb` and its commands (`train`, `orchestrate`, `generate`, `evaluate`, ...): every parser, the registry, progress and errors.
+"""`tnb` and its commands (`train`, `orchestrate`, `generate`, ...): every parser, the registry, the errors.
 
 Docs: https://transformer-nb.github.io/transformer_nb/cli.html.md"""
 

@@ -1,4 +1,4 @@
-"""What a run shows while it trains: log lines that fit the terminal, and in a notebook a progress bar with a loss and learning-rate chart redrawn in place.
+"""What a run shows while it trains: log lines that fit the terminal, a live loss chart in notebooks.
 
 Docs: https://transformer-nb.github.io/transformer_nb/display.html.md"""
 

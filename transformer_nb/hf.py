@@ -1,4 +1,4 @@
-"""Our decoder as a Llama: write a folder that `transformers` loads as `LlamaForCausalLM` with a fast tokenizer (the name mapping, the fused QKV split, the RoPE layout), refuse what Llama cannot express, and load such folders back into `DecoderModel`.
+"""Our decoder as a Hugging Face Llama (or Qwen3) folder that `transformers` loads, and such folders back.
 
 Docs: https://transformer-nb.github.io/transformer_nb/hf.html.md"""
 

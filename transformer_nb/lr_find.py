@@ -1,4 +1,4 @@
-"""The learning-rate range test: one training step per rate, rates growing geometrically, on a copy of the model, with the suggested rate read from the smoothed loss.
+"""The learning-rate range test: one step per rate, rates growing geometrically, read from the smoothed loss.
 
 Docs: https://transformer-nb.github.io/transformer_nb/lr_find.html.md"""
 

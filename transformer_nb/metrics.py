@@ -1,4 +1,4 @@
-"""One evaluator behind every loss figure: loss, perplexity, accuracy, nats per character and bits per byte of any text; and model FLOPs utilization.
+"""One evaluator behind every loss figure (loss, accuracy, nats per character, bits per byte), and MFU.
 
 Docs: https://transformer-nb.github.io/transformer_nb/metrics.html.md"""
 

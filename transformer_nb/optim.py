@@ -1,4 +1,4 @@
-"""The learning-rate schedule as a pure function of the step, AdamW with its two parameter groups, and Muon for the matrices inside the blocks.
+"""The learning-rate schedule as a pure function of the step; AdamW and its groups; Muon for block matrices.
 
 Docs: https://transformer-nb.github.io/transformer_nb/optim.html.md"""
 

@@ -1,4 +1,4 @@
-"""Training on several processes: joining the process group, collectives for control messages, data parallelism (DDP), and sharded training with FSDP2, including a sharded initialisation that equals a single-process build.
+"""Many processes: the process group, control collectives, DDP, and FSDP2 with a sharded initialisation.
 
 Docs: https://transformer-nb.github.io/transformer_nb/parallel.html.md"""
 

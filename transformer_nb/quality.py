@@ -1,4 +1,4 @@
-"""Held-out nats per character after a fixed budget of training (`tnb bench --quality`), and two configs compared in alternation.
+"""Held-out nats per character after a fixed training budget (`tnb bench --quality`); two configs compared.
 
 Docs: https://transformer-nb.github.io/transformer_nb/quality.html.md"""
 

@@ -1,4 +1,4 @@
-"""What a training run keeps besides the model and the optimizer: its counters, files, data and batches, logs and TensorBoard, and checkpoints that it resumes from exactly.
+"""The parts of a run: counters, files, data and batches, logs and TensorBoard, checkpoints and resume.
 
 Docs: https://transformer-nb.github.io/transformer_nb/run.html.md"""
 

@@ -1,4 +1,4 @@
-"""Training in twenty lines, then the one optimizer step that everything in the library trains with: learning rate, gradient accumulation, autocast, clipping, a non-finite step skipped on the device, gradients synchronised across processes.
+"""A training loop in twenty lines, then the one optimizer step that everything in the library trains with.
 
 Docs: https://transformer-nb.github.io/transformer_nb/step.html.md"""
 

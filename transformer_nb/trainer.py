@@ -1,4 +1,4 @@
-"""The loop of the first page and the parts of the second, wired together: `Trainer(config).fit()`, a first run, exact resume, NaN steps, signals, and a run on Shakespeare.
+"""The loop and the parts wired together: `Trainer(config).fit()`, exact resume, NaN steps, signals.
 
 Docs: https://transformer-nb.github.io/transformer_nb/trainer.html.md"""
 
