@@ -391,7 +391,7 @@ def _check_generate_flags(args):
          'a finite number > 0 (1 = off)')
     need(args.seed is None or args.seed >= 0, '--seed', 'an integer >= 0')
     if args.compile and args.no_kv_cache: raise CommandError("--compile needs the KV cache: drop --no-kv-cache")
-    try: return resolve_device(args.device, key='--device')
+    try: return resolve_device(args.device, key=f'--device {args.device}')
     except UserError as e: raise CommandError(str(e)) from None
 
 def _generate_with(args) -> int:
@@ -493,9 +493,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 # %% ../nbs/12_cli.ipynb #3d8fbd0a
 def orchestrate_parser() -> argparse.ArgumentParser:
     p = _parser('orchestrate',
-                "Run the whole pipeline into one run directory: special tokens, tokenizer (trained unless\n"
-                "already there), corpus validation, token shards, the resolved config (training.yaml), an\n"
-                "evaluation, training, another evaluation, and samples.txt. Profiles:\n\n" +
+                "Run the whole pipeline into one run directory: the corpus (validated), special tokens and\n"
+                "tokenizer (trained unless already there), the resolved config (training.yaml), token shards,\n"
+                "an evaluation, training, another evaluation, and samples.txt. Profiles:\n\n" +
                 ''.join(f"  {k:6} {v['about']}\n" for k, v in PROFILES.items()) +
                 "\nWith no --input the built-in Shakespeare corpus is used (downloaded once, then cached).\n"
                 "Also `tnb orchestrate`.",
@@ -601,7 +601,7 @@ def bench_parser() -> argparse.ArgumentParser:
                     '(default 0.1)')
     ap.add_argument('--keep-dropout', action='store_true', help="train with the config files' dropout (default: off)")
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N, mps (default auto)')
-    ap.add_argument('--precision', default=None, help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
+    ap.add_argument('--precision', default=None, choices=('fp32', 'bf16', 'fp16'), help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
     ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
@@ -817,7 +817,7 @@ def tnb_parser(prog: str = 'tnb') -> argparse.ArgumentParser:
                 f"  {prog} generate --run-dir runs/mine --prompt \"ROMEO:\"\n")
     p.add_argument('--version', action='version', version=f'transformer_nb {transformer_nb.__version__}')
     p.add_argument('command', metavar='COMMAND', choices=list(COMMANDS), help="one of the commands above")
-    p.add_argument('args', nargs='*', metavar='ARGS', help="the command's arguments (see COMMAND --help)")
+    p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help="the command's arguments (see COMMAND --help)")
     return p
 
 def main(argv: Sequence[str] | None = None, prog: str = 'tnb') -> int:
@@ -825,5 +825,9 @@ def main(argv: Sequence[str] | None = None, prog: str = 'tnb') -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     # a known command runs directly, so that its own parser handles (and reports) all its arguments
     if argv and argv[0] in COMMANDS: return run_named(argv[0], argv[1:], prog=f'{prog} {argv[0]}')
-    tnb_parser(prog).parse_args(argv)  # --help, --version, or a usage error (an unknown command): exits
-    return 2
+    # --help, --version or a usage error (an unknown command) exit here; `tnb -- COMMAND ...` runs the command
+    parser = tnb_parser(prog)
+    if not argv:
+        parser.error(f"name a command ({prog} --help lists them)")
+    a = parser.parse_args(argv)
+    return run_named(a.command, a.args, prog=f'{prog} {a.command}')

@@ -27,7 +27,8 @@ from .checkpoint import get_rng_state, set_rng_state, unwrap_model
 from .optim import build_optimizer
 from .display import notebook_display_mode
 from .step import StepSetup, train_step, uses_fused_step
-from .run import RunPaths, tokenizer_source, validation_sources
+from .run import RunPaths, prepare_options, tokenizer_source
+from .trainer import model_shape
 
 # %% auto #0
 __all__ = ['LRFinderResult', 'lr_suggestion', 'lr_find_data', 'lr_range_test', 'lr_find']
@@ -98,8 +99,8 @@ def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or "
                             "'shakespeare')")
     data_dir, src = RunPaths.from_config(config, run_dir).data_dir, tokenizer_source(config.tokenizer, tokenizer)
-    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed, show_progress=False, verbose=False,
-              val_sources=validation_sources(config, is_main=False))
+    # the Trainer's options (dedupe, text field, ...): the same shards, found in the same cache
+    kw = dict(prepare_options(config, warn=False), show_progress=False, verbose=False)
     if data_dir.is_dir():  # where the Trainer would look: the run's data folder, or data.cache_dir
         data = prepare(d.train_shards, src, data_dir, **kw)
         if data.reused:
@@ -160,7 +161,7 @@ def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_
         with tempfile.TemporaryDirectory(prefix='tnb-lr-find-') as tmp:
             data = lr_find_data(config, tok, run_dir, Path(tmp))
             net = copy.deepcopy(unwrap_model(model)) if model is not None else \
-                DecoderModel(config.model, config.model.vocab_size or tok.get_vocab_size())
+                DecoderModel(config.model, model_shape(config, tok)[0])  # the vocabulary the Trainer would use
             res = lr_range_test(config, net.to(device).train(), data, start_lr, end_lr, num_steps, beta, diverge)
     finally:
         set_rng_state(rng)  # the caller's random streams go on as if nothing had run

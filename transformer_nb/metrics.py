@@ -20,8 +20,8 @@ from .device import TrainingError, autocast
 from .tokenizer import eos_id
 
 # %% auto #0
-__all__ = ['token_byte_lengths', 'loss_sums', 'text_figures', 'token_stream', 'window_batches', 'text_metrics',
-           'model_flops_utilization']
+__all__ = ['token_byte_lengths', 'token_bytes_tensor', 'loss_sums', 'text_figures', 'token_stream', 'window_batches',
+           'text_metrics', 'model_flops_utilization']
 
 # %% ../nbs/09c_metrics.ipynb #ac06ac17
 def token_byte_lengths(tokenizer) -> np.ndarray:
@@ -38,6 +38,12 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
         else:  # not a byte-level token
             out[i] = len(tokenizer.decode([i]).encode('utf-8'))
     return out
+
+
+def token_bytes_tensor(tokenizer, vocab_size: int = 0) -> torch.Tensor:
+    "`token_byte_lengths` as a tensor, zero-padded to `vocab_size` (a model's vocabulary may exceed the tokenizer's)."
+    n = torch.from_numpy(token_byte_lengths(tokenizer))
+    return nn.functional.pad(n, (0, max(0, vocab_size - len(n))))
 
 # %% ../nbs/09c_metrics.ipynb #b491492b
 @torch.no_grad()
@@ -59,10 +65,13 @@ def loss_sums(model: nn.Module, batches: Iterable, device: torch.device, token_b
                 y = y.to(device, non_blocking=True)
                 with autocast(device, amp_dtype):
                     logits, loss = model(x, y)
-                n = y.numel()
-                nbytes = token_bytes[y].sum() if token_bytes is not None else torch.zeros((), device=device)
-                guesses = (logits.argmax(-1) == y).sum()
-                sums += torch.stack([loss.to(fdtype) * n, guesses.to(fdtype), sums.new_tensor(n), nbytes.to(fdtype)])
+                # targets of -100 (padding) are left out of the model's mean loss: count only the others
+                valid = y != -100
+                n = valid.sum().to(fdtype)
+                nats = torch.where(n > 0, loss.to(fdtype) * n, 0.0)  # (the mean of no targets is NaN)
+                guesses = ((logits.argmax(-1) == y) & valid).sum().to(fdtype)
+                nbytes = (token_bytes[y.clamp(min=0)] * valid).sum().to(fdtype) if token_bytes is not None else n * 0
+                sums += torch.stack([nats, guesses, n, nbytes])
     finally:
         model.train(was_training)
     return sums
@@ -122,9 +131,7 @@ def text_metrics(model: nn.Module, tokenizer, documents, seq_len: int, batch_siz
     if n < 1:
         raise TrainingError("no text to evaluate: the input holds no tokens")
     device = next(model.parameters()).device
-    lens = torch.from_numpy(token_byte_lengths(tokenizer))
-    # the model's vocabulary can be larger than the tokenizer's (a config's fixed size): those ids count 0 bytes
-    lens = nn.functional.pad(lens, (0, max(0, getattr(model, 'vocab_size', len(lens)) - len(lens)))).to(device)
+    lens = token_bytes_tensor(tokenizer, getattr(model, 'vocab_size', 0)).to(device)
     with tqdm(total=n, unit='tok', unit_scale=True, desc='evaluate', disable=not show_progress) as bar:
         def counted(batches):
             for x, y in batches:

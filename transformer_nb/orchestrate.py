@@ -375,14 +375,6 @@ def stage_shards(plan: RunPlan, cfg: Config):
                     shard_tokens=cfg.data.shard_tokens)
 
 # %% ../nbs/10_orchestrate.ipynb #abb6da33
-# duck-typed: any trainer-like object that exposes its step as `step`, `global_step` or `state` will do
-def _trainer_step(trainer) -> int:
-    for name in ('step', 'global_step'):
-        v = getattr(trainer, name, None)
-        if isinstance(v, int): return v
-    state = getattr(trainer, 'state', None)
-    return int(getattr(state, 'step', 0) or (state.get('step', 0) if isinstance(state, dict) else 0))
-
 def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads: int | None = None) -> dict:
     """Evaluate, train, evaluate again. The trainer (and the CPU thread setting) stay open in `stack` for the
     samples; returns {'trainer', 'before', 'fit', 'after'} (no 'after' when training was interrupted)."""
@@ -392,16 +384,16 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
     with warnings.catch_warnings():  # the held-out split is this command's design, said with the shards
         warnings.filterwarnings('ignore', message=r'data\.validation_shards is empty')
         trainer = Trainer(cfg, resume=plan.resume, run_dir=plan.run)
-    if callable(getattr(trainer, 'close', None)): stack.callback(trainer.close)
-    before, start = trainer.evaluate(), _trainer_step(trainer)
+    stack.callback(trainer.close)
+    before, start = trainer.evaluate(), trainer.step
     say(f"evaluation before training (step {start}): {metrics_line(before)}")
     fit = trainer.fit()  # ends with an evaluation and a checkpoint
     out = {'trainer': trainer, 'before': before, 'start_step': start, 'fit': fit}
     if interrupt_status(fit): return out
     after = fit.get('eval') if isinstance(fit, dict) else None
     # fit's last evaluation is reused when it is of the final step (a run resumed at its end evaluated nothing)
-    if not after or after.get('step', _trainer_step(trainer)) != _trainer_step(trainer): after = trainer.evaluate()
-    say(f"evaluation after training (step {_trainer_step(trainer)}): {metrics_line(after)}")
+    if not after or after.get('step', trainer.step) != trainer.step: after = trainer.evaluate()
+    say(f"evaluation after training (step {trainer.step}): {metrics_line(after)}")
     return out | {'after': after}
 
 # %% ../nbs/10_orchestrate.ipynb #af3c8946
@@ -478,7 +470,7 @@ def stage_samples(plan: RunPlan, cfg: Config, trained: dict, tok, files: Sequenc
     "Continue a few prompts with the trained model and write them, with their settings, to samples.txt."
     sp = dict(PROFILES[plan.profile]['samples'])
     if sample_tokens is not None: sp['max_new_tokens'] = sample_tokens
-    step = _trainer_step(trained['trainer'])
+    step = trained['trainer'].step
     header = (f"# samples of run {plan.run.name} (profile {plan.profile}) at step {step}, "
               f"validation {metrics_line(trained['after'])}; {utc_now_iso()}")
     prompts = list(prompts) if prompts else default_prompts(plan.sources, files)
@@ -520,14 +512,14 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
     with contextlib.ExitStack() as stack:  # the trainer and the thread setting, closed however we leave
         with _stage(times, 'train', 'training'): trained = stage_train(plan, cfg, stack, threads)
         if interrupt_status(trained['fit']):
-            step = _trainer_step(trained['trainer'])
+            step = trained['trainer'].step
             say(f"orchestrate: training was interrupted ({trained['fit']['interrupted']}) at step {step}; "
                 f"continue with the same command and --resume")
             return {'run_dir': str(plan.run), 'interrupted': trained['fit']['interrupted'], 'fit': trained['fit'],
                     'step': step}
         with _stage(times, 'samples', 'samples'): stage_samples(plan, cfg, trained, tok, files, prompts, sample_tokens)
     summary = {'run_dir': str(plan.run), 'profile': profile, 'tokenizer': action, 'vocab_size': tok.get_vocab_size(),
-               'train_tokens': len(data.train), 'val_tokens': len(data.val), 'step': _trainer_step(trained['trainer']),
+               'train_tokens': len(data.train), 'val_tokens': len(data.val), 'step': trained['trainer'].step,
                'eval_before': trained['before'], 'eval_after': trained['after'], 'start_step': trained['start_step'],
                'fit': trained['fit'],
                'seconds': {k: round(v, 1) for k, v in times.items()} | {'total': round(time.time() - t_all, 1)},

@@ -34,8 +34,8 @@ from .display import fit_columns
 
 # %% auto #0
 __all__ = ['TrainingDiverged', 'TrainState', 'NanGuard', 'RunPaths', 'RunData', 'tokenizer_source', 'validation_sources',
-           'prepare_run_data', 'TrainBatches', 'run_length', 'eval_batches', 'StepWindow', 'MetricsLogger',
-           'Checkpointer', 'check_resumable', 'warn_schedule_change', 'restore_rng', 'sample_text']
+           'prepare_options', 'prepare_run_data', 'TrainBatches', 'run_length', 'eval_batches', 'StepWindow',
+           'MetricsLogger', 'Checkpointer', 'check_resumable', 'warn_schedule_change', 'restore_rng', 'sample_text']
 
 # %% ../nbs/09f_run.ipynb #e3a57289
 class TrainingDiverged(TrainingError):
@@ -70,8 +70,10 @@ class TrainState:
 class NanGuard:
     "Counts non-finite steps in device tensors (no host sync per step); `check` stops a run after `limit` in a row."
 
-    def __init__(self, limit: int, device: torch.device, skipped: int = 0, streak: int = 0):
-        self.limit = limit
+    def __init__(self, limit: int, device: torch.device, skipped: int = 0, streak: int = 0, checkpoint_dir=None):
+        if limit < 1:
+            raise TrainingError(f"max_bad_steps: expected at least 1 non-finite step in a row before stopping, got {limit}")
+        self.limit, self.checkpoint_dir = limit, checkpoint_dir
         self.skipped, self.streak, self.worst = (torch.tensor(v, dtype=torch.int64, device=device)
                                                  for v in (skipped, streak, streak))
 
@@ -87,9 +89,11 @@ class NanGuard:
         skipped, streak, worst = torch.stack([self.skipped, self.streak, self.worst]).tolist()
         state.skipped_steps, state.bad_streak = int(skipped), int(streak)
         if worst >= self.limit:
+            if last_checkpoint is None and self.checkpoint_dir is not None:  # (ranks other than 0 only know the folder)
+                last_checkpoint = latest_checkpoint(self.checkpoint_dir)
             raise TrainingDiverged(
                 f"step {state.step}: the loss or gradient norm was NaN/inf for {int(worst)} optimizer steps in a row "
-                f"(limit {self.limit}); those updates were skipped and the run stopped; last good checkpoint: "
+                f"(limit {self.limit}); those updates were skipped and the run stopped; last checkpoint: "
                 f"{last_checkpoint or 'none'}; try a lower optimizer.learning_rate, optimizer.max_grad_norm, or fp32")
 
 # %% ../nbs/09f_run.ipynb #910f7b18
@@ -143,8 +147,9 @@ def _same_sources(a, b) -> bool:
     return sorted(map(str, a)) == sorted(map(str, b))
 
 
-def validation_sources(config, is_main: bool = True) -> list | None:
-    "The validation sources of the data section, or None: hold out `val_fraction` of the training documents instead."
+def validation_sources(config, warn: bool = True) -> list | None:
+    """The validation sources of the data section, or None: hold out `val_fraction` of the training documents instead
+    (with a warning, when `warn` and the config does not state `data.val_fraction`)."""
     d = config.data
     val = list(d.validation_shards or [])
     if val and not _same_sources(val, d.train_shards):
@@ -152,10 +157,19 @@ def validation_sources(config, is_main: bool = True) -> list | None:
     if d.streaming:
         return None
     why = 'is empty' if not val else 'equals data.train_shards'
-    if is_main and 'data.val_fraction' not in config.stated:  # a stated fraction is the plan: no warning
+    if warn and 'data.val_fraction' not in config.stated:  # a stated fraction is the plan: no warning
         warnings.warn(f"data.validation_shards {why}: holding out data.val_fraction={d.val_fraction} of the "
                       "training documents for validation", stacklevel=5)
     return None
+
+
+def prepare_options(config, warn: bool = True) -> dict:
+    "The keyword arguments of `data.prepare` for the data section: the same shards (and cache key) wherever they are made."
+    d = config.data
+    workers = max(1, d.num_workers) if d.num_workers is not None else None
+    return dict(val_fraction=d.val_fraction, seed=config.runtime.seed, val_sources=validation_sources(config, warn),
+                text_field=d.text_field, workers=workers, dedupe=d.dedupe,
+                **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
 
 # %% ../nbs/09f_run.ipynb #0026af46
 def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistInfo, show_progress: bool = False,
@@ -164,7 +178,7 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
     streaming."""
     d = config.data
     if d.streaming:
-        val = validation_sources(config, info.is_main)
+        val = validation_sources(config, warn=info.is_main)
         if val is None:
             log("notice: data.streaming without separate data.validation_shards: no evaluation in this run")
             return RunData()
@@ -178,10 +192,7 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
             resolve_sources(srcs) if srcs else None
         except UserError as e:  # missing text: say which key names it, and what to do
             raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
-    workers = max(1, d.num_workers) if d.num_workers is not None else None
-    kw = dict(val_fraction=d.val_fraction, seed=config.runtime.seed,
-              val_sources=validation_sources(config, info.is_main), text_field=d.text_field, workers=workers,
-              dedupe=d.dedupe, **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
+    kw = prepare_options(config, warn=info.is_main)
     if info.is_main:  # the others wait, then open (and verify) the same cached shards
         data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
     barrier(info)
@@ -269,18 +280,20 @@ class StepWindow:
     "The steps since the last log line: their figures stay on the device until `rows()` reads them in one transfer."
 
     def __init__(self):
-        self.restart_clock()
         self.items = []
+        self.restart_clock()
 
     def restart_clock(self) -> None:
         "Time from now on (tokens/s counts training time only, not evaluations or checkpoints)."
-        self.t0, self.n0 = time.perf_counter(), len(getattr(self, 'items', []))
+        self.t0, self.n0 = time.perf_counter(), len(self.items)
 
     def add(self, lr: float, loss, norm, bad) -> None:
         self.items.append((lr, loss, norm, bad))
 
     def rows(self, last_step: int, tokens_per_step: int) -> tuple[list[dict], float]:
         "(one row per step, tokens/s over the clocked steps), and an empty window."
+        if not self.items:
+            return [], float('nan')
         # one stack and one .tolist(): a single device-to-host copy for the whole window
         lrs = [it[0] for it in self.items]
         vals = torch.stack([torch.stack([it[k] for it in self.items]).float() for k in (1, 2, 3)]).tolist()
@@ -407,9 +420,7 @@ class Checkpointer:
         "Checkpoint `step` into `directory` (default: the checkpoint dir); every rank calls it; the folder on rank 0."
         regular, directory = directory is None, Path(directory or self.paths.checkpoint_dir)
         max_keep = self.config.runtime.checkpoint.max_keep if max_keep is None else max_keep
-        if regular:
-            self.saved_step = step
-        if self.format == 'dcp':
+        if self.format == 'dcp':  # (marks the step saved itself once every rank has written its shards)
             return self._save_dcp(directory, step, model, optimizer, state, max_keep, regular)
         # rank 0 writes alone; every rank then learns whether it succeeded, so that all raise together (a rank that
         # raised alone would leave the others waiting in the next collective)
@@ -425,6 +436,8 @@ class Checkpointer:
             raise err
         if not ok:
             raise CheckpointError(f"{directory}: rank 0 failed to write the checkpoint of step {step}")
+        if regular:
+            self.saved_step = step
         return self._published(path, regular)
 
     def _save_dcp(self, directory: Path, step: int, model, optimizer, state: dict, max_keep, regular: bool):
@@ -448,6 +461,8 @@ class Checkpointer:
             job['fut'] = write_dcp(tmp, model, optimizer, self.async_save, self.group)
         except Exception as e:
             job['err'] = e
+        if regular:  # (a failed write is reported when the job is published, before the next step)
+            self.saved_step = step
         if job['fut'] is not None:  # written in the background: published at the next save or at the end
             self.pending.append(job)
             return None

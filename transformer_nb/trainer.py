@@ -17,7 +17,6 @@ import time
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -30,7 +29,7 @@ from .checkpoint import CheckpointError, RunLock, checkpoint_step, get_rng_state
 from .parallel import (any_true, build_model, check_parallel, gather_json, init_distributed,
                                      leave_process_group, wrap_ddp)
 from .optim import build_optimizer, lr_at
-from .metrics import loss_sums, model_flops_utilization, text_figures, token_byte_lengths
+from .metrics import loss_sums, model_flops_utilization, text_figures, token_bytes_tensor
 from .display import LiveChart, live_chart_mode, notebook_display_mode
 from .step import StepSetup, train_step, uses_fused_step
 from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, TrainBatches, TrainState,
@@ -38,7 +37,7 @@ from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, T
                                 tokenizer_source, warn_schedule_change)
 
 # %% auto #0
-__all__ = ['StopSignal', 'progress', 'model_shape', 'describe_run', 'TrainingRun', 'Trainer']
+__all__ = ['StopSignal', 'Progress', 'model_shape', 'describe_run', 'TrainingRun', 'Trainer']
 
 # %% ../nbs/09g_trainer.ipynb #638c49a4
 class StopSignal:
@@ -67,27 +66,35 @@ class StopSignal:
         self._old = {}
 
 
-@contextlib.contextmanager
-def progress(total: int, start: int, bar: bool, live_mode: str | None, history: dict):
-    """While `fit` runs: a tqdm bar (terminal) and a live chart (notebook); yields `show(step)`, called after each
-    step."""
-    pbar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True) if bar else None
-    live = LiveChart(total, live=live_mode == 'live') if live_mode else None
+class Progress:
+    "While `fit` runs: a tqdm bar (terminal) and a live chart (notebook); `step()` after each step, `note()` per log line."
 
-    def show(step: int):
-        if pbar is not None:
-            pbar.update(1)
-        if live is not None:
-            live.step(step, history)
+    def __init__(self, total: int, start: int, bar: bool, live_mode: str | None, history: dict):
+        self.start, self.history = start, history
+        self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True) if bar else None
+        self.live = LiveChart(total, live=live_mode == 'live') if live_mode else None
 
-    try:
-        yield show
-    finally:
-        if pbar is not None:
-            pbar.close()
+    def step(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.live is not None:
+            self.live.step(step, self.history)
+
+    def note(self, loss: float, lr: float) -> None:
+        "The latest log line's loss and learning rate, beside the bar."
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
         # the final chart is drawn even when training raised: the curve up to the failure is what one wants to see
-        if live is not None:
-            live.close(history['train'][-1]['step'] if history['train'] else start, history)
+        if self.live is not None:
+            rows = self.history['train']
+            self.live.close(rows[-1]['step'] if rows else self.start, self.history)
 
 # %% ../nbs/09g_trainer.ipynb #eba123bf
 def model_shape(config, tokenizer) -> tuple[int, int]:
@@ -126,7 +133,7 @@ class TrainingRun:
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
         self.config = load_config(config) if isinstance(config, (str, os.PathLike)) else config
-        self.dist, self.is_main = init_distributed(self.config.runtime.device), None
+        self.dist, self.logger, self._t0 = init_distributed(self.config.runtime.device), None, None
         self._resources = contextlib.ExitStack()  # what close() releases, newest first
         self._closed = self._completed = False
         self._peak, self._live_mode = peak_flops, live_chart_mode(live_plot, notebook_display_mode())
@@ -135,7 +142,8 @@ class TrainingRun:
             self._build(run_dir, show_progress)
             if resume:
                 self._resume()
-            self.guard = NanGuard(max_bad_steps, self.device, self.state.skipped_steps, self.state.bad_streak)
+            self.guard = NanGuard(max_bad_steps, self.device, self.state.skipped_steps, self.state.bad_streak,
+                                  self.paths.checkpoint_dir)
             # evaluation uses the compiled model without the DDP wrapper: its forward needs no gradient sync
             compiled = torch.compile(self.raw_model) if self.config.runtime.compile else self.raw_model
             self.model = self.eval_model = compiled
@@ -197,7 +205,8 @@ class TrainingRun:
             self.scaler.load_state_dict(st['grad_scaler'])
         # a data position that does not fit this run is the checkpoint's error, reported by its path
         try:
-            self.batches.load_state_dict(st.get('sampler') or {})
+            if st.get('sampler'):
+                self.batches.load_state_dict(st['sampler'])
         except ValueError as e:
             raise CheckpointError(f"{ck}: {e}") from None
         restore_rng(st.get('rng') or [], self.dist, ck)
@@ -211,7 +220,7 @@ class TrainingRun:
         """What the run continues from besides the model and the optimizer: `trainer_state.json` (collective under
         DDP)."""
         sch, lr = self.config.scheduler, self.config.optimizer.learning_rate
-        elapsed = time.perf_counter() - self._t0 if hasattr(self, '_t0') else 0.0  # this session's training time
+        elapsed = time.perf_counter() - self._t0 if self._t0 is not None else 0.0  # this session's training time
         shape = dict(world_size=self.dist.world_size, global_batch_size=self.global_batch, seq_len=self.seq_len)
         return {**self.state.state_dict(), 'elapsed_seconds': self.state.elapsed_seconds + elapsed, **shape,
                 'total_steps': self.total_steps, 'precision': self.precision,
@@ -230,14 +239,13 @@ class TrainingRun:
 
     def log(self, msg: str):
         "Print a line on rank 0 when `runtime.logging.enable_stdout` (through tqdm when a bar is shown)."
-        if hasattr(self, 'logger'):
+        if self.logger is not None:
             self.logger.log(msg)
 
     @cached_property
     def token_bytes(self) -> torch.Tensor:
         "UTF-8 bytes of each token id, zero-padded to the model's vocabulary, on the device (for bits per byte)."
-        n = token_byte_lengths(self.tokenizer)
-        return torch.from_numpy(np.pad(n, (0, max(0, self.raw_model.vocab_size - len(n))))).to(self.device)
+        return token_bytes_tensor(self.tokenizer, self.raw_model.vocab_size).to(self.device)
 
     step = property(lambda self: self.state.step, doc="Optimizer steps done.")
     epoch = property(lambda self: self.state.epoch, doc="Epochs of the training shards begun.")
@@ -264,10 +272,11 @@ class Trainer(TrainingRun):
             raise TrainingError("this Trainer is closed; create a new one")
         rt, st = self.config.runtime, self.state
         try:
-            self._start()
             live = self._live_mode if self.is_main else None
-            shown = progress(self.total_steps, st.step, self.show_progress, live, self.history)
-            with StopSignal(self._saved_note) as self._stop, shown as show:
+            shown = Progress(self.total_steps, st.step, self.show_progress, live, self.history)
+            # from here to the last checkpoint's publication a signal only sets a flag
+            with StopSignal(self._saved_note) as self._stop, shown as self._progress:
+                self._start()
                 while st.step < self.total_steps:
                     # one optimizer step; its loss, norm and NaN flag stay on the device until a log line
                     lr = lr_at(st.step, self.config.scheduler, self.config.optimizer.learning_rate, self.total_steps)
@@ -276,7 +285,7 @@ class Trainer(TrainingRun):
                     self.guard.update(bad)
                     self.window.add(lr, loss, norm, bad)
                     epoch_end, st.epoch = self.batches.epoch > st.epoch, max(st.epoch, self.batches.epoch)
-                    show(st.step)  # progress bar, live chart
+                    self._progress.step(st.step)  # progress bar, live chart
                     # a signal on any rank stops them all (every rank must leave the loop at the same step)
                     stopping = any_true(self.dist, self._stop.name is not None)
                     done = stopping or st.step >= self.total_steps
@@ -298,8 +307,8 @@ class Trainer(TrainingRun):
                         self.log(f"stopped by {self._stop.name or 'a signal on another rank'} after step {st.step}; "
                                  f"resume with --resume from {short_path(self.checkpointer.last)}")
                         break
-            # checkpoints written in the background are published
-            self.checkpointer.finish()
+                # checkpoints written in the background are published
+                self.checkpointer.finish()
             self._completed = True
             return self._result(self._stop.name)
         finally:
@@ -315,15 +324,19 @@ class Trainer(TrainingRun):
         self.model.train()
 
     def _log_window(self):
-        # the host syncs happen here, once per log line: the NaN counters, then the window's figures
-        self.guard.check(self.state, self.checkpointer.last)
+        # the host syncs happen here, once per log line: the window's figures, then the NaN counters (after the
+        # rows are logged: the steps of a diverging window are what one wants to see)
         rows, tps = self.window.rows(self.state.step, self.tokens_per_step)
+        if not rows:
+            return self.guard.check(self.state, self.checkpointer.last)
         mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size)
         # the ETA extrapolates this session's pace (a resumed run's earlier sessions are not counted)
         elapsed, done = time.perf_counter() - self._t0, self.state.step - self._step0
         eta = (self.total_steps - self.state.step) * elapsed / done if done else float('nan')
         rows[-1].update(tokens_per_sec=tps, mfu=mfu, elapsed=self.state.elapsed_seconds + elapsed)
         self._last_loss = self.logger.train(rows, tps, mfu, eta, elapsed)
+        self._progress.note(self._last_loss, rows[-1]['lr'])
+        self.guard.check(self.state, self.checkpointer.last)
 
     def evaluate(self, max_batches: int | None = None) -> dict:
         """Validation loss, perplexity, accuracy, nats_per_char and bpb over `max_batches` global batches (default: the
@@ -338,9 +351,9 @@ class Trainer(TrainingRun):
         return text_figures(nats, correct, tokens, nbytes, chars=tokens * val.num_chars / max(val.num_tokens, 1))
 
     def _evaluate_and_track(self):
+        self.guard.check(self.state, self.checkpointer.last)
         if self.data.val is None:  # streaming without validation text
             return None
-        self.guard.check(self.state, self.checkpointer.last)
         m = self.evaluate()
         self.state.last_eval = {'step': self.state.step, **m}
         self.logger.eval(self.state.last_eval)
@@ -358,8 +371,9 @@ class Trainer(TrainingRun):
         self.guard.check(self.state, self.checkpointer.last)  # a diverged run is never checkpointed
         path = self.checkpointer.save(self.state.step, self.raw_model, self.optimizer, self.state_dict(), directory,
                                       max_keep)
-        # a sample with each regular checkpoint, from rank 0 alone (not under FSDP: a forward needs all ranks)
-        if directory is None and sample and self.is_main and self.parallel != 'fsdp':
+        # a sample in TensorBoard with each regular checkpoint (rank 0 alone: not under FSDP, where a forward needs
+        # every rank)
+        if directory is None and sample and self.logger.writer is not None and self.parallel != 'fsdp':
             args = (self.raw_model, self.tokenizer, self.data.val, self.device, self.amp_dtype,
                     self.config.runtime.seed)
             self.logger.sample(*sample_text(*args), self.state.step)
