@@ -3,7 +3,8 @@
 `tests/fixtures/old_checkpoints` was written by transformer_nb at commit 82482b8 (before the Trainer was split into
 components): a tiny corpus and tokenizer, and for AdamW and for Muon a run of 8 steps (dropout on, 2 accumulation
 steps, cosine schedule) of which only the checkpoint of step 4 is kept, with the losses and final weights of the
-uninterrupted 8-step run. Resuming that checkpoint with today's code must give the same steps 5-8 and weights."""
+uninterrupted 8-step run. Resuming that checkpoint with today's code must give the same steps 5-8 and weights, up
+to float32 rounding: since then RMSNorm and RoPE compute the same functions in another order of operations."""
 import contextlib
 import io
 import json
@@ -35,4 +36,4 @@ def test_a_checkpoint_of_the_old_trainer_resumes_exactly(tmp_path, name):
     sums = {k: float(v.double().sum()) for k, v in t.raw_model.state_dict().items()}
     assert sums.keys() == ref['weights_sum'].keys()
     for k, v in sums.items():
-        assert abs(v - ref['weights_sum'][k]) <= 1e-9 * max(1.0, abs(v)), k
+        assert abs(v - ref['weights_sum'][k]) <= 1e-6 * max(1.0, abs(v)), k

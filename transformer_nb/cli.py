@@ -601,7 +601,8 @@ def bench_parser() -> argparse.ArgumentParser:
                     '(default 0.1)')
     ap.add_argument('--keep-dropout', action='store_true', help="train with the config files' dropout (default: off)")
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N, mps (default auto)')
-    ap.add_argument('--precision', default=None, choices=('fp32', 'bf16', 'fp16'), help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
+    ap.add_argument('--precision', default=None, choices=('fp32', 'bf16', 'fp16'),
+                    help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
     ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
@@ -817,7 +818,8 @@ def tnb_parser(prog: str = 'tnb') -> argparse.ArgumentParser:
                 f"  {prog} generate --run-dir runs/mine --prompt \"ROMEO:\"\n")
     p.add_argument('--version', action='version', version=f'transformer_nb {transformer_nb.__version__}')
     p.add_argument('command', metavar='COMMAND', choices=list(COMMANDS), help="one of the commands above")
-    p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help="the command's arguments (see COMMAND --help)")
+    p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS',
+                   help="the command's arguments (see COMMAND --help)")
     return p
 
 def main(argv: Sequence[str] | None = None, prog: str = 'tnb') -> int:

@@ -72,7 +72,8 @@ class NanGuard:
 
     def __init__(self, limit: int, device: torch.device, skipped: int = 0, streak: int = 0, checkpoint_dir=None):
         if limit < 1:
-            raise TrainingError(f"max_bad_steps: expected at least 1 non-finite step in a row before stopping, got {limit}")
+            raise TrainingError(f"max_bad_steps: expected at least 1 (non-finite steps in a row that stop the run), "
+                                f"got {limit}")
         self.limit, self.checkpoint_dir = limit, checkpoint_dir
         self.skipped, self.streak, self.worst = (torch.tensor(v, dtype=torch.int64, device=device)
                                                  for v in (skipped, streak, streak))
@@ -164,7 +165,7 @@ def validation_sources(config, warn: bool = True) -> list | None:
 
 
 def prepare_options(config, warn: bool = True) -> dict:
-    "The keyword arguments of `data.prepare` for the data section: the same shards (and cache key) wherever they are made."
+    "`data.prepare`'s keyword arguments for the data section: the same shards (and cache key) wherever they are made."
     d = config.data
     workers = max(1, d.num_workers) if d.num_workers is not None else None
     return dict(val_fraction=d.val_fraction, seed=config.runtime.seed, val_sources=validation_sources(config, warn),

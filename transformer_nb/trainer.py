@@ -67,7 +67,7 @@ class StopSignal:
 
 
 class Progress:
-    "While `fit` runs: a tqdm bar (terminal) and a live chart (notebook); `step()` after each step, `note()` per log line."
+    "While `fit` runs: a tqdm bar (terminal), a live chart (notebook); `step()` after each step, `note()` per log line."
 
     def __init__(self, total: int, start: int, bar: bool, live_mode: str | None, history: dict):
         self.start, self.history = start, history
