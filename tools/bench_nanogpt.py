@@ -1,4 +1,4 @@
-"""Training speed at nanoGPT's CPU "baby GPT" shape: our Trainer step against nanoGPT's own train.py (issue 15).
+"""Training speed at nanoGPT's CPU "baby GPT" shape: our training step against nanoGPT's own train.py.
 
     python tools/bench_nanogpt.py --nanogpt /work/ext/nanoGPT --rounds 3 --threads 2
 
@@ -8,9 +8,9 @@ and prepare its character-level Shakespeare data once (`python data/shakespeare_
 
 Shape (nanoGPT README, "I only have a macbook"): 4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0,
 vocabulary 65, fp32, eager (`--compile=False`). nanoGPT's side runs `train.py` with those settings (evaluation
-only at iteration 0, one batch) and its per-iteration `time ...ms` lines are read; ours runs the Trainer's
-optimizer step (`trainer.train_step` on a `bench.step_bench`) on the same shape (`transformer_nb.bench.train_throughput`, shape `baby`: RMSNorm, RoPE, GELU
-MLP, tied head, fused AdamW, clipping at 1.0). Each round runs both, one after the other, in fresh processes
+only at iteration 0, one batch) and its per-iteration `time ...ms` lines are read; ours runs the one optimizer
+step of the library (`step.train_step` on a `bench.step_bench`, as `bench.train_throughput` does) on the same
+shape (`baby`: RMSNorm, RoPE, GELU MLP, tied head, fused AdamW, clipping at 1.0). Each round runs both, one after the other, in fresh processes
 with the same thread count; the figure of each side is the median over rounds of (tokens per step / mean step
 time over `--steps` steps after `--warmup`). `--clock process` times steps by each process's CPU clock instead
 of the wall clock (for one thread on a crowded machine, where wall times mostly measure the other processes).
