@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import textwrap
@@ -22,9 +24,10 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 # %% auto #0
-__all__ = ['UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode', 'atomic_write_bytes',
-           'atomic_write_text', 'utc_now_iso', 'existing_path', 'fit_terminal', 'short_path', 'say', 'human',
-           'fmt_secs', 'one_line', 'run_command', 'setup_logging']
+__all__ = ['LOCK_NAME', 'UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode',
+           'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'existing_path', 'fit_terminal', 'short_path',
+           'say', 'human', 'fmt_secs', 'one_line', 'run_command', 'setup_logging', 'RunLockError', 'RunLockWarning',
+           'pid_alive', 'RunLock']
 
 # %% ../nbs/00_base.ipynb #f3e3a19c
 class UserError(Exception):
@@ -239,3 +242,100 @@ def setup_logging(info_to_stderr: bool = False, level: int = logging.INFO) -> Ca
 
 class _LevelFormatter(logging.Formatter):
     def format(self, record): return f"{record.levelname.lower()}: {one_line(record.getMessage())}"
+
+# %% ../nbs/00_base.ipynb #9fd1e65e
+# flock where there is one (POSIX): the kernel drops the lock when the process dies, so a crash leaves no stale
+# lock; elsewhere an O_EXCL pid file, taken over when its pid is gone
+try: import fcntl
+except ImportError: fcntl = None
+
+class RunLockError(UserError):
+    "Another live process holds the run directory."
+
+
+class RunLockWarning(UserWarning):
+    "A lock left by a process that no longer runs was taken over."
+
+
+def pid_alive(pid: int) -> bool:
+    "Whether a process with this pid exists on this machine."
+    # signal 0 only checks: PermissionError means the process exists but belongs to another user
+    if pid <= 0: return False
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    except OSError: return False
+    return True
+
+LOCK_NAME = 'train.lock'
+
+# %% ../nbs/00_base.ipynb #ff9dbf9d
+class RunLock:
+    """Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the
+    first."""
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir); self.path = self.run_dir / LOCK_NAME; self._fd = None
+
+    def _holder(self) -> str:
+        try: info = json.loads(self.path.read_text(encoding='utf-8'))
+        except (OSError, ValueError): info = {}
+        if not isinstance(info, dict): info = {}
+        return f"pid {info.get('pid', '?')} on {info.get('hostname', '?')} since {info.get('started_at', '?')}"
+
+    def _info(self) -> bytes:
+        return json.dumps({'pid': os.getpid(), 'hostname': socket.gethostname(), 'started_at': utc_now_iso(),
+                           'argv': sys.argv}).encode()
+
+    def acquire(self) -> 'RunLock':
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if fcntl is None: return self._acquire_pidfile()
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
+                                   f"lock file {self.path})") from None
+            # another process may have deleted and re-created the file between our open and our flock: then our lock
+            # is on a file nobody else sees, and we try again
+            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError: same = False
+            if same: break
+            os.close(fd)  # the file was replaced/removed while we locked it: retry
+        # the lock is ours, so whoever wrote the old content is gone: a crashed run's lock is taken over, with a notice
+        prev = os.read(fd, 4096)
+        if prev.strip():
+            try: old = json.loads(prev)
+            except ValueError: old = {}
+            if isinstance(old, dict) and old.get('pid') not in (None, os.getpid()):
+                warnings.warn(f"taking over stale lock {self.path} of pid {old.get('pid')} on {old.get('hostname')} "
+                              "(no longer running)", RunLockWarning, stacklevel=2)
+        os.ftruncate(fd, 0); os.lseek(fd, 0, 0); os.write(fd, self._info()); os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _acquire_pidfile(self) -> 'RunLock':
+        for _ in range(3):
+            try: fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try: old = json.loads(self.path.read_text(encoding='utf-8'))
+                except (OSError, ValueError): old = {}
+                # a pid can only be checked on its own machine: another host's lock is never taken over
+                if old.get('hostname') == socket.gethostname() and not pid_alive(int(old.get('pid', 0))):
+                    warnings.warn(f"taking over stale lock {self.path} of pid {old.get('pid')}", RunLockWarning,
+                                  stacklevel=2)
+                    self.path.unlink(missing_ok=True); continue
+                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
+                                   f"lock file {self.path})")
+            os.write(fd, self._info()); os.fsync(fd); self._fd = fd
+            return self
+        raise RunLockError(f"{self.path}: could not take the lock")
+
+    def release(self):
+        if self._fd is None: return
+        try: self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd); self._fd = None  # closing drops the flock
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()

@@ -19,7 +19,6 @@ import random
 import re
 import secrets
 import shutil
-import socket
 import sys
 import warnings
 from pathlib import Path
@@ -36,8 +35,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
 
 import transformer_nb
 
-from .base import (existing_path, file_mode, one_line, sha256_bytes, sha256_file, short_path, UserError,
-                                 utc_now_iso)
+from .base import (existing_path, file_mode, one_line, pid_alive, sha256_bytes, sha256_file, short_path,
+                                 UserError, utc_now_iso)
 from .config import config_to_dict, config_to_yaml, load_config
 from .tokenizer import build_from_artifacts, copy_tokenizer_artifacts
 from .device import resolve_device
@@ -45,15 +44,14 @@ from .model import DecoderModel
 
 # %% auto #0
 __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
-           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'DCP_DIR', 'DCP_METADATA', 'RUN_LAYOUT', 'LOCK_NAME',
-           'CheckpointError', 'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors',
-           'get_rng_state', 'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts',
-           'remove_leftovers', 'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints',
-           'checkpoint_step', 'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata', 'SafeDCPReader',
-           'dcp_state_dict', 'write_dcp', 'stage_checkpoint', 'publish_checkpoint', 'save_dcp_checkpoint',
-           'is_dcp_checkpoint', 'load_dcp_model_tensors', 'checkpoint_model_tensors', 'load_dcp_checkpoint',
-           'checkpoint_vocab_size', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint', 'load_for_generation',
-           'RunLockError', 'RunLock']
+           'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'DCP_DIR', 'DCP_METADATA', 'RUN_LAYOUT', 'CheckpointError',
+           'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state',
+           'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers',
+           'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step',
+           'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata', 'SafeDCPReader', 'dcp_state_dict',
+           'write_dcp', 'stage_checkpoint', 'publish_checkpoint', 'save_dcp_checkpoint', 'is_dcp_checkpoint',
+           'load_dcp_model_tensors', 'checkpoint_model_tensors', 'load_dcp_checkpoint', 'checkpoint_vocab_size',
+           'load_model_tensors', 'load_checkpoint', 'find_checkpoint', 'load_for_generation']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -188,16 +186,6 @@ def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     _fsync_path(path)
     return {'sha256': sha256_file(path), 'size': path.stat().st_size}
 
-def _pid_alive(pid: int) -> bool:
-    "Whether a process with this pid exists on this machine."
-    # signal 0 only checks: PermissionError means the process exists but belongs to another user
-    if pid <= 0: return False
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    except OSError: return False
-    return True
-
 def _json_dumps(obj) -> str: return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + '\n'
 
 # %% ../nbs/08_checkpoint.ipynb #5edf880d
@@ -296,7 +284,7 @@ def remove_leftovers(dir_root) -> list[Path]:
     for p in sorted(Path(dir_root).iterdir()) if Path(dir_root).is_dir() else []:
         m = _LEFTOVER_RE.match(p.name)
         # a live writer's folders are left alone: it may be another process saving into the same directory
-        if not m or (int(m.group(3)) != os.getpid() and _pid_alive(int(m.group(3)))): continue
+        if not m or (int(m.group(3)) != os.getpid() and pid_alive(int(m.group(3)))): continue
         if m.group(1) == 'old' and not (p.parent / m.group(2)).exists():
             os.rename(p, p.parent / m.group(2)); _fsync_path(p.parent)
             logger.info("restored %s (its replacement was never put in place)", short_path(p.parent / m.group(2)))
@@ -783,85 +771,3 @@ def load_for_generation(ckpt, device: str = 'auto'):
     load_checkpoint(ckpt, model)
     dev = resolve_device(device, key='device')
     return model.to(dev).eval(), tok, cfg
-
-# %% ../nbs/08_checkpoint.ipynb #9fd1e65e
-# flock where there is one (POSIX): the kernel drops the lock when the process dies, so a crash leaves no stale
-# lock; elsewhere an O_EXCL pid file, taken over when its pid is gone
-try: import fcntl
-except ImportError: fcntl = None
-
-class RunLockError(UserError):
-    "Another live process holds the run directory."
-
-LOCK_NAME = 'train.lock'
-
-# %% ../nbs/08_checkpoint.ipynb #ff9dbf9d
-class RunLock:
-    """Exclusive lock on a run directory: `with RunLock(run_dir): ...`; a second holder gets RunLockError naming the
-    first."""
-    def __init__(self, run_dir):
-        self.run_dir = Path(run_dir); self.path = self.run_dir / LOCK_NAME; self._fd = None
-
-    def _holder(self) -> str:
-        try: info = json.loads(self.path.read_text(encoding='utf-8'))
-        except (OSError, ValueError): info = {}
-        if not isinstance(info, dict): info = {}
-        return f"pid {info.get('pid', '?')} on {info.get('hostname', '?')} since {info.get('started_at', '?')}"
-
-    def _info(self) -> bytes:
-        return json.dumps({'pid': os.getpid(), 'hostname': socket.gethostname(), 'started_at': utc_now_iso(),
-                           'argv': sys.argv}).encode()
-
-    def acquire(self) -> 'RunLock':
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if fcntl is None: return self._acquire_pidfile()
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
-                                   f"lock file {self.path})") from None
-            # another process may have deleted and re-created the file between our open and our flock: then our lock
-            # is on a file nobody else sees, and we try again
-            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError: same = False
-            if same: break
-            os.close(fd)  # the file was replaced/removed while we locked it: retry
-        # the lock is ours, so whoever wrote the old content is gone: a crashed run's lock is taken over, with a notice
-        prev = os.read(fd, 4096)
-        if prev.strip():
-            try: old = json.loads(prev)
-            except ValueError: old = {}
-            if isinstance(old, dict) and old.get('pid') not in (None, os.getpid()):
-                warnings.warn(f"taking over stale lock {self.path} of pid {old.get('pid')} on {old.get('hostname')} "
-                              "(no longer running)", CheckpointWarning, stacklevel=2)
-        os.ftruncate(fd, 0); os.lseek(fd, 0, 0); os.write(fd, self._info()); os.fsync(fd)
-        self._fd = fd
-        return self
-
-    def _acquire_pidfile(self) -> 'RunLock':
-        for _ in range(3):
-            try: fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                try: old = json.loads(self.path.read_text(encoding='utf-8'))
-                except (OSError, ValueError): old = {}
-                # a pid can only be checked on its own machine: another host's lock is never taken over
-                if old.get('hostname') == socket.gethostname() and not _pid_alive(int(old.get('pid', 0))):
-                    warnings.warn(f"taking over stale lock {self.path} of pid {old.get('pid')}", CheckpointWarning,
-                                  stacklevel=2)
-                    self.path.unlink(missing_ok=True); continue
-                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
-                                   f"lock file {self.path})")
-            os.write(fd, self._info()); os.fsync(fd); self._fd = fd
-            return self
-        raise RunLockError(f"{self.path}: could not take the lock")
-
-    def release(self):
-        if self._fd is None: return
-        try: self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd); self._fd = None  # closing drops the flock
-
-    def __enter__(self): return self.acquire()
-    def __exit__(self, *exc): self.release()

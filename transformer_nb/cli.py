@@ -28,7 +28,8 @@ from .config import config_to_yaml, load_config
 from .sources import iter_documents, resolve_corpus, skipped_summary, validate_corpus
 from .tokenizer import build_from_artifacts, train_tokenizer
 from .device import resolve_device
-from .checkpoint import RUN_LAYOUT, RunLockError, find_checkpoint, list_checkpoints, load_for_generation
+from .base import RunLockError
+from .checkpoint import RUN_LAYOUT, find_checkpoint, list_checkpoints, load_for_generation
 from .hf import export_checkpoint, hf_logits_diff, load_hf, model_config_from_hf
 from .metrics import text_metrics
 from .trainer import Trainer

@@ -30,7 +30,8 @@ from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_token
                                       pad_id, read_special_tokens, train_tokenizer)
 from .data import prepare
 from .generate import IncrementalDecoder, generate_ids
-from .checkpoint import RUN_LAYOUT, RunLock, list_checkpoints, unwrap_model
+from .base import RunLock
+from .checkpoint import RUN_LAYOUT, list_checkpoints, unwrap_model
 from .trainer import Trainer
 
 # %% auto #0

@@ -25,7 +25,8 @@ from .base import short_path
 from .config import load_config
 from .device import TrainingError, peak_flops, resolve_device, resolve_precision, seed_everything
 from .tokenizer import tokenizer_from_config
-from .checkpoint import CheckpointError, RunLock, checkpoint_step, get_rng_state, load_checkpoint
+from .base import RunLock
+from .checkpoint import CheckpointError, checkpoint_step, get_rng_state, load_checkpoint
 from .parallel import (any_true, build_model, check_parallel, gather_json, init_distributed,
                                      leave_process_group, wrap_ddp)
 from .optim import build_optimizer, lr_at
