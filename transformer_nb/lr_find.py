@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from .config import load_config
@@ -31,7 +32,7 @@ from .run import RunPaths, prepare_options, tokenizer_source
 from .trainer import model_shape
 
 # %% auto #0
-__all__ = ['LRFinderResult', 'lr_suggestion', 'lr_find_data', 'lr_range_test', 'lr_find']
+__all__ = ['LRFinderResult', 'lr_suggestion', 'centred_mean', 'lr_find_data', 'lr_range_test', 'lr_find']
 
 # %% ../nbs/09h_lr_find.ipynb #c2b6a91f
 @dataclass
@@ -66,7 +67,7 @@ class LRFinderResult:
         ax.set_xlabel('learning rate')
         ax.set_ylabel('loss (nats/token)')
         # zoomed on the interesting part: the diverging tail would otherwise squash the curve flat
-        lo, hi = min(self.smoothed), self.smoothed[0]
+        lo, hi = min(min(self.smoothed), min(self.losses)), self.smoothed[0]  # (the raw minimum stays in view)
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
         ax.set_title('learning-rate range test')
         ax.grid(alpha=0.3)
@@ -90,6 +91,12 @@ def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float
     # a tenth of the minimum's rate: at the minimum itself the loss is about to blow up (fastai's rule of thumb)
     return max(float(lr[i_min]) / 10, float(lr[0])), float(lr[i_min]), float(lr[i_steep])
 
+# %% ../nbs/09h_lr_find.ipynb #e4f5a6b7
+def centred_mean(values, half: int) -> list[float]:
+    "The mean of each value and its `half` neighbours on each side (fewer at the ends): a smoothing without lag."
+    v = np.asarray(values, dtype=float)
+    return [float(v[max(0, i - half) : i + half + 1].mean()) for i in range(len(v))]
+
 # %% ../nbs/09h_lr_find.ipynb #2f8d8ef4
 def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
     """Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written
@@ -112,11 +119,15 @@ def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
 
 
 def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, end_lr: float, num_steps: int,
-                  beta: float = 0.98, diverge: float = 4.0) -> LRFinderResult:
+                  beta: float | None = None, diverge: float = 4.0) -> LRFinderResult:
     """Train `net` one step per rate, rates from `start_lr` to `end_lr` geometrically, until the smoothed loss
-    diverges."""
+    diverges. `beta` (default: `1 - 5 / num_steps`, at most 0.98) sets the smoothing."""
+    # an average over ~num_steps/5 steps: a longer one lags the raw loss by a decade or more of the rate, and its
+    # minimum (the suggestion's basis) then sits where the raw loss is already rising
+    beta = min(0.98, 1 - 5 / num_steps) if beta is None else beta
     device = next(net.parameters()).device
-    _, amp = resolve_precision(config.runtime.precision, device)
+    precision, amp = resolve_precision(config.runtime.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None  # as the Trainer trains fp16
     opt = build_optimizer(net, config.optimizer, device)
     setup = StepSetup(config.data.gradient_accumulation_steps, device, amp, config.optimizer.max_grad_norm,
                       fused=uses_fused_step(opt))
@@ -126,7 +137,7 @@ def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, e
     lrs, losses, smoothed, avg, best, diverged = [], [], [], 0.0, math.inf, False
     for i in range(num_steps):
         lr = start_lr * mult**i
-        loss = float(train_step(net, opt, batches, lr, setup)[0])
+        loss = float(train_step(net, opt, batches, lr, setup, scaler)[0])
         # one step per rate makes the raw loss noisy: an exponential moving average decides, and 'diverged' means
         # several times the best smoothed loss seen so far (after a few steps, so that the start cannot trigger it)
         avg = beta * avg + (1 - beta) * loss
@@ -136,14 +147,18 @@ def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, e
         if not math.isfinite(s) or (i >= 5 and s > diverge * best):
             diverged = True
             break
-    keep = [k for k, v in enumerate(smoothed) if math.isfinite(v)]
-    lrs, losses, smoothed = [lrs[k] for k in keep], [losses[k] for k in keep], [smoothed[k] for k in keep]
-    return LRFinderResult(lrs, losses, smoothed, *lr_suggestion(lrs, smoothed), diverged)
+    keep = [k for k, v in enumerate(losses) if math.isfinite(v)]
+    lrs, losses = [lrs[k] for k in keep], [losses[k] for k in keep]
+    # the suggestion reads a centred mean of the raw loss: the moving average above decides when to stop, but it
+    # lags, and its minimum sits where the raw loss is already rising
+    centred = centred_mean(losses, max(1, num_steps // 40))
+    return LRFinderResult(lrs, losses, centred, *lr_suggestion(lrs, centred), diverged)
+
 
 # %% ../nbs/09h_lr_find.ipynb #f4368eee
 def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_steps: int = 100, beta: float = 0.98, diverge: float = 4.0, run_dir=None, plot: bool | None = None,
-            verbose: bool = True) -> LRFinderResult:
+            num_steps: int = 100, beta: float | None = None, diverge: float = 4.0, run_dir=None,
+            plot: bool | None = None, verbose: bool = True) -> LRFinderResult:
     """Learning-rate range test for `config` (a `Config` or a YAML path) on a fresh model (or a copy of `model`):
     one optimizer step per rate, rates from `start_lr` to `end_lr` geometrically. Prints and returns the suggestion;
     `plot` (default: in a notebook) draws the smoothed loss against the rate. Leaves no file and no changed model."""

@@ -343,6 +343,8 @@ class Trainer(TrainingRun):
         """Validation loss, perplexity, accuracy, nats_per_char and bpb over `max_batches` global batches (default: the
         config's)."""
         val, n_micro = self.data.val, (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
+        if val is None:
+            raise TrainingError("nothing to evaluate: this streaming run has no data.validation_shards")
         batches = eval_batches(val, self.micro_batch, self.seq_len, self.dist, n_micro)
         sums = loss_sums(self.eval_model, batches, self.device, self.token_bytes, self.amp_dtype)
         # sums, not means, are reduced: ranks with a short last batch are weighted by their tokens
