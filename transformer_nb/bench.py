@@ -45,7 +45,7 @@ from .generate import generate_ids
 from .device import measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
 from .hf import hf_generation_runner
 from .optim import build_optimizer
-from .step import StepSetup, train_step, uses_fused_step
+from .step import StepSetup, grad_scaler, train_step
 
 # %% auto #0
 __all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchError', 'summarize', 'load_average', 'machine_info',
@@ -317,10 +317,9 @@ def step_bench(config: Config, vocab_size: int, tokens=None, shards=None) -> Ste
     if shards is not None:
         batches = SequentialSampler(shards, micro, seq_len, seed=rt.seed, shuffle=True, pin_memory=pin)
     else: batches = RandomWindowSampler(tokens, micro, seq_len, seed=rt.seed, pin_memory=pin)
-    setup = StepSetup(d.gradient_accumulation_steps, device, amp_dtype, config.optimizer.max_grad_norm,
-                      fused=uses_fused_step(optimizer))
+    setup = StepSetup.for_config(config, optimizer, device, amp_dtype)
     return StepBench(model, torch.compile(model) if rt.compile else model, optimizer, batches, setup,
-                     torch.amp.GradScaler(device.type) if precision == 'fp16' else None, precision,
+                     grad_scaler(precision, device), precision,
                      micro * d.gradient_accumulation_steps * seq_len, model.flops_per_token(seq_len))
 
 # %% ../nbs/11_bench.ipynb #a4457416

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from .config import load_config
@@ -27,7 +26,7 @@ from .model import DecoderModel
 from .checkpoint import get_rng_state, set_rng_state, unwrap_model
 from .optim import build_optimizer
 from .display import notebook_display_mode
-from .step import StepSetup, train_step, uses_fused_step
+from .step import StepSetup, grad_scaler, train_step
 from .run import RunPaths, prepare_options, tokenizer_source
 from .trainer import model_shape
 
@@ -127,10 +126,8 @@ def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, e
     beta = min(0.98, 1 - 5 / num_steps) if beta is None else beta
     device = next(net.parameters()).device
     precision, amp = resolve_precision(config.runtime.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None  # as the Trainer trains fp16
     opt = build_optimizer(net, config.optimizer, device)
-    setup = StepSetup(config.data.gradient_accumulation_steps, device, amp, config.optimizer.max_grad_norm,
-                      fused=uses_fused_step(opt))
+    setup, scaler = StepSetup.for_config(config, opt, device, amp), grad_scaler(precision, device)  # as the Trainer
     batches = SequentialSampler(data.train, config.micro_batch_size(), config.sequence_length,
                                 seed=config.runtime.seed, shuffle=True)
     mult = (end_lr / start_lr) ** (1 / (num_steps - 1))

@@ -32,6 +32,7 @@ from .data import prepare
 from .generate import IncrementalDecoder, generate_ids
 from .base import RunLock
 from .checkpoint import RUN_LAYOUT, list_checkpoints, unwrap_model
+from .run import prepare_options
 from .trainer import Trainer
 
 # %% auto #0
@@ -370,10 +371,10 @@ def stage_config(plan: RunPlan) -> Config:
 # %% ../nbs/10_orchestrate.ipynb #83812d1c
 def stage_shards(plan: RunPlan, cfg: Config):
     "Tokenize the corpus into the run's token shards (a cache: reused when corpus and tokenizer are unchanged)."
-    return prepare_shards(cfg.data.train_shards, plan.paths['tokenizer'], cfg.data.cache_dir, cfg.data.val_fraction,
-                    cfg.runtime.seed, plan.show_progress, text_field=cfg.data.text_field, dedupe=cfg.data.dedupe,
-                    workers=max(1, cfg.data.num_workers) if cfg.data.num_workers is not None else None,
-                    shard_tokens=cfg.data.shard_tokens)
+    # the Trainer's own options: the shards it will look for in the same cache
+    opts = prepare_options(cfg, warn=False)
+    return prepare_shards(cfg.data.train_shards, plan.paths['tokenizer'], cfg.data.cache_dir,
+                          show_progress=plan.show_progress, **opts)
 
 # %% ../nbs/10_orchestrate.ipynb #abb6da33
 def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads: int | None = None) -> dict:

@@ -18,7 +18,7 @@ from .device import autocast
 from .parallel import DistInfo, grad_sync
 
 # %% auto #0
-__all__ = ['StepSetup', 'uses_fused_step', 'train_step']
+__all__ = ['StepSetup', 'uses_fused_step', 'grad_scaler', 'train_step']
 
 # %% ../nbs/09e_step.ipynb #5116587a
 @dataclass
@@ -33,10 +33,22 @@ class StepSetup:
     info: DistInfo = field(default_factory=DistInfo)
     fused: bool = False  # the optimizer can skip a step on the device (fused AdamW's found_inf)
 
+    @classmethod
+    def for_config(cls, config, optimizer, device: torch.device, amp_dtype: torch.dtype | None = None,
+                   parallel: str = 'none', info: DistInfo | None = None) -> StepSetup:
+        "The setup of `config`'s step with `optimizer`: accumulation and clipping from the config, `fused` from it."
+        return cls(config.data.gradient_accumulation_steps, device, amp_dtype, config.optimizer.max_grad_norm,
+                   parallel, info or DistInfo(), uses_fused_step(optimizer))
+
 
 def uses_fused_step(optimizer) -> bool:
     "Whether `optimizer` is a fused AdamW, which can skip a non-finite step without a host sync."
     return bool(optimizer.param_groups[0].get('fused'))
+
+
+def grad_scaler(precision: str, device: torch.device):
+    "fp16 trains with a `GradScaler` (its narrow exponent range needs a scaled loss); other precisions without one."
+    return torch.amp.GradScaler(device.type) if precision == 'fp16' else None
 
 # %% ../nbs/09e_step.ipynb #9510f9fd
 def train_step(model: nn.Module, optimizer, batches, lr: float, setup: StepSetup, scaler=None):

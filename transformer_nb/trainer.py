@@ -32,7 +32,7 @@ from .parallel import (any_true, build_model, check_parallel, gather_json, init_
 from .optim import build_optimizer, lr_at
 from .metrics import loss_sums, model_flops_utilization, text_figures, token_bytes_tensor
 from .display import LiveChart, live_chart_mode, notebook_display_mode
-from .step import StepSetup, train_step, uses_fused_step
+from .step import StepSetup, grad_scaler, train_step
 from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, TrainBatches, TrainState,
                                 check_resumable, eval_batches, prepare_run_data, restore_rng, run_length, sample_text,
                                 tokenizer_source, warn_schedule_change)
@@ -182,10 +182,9 @@ class TrainingRun:
         if info.enabled:
             torch.manual_seed(rt.seed + info.rank)  # each rank its own dropout masks
         self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == 'fp16' else None
-        self.fused = uses_fused_step(self.optimizer)
-        self.setup = StepSetup(self.grad_accum, self.device, self.amp_dtype, cfg.optimizer.max_grad_norm, self.parallel,
-                               info, self.fused)
+        self.scaler = grad_scaler(self.precision, self.device)
+        self.setup = StepSetup.for_config(cfg, self.optimizer, self.device, self.amp_dtype, self.parallel, info)
+        self.fused = self.setup.fused
         batches = TrainBatches(cfg, self.data, self.tokenizer, self.micro_batch, self.seq_len, info, self.device)
         self.batches = self._resources.enter_context(contextlib.closing(batches))
         self.steps_per_epoch = None if cfg.data.streaming else max(1, len(self.batches) // self.grad_accum)
