@@ -91,11 +91,13 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    "The corpus and how it is cut into batches; `batch_size` is the global batch per optimizer step."
+    """The corpus and how it is cut into batches; `batch_size` is the global batch per optimizer step (see
+    `Config.global_batch_size`)."""
     train_shards: list[str] = field(default_factory=list)
     validation_shards: list[str] = field(default_factory=list)
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    micro_batch_size: int | None = None  # sequences per forward pass on each process; None: follows from the above
     shuffle_buffer_size: int | None = None
     cache_dir: str | None = None
     sequence_length: int | None = None  # None: model.max_position_embeddings
@@ -216,22 +218,36 @@ class Config:
         "The schedule's peak: `scheduler.max_lr`, else `optimizer.learning_rate`."
         return self.scheduler.max_lr if self.scheduler.max_lr is not None else self.optimizer.learning_rate
 
-    def micro_batch_size(self, world_size: int = 1) -> int:
-        """Sequences per forward pass on each of `world_size` processes: the global batch split evenly.
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step, summed over accumulation steps and processes: `data.batch_size`, or
+        `data.batch_size x data.gradient_accumulation_steps` where the batch is the smaller of the two (the original
+        project's configs: 2 x 32 is 64 sequences per step). It never depends on the number of processes."""
+        b, a = self.data.batch_size, self.data.gradient_accumulation_steps
+        if b >= a: return b
+        warnings.warn(f"data.batch_size ({b}) is smaller than data.gradient_accumulation_steps ({a}): read as the "
+                      f"original project's per-forward-pass batch: global batch {b * a} = {b} x {a} sequences per step")
+        return b * a
 
-        Some of the original project's configs give `batch_size` per device, smaller than
-        `gradient_accumulation_steps` (e.g. 2 x 32 steps): such a batch can't be split, so it is
-        taken as the micro-batch (with a warning naming the global batch that results)."""
-        d = self.data
-        parts = d.gradient_accumulation_steps * world_size
-        if d.batch_size % parts == 0: return d.batch_size // parts
-        if d.batch_size < parts:
-            warnings.warn(f"data.batch_size ({d.batch_size}) is smaller than gradient_accumulation_steps x processes "
-                          f"({d.gradient_accumulation_steps} x {world_size}): taking it as the per-process micro-batch "
-                          f"(global batch {d.batch_size * parts})")
-            return d.batch_size
-        raise ConfigError(f"data.batch_size ({d.batch_size}) must be divisible by gradient_accumulation_steps "
-                          f"x processes ({d.gradient_accumulation_steps} x {world_size} = {parts})")
+    def micro_batch_size(self, world_size: int = 1) -> int:
+        """Sequences per forward pass on each of `world_size` processes: the global batch split evenly over
+        `gradient_accumulation_steps x world_size`; a batch that can't be split, or a `data.micro_batch_size` that
+        disagrees, is refused with the numbers."""
+        d, g = self.data, self.global_batch_size
+        parts, where = d.gradient_accumulation_steps * world_size, self.source or 'config'
+        given = 'data.batch_size' if g == d.batch_size else \
+            f'data.batch_size x data.gradient_accumulation_steps = {d.batch_size} x {d.gradient_accumulation_steps}'
+        split = f"data.gradient_accumulation_steps x processes ({d.gradient_accumulation_steps} x {world_size} = " \
+                f"{parts})"
+        if g % parts:
+            raise ConfigError(f"{where}: the global batch ({given} = {g}) can't be split over {split}: make it a "
+                              f"multiple of {parts}, or use another number of processes")
+        micro = g // parts
+        if d.micro_batch_size is not None and d.micro_batch_size != micro:
+            raise ConfigError(f"{where}: data.micro_batch_size ({d.micro_batch_size}) disagrees with the global batch "
+                              f"({given} = {g}) over {split}: that is {micro} per process")
+        return micro
+
 
 # %% ../nbs/00_config.ipynb #bfca46cd
 # the allowed values of the enumerated keys (compared after lower-casing and '-' -> '_')
@@ -428,6 +444,7 @@ _POSITIVE = ['model.hidden_size', 'model.intermediate_size', 'model.num_layers',
              'optimizer.learning_rate', 'optimizer.epsilon', 'optimizer.max_grad_norm', 'optimizer.muon_learning_rate',
              'optimizer.muon_ns_steps',
              'data.shard_tokens',
+             'data.micro_batch_size',
              'scheduler.total_steps', 'scheduler.total_epochs', 'scheduler.max_lr', 'runtime.log_every_n_steps',
              'runtime.checkpoint.every_n_steps', 'runtime.checkpoint.every_n_epochs', 'runtime.checkpoint.max_keep',
              'runtime.evaluation.every_n_steps', 'runtime.evaluation.every_n_epochs', 'runtime.evaluation.max_batches',
@@ -445,6 +462,21 @@ _DECAYING = ('cosine', 'cosine_with_warmup', 'polynomial')
 def _get(cfg, key: str):
     for part in key.split('.'): cfg = getattr(cfg, part)
     return cfg
+
+# %% ../nbs/00_config.ipynb #b7c1a9e2
+def _batch_problem(cfg: Config) -> str | None:
+    "What is wrong with the batch keys of `cfg` whatever the number of processes (None: nothing)."
+    d = cfg.data
+    if d.batch_size % d.gradient_accumulation_steps and d.batch_size > d.gradient_accumulation_steps:
+        return (f"data.batch_size ({d.batch_size}, the global batch) must be divisible by "
+                f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps}), or smaller than it (sequences "
+                "per forward pass)")
+    per_process = d.gradient_accumulation_steps * (d.micro_batch_size or 1)  # the global batch = this x processes
+    if cfg.global_batch_size % per_process:
+        return (f"data.micro_batch_size ({d.micro_batch_size}) x data.gradient_accumulation_steps "
+                f"({d.gradient_accumulation_steps}) must divide the global batch ({cfg.global_batch_size}): the "
+                "quotient is the number of processes")
+    return None
 
 # %% ../nbs/00_config.ipynb #6c072ff1
 def _check_relations(cfg: Config, where: str):
@@ -483,9 +515,7 @@ def _check_relations(cfg: Config, where: str):
     for k in PATH_KEYS:
         v = _get(cfg, k)
         need(not (isinstance(v, str) and not v.strip()), f"{k}: a path can't be an empty string (use null for none)")
-    need(d.batch_size % d.gradient_accumulation_steps == 0 or d.batch_size < d.gradient_accumulation_steps,
-         f"data.batch_size ({d.batch_size}, the global batch) must be divisible by "
-         f"data.gradient_accumulation_steps ({d.gradient_accumulation_steps}), or smaller than it (the micro-batch)")
+    need(not (problem := _batch_problem(cfg)), problem)
     need(cfg.sequence_length <= m.max_position_embeddings, f"data.sequence_length ({d.sequence_length}) "
          f"exceeds model.max_position_embeddings ({m.max_position_embeddings})")
     need(s.total_steps is None or s.warmup_steps <= s.total_steps,

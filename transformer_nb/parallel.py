@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -23,9 +24,9 @@ from .device import TrainingError
 from .model import DecoderModel
 
 # %% auto #0
-__all__ = ['DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json', 'leave_process_group', 'wrap_ddp',
-           'grad_sync', 'resolve_parallelism', 'checkpoint_format', 'check_parallel', 'ShardedInit', 'materialize',
-           'apply_activation_checkpointing', 'shard_model', 'build_model']
+__all__ = ['CONTROL_TIMEOUT', 'DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json',
+           'leave_process_group', 'wrap_ddp', 'grad_sync', 'resolve_parallelism', 'checkpoint_format', 'check_parallel',
+           'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model', 'build_model']
 
 # %% ../nbs/09a_parallel.ipynb #431861ca
 @dataclass
@@ -37,7 +38,7 @@ class DistInfo:
     local_rank: int = 0
     backend: str | None = None
     created: bool = False  # we initialized the process group (and tear it down)
-    ctl_group: object = None  # gloo group for control flags
+    ctl_group: object = None  # gloo group for control flags and waits, with a long timeout
 
     @property
     def enabled(self) -> bool:
@@ -48,9 +49,13 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_name: str | None = 'auto') -> DistInfo:
-    """Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU); else a single-process
-    DistInfo."""
+# how long a rank waits in a control collective for the others, e.g. while rank 0 tokenizes a large corpus
+CONTROL_TIMEOUT = timedelta(hours=24)
+
+
+def init_distributed(device_name: str | None = 'auto', control_timeout: timedelta = CONTROL_TIMEOUT) -> DistInfo:
+    """Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU), and make the gloo control
+    group (its collectives wait up to `control_timeout`); else a single-process DistInfo."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistInfo()
@@ -65,15 +70,16 @@ def init_distributed(device_name: str | None = 'auto') -> DistInfo:
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
         created = True
     backend = dist.get_backend()
-    # control messages (flags, small JSON) go over gloo: they must not queue behind GPU work
-    ctl = dist.new_group(backend='gloo') if backend != 'gloo' else dist.group.WORLD
+    # control messages (flags, small JSON, waiting for files) go over their own gloo group: they must not queue
+    # behind GPU work, and a wait for another rank's work must outlast the default group's timeout (NCCL: 10 min)
+    ctl = dist.new_group(backend='gloo', timeout=control_timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, backend, created, ctl)
 
 # %% ../nbs/09a_parallel.ipynb #7925c6d0
 def barrier(info: DistInfo) -> None:
-    "Wait for every rank (nothing to wait for in a single process)."
+    "Wait for every rank, up to the control group's timeout (nothing to wait for in a single process)."
     if info.enabled:
-        dist.barrier()
+        dist.barrier(group=info.ctl_group)
 
 
 def all_true(info: DistInfo, flag: bool) -> bool:

@@ -194,7 +194,8 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
         except UserError as e:  # missing text: say which key names it, and what to do
             raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
     kw = prepare_options(config, warn=info.is_main)
-    if info.is_main:  # the others wait, then open (and verify) the same cached shards
+    # the others wait (on the control group: not NCCL's 10-minute timeout), then open and verify the same shards
+    if info.is_main:
         data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
     barrier(info)
     if not info.is_main:

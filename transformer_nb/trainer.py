@@ -118,7 +118,8 @@ def describe_run(t) -> str:
     per_epoch = f'({t.steps_per_epoch} per epoch)' if t.steps_per_epoch else '(streaming)'
     return (f"training {t.raw_model.num_parameters() / 1e6:.2f}M parameters on {t.device} ({t.precision}{extras}), "
             f"{w} process(es){how}\n"
-            f"  global batch {t.global_batch} = {t.micro_batch} x {t.grad_accum} accumulation x {w} process(es)\n"
+            f"  global batch {t.global_batch} sequences = micro-batch {t.micro_batch} x {t.grad_accum} accumulation "
+            f"step(s) x {w} process(es)\n"
             f"  {t.seq_len} tokens each: {t.tokens_per_step:,} tokens/step; steps {t.step} -> {t.total_steps} "
             f"{per_epoch}")
 
@@ -159,6 +160,8 @@ class TrainingRun:
         self.device = resolve_device(rt.device, info.local_rank)
         self.precision, self.amp_dtype = resolve_precision(rt.precision, self.device)
         self.parallel, self.is_main = check_parallel(cfg, info.world_size), info.is_main
+        # the global batch split over this run's processes (refused before anything is written when it can't be)
+        self.grad_accum, self.micro_batch = cfg.data.gradient_accumulation_steps, cfg.micro_batch_size(info.world_size)
         self.paths = RunPaths.from_config(cfg, run_dir)
         tty = bool(getattr(sys.stdout, 'isatty', lambda: False)())
         self.show_progress = ((tty if show_progress is None else show_progress) and self.is_main
@@ -171,8 +174,7 @@ class TrainingRun:
         self.tokenizer = tokenizer_from_config(cfg.tokenizer)
         self.tokenizer_source = tokenizer_source(cfg.tokenizer, self.tokenizer)
         vocab, self.seq_len = model_shape(cfg, self.tokenizer)
-        self.grad_accum, self.micro_batch = cfg.data.gradient_accumulation_steps, cfg.micro_batch_size(info.world_size)
-        self.global_batch = self.micro_batch * self.grad_accum * info.world_size  # = data.batch_size, as a rule
+        self.global_batch = self.micro_batch * self.grad_accum * info.world_size  # = cfg.global_batch_size
         self.tokens_per_step = self.global_batch * self.seq_len
         self.data = prepare_run_data(cfg, self.tokenizer_source, self.tokenizer, self.paths.data_dir, info,
                                      self.show_progress, self.log)
