@@ -229,6 +229,11 @@ def test_estimate_memory_command():
     rows = {l.split(',')[0].strip(): l.split() for l in p.stdout.splitlines() if 'micro-batch' in l}
     fsdp, ddp = float(rows['fsdp x8'][-1]), float(rows['ddp x8'][-1])
     assert '1,100.0M parameters' in p.stdout and fsdp < 0.6 * ddp          # sharding halves (and more) the per-rank total
+    # m3_medium's global batch of 6 can't be split over 8 processes: the comparison takes 6
+    m3 = subprocess.run([*exe, '--config', str(ROOT / 'configs' / 'm3_medium.yaml'), '--vocab-size', '8000'],
+                        capture_output=True, text=True, timeout=120)
+    assert m3.returncode == 0, m3.stderr
+    assert 'global batch 6 x 512' in m3.stdout and 'ddp x6, micro-batch 1 x 512' in m3.stdout
     bad = subprocess.run([*exe, '--config', 'nope.yaml'], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yaml' in bad.stderr
 

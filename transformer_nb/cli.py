@@ -721,8 +721,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 def estimate_memory_parser() -> argparse.ArgumentParser:
     p = _parser('tnb estimate-memory',
                 "Estimate the memory per process (parameters, gradients, optimizer state, activations) of a\n"
-                "training config, in GiB, alone and for 8 processes under DDP and FSDP (11_bench explains\n"
-                "the counts). Nothing is allocated: the model is built on PyTorch's meta device.",
+                "training config, in GiB, alone and for 8 processes (or the most up to 8 that split the\n"
+                "global batch) under DDP and FSDP (11_bench explains the counts). Nothing is allocated: the model is built on PyTorch's meta device.",
                 "  tnb estimate-memory --config configs/llama_1b.yaml\n"
                 "  tnb estimate-memory --config configs/m3_medium.yaml --world-size 4 --distributed fsdp\n")
     p.add_argument('--config', required=True, metavar='PATH', help='a training config (YAML)')
@@ -740,14 +740,16 @@ def _estimate_memory(a) -> int:
         vocab = build_from_artifacts(Path(cfg.tokenizer.tokenizer_json)).get_vocab_size()
     if not vocab: raise BenchError(f"{a.config}: set model.vocab_size (or pass --vocab-size): the tokenizer "
                                    f"{cfg.tokenizer.tokenizer_json} does not exist yet")
-    sizes = [a.world_size] if a.world_size else [1, 8]
+    # the comparison: 8 processes, or the most (up to 8) that can split the global batch
+    split = [w for w in range(8, 1, -1) if cfg.global_batch_size % (w * cfg.data.gradient_accumulation_steps) == 0]
+    sizes = [a.world_size] if a.world_size else [1] + split[:1]
     modes = [a.distributed] if a.distributed else ['ddp', 'fsdp']
     # one process has no parallelism to choose: a single 'none' row for it
     rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes
             for m in (modes if w > 1 else ['none'])]
     P = rows[0]['parameters_count']
     print(f"{a.config}: {P / 1e6:,.1f}M parameters, vocab {vocab:,}, precision {cfg.runtime.precision}, "
-          f"global batch {cfg.data.batch_size} x {cfg.sequence_length}, activation checkpointing "
+          f"global batch {cfg.global_batch_size} x {cfg.sequence_length}, activation checkpointing "
           f"{'on' if cfg.runtime.activation_checkpointing else 'off'}; GiB per rank:")
     print(format_memory_table(rows))
     return 0

@@ -364,7 +364,7 @@ def stage_config(plan: RunPlan) -> Config:
     save_config(plan.config, path, header=header)
     cfg = load_config(path)
     say(f"config: wrote {path} (model {cfg.model.num_layers} layers x {cfg.model.hidden_size}, "
-        f"{cfg.model.num_attention_heads} heads, sequence {cfg.sequence_length}, batch {cfg.data.batch_size}, "
+        f"{cfg.model.num_attention_heads} heads, sequence {cfg.sequence_length}, global batch {cfg.global_batch_size}, "
         f"{cfg.scheduler.total_steps} steps, lr {cfg.optimizer.learning_rate:g} {cfg.scheduler.strategy})")
     return cfg
 
