@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from .base import fmt_secs, say, sha256_file, short_path, UserError
-from .device import TrainingError, autocast
+from .device import TrainingError, autocast, seed_everything
 from .sources import CorpusError, resolve_sources
 from .data import prepare, SequentialSampler, StreamingSampler, tokenize_in_memory
 from .generate import generate
@@ -568,8 +568,13 @@ def restore_rng(states: list, info: DistInfo, ck: Path) -> None:
         return
     if len(states) != info.world_size and info.is_main:
         warnings.warn(f"{ck}: saved by {len(states)} process(es), resumed by {info.world_size}: random streams differ")
-    # a rank beyond the saved ones (the run grew) takes rank 0's state: resumable, though not reproducible
-    set_rng_state(states[info.rank] if info.rank < len(states) else states[0])
+    if info.rank < len(states):
+        set_rng_state(states[info.rank])
+        return
+    # a rank beyond the saved ones (the run grew): rank 0's state, then a seed drawn from it plus the rank, so that
+    # the new ranks' dropout masks differ from each other and from rank 0's (resumable, though not reproducible)
+    set_rng_state(states[0])
+    seed_everything(int(torch.randint(2**62, ())) + info.rank)
 
 # %% ../nbs/09f_run.ipynb #cc4ecd41
 def sample_text(model, tokenizer, val, device: torch.device, amp_dtype=None, seed: int = 0,
