@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from .base import fmt_secs, say, sha256_file, short_path, UserError
+from .base import atomic_write_text, fmt_secs, say, sha256_file, short_path, UserError
 from .device import TrainingError, autocast, seed_everything
 from .sources import CorpusError, resolve_sources
 from .data import prepare, SequentialSampler, StreamingSampler, tokenize_in_memory
@@ -330,7 +330,17 @@ class MetricsLogger:
             # events after `start_step` (written before a crash, not in the checkpoint) are dropped
             purge = start_step + 1 if start_step else None
             self.writer = SummaryWriter(str(self.paths.tensorboard_dir), purge_step=purge)
+        if start_step and self.paths.metrics_path.is_file():
+            self.drop_rows_after(start_step)  # the same for metrics.jsonl
         self.file = open(self.paths.metrics_path, 'a', encoding='utf-8')
+
+    def drop_rows_after(self, step: int) -> None:
+        "Rewrite `metrics.jsonl` without the rows after `step` (and a line cut short by a crash)."
+        kept = []
+        for line in self.paths.metrics_path.read_text(encoding='utf-8').splitlines():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(line).get('step', step + 1) <= step: kept.append(line)
+        atomic_write_text(self.paths.metrics_path, ''.join(l + '\n' for l in kept))
 
     def log(self, msg: str) -> None:
         if self.show:
