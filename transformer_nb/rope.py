@@ -197,6 +197,7 @@ def rope_from_config(model_cfg) -> RotaryEmbedding:
     mode = getattr(model_cfg, 'rope_mode', None)
     mode = None if mode is None else str(mode).lower()
     if mode in (None, 'none'): scaling = None
-    elif mode in ROPE_MODES: scaling = RopeScaling(mode, float(getattr(model_cfg, 'rope_scale', 1.0)))
+    # RopeScaling checks the factor: null (None) or a string is one clear line naming model.rope_scale
+    elif mode in ROPE_MODES: scaling = RopeScaling(mode, getattr(model_cfg, 'rope_scale', 1.0))
     else: raise ConfigError(f"model.rope_mode: expected one of none, pi, ntk; got {mode!r}")
     return RotaryEmbedding(head_dim, theta=theta, rotary_dim=getattr(model_cfg, 'rotary_dim', None), scaling=scaling)

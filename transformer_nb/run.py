@@ -340,7 +340,7 @@ class MetricsLogger:
         for line in self.paths.metrics_path.read_text(encoding='utf-8').splitlines():
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 if json.loads(line).get('step', step + 1) <= step: kept.append(line)
-        atomic_write_text(self.paths.metrics_path, ''.join(l + '\n' for l in kept))
+        atomic_write_text(self.paths.metrics_path, ''.join(row + '\n' for row in kept))
 
     def log(self, msg: str) -> None:
         if self.show:

