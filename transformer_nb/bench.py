@@ -313,7 +313,7 @@ def step_bench(config: Config, vocab_size: int, tokens=None, shards=None) -> Ste
     micro, seq_len, pin = config.micro_batch_size(), config.sequence_length, device.type == 'cuda'
     seed_everything(rt.seed)
     model = DecoderModel(config.model, vocab_size).to(device)
-    optimizer = build_optimizer(model, config.optimizer, device)
+    optimizer = build_optimizer(model, config.optimizer, device, config.peak_lr)
     if shards is not None:
         batches = SequentialSampler(shards, micro, seq_len, seed=rt.seed, shuffle=True, pin_memory=pin)
     else: batches = RandomWindowSampler(tokens, micro, seq_len, seed=rt.seed, pin_memory=pin)

@@ -181,7 +181,7 @@ class TrainingRun:
         self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
         if info.enabled:
             torch.manual_seed(rt.seed + info.rank)  # each rank its own dropout masks
-        self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device, cfg.peak_lr)
         self.scaler = grad_scaler(self.precision, self.device)
         self.setup = StepSetup.for_config(cfg, self.optimizer, self.device, self.amp_dtype, self.parallel, info)
         self.fused = self.setup.fused
