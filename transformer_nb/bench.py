@@ -42,7 +42,7 @@ from .data import default_workers, prepare, RandomWindowSampler, SequentialSampl
 from .attention import attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .device import measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
+from .device import datasheet_peak, measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
 from .hf import hf_generation_runner
 from .optim import build_optimizer
 from .step import StepSetup, grad_scaler, train_step
@@ -623,8 +623,12 @@ def _print_peak(peaks: dict, show=print):
                       [[k, v['size'], fmt_range(v, 1e-9, '{:,.1f}'),
                         ', '.join(f"{n}: {x / 1e9:,.1f}" for n, x in v['by_size'].items())] for k, v in peaks.items()]))
 
+def _mfu_name(rows: list[dict]) -> str:
+    "'MFU' against a datasheet peak; against a measured one (and in results without `peak_source`) what it is."
+    return 'MFU' if rows and all(r.get('peak_source') == 'datasheet' for r in rows) else 'of measured peak'
+
 def _print_train(rows: list[dict], show=print):
-    show(format_table(['shape', 'mode', 'params', 'tokens/s', 'model GFLOP/s', 'MFU', 'step ms', 'peak MiB',
+    show(format_table(['shape', 'mode', 'params', 'tokens/s', 'model GFLOP/s', _mfu_name(rows), 'step ms', 'peak MiB',
                        'compile s', "others' CPU"],
                       [[r['shape'], r['mode'], f"{r['parameters'] / 1e6:.2f}M", fmt_range(r['tokens_per_s']),
                         fmt_range(r['model_flops_per_s'], 1e-9, '{:,.1f}'), fmt_range(r['mfu'], pct=True),
@@ -675,7 +679,8 @@ def print_results(res: dict, show=print):
          + (f"; other processes used {others:.0%} of the CPU time" if others is not None else ''))
     if 'matmul_peak' in res: _print_peak(res['matmul_peak'], show)
     if 'train' in res:
-        show(f"\ntraining ({res['settings']['precision']}, MFU against the matmul peak)")
+        against = 'the datasheet peak' if _mfu_name(res['train']) == 'MFU' else 'the measured matmul peak'
+        show(f"\ntraining ({res['settings']['precision']}, model FLOP/s against {against})")
         _print_train(res['train'], show)
     if 'generate' in res: _print_generate(res['generate'], show)
     if 'generate_vs_transformers' in res:
@@ -686,10 +691,14 @@ def print_results(res: dict, show=print):
 def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, peaks, cold_compile, retries,
                  max_others, show) -> list[dict]:
     "The training part of `run_bench`: each shape eager (and compiled), measured again while the machine is busy."
-    peak = (peaks.get(precision) or peaks['fp32'])['median']
+    # the Trainer's definition: MFU against the datasheet peak of a known GPU, else the fraction of the measured peak
+    dev, key = resolve_device(device), precision if precision in peaks else 'fp32'
+    sheet = datasheet_peak(torch.cuda.get_device_name(dev), precision) if dev.type == 'cuda' else None
+    peak, source = (sheet, 'datasheet') if sheet else (peaks[key]['median'], 'measured')
+    against = 'MFU against the datasheet peak' if sheet else f"fraction of the measured {key} matmul peak"
     rows = []
     show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
-         f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
+         f"warm-up; {against})")
     train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)  # untimed: loads the kernels once
     for s in shapes:
         for comp in ((False, True) if compile else (False,)):
@@ -699,9 +708,10 @@ def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, pea
                      f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
                 tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
             # the least disturbed attempt is kept, and how many it took is recorded with it
-            rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
+            rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries),
+                         'peak_source': source})
             show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
-                 f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
+                 f"{_mfu_name(rows[-1:])} {fmt_range(rows[-1]['mfu'], pct=True)}")
     _print_train(rows, show)
     return rows
 
