@@ -42,9 +42,10 @@ from .data import default_workers, prepare, RandomWindowSampler, SequentialSampl
 from .attention import attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .device import datasheet_peak, measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
+from .device import (datasheet_peak, measure_matmul_flops, resolve_device, resolve_precision,
+                                   seed_everything, synchronize)
 from .hf import hf_generation_runner
-from .optim import build_optimizer
+from .optim import build_optimizer, muon_param_groups
 from .step import StepSetup, grad_scaler, train_step
 
 # %% auto #0
@@ -777,9 +778,9 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
 # %% ../nbs/11_bench.ipynb #149fd0ae
 GiB = 2 ** 30
 
-def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, float]:
-    """(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens`
-    tokens."""
+def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, ...]:
+    """Values for `tokens` tokens: (saved for backward, transient ones: a layer being recomputed, the logits'
+    gradient; then of the saved and the recomputed values those that stay fp32 under autocast)."""
     H, KV, d = attention_shape(m)
     h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
     gated = str(getattr(m, 'activation', 'swiglu')).lower() == 'swiglu'
@@ -787,8 +788,25 @@ def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple
     # checkpointing only each block's input is kept, plus one block in full while it is recomputed
     layer = 9 * h + 3 * KV * d + (4 if gated else 2) * i + 1.5 * H
     blocks = L * h if checkpointing else L * layer
-    return tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0), tokens * vocab
+    # fp32 under autocast: each layer's two RMSNorm inputs (the residual stream) and attention's log-sum-exp; with
+    # checkpointing the block inputs (the residual stream); the final norm's input and the logits the loss keeps
+    layer32 = 2 * h + H
+    blocks32 = L * h if checkpointing else L * layer32
+    saved, recompute = tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0)
+    return saved, recompute, tokens * vocab, tokens * (blocks32 + vocab + h), tokens * (layer32 if checkpointing else 0)
 
+
+def _optimizer_bytes(model: torch.nn.Module, opt_cfg) -> float:
+    """Bytes of optimizer state: AdamW's two fp32 moments per parameter; with `optimizer.algorithm: muon` one fp32
+    momentum per parameter of Muon's matrices (split as `muon_param_groups` does) and AdamW's two for the rest."""
+    P = sum(p.numel() for p in model.parameters())
+    if opt_cfg.algorithm != 'muon':
+        return 8 * P
+    muon = sum(p.numel() for g in muon_param_groups(model, 0.0)[0] for p in g['params'])
+    return 4 * muon + 8 * (P - muon)
+
+
+# %% ../nbs/11_bench.ipynb #149fd0af
 def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None,
                     vocab_size: int | None = None, device_type: str = 'cuda') -> dict:
     "Bytes per rank for parameters, gradients, optimizer state and activations of `config` (see the text above)."
@@ -804,26 +822,35 @@ def estimate_memory(config: Config, world_size: int = 1, distributed: str | None
     P = model.num_parameters()
     block = sum(p.numel() for p in model.layers[0].parameters())
     root = P - m.num_layers * block
-    half = rt.precision in ('bf16', 'fp16') and device_type == 'cuda'
+    half = rt.precision in ('bf16', 'fp16')   # autocast, on a GPU or a CPU
     micro = config.micro_batch_size(W)
     tokens = micro * config.sequence_length
-    saved, recompute, logits_grad = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
+    counts = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
+    saved, recompute, logits_grad, saved32, recompute32 = counts
     act_bytes = 2 if half else 4
+    state = _optimizer_bytes(model, config.optimizer)
     if mode == 'fsdp':
         # fp32 shards of weights, gradients and Adam's two moments are split W ways; on top, the gathered full
         # parameters of the root and of ~2 blocks at a time (the next one is prefetched), and one block's gradients
         pb = 2 if (half and rt.precision == 'bf16') else 4  # the mixed-precision policy gathers in bf16
         params = 4 * P / W + pb * (root + 2 * block)
         grads = 4 * P / W + 4 * block
-        optim = 8 * P / W
+        optim, casts = state / W, 0
     else:
         # DDP keeps a second copy of the gradients in its communication buckets
-        params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), 8 * P
-    # the logits' gradient (V fp32 values per token) exists at the start of the backward pass, on top
-    acts = act_bytes * (saved + recompute) + 4 * logits_grad
+        params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), state
+        # autocast's 16-bit copy of each weight matrix (the head's and the blocks') is kept for the backward pass;
+        # with checkpointing a block's copies exist only while it runs (its forward is recomputed), one at a time
+        mats = sum(p.numel() for p in model.layers[0].parameters() if p.ndim == 2)
+        casts = 2 * (V * m.hidden_size + (0 if rt.activation_checkpointing else m.num_layers * mats)) if half else 0
+        recompute += mats if half and rt.activation_checkpointing else 0  # (values, at 2 bytes)
+    # under autocast most saved values are 16-bit, but the residual stream, the norms' inputs and the loss's logits
+    # stay fp32 (the ...32 counts); the logits' gradient (V fp32 values per token) exists at the start of the backward
+    saved_bytes = act_bytes * saved + (4 - act_bytes) * saved32
+    acts = saved_bytes + act_bytes * recompute + (4 - act_bytes) * recompute32 + 4 * logits_grad + casts
     return {'mode': mode, 'world_size': W, 'parameters_count': P, 'micro_batch': micro,
             'seq_len': config.sequence_length, 'params': params, 'grads': grads, 'optimizer': optim,
-            'activations': acts, 'activations_saved': act_bytes * saved,
+            'activations': acts, 'activations_saved': saved_bytes, 'autocast_weights': casts,
             'total': params + grads + optim + acts}
 
 # %% ../nbs/11_bench.ipynb #6776f4ac

@@ -201,7 +201,8 @@ def _lr_ratio(rows: int, cols: int, adjust: str | None) -> float:
 
 class SlicedMuon(torch.optim.Muon):
     """`torch.optim.Muon`, except: each projection stacked in a fused matrix (`splits`: row sizes by `id` of the
-    parameter) is orthogonalised and scaled on its own; Newton-Schulz runs in `ns_dtype`; a `found_inf` flag skips on the device."""
+    parameter) is orthogonalised and scaled on its own; Newton-Schulz runs in `ns_dtype`; a `found_inf` flag skips
+    the step on the device."""
     supports_found_inf = True   # `train_step` may set `found_inf` (as for fused AdamW) instead of syncing the host
 
     def __init__(self, params, splits: dict | None = None, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):

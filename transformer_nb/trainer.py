@@ -128,8 +128,8 @@ class TrainingRun:
     device, tokenizer, data, model, optimizer, batches, counters, checkpoints, logs. `Trainer` (below) trains it.
 
     `max_bad_steps`: stop after this many NaN/inf steps in a row. `show_progress`: tqdm bar (default: when stdout
-    is a terminal). `peak_flops`: FLOP/s per device for MFU (default: `device.peak_flops`). `live_plot`: progress bar and loss/LR
-    chart redrawn in place (default: in a Jupyter kernel; False: off)."""
+    is a terminal). `peak_flops`: FLOP/s per device for MFU (default: `device.peak_flops`). `live_plot`: progress
+    bar and loss/LR chart redrawn in place (default: in a Jupyter kernel; False: off)."""
 
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
@@ -316,7 +316,8 @@ class Trainer(TrainingRun):
 
     def _start(self):
         if not isinstance(self._peak, PeakFlops):  # a number given to the Trainer, else the device's peak
-            self._peak = PeakFlops(float(self._peak), 'given') if self._peak else peak_flops(self.device, self.precision)
+            given = self._peak
+            self._peak = PeakFlops(float(given), 'given') if given else peak_flops(self.device, self.precision)
         self.log(describe_run(self))
         self.log(f"  {self._peak.describe()}")
         self._t0, self._step0, self._last_loss, self.window = time.perf_counter(), self.state.step, None, StepWindow()
