@@ -27,14 +27,16 @@ def test_bench_smoke(tmp_path):
                   '--peak-sizes', 128, '--new-tokens', 3, '--prep-mb', 0.01, '--prep-vocab', 300,
                   '--corpus', corpus, '--out', out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for words in ('matmul peak', 'MFU', 'tokens/s', 'KV cache', 'encode_batch'): assert words in r.stdout
+    # on a CPU there is no datasheet peak: the figure is the fraction of the measured matmul peak, and named so
+    for words in ('matmul peak', 'of measured peak', 'tokens/s', 'KV cache', 'encode_batch'): assert words in r.stdout
+    assert 'MFU' not in r.stdout
     res = json.loads(out.read_text())
     assert res['schema'] == 'transformer_nb.bench/1'
     assert res['matmul_peak']['fp32']['median'] > 0 and res['machine']['threads'] == 1
     (row,) = res['train']
     assert (row['shape'], row['mode'], row['tokens_per_step']) == ('baby', 'eager', 12 * 64)
     assert row['tokens_per_s']['min'] <= row['tokens_per_s']['median'] <= row['tokens_per_s']['max']
-    assert 0 < row['mfu']['median'] and row['final_loss'] == row['final_loss']
+    assert 0 < row['mfu']['median'] and row['final_loss'] == row['final_loss'] and row['peak_source'] == 'measured'
     assert res['generate']['same_tokens'] and res['generate']['kv_cache']['tokens_per_s']['median'] > 0
     assert res['prepare']['prepare_mb_per_s']['median'] > 0 and res['prepare']['encode_batch_mb_per_s']['median'] > 0
 

@@ -4,7 +4,11 @@
 components): a tiny corpus and tokenizer, and for AdamW and for Muon a run of 8 steps (dropout on, 2 accumulation
 steps, cosine schedule) of which only the checkpoint of step 4 is kept, with the losses and final weights of the
 uninterrupted 8-step run. Resuming that checkpoint with today's code must give the same steps 5-8 and weights, up
-to float32 rounding: since then RMSNorm and RoPE compute the same functions in another order of operations."""
+to float32 rounding: since then RMSNorm and RoPE compute the same functions in another order of operations.
+
+Muon's update itself has changed since: it orthogonalises q, k and v of the fused QKV weight separately (the old code
+orthogonalised the stacked matrix). An old Muon checkpoint still loads and resumes at the same weights (step 5's loss,
+computed before the first new update, is the same); the steps after it follow the new update and are only close."""
 import contextlib
 import io
 import json
@@ -32,7 +36,10 @@ def test_a_checkpoint_of_the_old_trainer_resumes_exactly(tmp_path, name):
     assert f"resumed from {run / name / 'checkpoints' / 'step_000000000004'}" in out.getvalue()
     assert [r['step'] for r in t.history['train']] == [5, 6, 7, 8] and result['step'] == 8
     for r in t.history['train']:
-        assert abs(r['loss'] - ref['losses'][str(r['step'])]) <= 1e-6, (r['step'], r['loss'])
+        tol = 1e-6 if name == 'adamw' or r['step'] == 5 else 1e-2
+        assert abs(r['loss'] - ref['losses'][str(r['step'])]) <= tol, (r['step'], r['loss'])
+    if name == 'muon':
+        return
     sums = {k: float(v.double().sum()) for k, v in t.raw_model.state_dict().items()}
     assert sums.keys() == ref['weights_sum'].keys()
     for k, v in sums.items():

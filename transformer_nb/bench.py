@@ -42,9 +42,10 @@ from .data import default_workers, prepare, RandomWindowSampler, SequentialSampl
 from .attention import attention_shape
 from .model import DecoderModel
 from .generate import generate_ids
-from .device import measure_matmul_flops, resolve_device, resolve_precision, seed_everything, synchronize
+from .device import (datasheet_peak, measure_matmul_flops, resolve_device, resolve_precision,
+                                   seed_everything, synchronize)
 from .hf import hf_generation_runner
-from .optim import build_optimizer
+from .optim import build_optimizer, muon_param_groups
 from .step import StepSetup, grad_scaler, train_step
 
 # %% auto #0
@@ -313,7 +314,7 @@ def step_bench(config: Config, vocab_size: int, tokens=None, shards=None) -> Ste
     micro, seq_len, pin = config.micro_batch_size(), config.sequence_length, device.type == 'cuda'
     seed_everything(rt.seed)
     model = DecoderModel(config.model, vocab_size).to(device)
-    optimizer = build_optimizer(model, config.optimizer, device)
+    optimizer = build_optimizer(model, config.optimizer, device, config.peak_lr)
     if shards is not None:
         batches = SequentialSampler(shards, micro, seq_len, seed=rt.seed, shuffle=True, pin_memory=pin)
     else: batches = RandomWindowSampler(tokens, micro, seq_len, seed=rt.seed, pin_memory=pin)
@@ -623,8 +624,12 @@ def _print_peak(peaks: dict, show=print):
                       [[k, v['size'], fmt_range(v, 1e-9, '{:,.1f}'),
                         ', '.join(f"{n}: {x / 1e9:,.1f}" for n, x in v['by_size'].items())] for k, v in peaks.items()]))
 
+def _mfu_name(rows: list[dict]) -> str:
+    "'MFU' against a datasheet peak; against a measured one (and in results without `peak_source`) what it is."
+    return 'MFU' if rows and all(r.get('peak_source') == 'datasheet' for r in rows) else 'of measured peak'
+
 def _print_train(rows: list[dict], show=print):
-    show(format_table(['shape', 'mode', 'params', 'tokens/s', 'model GFLOP/s', 'MFU', 'step ms', 'peak MiB',
+    show(format_table(['shape', 'mode', 'params', 'tokens/s', 'model GFLOP/s', _mfu_name(rows), 'step ms', 'peak MiB',
                        'compile s', "others' CPU"],
                       [[r['shape'], r['mode'], f"{r['parameters'] / 1e6:.2f}M", fmt_range(r['tokens_per_s']),
                         fmt_range(r['model_flops_per_s'], 1e-9, '{:,.1f}'), fmt_range(r['mfu'], pct=True),
@@ -675,7 +680,8 @@ def print_results(res: dict, show=print):
          + (f"; other processes used {others:.0%} of the CPU time" if others is not None else ''))
     if 'matmul_peak' in res: _print_peak(res['matmul_peak'], show)
     if 'train' in res:
-        show(f"\ntraining ({res['settings']['precision']}, MFU against the matmul peak)")
+        against = 'the datasheet peak' if _mfu_name(res['train']) == 'MFU' else 'the measured matmul peak'
+        show(f"\ntraining ({res['settings']['precision']}, model FLOP/s against {against})")
         _print_train(res['train'], show)
     if 'generate' in res: _print_generate(res['generate'], show)
     if 'generate_vs_transformers' in res:
@@ -686,10 +692,14 @@ def print_results(res: dict, show=print):
 def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, peaks, cold_compile, retries,
                  max_others, show) -> list[dict]:
     "The training part of `run_bench`: each shape eager (and compiled), measured again while the machine is busy."
-    peak = (peaks.get(precision) or peaks['fp32'])['median']
+    # the Trainer's definition: MFU against the datasheet peak of a known GPU, else the fraction of the measured peak
+    dev, key = resolve_device(device), precision if precision in peaks else 'fp32'
+    sheet = datasheet_peak(torch.cuda.get_device_name(dev), precision) if dev.type == 'cuda' else None
+    peak, source = (sheet, 'datasheet') if sheet else (peaks[key]['median'], 'measured')
+    against = 'MFU against the datasheet peak' if sheet else f"fraction of the measured {key} matmul peak"
     rows = []
     show(f"\ntraining ({precision}; the Trainer's optimizer step; {steps} steps x {repeats} repeats after {warmup} "
-         f"warm-up; MFU against the {precision if precision in peaks else 'fp32'} matmul peak)")
+         f"warm-up; {against})")
     train_throughput(shapes[0], device, 1, 1, 1, False, precision, peak)  # untimed: loads the kernels once
     for s in shapes:
         for comp in ((False, True) if compile else (False,)):
@@ -699,9 +709,10 @@ def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, pea
                      f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
                 tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
             # the least disturbed attempt is kept, and how many it took is recorded with it
-            rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries)})
+            rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries),
+                         'peak_source': source})
             show(f"  {s.name} {'compile' if comp else 'eager'}: {fmt_range(rows[-1]['tokens_per_s'])} tokens/s, "
-                 f"MFU {fmt_range(rows[-1]['mfu'], pct=True)}")
+                 f"{_mfu_name(rows[-1:])} {fmt_range(rows[-1]['mfu'], pct=True)}")
     _print_train(rows, show)
     return rows
 
@@ -767,9 +778,9 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
 # %% ../nbs/11_bench.ipynb #149fd0ae
 GiB = 2 ** 30
 
-def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, float]:
-    """(values saved for backward, transient values: the logits' gradient, a layer being recomputed) for `tokens`
-    tokens."""
+def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple[float, ...]:
+    """Values for `tokens` tokens: (saved for backward, transient ones: a layer being recomputed, the logits'
+    gradient; then of the saved and the recomputed values those that stay fp32 under autocast)."""
     H, KV, d = attention_shape(m)
     h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
     gated = str(getattr(m, 'activation', 'swiglu')).lower() == 'swiglu'
@@ -777,8 +788,25 @@ def _activation_values(m, vocab: int, tokens: int, checkpointing: bool) -> tuple
     # checkpointing only each block's input is kept, plus one block in full while it is recomputed
     layer = 9 * h + 3 * KV * d + (4 if gated else 2) * i + 1.5 * H
     blocks = L * h if checkpointing else L * layer
-    return tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0), tokens * vocab
+    # fp32 under autocast: each layer's two RMSNorm inputs (the residual stream) and attention's log-sum-exp; with
+    # checkpointing the block inputs (the residual stream); the final norm's input and the logits the loss keeps
+    layer32 = 2 * h + H
+    blocks32 = L * h if checkpointing else L * layer32
+    saved, recompute = tokens * (blocks + vocab + 3.3 * h), tokens * (layer if checkpointing else 0)
+    return saved, recompute, tokens * vocab, tokens * (blocks32 + vocab + h), tokens * (layer32 if checkpointing else 0)
 
+
+def _optimizer_bytes(model: torch.nn.Module, opt_cfg) -> float:
+    """Bytes of optimizer state: AdamW's two fp32 moments per parameter; with `optimizer.algorithm: muon` one fp32
+    momentum per parameter of Muon's matrices (split as `muon_param_groups` does) and AdamW's two for the rest."""
+    P = sum(p.numel() for p in model.parameters())
+    if opt_cfg.algorithm != 'muon':
+        return 8 * P
+    muon = sum(p.numel() for g in muon_param_groups(model, 0.0)[0] for p in g['params'])
+    return 4 * muon + 8 * (P - muon)
+
+
+# %% ../nbs/11_bench.ipynb #149fd0af
 def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None,
                     vocab_size: int | None = None, device_type: str = 'cuda') -> dict:
     "Bytes per rank for parameters, gradients, optimizer state and activations of `config` (see the text above)."
@@ -794,26 +822,35 @@ def estimate_memory(config: Config, world_size: int = 1, distributed: str | None
     P = model.num_parameters()
     block = sum(p.numel() for p in model.layers[0].parameters())
     root = P - m.num_layers * block
-    half = rt.precision in ('bf16', 'fp16') and device_type == 'cuda'
+    half = rt.precision in ('bf16', 'fp16')   # autocast, on a GPU or a CPU
     micro = config.micro_batch_size(W)
     tokens = micro * config.sequence_length
-    saved, recompute, logits_grad = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
+    counts = _activation_values(m, V, tokens, bool(rt.activation_checkpointing))
+    saved, recompute, logits_grad, saved32, recompute32 = counts
     act_bytes = 2 if half else 4
+    state = _optimizer_bytes(model, config.optimizer)
     if mode == 'fsdp':
         # fp32 shards of weights, gradients and Adam's two moments are split W ways; on top, the gathered full
         # parameters of the root and of ~2 blocks at a time (the next one is prefetched), and one block's gradients
         pb = 2 if (half and rt.precision == 'bf16') else 4  # the mixed-precision policy gathers in bf16
         params = 4 * P / W + pb * (root + 2 * block)
         grads = 4 * P / W + 4 * block
-        optim = 8 * P / W
+        optim, casts = state / W, 0
     else:
         # DDP keeps a second copy of the gradients in its communication buckets
-        params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), 8 * P
-    # the logits' gradient (V fp32 values per token) exists at the start of the backward pass, on top
-    acts = act_bytes * (saved + recompute) + 4 * logits_grad
+        params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), state
+        # autocast's 16-bit copy of each weight matrix (the head's and the blocks') is kept for the backward pass;
+        # with checkpointing a block's copies exist only while it runs (its forward is recomputed), one at a time
+        mats = sum(p.numel() for p in model.layers[0].parameters() if p.ndim == 2)
+        casts = 2 * (V * m.hidden_size + (0 if rt.activation_checkpointing else m.num_layers * mats)) if half else 0
+        recompute += mats if half and rt.activation_checkpointing else 0  # (values, at 2 bytes)
+    # under autocast most saved values are 16-bit, but the residual stream, the norms' inputs and the loss's logits
+    # stay fp32 (the ...32 counts); the logits' gradient (V fp32 values per token) exists at the start of the backward
+    saved_bytes = act_bytes * saved + (4 - act_bytes) * saved32
+    acts = saved_bytes + act_bytes * recompute + (4 - act_bytes) * recompute32 + 4 * logits_grad + casts
     return {'mode': mode, 'world_size': W, 'parameters_count': P, 'micro_batch': micro,
             'seq_len': config.sequence_length, 'params': params, 'grads': grads, 'optimizer': optim,
-            'activations': acts, 'activations_saved': act_bytes * saved,
+            'activations': acts, 'activations_saved': saved_bytes, 'autocast_weights': casts,
             'total': params + grads + optim + acts}
 
 # %% ../nbs/11_bench.ipynb #6776f4ac

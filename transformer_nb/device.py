@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,8 +21,9 @@ import torch
 from .base import UserError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'TrainingError', 'resolve_device', 'resolve_precision', 'autocast', 'synchronize', 'seed_everything',
-           'tf32_enabled', 'datasheet_peak', 'measure_matmul_flops', 'peak_flops']
+__all__ = ['PRECISIONS', 'TrainingError', 'resolve_device', 'cuda_bf16_native', 'resolve_precision', 'autocast', 'synchronize',
+           'seed_everything', 'gpu_model', 'tf32_enabled', 'datasheet_peak', 'measure_matmul_flops', 'PeakFlops',
+           'peak_flops']
 
 # %% ../nbs/00_device.ipynb #462b2035
 class TrainingError(UserError):
@@ -57,6 +60,14 @@ def resolve_device(name: str | None = 'auto', local_rank: int = 0, key: str = 'r
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
+def cuda_bf16_native() -> bool:
+    "Whether the current GPU computes bf16 natively (torch's default check also counts a slow emulation)."
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument counted native support only
+        return torch.cuda.is_bf16_supported()
+
+
 def resolve_precision(precision: str | None, device: torch.device) -> tuple[str, torch.dtype | None]:
     "(`precision`, autocast dtype or None) for `runtime.precision` on `device`; warns for 16-bit on CPU."
     p = (precision or 'fp32').lower()
@@ -66,7 +77,7 @@ def resolve_precision(precision: str | None, device: torch.device) -> tuple[str,
     if device.type == 'cpu':
         warnings.warn(f"runtime.precision={p} on CPU: 16-bit matmuls are much slower than fp32 on most CPUs; "
                       "consider runtime.precision=fp32", stacklevel=2)
-    if p == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+    if p == 'bf16' and device.type == 'cuda' and not cuda_bf16_native():
         raise TrainingError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
                             "use fp16")
     return p, PRECISIONS[p]
@@ -97,28 +108,58 @@ def seed_everything(seed: int) -> None:
 # %% ../nbs/00_device.ipynb #a41273e3
 # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32). Dense, not the "with sparsity"
 # figures that datasheets print first: MFU compares against what a dense matmul can reach. V100 and T4 have no
-# TF32, so their tf32 column repeats plain fp32. Keys are matched as substrings of the device name, in this
-# order: 'L40S' must come before 'L4', which it contains.
+# TF32, so their tf32 column repeats plain fp32. A model alone is its SXM part (or its only one); a form factor
+# with other peaks has its own entry.
 _GPU_PEAK = {
-    'H200': (989e12, 494e12, 67e12), 'H100': (989e12, 494e12, 67e12), 'A100': (312e12, 156e12, 19.5e12),
-    'L40S': (362e12, 183e12, 91.6e12), 'A10G': (70e12, 35e12, 31.2e12), 'L4': (121e12, 60e12, 30.3e12),
-    'V100': (125e12, 15.7e12, 15.7e12), 'T4': (65e12, 8.1e12, 8.1e12),
+    'H100': (989e12, 494e12, 67e12), 'H100 PCIE': (756e12, 378e12, 51e12), 'H100 NVL': (835e12, 418e12, 60e12),
+    'H200': (989e12, 494e12, 67e12), 'H200 NVL': (835e12, 418e12, 60e12), 'GH200': (989e12, 494e12, 67e12),
+    'A100': (312e12, 156e12, 19.5e12), 'L40S': (362e12, 183e12, 91.6e12), 'L40': (181e12, 90.5e12, 90.5e12),
+    'L4': (121e12, 60e12, 30.3e12), 'A10G': (70e12, 35e12, 31.2e12), 'A10': (125e12, 62.5e12, 31.2e12),
+    'V100': (125e12, 15.7e12, 15.7e12), 'V100 PCIE': (112e12, 14e12, 14e12), 'T4': (65e12, 8.1e12, 8.1e12),
 }
 
 
+def gpu_model(name: str) -> str | None:
+    """The datasheet entry of a `torch.cuda.get_device_name` string ('NVIDIA H100 PCIe' -> 'H100 PCIE'), matched by
+    model and form factor, never by substring; None for a GPU not in the table."""
+    # 'NVIDIA A100-SXM4-80GB' -> model A100, form SXM; the vendor, memory size and memory type say nothing of the peak
+    words = [w for w in re.split(r'[\s_-]+', name.upper())
+             if w and w not in ('NVIDIA', 'TESLA') and not re.fullmatch(r'\d+GB|HBM\w*', w)]
+    if not words:
+        return None
+    model, rest = words[0], words[1:]
+    form = 'PCIE' if 'PCIE' in rest else 'NVL' if 'NVL' in rest else 'SXM' if any(
+        w.startswith('SXM') for w in rest) else None
+    if form and f"{model} {form}" in _GPU_PEAK:
+        return f"{model} {form}"
+    # the bare model is the SXM part, or the model's only part when no form factor has an entry of its own
+    one_peak = not any(k.startswith(model + ' ') for k in _GPU_PEAK)
+    return model if model in _GPU_PEAK and (form in (None, 'SXM') or one_peak) else None
+
+
 def tf32_enabled() -> bool:
-    "Whether fp32 matmuls may use TF32 tensor cores (`torch.set_float32_matmul_precision` not 'highest')."
+    """Whether fp32 CUDA matmuls may use TF32 tensor cores: `torch.backends.cuda.matmul.fp32_precision` (torch >= 2.9,
+    which also reflects the older setting), else `torch.get_float32_matmul_precision()` not 'highest'."""
+    new = getattr(getattr(getattr(torch.backends, 'cuda', None), 'matmul', None), 'fp32_precision', None)
+    if new is not None:
+        if new == 'none':  # inherits the global setting of the new API
+            new = getattr(torch.backends, 'fp32_precision', 'none')
+        return new == 'tf32'
+    # (with the new API in use, this older getter raises)
     return torch.get_float32_matmul_precision() != 'highest'
 
 
 def datasheet_peak(gpu_name: str, precision: str = 'fp32', tf32: bool | None = None) -> float | None:
-    """Dense peak FLOP/s of a known GPU for `precision`; fp32 uses the TF32 figure only if `tf32` (default: the
-    current setting)."""
-    tf32 = tf32_enabled() if tf32 is None else tf32
-    for key, (half, t32, f32) in _GPU_PEAK.items():
-        if key in gpu_name:
-            return half if precision in ('bf16', 'fp16') else (t32 if tf32 else f32)
-    return None
+    """Dense peak FLOP/s of a known GPU (`gpu_model`) for `precision`; fp32 uses the TF32 figure only if `tf32`
+    (default: the current setting)."""
+    model = gpu_model(gpu_name)
+    if model is None:
+        return None
+    half, t32, f32 = _GPU_PEAK[model]
+    if precision in ('bf16', 'fp16'):
+        return half
+    return t32 if (tf32_enabled() if tf32 is None else tf32) else f32
+
 
 # %% ../nbs/00_device.ipynb #adba7455
 def measure_matmul_flops(device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float32, n: int = 1024,
@@ -145,14 +186,38 @@ def measure_matmul_flops(device: torch.device | str = 'cpu', dtype: torch.dtype 
     return best
 
 
-def peak_flops(device: torch.device, precision: str = 'fp32') -> float:
-    """Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of known GPUs,
-    else a quick measurement."""
+@dataclass(frozen=True)
+class PeakFlops:
+    "One device's peak matmul FLOP/s behind MFU, and its `source`: 'datasheet', 'TNB_PEAK_FLOPS', 'given', 'measured'."
+    flops: float
+    source: str
+    what: str = ''  # the GPU model and precision of a datasheet figure, the dtype of a measured one
+
+    @property
+    def measured(self) -> bool:
+        "Whether the peak was timed here: the figures are then fractions of the measured peak, not MFU."
+        return self.source == 'measured'
+
+    def describe(self) -> str:
+        "One short line for a log: what the MFU figures are measured against."
+        per = f"{self.flops / 1e12:,.1f} TFLOP/s" if self.flops >= 1e12 else f"{self.flops / 1e9:,.1f} GFLOP/s"
+        if self.measured:  # (no datasheet figure for this device)
+            return f"'of peak': the fraction of the measured {self.what} matmul peak, {per}"
+        where = {'datasheet': f"the {self.what} datasheet peak", 'TNB_PEAK_FLOPS': "$TNB_PEAK_FLOPS"}
+        return f"MFU against {where.get(self.source, 'the given peak')}, {per} per device"
+
+
+def peak_flops(device: torch.device, precision: str = 'fp32') -> PeakFlops:
+    """Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of a known GPU
+    (`gpu_model`), else a quick measurement (`.measured`)."""
     if os.environ.get('TNB_PEAK_FLOPS'):
-        return float(os.environ['TNB_PEAK_FLOPS'])
+        return PeakFlops(float(os.environ['TNB_PEAK_FLOPS']), 'TNB_PEAK_FLOPS')
     if device.type == 'cuda':
-        peak = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        name = torch.cuda.get_device_name(device)
+        peak = datasheet_peak(name, precision)
         if peak is not None:
-            return peak
-    # A measured peak is lower than a datasheet one, so MFU on an unknown device reads high
-    return measure_matmul_flops(device, PRECISIONS.get(precision) or torch.float32)
+            fp32 = 'tf32' if tf32_enabled() else 'fp32'
+            return PeakFlops(peak, 'datasheet', f"{gpu_model(name)} {precision if precision != 'fp32' else fp32}")
+    # A measured peak is lower than a datasheet one (and lower still under load), so the fraction reads high
+    dtype = PRECISIONS.get(precision) or torch.float32
+    return PeakFlops(measure_matmul_flops(device, dtype), 'measured', str(dtype).replace('torch.', ''))

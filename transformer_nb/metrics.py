@@ -21,7 +21,7 @@ from .tokenizer import eos_id
 
 # %% auto #0
 __all__ = ['token_byte_lengths', 'token_bytes_tensor', 'loss_sums', 'text_figures', 'token_stream', 'window_batches',
-           'text_metrics', 'model_flops_utilization']
+           'text_metrics', 'model_flops_utilization', 'mfu_text']
 
 # %% ../nbs/09c_metrics.ipynb #ac06ac17
 def token_byte_lengths(tokenizer) -> np.ndarray:
@@ -146,3 +146,15 @@ def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_
                             world_size: int = 1) -> float:
     "MFU: model FLOP/s over the peak of all `world_size` devices (tokens/s counts every device's tokens)."
     return flops_per_token * tokens_per_sec / (peak_per_device * world_size)
+
+# %% ../nbs/09c_metrics.ipynb #f1e2d3c5
+def mfu_text(mfu: float, measured: bool = False) -> str:
+    """`mfu` for a log line: 'mfu 41.2%' against a datasheet or given peak, '41% of peak' against a measured one
+    (`PeakFlops.measured`: a rough yardstick, so whole percent); above 100% flagged, never clamped."""
+    if not math.isfinite(mfu):
+        return 'mfu n/a' if not measured else 'n/a of peak'
+    text = f"{mfu:.0%} of peak" if measured else f"mfu {mfu:.1%}"
+    if mfu > 1:
+        text += ' (>100%: peak under-measured)' if measured else ' (>100%: above the peak, check it)'
+    return text
+

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from .device import TrainingError
+from .attention import CausalSelfAttention
 from .checkpoint import unwrap_model
 
 # %% auto #0
-__all__ = ['lr_at', 'make_scheduler', 'param_groups', 'adamw', 'build_optimizer', 'muon_param_groups', 'MuonWithAdamW',
-           'newton_schulz', 'Muon32', 'muon_with_adamw']
+__all__ = ['lr_at', 'make_scheduler', 'param_groups', 'adamw', 'build_optimizer', 'projection_splits', 'muon_param_groups',
+           'MuonWithAdamW', 'newton_schulz', 'SlicedMuon', 'Muon32', 'muon_with_adamw']
 
 # %% ../nbs/09b_optim.ipynb #7cd93281
 def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, power: float = 2.0) -> float:
@@ -89,18 +90,30 @@ def adamw(groups: list[dict], opt_cfg) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, **kw)
 
 
-def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None):
+def build_optimizer(model: nn.Module, opt_cfg, device: torch.device | None = None, peak_lr: float | None = None):
     """The optimizer of the `optimizer` config section: AdamW with `param_groups`, or `MuonWithAdamW` (below) for
-    `muon`."""
+    `muon` (`peak_lr`: the schedule's peak, `Config.peak_lr`)."""
     if opt_cfg.algorithm == 'muon':
-        return muon_with_adamw(model, opt_cfg, device)
+        return muon_with_adamw(model, opt_cfg, device, peak_lr)
     return adamw(param_groups(model, opt_cfg.weight_decay), opt_cfg)
 
 # %% ../nbs/09b_optim.ipynb #8e230286
+def projection_splits(model: nn.Module) -> dict[int, tuple[int, ...]]:
+    """Row sizes of the projections stacked in each fused weight, by `id` of the parameter: `attn.qkv.weight` holds
+    q, k and v (`(H*d, KV*d, KV*d)` rows)."""
+    out = {}
+    for m in unwrap_model(model).modules():
+        if isinstance(m, CausalSelfAttention):
+            H, KV, d = m.num_heads, m.num_kv_heads, m.head_dim
+            out[id(m.qkv.weight)] = (H * d, KV * d, KV * d)
+    return out
+
+
 def muon_param_groups(model: nn.Module, weight_decay: float,
                       muon_weight_decay: float = 0.0) -> tuple[list[dict], list[dict]]:
     """(Muon groups, AdamW groups) with 'names': the 2-D weights inside the blocks (`layers.*`) go to Muon;
-    the rest is grouped as `param_groups` does. Empty groups are left out."""
+    the rest is grouped as `param_groups` does. Empty groups are left out. Muon's group also has 'splits': the
+    `projection_splits` of each of its matrices (None: one projection)."""
     muon, rest = ([], []), []
     for g in param_groups(model, weight_decay):
         # Muon orthogonalises matrices: the embedding, the head and 1-D gains are left to AdamW
@@ -109,12 +122,15 @@ def muon_param_groups(model: nn.Module, weight_decay: float,
             into = muon if n.startswith('layers.') and p.ndim == 2 else keep
             into[0].append(p); into[1].append(n)
         if keep[0]: rest.append({**g, 'params': keep[0], 'names': keep[1]})
-    groups = [{'params': muon[0], 'weight_decay': muon_weight_decay, 'names': muon[1]}] if muon[0] else []
+    splits = projection_splits(model)
+    groups = [{'params': muon[0], 'weight_decay': muon_weight_decay, 'names': muon[1],
+               'splits': [splits.get(id(p)) for p in muon[0]]}] if muon[0] else []
     return groups, rest
+
 
 # %% ../nbs/09b_optim.ipynb #352b5186
 class MuonWithAdamW:
-    "`torch.optim.Muon` and `torch.optim.AdamW` stepped as one optimizer (`.muon`, `.adamw`)."
+    "A Muon (`SlicedMuon`) and a `torch.optim.AdamW` stepped as one optimizer (`.muon`, `.adamw`)."
     def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
         self.muon, self.adamw = muon, adamw
 
@@ -128,11 +144,17 @@ class MuonWithAdamW:
     def defaults(self) -> dict: return self.adamw.defaults
 
     def step(self, closure=None):
-        "One step of both (a closure is evaluated once)."
+        """One step of both (a closure is evaluated once). A `found_inf` (and `grad_scale`) set on this object, as
+        `train_step` does for fused AdamW, is handed to both parts: each skips the step on the device."""
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
-        for opt in self.optimizers: opt.step()
+        flags = {k: getattr(self, k) for k in ('grad_scale', 'found_inf') if hasattr(self, k)}
+        for opt in self.optimizers:
+            for k, v in flags.items(): setattr(opt, k, v)
+            try: opt.step()
+            finally:
+                for k in flags: delattr(opt, k)
         return loss
 
     def zero_grad(self, set_to_none: bool = True):
@@ -158,57 +180,99 @@ class MuonWithAdamW:
 def newton_schulz(g: torch.Tensor, coefficients=(3.4445, -4.7750, 2.0315), steps: int = 5,
                   eps: float = 1e-7) -> torch.Tensor:
     """The quintic Newton-Schulz iteration of `torch.optim.Muon` (an approximate `U V^T` of `g = U S V^T`), in
-    `g`'s dtype."""
+    `g`'s dtype; `g` is a matrix or a stack `(n, rows, cols)` of matrices, each orthogonalised on its own."""
     a, b, c = coefficients
     # on the wide orientation the Gram matrix x x^T is the smaller one; dividing by the Frobenius norm brings every
     # singular value into (0, 1], where the iteration converges
-    x = g.T if g.size(0) > g.size(1) else g
-    x = x / x.norm().clamp(min=eps)
+    tall = g.size(-2) > g.size(-1)
+    x = g.mT if tall else g
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    mm_add = torch.addmm if x.ndim == 2 else torch.baddbmm   # beta * input + alpha * (m1 @ m2), one or a stack
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if g.size(0) > g.size(1) else x
+        gram = x @ x.mT
+        x = mm_add(x, mm_add(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
-class Muon32(torch.optim.Muon):
-    "`torch.optim.Muon` with the Newton-Schulz iteration in float32 instead of bfloat16 (for CPUs)."
+
+def _lr_ratio(rows: int, cols: int, adjust: str | None) -> float:
+    "The shape factor of torch.optim.Muon's learning rate: an update RMS like AdamW's, or the original sqrt(A/B)."
+    return 0.2 * math.sqrt(max(rows, cols)) if adjust == 'match_rms_adamw' else math.sqrt(max(1, rows / cols))
+
+
+class SlicedMuon(torch.optim.Muon):
+    """`torch.optim.Muon`, except: each projection stacked in a fused matrix (`splits`: row sizes by `id` of the
+    parameter) is orthogonalised and scaled on its own; Newton-Schulz runs in `ns_dtype`; a `found_inf` flag skips
+    the step on the device."""
+    supports_found_inf = True   # `train_step` may set `found_inf` (as for fused AdamW) instead of syncing the host
+
+    def __init__(self, params, splits: dict | None = None, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(params, **kwargs)
+        self.splits, self.ns_dtype = dict(splits or {}), ns_dtype
+
+    def _sizes(self, p: torch.Tensor) -> tuple[int, ...]:
+        "Row sizes of the projections stacked in `p` (one: the whole matrix)."
+        return self.splits.get(id(p)) or (p.size(0),)
+
+    def _orthogonalise(self, p: torch.Tensor, u: torch.Tensor, group: dict) -> list[tuple[torch.Tensor, float]]:
+        "(update, lr factor) of each projection of `p` given its momentum `u`: one batched iteration when equal."
+        sizes = self._sizes(p)
+        def ns(x): return newton_schulz(x.to(self.ns_dtype), group['ns_coefficients'], group['ns_steps'], group['eps'])
+        if len(set(sizes)) == 1:
+            outs = ns(u.view(len(sizes), sizes[0], p.size(1)) if len(sizes) > 1 else u)
+            outs = outs.unbind(0) if len(sizes) > 1 else (outs,)
+        else:
+            outs = [ns(piece) for piece in u.split(sizes)]
+        return [(o, _lr_ratio(n, p.size(1), group['adjust_lr_fn'])) for o, n in zip(outs, sizes)]
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
+        found_inf = getattr(self, 'found_inf', None)
         for group in self.param_groups:
             lr, mom = group['lr'], group['momentum']
             for p in group['params']:
                 if p.grad is None: continue
                 buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p.grad))
+                old = (p.clone(), buf.clone()) if found_inf is not None else None
                 # momentum as torch.optim.Muon keeps it (lerp, then an optional Nesterov look-ahead)
                 buf.lerp_(p.grad, 1 - mom)
                 u = p.grad.lerp(buf, mom) if group['nesterov'] else buf
-                u = newton_schulz(u.float(), group['ns_coefficients'], group['ns_steps'], group['eps'])
-                # the two learning-rate adjustments of torch.optim.Muon: an update RMS like AdamW's, or the original
-                # sqrt(rows / columns)
-                A, B = p.shape
-                scale = (0.2 * math.sqrt(max(A, B)) if group['adjust_lr_fn'] == 'match_rms_adamw'
-                         else math.sqrt(max(1, A / B)))
                 p.mul_(1 - lr * group['weight_decay'])
-                p.add_(u.to(p.dtype), alpha=-lr * scale)
+                for piece, (o, ratio) in zip(p.split(self._sizes(p)), self._orthogonalise(p, u, group)):
+                    piece.add_(o.to(p.dtype), alpha=-lr * ratio)
+                if old is not None:   # a skipped step: weights and momentum as they were, decided on the device
+                    skip = found_inf != 0
+                    p.copy_(torch.where(skip, old[0], p)); buf.copy_(torch.where(skip, old[1], buf))
         return loss
 
+
+class Muon32(SlicedMuon):
+    "`SlicedMuon` with the Newton-Schulz iteration in float32 (for CPUs)."
+    def __init__(self, params, splits: dict | None = None, ns_dtype: torch.dtype = torch.float32, **kwargs):
+        super().__init__(params, splits, ns_dtype, **kwargs)
+
+
 # %% ../nbs/09b_optim.ipynb #260acfb0
-def muon_with_adamw(model: nn.Module, opt_cfg, device=None) -> MuonWithAdamW:
+def muon_with_adamw(model: nn.Module, opt_cfg, device=None, peak_lr: float | None = None) -> MuonWithAdamW:
     """`MuonWithAdamW` from the `optimizer` config section (its `muon_*` keys for Muon, the AdamW keys for the rest)
-    for `device`."""
+    for `device`. `peak_lr`: the schedule's peak (`Config.peak_lr`; default `learning_rate`), at which Muon runs at
+    `muon_learning_rate`."""
     c = opt_cfg
     muon_groups, rest = muon_param_groups(model, c.weight_decay, c.muon_weight_decay)
     if not muon_groups:
         raise TrainingError("optimizer.algorithm=muon: the model has no 2-D weights inside its blocks")
+    splits = {}
     for g in muon_groups:
         g.pop('names')
-        g['lr_scale'] = c.muon_learning_rate / c.learning_rate  # the schedule sets lr; Muon's groups scale it
+        splits.update({id(p): s for p, s in zip(g['params'], g.pop('splits')) if s is not None})
+        # the schedule sets lr (peaking at peak_lr); Muon's groups scale it, so that Muon peaks at muon_learning_rate
+        g['lr_scale'] = c.muon_learning_rate / (peak_lr or c.learning_rate)
     ns = c.muon_ns_dtype
     if ns == 'auto':  # bf16 Newton-Schulz is fast on a GPU and slow on most CPUs
         ns = 'bfloat16' if device is not None and torch.device(device).type == 'cuda' else 'float32'
-    cls = torch.optim.Muon if ns == 'bfloat16' else Muon32
-    muon = cls(muon_groups, lr=c.muon_learning_rate, momentum=c.muon_momentum, nesterov=c.muon_nesterov,
-               ns_steps=c.muon_ns_steps, adjust_lr_fn=c.muon_adjust_lr)
+    muon = SlicedMuon(muon_groups, splits, getattr(torch, ns), lr=c.muon_learning_rate, momentum=c.muon_momentum,
+                      nesterov=c.muon_nesterov, ns_steps=c.muon_ns_steps, adjust_lr_fn=c.muon_adjust_lr)
     return MuonWithAdamW(muon, adamw(rest, c))
+

@@ -31,6 +31,7 @@ from .checkpoint import (CheckpointError, config_dict, diff_dicts, latest_checkp
 from .parallel import DistInfo, all_true, barrier, checkpoint_format, gather_json
 from .optim import lr_at
 from .display import fit_columns
+from .metrics import mfu_text
 
 # %% auto #0
 __all__ = ['TrainingDiverged', 'TrainState', 'NanGuard', 'RunPaths', 'RunData', 'tokenizer_source', 'validation_sources',
@@ -346,17 +347,19 @@ class MetricsLogger:
         if self.show:
             say(msg)  # through tqdm: a progress bar is lifted, not written over
 
-    def train(self, rows: list[dict], tps: float, mfu: float, eta: float, elapsed: float) -> float:
-        "Record a window of steps; print its line (mean loss since the last line); returns that mean."
+    def train(self, rows: list[dict], tps: float, mfu: float, eta: float, elapsed: float,
+              measured_peak: bool = False) -> float:
+        """Record a window of steps; print its line (mean loss since the last line); returns that mean. `mfu` is
+        against a measured peak if `measured_peak` (`mfu_text` names it so)."""
         good = [r['loss'] for r in rows if math.isfinite(r['loss'])]
         norms = [r['grad_norm'] for r in rows if math.isfinite(r['grad_norm'])]
         loss, norm = (sum(v) / len(v) if v else float('nan') for v in (good, norms))
         step, nskip = rows[-1]['step'], sum(r['skipped'] for r in rows)
         core = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}", f"loss {loss:.4f}",
-                f"lr {rows[-1]['lr']:.2e}", f"{tps:,.0f} tok/s", f"eta {fmt_secs(eta)}"]
+                f"lr {rows[-1]['lr']:.2e}", f"{tps:,.0f} tok/s", mfu_text(mfu, measured_peak), f"eta {fmt_secs(eta)}"]
         core += [f"skipped {nskip} (NaN/inf)"] if nskip else []
         # the essentials always fit; the extras are added while the terminal is wide enough
-        self.log(fit_columns(core, [f"grad_norm {norm:.3f}", f"mfu {mfu:.1%}", f"elapsed {fmt_secs(elapsed)}"]))
+        self.log(fit_columns(core, [f"grad_norm {norm:.3f}", f"elapsed {fmt_secs(elapsed)}"]))
         self.history['train'] += rows
         if self.writer is not None:
             for r in rows:
@@ -364,7 +367,7 @@ class MetricsLogger:
                     self.writer.add_scalar(f'train/{k}', r[k], r['step'])
             self.writer.add_scalar('train/tokens_per_sec', tps, step)
             if math.isfinite(mfu):
-                self.writer.add_scalar('train/mfu', mfu, step)
+                self.writer.add_scalar('train/fraction_of_measured_peak' if measured_peak else 'train/mfu', mfu, step)
             # flushing each line would make TensorBoard's file I/O a per-step cost; evaluations flush at once
             if step - self.flushed_at >= self.flush_every:
                 self.writer.flush()

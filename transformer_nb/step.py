@@ -42,8 +42,11 @@ class StepSetup:
 
 
 def uses_fused_step(optimizer) -> bool:
-    "Whether `optimizer` is a fused AdamW, which can skip a non-finite step without a host sync."
-    return bool(optimizer.param_groups[0].get('fused'))
+    """Whether `optimizer` can skip a non-finite step without a host sync: a fused AdamW (its `found_inf`), an
+    optimizer with `supports_found_inf`, or a composite (`.optimizers`, e.g. Muon + AdamW) whose parts all can."""
+    parts = getattr(optimizer, 'optimizers', (optimizer,))
+    return all(getattr(o, 'supports_found_inf', False) or all(g.get('fused') for g in o.param_groups)
+               for o in parts)
 
 
 def grad_scaler(precision: str, device: torch.device):

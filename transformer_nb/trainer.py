@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .base import short_path
 from .config import load_config
-from .device import TrainingError, peak_flops, resolve_device, resolve_precision, seed_everything
+from .device import PeakFlops, TrainingError, peak_flops, resolve_device, resolve_precision, seed_everything
 from .tokenizer import tokenizer_from_config
 from .base import RunLock
 from .checkpoint import CheckpointError, checkpoint_step, get_rng_state, load_checkpoint
@@ -129,8 +129,8 @@ class TrainingRun:
     device, tokenizer, data, model, optimizer, batches, counters, checkpoints, logs. `Trainer` (below) trains it.
 
     `max_bad_steps`: stop after this many NaN/inf steps in a row. `show_progress`: tqdm bar (default: when stdout
-    is a terminal). `peak_flops`: for MFU (default: datasheet or measured). `live_plot`: progress bar and loss/LR
-    chart redrawn in place (default: in a Jupyter kernel; False: off)."""
+    is a terminal). `peak_flops`: FLOP/s per device for MFU (default: `device.peak_flops`). `live_plot`: progress
+    bar and loss/LR chart redrawn in place (default: in a Jupyter kernel; False: off)."""
 
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
@@ -183,7 +183,7 @@ class TrainingRun:
         self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
         if info.enabled:
             torch.manual_seed(rt.seed + info.rank)  # each rank its own dropout masks
-        self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optimizer, self.device, cfg.peak_lr)
         self.scaler = grad_scaler(self.precision, self.device)
         self.setup = StepSetup.for_config(cfg, self.optimizer, self.device, self.amp_dtype, self.parallel, info)
         self.fused = self.setup.fused
@@ -317,8 +317,11 @@ class Trainer(TrainingRun):
             self.close()
 
     def _start(self):
-        self._peak = self._peak or peak_flops(self.device, self.precision)
+        if not isinstance(self._peak, PeakFlops):  # a number given to the Trainer, else the device's peak
+            given = self._peak
+            self._peak = PeakFlops(float(given), 'given') if given else peak_flops(self.device, self.precision)
         self.log(describe_run(self))
+        self.log(f"  {self._peak.describe()}")
         self._t0, self._step0, self._last_loss, self.window = time.perf_counter(), self.state.step, None, StepWindow()
         self.logger.open(self.state.step, self.total_steps)
         if self.state.step >= self.total_steps:
@@ -331,12 +334,15 @@ class Trainer(TrainingRun):
         rows, tps = self.window.rows(self.state.step, self.tokens_per_step)
         if not rows:
             return self.guard.check(self.state, self.checkpointer.last)
-        mfu = model_flops_utilization(self.flops_per_token, tps, self._peak, self.dist.world_size)
+        mfu = model_flops_utilization(self.flops_per_token, tps, self._peak.flops, self.dist.world_size)
         # the ETA extrapolates this session's pace (a resumed run's earlier sessions are not counted)
         elapsed, done = time.perf_counter() - self._t0, self.state.step - self._step0
         eta = (self.total_steps - self.state.step) * elapsed / done if done else float('nan')
-        rows[-1].update(tokens_per_sec=tps, mfu=mfu, elapsed=self.state.elapsed_seconds + elapsed)
-        self._last_loss = self.logger.train(rows, tps, mfu, eta, elapsed)
+        # `peak_source` says what `mfu` is: against a 'datasheet' (or 'given') peak MFU, against a 'measured' one the
+        # fraction of the measured matmul peak
+        rows[-1].update(tokens_per_sec=tps, mfu=mfu, peak_source=self._peak.source,
+                        elapsed=self.state.elapsed_seconds + elapsed)
+        self._last_loss = self.logger.train(rows, tps, mfu, eta, elapsed, self._peak.measured)
         self._progress.note(self._last_loss, rows[-1]['lr'])
         self.guard.check(self.state, self.checkpointer.last)
 
