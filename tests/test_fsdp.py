@@ -234,6 +234,10 @@ def test_estimate_memory_command():
                         capture_output=True, text=True, timeout=120)
     assert m3.returncode == 0, m3.stderr
     assert 'global batch 6 x 512' in m3.stdout and 'ddp x6, micro-batch 1 x 512' in m3.stdout
+    # Muon does not run under FSDP: no FSDP row, and asking for one is refused
+    mu = subprocess.run([*exe, '--config', str(ROOT / 'configs' / 'shakespeare_cpu_recipe.yaml'), '--vocab-size', '1024'],
+                        capture_output=True, text=True, timeout=120)
+    assert mu.returncode == 0 and 'ddp x8' in mu.stdout and 'fsdp' not in mu.stdout, mu.stdout + mu.stderr
     bad = subprocess.run([*exe, '--config', 'nope.yaml'], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.yaml' in bad.stderr
 

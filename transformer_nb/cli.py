@@ -743,7 +743,10 @@ def _estimate_memory(a) -> int:
     # the comparison: 8 processes, or the most (up to 8) that can split the global batch
     split = [w for w in range(8, 1, -1) if cfg.global_batch_size % (w * cfg.data.gradient_accumulation_steps) == 0]
     sizes = [a.world_size] if a.world_size else [1] + split[:1]
-    modes = [a.distributed] if a.distributed else ['ddp', 'fsdp']
+    muon = cfg.optimizer.algorithm == 'muon'  # training refuses Muon under FSDP: no FSDP row for it
+    if muon and a.distributed == 'fsdp':
+        raise BenchError(f"{a.config}: optimizer.algorithm=muon does not run under FSDP: use --distributed ddp")
+    modes = [a.distributed] if a.distributed else ['ddp'] if muon else ['ddp', 'fsdp']
     # one process has no parallelism to choose: a single 'none' row for it
     rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes
             for m in (modes if w > 1 else ['none'])]
