@@ -609,8 +609,7 @@ def is_dcp_checkpoint(path) -> bool:
     return (Path(path) / DCP_METADATA).is_file()
 
 def _dcp_read(path: Path, sd: dict, no_dist: bool = False, reader: SafeDCPReader | None = None):
-    "Read `sd` from the DCP folder of checkpoint `path` (`reader`: one that has read the metadata already)."
-    reader = reader or SafeDCPReader(str(path / DCP_DIR))
+    reader = reader or SafeDCPReader(str(path / DCP_DIR))  # (a reader that has read the metadata hands it on)
     try:
         with warnings.catch_warnings():      # DCP's notice that it reads in a single process (that is intended)
             warnings.filterwarnings('ignore', message='torch.distributed is disabled')
