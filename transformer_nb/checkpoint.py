@@ -183,7 +183,7 @@ def _fsync_path(path: Path):
 # the clock has moved on from the file's mtime (_SETTLED_NS): a rewrite within the same timestamp tick would keep
 # the key, so such "racy" entries are not trusted (as git does with its index)
 _KNOWN_SHA256: dict[tuple, str] = {}
-_SETTLED_NS = 1_000_000_000
+_SETTLED_NS = 2_000_000_000
 
 def _remember(path, sha: str) -> dict:
     "Record `sha` as the content hash of the file at `path`; return its manifest entry {sha256, size}."
