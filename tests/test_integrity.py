@@ -133,7 +133,8 @@ def test_fingerprint_covers_encode_special_tokens(assets, tmp_path):
 
 # --- item 5 -----------------------------------------------------------------------------------------------------
 
-def test_reused_shards_are_checked_by_hash(assets, tmp_path, capsys):
+def test_reused_shards_are_checked_by_hash(assets, tmp_path, capsys, monkeypatch):
+    import transformer_nb.data as data_mod
     kw = dict(cache_dir=tmp_path / 'cache', show_progress=False)
     a = prepare([assets['corpus']], assets['tok'], **kw)
     want = np.array(a.train.tokens)
@@ -142,6 +143,8 @@ def test_reused_shards_are_checked_by_hash(assets, tmp_path, capsys):
     flip_byte(shard)                                              # same size, other content (a torn write)
     assert shard.stat().st_size == size
     capsys.readouterr()
+    # the next process checks the hashes (the writing process trusts what it hashed while writing)
+    monkeypatch.setattr(data_mod, '_VERIFIED', set()); monkeypatch.setattr(data_mod, '_WRITTEN', set())
     b = prepare([assets['corpus']], assets['tok'], **kw)
     assert not b.reused, 'a damaged cached shard was reused'
     assert 'does not match its sha256' in capsys.readouterr().err

@@ -10,16 +10,18 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import io
 import json
 import logging
-import pickletools
 import os
+import pickle
 import platform
 import random
 import re
 import secrets
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,10 @@ import safetensors
 import safetensors.torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint._traverse import set_element as _set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
 
@@ -46,12 +52,13 @@ from .model import DecoderModel
 __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
            'TOKENIZER_DIR', 'FORMAT_NAME', 'FORMAT_VERSION', 'DCP_DIR', 'DCP_METADATA', 'RUN_LAYOUT', 'CheckpointError',
            'CheckpointWarning', 'flatten_state', 'unflatten_state', 'unwrap_model', 'model_tensors', 'get_rng_state',
-           'set_rng_state', 'checkpoint_name', 'config_dict', 'canonical_sha256', 'diff_dicts', 'remove_leftovers',
-           'save_checkpoint', 'read_manifest', 'verify_checkpoint', 'list_checkpoints', 'checkpoint_step',
-           'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata', 'SafeDCPReader', 'dcp_state_dict',
-           'write_dcp', 'stage_checkpoint', 'publish_checkpoint', 'save_dcp_checkpoint', 'is_dcp_checkpoint',
-           'load_dcp_model_tensors', 'checkpoint_model_tensors', 'load_dcp_checkpoint', 'checkpoint_vocab_size',
-           'load_model_tensors', 'load_checkpoint', 'find_checkpoint', 'load_for_generation']
+           'set_rng_state', 'checkpoint_name', 'file_sha256', 'replace_folder', 'config_dict', 'canonical_sha256',
+           'diff_dicts', 'remove_leftovers', 'save_checkpoint', 'read_manifest', 'verify_checkpoint',
+           'list_checkpoints', 'checkpoint_step', 'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata',
+           'SafeDCPReader', 'SafeLoadPlanner', 'dcp_state_dict', 'write_dcp', 'stage_checkpoint', 'publish_checkpoint',
+           'save_dcp_checkpoint', 'is_dcp_checkpoint', 'load_dcp_model_tensors', 'checkpoint_model_tensors',
+           'load_dcp_checkpoint', 'checkpoint_vocab_size', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint',
+           'load_for_generation']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -171,20 +178,40 @@ def _fsync_path(path: Path):
     except OSError: pass
     finally: os.close(fd)
 
+# The sha256 of each file this process wrote or hashed, keyed by (device, inode, size, mtime): a file with the
+# same key has not been rewritten since, so verifying it again needs no second read. A key is only remembered once
+# the clock has moved on from the file's mtime (_SETTLED_NS): a rewrite within the same timestamp tick would keep
+# the key, so such "racy" entries are not trusted (as git does with its index)
+_KNOWN_SHA256: dict[tuple, str] = {}
+_SETTLED_NS = 2_000_000_000
+
+def _remember(path, sha: str) -> dict:
+    "Record `sha` as the content hash of the file at `path`; return its manifest entry {sha256, size}."
+    st = os.stat(path)
+    if time.time_ns() - st.st_mtime_ns >= _SETTLED_NS:
+        _KNOWN_SHA256[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = sha
+    return {'sha256': sha, 'size': st.st_size}
+
+def file_sha256(path) -> str:
+    "sha256 of the file at `path`; read once per process while the file is unchanged (same inode, size and mtime)."
+    st = os.stat(path)
+    if (sha := _KNOWN_SHA256.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))) is not None: return sha
+    return _remember(path, sha256_file(path))['sha256']
+
 # every file is fsynced before the folder is renamed into place: after a crash a published checkpoint is
 # complete on disk, not just in the page cache
 def _write_bytes(path: Path, data: bytes) -> dict:
     "Write, flush and fsync `data`; return its manifest entry."
     with open(path, 'wb') as f:
         f.write(data); f.flush(); os.fsync(f.fileno())
-    return {'sha256': sha256_bytes(data), 'size': len(data)}
+    return _remember(path, sha256_bytes(data))
 
 def _write_safetensors(path: Path, tensors: dict, metadata: dict) -> dict:
     "Save tensors with safetensors, fsync, and return the manifest entry."
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
     os.chmod(path, file_mode())  # safetensors makes it 0600; the run's files follow the umask
     _fsync_path(path)
-    return {'sha256': sha256_file(path), 'size': path.stat().st_size}
+    return _remember(path, sha256_file(path))
 
 def _json_dumps(obj) -> str: return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + '\n'
 
@@ -215,10 +242,11 @@ def _rename_exchange(a, b) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV): return False
     raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
-def _publish_dir(tmp: Path, final: Path) -> None:
-    "Put the complete folder `tmp` in place as `final`; an existing `final` stays valid until the new one is there."
+def replace_folder(tmp, final) -> None:
+    "Put the complete folder `tmp` in place as `final`; an existing `final` stays whole until the new one is there."
     # re-saving a step that exists: swap atomically where possible; otherwise move the old one aside first (named
     # so that remove_leftovers can restore it if we crash between the two renames)
+    tmp, final = Path(tmp), Path(final)
     if not final.exists(): os.rename(tmp, final)
     elif _rename_exchange(tmp, final): pass                 # `tmp` now holds the old folder
     else:
@@ -329,7 +357,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
             for f in sorted((tmp / TOKENIZER_DIR).rglob('*')):
                 if f.is_file():
                     _fsync_path(f)
-                    files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+                    files[f.relative_to(tmp).as_posix()] = _remember(f, sha256_file(f))
             _fsync_path(tmp / TOKENIZER_DIR)
         model_cfg = (cfg or {}).get('model')
         manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, 'step': int(step),
@@ -341,7 +369,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
         # the manifest comes last: a folder without one is incomplete by definition
         _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
         _fsync_path(tmp)
-        _publish_dir(tmp, final)
+        replace_folder(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, RuntimeError, safetensors.SafetensorError)):
@@ -382,7 +410,7 @@ def verify_checkpoint(path, hashes: bool = True) -> list[str]:
             if size != entry.get('size'):
                 problems.append(f"{f}: size {size} != {entry.get('size')} in the manifest (truncated or replaced)")
                 continue
-            if hashes and sha256_file(f) != entry.get('sha256'):
+            if hashes and file_sha256(f) != entry.get('sha256'):
                 problems.append(f"{f}: sha256 mismatch (corrupt or edited)"); continue
             if rel.endswith('.json') and hashes: json.loads(f.read_text(encoding='utf-8'))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: problems.append(f"{f}: unreadable: {e}")
@@ -413,8 +441,10 @@ def latest_checkpoint(dir_root, verify_hashes: bool = True) -> Path | None:
 def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
     "Delete the oldest complete checkpoints so that at most `max_keep` remain (never `keep`); returns the deleted."
     keep = Path(keep).resolve() if keep is not None else None
-    # only complete checkpoints count towards max_keep: a corrupt one must not push a good one out
-    complete = [p for p in list_checkpoints(dir_root) if p.resolve() == keep or not verify_checkpoint(p)]
+    # only complete checkpoints count towards max_keep: a half-deleted or truncated one must not push a good one out.
+    # Presence and sizes only: hashing every older checkpoint at every save would read them all again and again
+    complete = [p for p in list_checkpoints(dir_root)
+                if p.resolve() == keep or not verify_checkpoint(p, hashes=False)]
     if keep is not None:      # never count checkpoints newer than the one just written (left by an abandoned branch)
         ks = checkpoint_step(keep)
         complete = [p for p in complete if checkpoint_step(p) <= ks]
@@ -431,8 +461,8 @@ def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
 DCP_DIR = 'dcp'             # the DCP folder inside a checkpoint: <rank>_0.distcp files + .metadata
 DCP_METADATA = f'{DCP_DIR}/.metadata'
 
-# DCP's .metadata is a pickle, and unpickling runs code: before torch reads it, its opcodes are scanned without
-# executing anything and every global it names must be one of these (DCP's metadata classes, dtypes, layouts)
+# DCP's .metadata is a pickle, and unpickling runs code: it is read once, with an unpickler whose find_class only
+# returns these globals (DCP's metadata classes, dtypes, layouts); any other name refuses the file, unexecuted
 _DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
                  ('pathlib', 'WindowsPath'), ('pathlib', 'PurePosixPath'), ('collections', 'OrderedDict'),
                  ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
@@ -442,44 +472,50 @@ _DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pa
                 | {('torch', n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
                 | {('torch', n) for n in ('strided', 'sparse_coo', 'contiguous_format', 'preserve_format',
                                           'channels_last')})
-_STR_OPS = {'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'UNICODE', 'SHORT_BINSTRING', 'BINSTRING', 'STRING'}
-_NEUTRAL_OPS = {'PROTO', 'FRAME', 'MEMOIZE', 'PUT', 'BINPUT', 'LONG_BINPUT'}
-_REFUSED_OPS = {'INST', 'OBJ', 'EXT1', 'EXT2', 'EXT4', 'PERSID', 'BINPERSID'}
 
-def check_dcp_metadata(path) -> None:
-    "Refuse a DCP `.metadata` pickle that names any global besides DCP's metadata classes (read, never executed)."
+class _RefusedGlobal(Exception): pass
+
+class _MetadataUnpickler(pickle.Unpickler):
+    "An unpickler that resolves only the globals in `_DCP_GLOBALS` (and no persistent ids)."
+    def find_class(self, module, name):
+        if (module, name) not in _DCP_GLOBALS: raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+def check_dcp_metadata(path):
+    "DCP's `.metadata` of `path`, read once and unpickled with only DCP's metadata classes allowed (else refused)."
     path = Path(path)
     try: data = path.read_bytes()
     except OSError as e: raise CheckpointError(f"{path}: unreadable: {e}") from None
-    # STACK_GLOBAL takes module and name from the stack, possibly through the memo: both are tracked (strings only)
-    # so that the names can be checked
-    memo, recent = {}, []  # string values of the memo, and what the last ops pushed (str or None)
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            name = op.name
-            if name in _REFUSED_OPS:
-                raise CheckpointError(f"{path}: refused: pickle opcode {name} (not DCP metadata)")
-            if name == 'MEMOIZE': memo[len(memo)] = recent[-1] if recent else None
-            elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'): memo[int(arg)] = recent[-1] if recent else None
-            if name in _NEUTRAL_OPS: continue
-            if name in ('GLOBAL', 'STACK_GLOBAL'):
-                mod, _, attr = arg.partition(' ') if name == 'GLOBAL' else (
-                    (recent[-2], None, recent[-1]) if len(recent) >= 2 else (None, None, None))
-                if not (isinstance(mod, str) and isinstance(attr, str)) or (mod, attr) not in _DCP_GLOBALS:
-                    raise CheckpointError(f"{path}: refused: the pickle names {mod}.{attr}, which is not DCP metadata")
-                recent.append(None); continue
-            recent.append(arg if name in _STR_OPS else memo.get(arg) if name in ('GET', 'BINGET', 'LONG_BINGET')
-                          else None)
-    except CheckpointError: raise
+    try: meta = _MetadataUnpickler(io.BytesIO(data)).load()
+    except _RefusedGlobal as e:
+        raise CheckpointError(f"{path}: refused: the pickle names {e}, which is not DCP metadata") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a DCP metadata file ({type(e).__name__}: {e})") from None
+    if type(meta).__name__ != 'Metadata': raise CheckpointError(f"{path}: not a DCP metadata file")
+    return meta
+
 
 # %% ../nbs/08_checkpoint.ipynb #6e6ee5ab
 class SafeDCPReader(dcp.FileSystemReader):
-    "A DCP `FileSystemReader` that checks `.metadata` with `check_dcp_metadata` before reading it."
+    "A DCP `FileSystemReader` that reads `.metadata` once, through `check_dcp_metadata`, and keeps it."
+    _checked = None
     def read_metadata(self, *args, **kwargs):
-        check_dcp_metadata(self._get_metadata_path(kwargs.get('rank')))
-        return super().read_metadata(*args, **kwargs)
+        if self._checked is None:  # (DCP asks again inside load: the same checked object is handed over)
+            self._checked = check_dcp_metadata(self._get_metadata_path(kwargs.get('rank')))
+        if getattr(self._checked, 'storage_meta', None) is None: self._checked.storage_meta = StorageMeta()
+        self._checked.storage_meta.load_id = self.load_id
+        return self._checked
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    "DCP's load planner, reading the non-tensor values (param-group settings) with `torch.load(weights_only=True)`."
+    # DCP's own planner unpickles them with weights_only=False: a crafted .distcp file could then run code
+    def load_bytes(self, read_item, value):
+        try: obj = torch.load(value, weights_only=True)
+        except Exception:
+            raise CheckpointError(f"refused the value of {read_item.dest_index.fqn}: not plain data (a pickle that "
+                                  "names code or classes)") from None
+        if self.flatten_state_dict: _set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else: self.state_dict[read_item.dest_index.fqn] = obj
 
 def _optimizers(optimizer):
     "The torch optimizers inside `optimizer` (a composite such as Muon + AdamW exposes `.optimizers`)."
@@ -518,8 +554,8 @@ def stage_checkpoint(dir_root, step: int) -> Path:
 # %% ../nbs/08_checkpoint.ipynb #bc14f522
 def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokenizer_dir=None,
                        max_keep: int | None = None, vocab_size: int | None = None) -> Path:
-    """Finish a staged DCP checkpoint: state, config, tokenizer, a manifest hashing every file, then one atomic
-    rename."""
+    """Finish a staged DCP checkpoint: state, config, tokenizer, a manifest hashing every file, then put in place
+    atomically (`replace_folder`)."""
     tmp = Path(tmp); dir_root = tmp.parent; final = dir_root / checkpoint_name(step)
     try:
         files = {}
@@ -527,7 +563,7 @@ def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokeniz
         for f in sorted((tmp / DCP_DIR).rglob('*')):  # the shards of every rank and DCP's index
             if f.is_file():
                 _fsync_path(f)
-                files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+                files[f.relative_to(tmp).as_posix()] = _remember(f, sha256_file(f))
         if DCP_METADATA not in files:
             raise CheckpointError(f"{tmp / DCP_METADATA}: missing: the DCP write did not finish")
         files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, _json_dumps(dict(trainer_state, step=int(step))).encode())
@@ -538,7 +574,7 @@ def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokeniz
             for f in sorted((tmp / TOKENIZER_DIR).rglob('*')):
                 if f.is_file():
                     _fsync_path(f)
-                    files[f.relative_to(tmp).as_posix()] = {'sha256': sha256_file(f), 'size': f.stat().st_size}
+                    files[f.relative_to(tmp).as_posix()] = _remember(f, sha256_file(f))
         model_cfg = (cfg or {}).get('model')
         manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, 'weights': 'dcp', 'step': int(step),
                     'created_at': utc_now_iso(), 'files': files,
@@ -547,14 +583,8 @@ def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokeniz
                     'model_config': model_cfg, 'vocab_size': vocab_size, 'tied_weights': {}, 'versions': _versions()}
         _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
         _fsync_path(tmp / DCP_DIR); _fsync_path(tmp)
-        # a re-saved step: the old folder moves to a trash name first (deleted after the rename, or by clean-up)
-        trash = None
-        if final.exists():
-            trash = dir_root / f'.trash-{final.name}-{os.getpid()}-{secrets.token_hex(4)}'
-            os.rename(final, trash)
-        os.rename(tmp, final)
-        _fsync_path(dir_root)
-        if trash is not None: shutil.rmtree(trash, ignore_errors=True)
+        # a re-saved step: swapped in atomically, the old folder kept until the new one is in place
+        replace_folder(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
@@ -578,13 +608,17 @@ def is_dcp_checkpoint(path) -> bool:
     "Whether checkpoint folder `path` holds DCP shards (else model.safetensors)."
     return (Path(path) / DCP_METADATA).is_file()
 
-def _dcp_read(path: Path, sd: dict, no_dist: bool = False):
+def _dcp_read(path: Path, sd: dict, no_dist: bool = False, reader: SafeDCPReader | None = None):
+    reader = reader or SafeDCPReader(str(path / DCP_DIR))  # (a reader that has read the metadata hands it on)
     try:
         with warnings.catch_warnings():      # DCP's notice that it reads in a single process (that is intended)
             warnings.filterwarnings('ignore', message='torch.distributed is disabled')
-            dcp.load(sd, storage_reader=SafeDCPReader(str(path / DCP_DIR)), no_dist=no_dist)
-    except CheckpointError: raise
-    except Exception as e:  # DCP wraps a failing rank's error in a CheckpointException
+            dcp.load(sd, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
+    except CheckpointError as e: raise CheckpointError(f"{path / DCP_DIR}: {e}") from None
+    except (Exception, CheckpointException) as e:  # DCP wraps a failing rank's error in a CheckpointException
+        causes = [f[0] for f in getattr(e, 'failures', {}).values() if isinstance(f, tuple) and f]
+        if ours := [c for c in causes if isinstance(c, CheckpointError)]:  # (a refusal of ours, on some rank)
+            raise CheckpointError(f"{path / DCP_DIR}: {ours[0]}") from None
         # the last line of DCP's traceback-laden message is the cause; the rest is noise for a user
         raise CheckpointError(f"{path / DCP_DIR}: cannot be read into this model: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
@@ -592,16 +626,16 @@ def _dcp_read(path: Path, sd: dict, no_dist: bool = False):
 def load_dcp_model_tensors(path) -> dict[str, torch.Tensor]:
     "The full (consolidated) model state dict of a DCP checkpoint, read in this process without a process group."
     path = Path(path)
-    check_dcp_metadata(path / DCP_METADATA)
     # the full shapes are in the metadata: empty tensors of those shapes are filled in a single process
-    meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+    reader = SafeDCPReader(str(path / DCP_DIR))
+    meta = reader.read_metadata()
     sd = {}
     for key, m in meta.state_dict_metadata.items():
         fqn = meta.planner_data.get(key, (key,)) if meta.planner_data else (key,)
         if len(fqn) == 2 and fqn[0] == 'model' and hasattr(m, 'size'):
             sd[fqn[1]] = torch.empty(tuple(m.size), dtype=m.properties.dtype)
     if not sd: raise CheckpointError(f"{path / DCP_METADATA}: holds no model tensors")
-    _dcp_read(path, {'model': sd}, no_dist=True)
+    _dcp_read(path, {'model': sd}, no_dist=True, reader=reader)
     return sd
 
 def checkpoint_model_tensors(path) -> dict[str, torch.Tensor]:
@@ -615,7 +649,8 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     # DCP would load a model with missing or extra keys partially and silently: the names are compared first
     sd = dcp_state_dict(model, optimizer)
     own = set(sd['model'])
-    meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+    reader = SafeDCPReader(str(path / DCP_DIR))
+    meta = reader.read_metadata()
     saved = {v[1] for v in (meta.planner_data or {}).values() if len(v) >= 2 and v[0] == 'model'}
     if saved and saved != own:
         miss, extra = sorted(own - saved), sorted(saved - own)
@@ -624,7 +659,7 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
         raise CheckpointError(f"{path / DCP_DIR}: does not fit this model: " + '; '.join(bits))
     if optimizer is not None and not any(v[0] == 'optim' for v in (meta.planner_data or {}).values()):
         raise CheckpointError(f"{path / DCP_DIR}: holds no optimizer state")
-    _dcp_read(path, sd)
+    _dcp_read(path, sd, reader=reader)
     model = unwrap_model(model)
     if optimizer is None: set_model_state_dict(model, sd['model'])
     else: set_state_dict(model, _optimizers(optimizer), model_state_dict=sd['model'], optim_state_dict=sd['optim'])
@@ -636,8 +671,7 @@ def checkpoint_vocab_size(path) -> int:
     path = Path(path)
     try:
         if is_dcp_checkpoint(path):
-            check_dcp_metadata(path / DCP_METADATA)
-            meta = SafeDCPReader(str(path / DCP_DIR)).read_metadata()
+            meta = check_dcp_metadata(path / DCP_METADATA)
             return int(meta.state_dict_metadata['model.embed_tokens.weight'].size[0])
         with safetensors.safe_open(str(path / MODEL_FILE), framework='pt') as f:
             return int(f.get_slice('embed_tokens.weight').get_shape()[0])
@@ -757,6 +791,8 @@ def find_checkpoint(run_dir=None, checkpoint=None) -> Path:
 def load_for_generation(ckpt, device: str = 'auto'):
     "(model, tokenizer, config) from a self-contained checkpoint folder, the model in eval mode on `device`."
     ckpt = Path(ckpt)
+    if problems := verify_checkpoint(ckpt):
+        raise CheckpointError(f"{ckpt}: not a valid checkpoint: " + '; '.join(problems))
     if not (ckpt / CONFIG_FILE).is_file():
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: missing; this checkpoint does not hold its config")
     cfg = load_config(ckpt / CONFIG_FILE)
@@ -765,9 +801,10 @@ def load_for_generation(ckpt, device: str = 'auto'):
         tok_src = Path(cfg.tokenizer.tokenizer_json or '')
         if not tok_src.is_file(): raise CheckpointError(f"{ckpt / TOKENIZER_DIR}: missing, and the config's tokenizer "
                                                         f"{cfg.tokenizer.tokenizer_json} is not there either")
-    tok = build_from_artifacts(tok_src)
+    # the checkpoint's own copy was verified with the checkpoint just now: its files are not hashed a second time
+    tok = build_from_artifacts(tok_src, verify=tok_src != ckpt / TOKENIZER_DIR)
     # the vocabulary from the weights, not the config: a config leaving vocab_size unset took the tokenizer's
     model = DecoderModel(cfg.model, checkpoint_vocab_size(ckpt))  # safetensors or DCP (consolidated here)
-    load_checkpoint(ckpt, model)
+    load_checkpoint(ckpt, model, verify=False)
     dev = resolve_device(device, key='device')
     return model.to(dev).eval(), tok, cfg

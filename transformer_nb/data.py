@@ -28,8 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-try: import fcntl
-except ImportError: fcntl = None   # (not on Windows: no cross-process lock there)
+from filelock import FileLock
 
 from .base import (say as say_line, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, short_path,
                                  UserError, utc_now_iso)
@@ -281,7 +280,7 @@ def _load_prepared(folder: Path) -> dict | None:
     return man
 
 _WRITTEN: set = set()        # (folder, key) of the prepared folders this process wrote
-_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked (or wrote)
+_VERIFIED: set = set()       # (folder, key) of the prepared folders whose shard hashes this process checked or wrote
 
 def _damaged_shard(folder: Path, man: dict) -> Path | None:
     "The first shard of `folder` whose SHA-256 differs from the manifest's (each folder hashed once per process)."
@@ -442,16 +441,13 @@ def _restorable(folder: Path, journal: dict, itemsize: int) -> bool:
             return False
     return True
 
+_LOCK_FILE = '.prepare.lock'
+
 @contextlib.contextmanager
 def _locked(folder: Path):
-    "Hold an exclusive lock on `folder` (flock on the directory itself) while inside."
+    "Hold an exclusive lock on `folder` (its `.prepare.lock` file, through `filelock`: Linux, macOS, Windows)."
     # Two processes preparing the same corpus: the second waits here, then finds the first one's folder and reuses it
-    if fcntl is None: yield; return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally: os.close(fd)
+    with FileLock(str(folder/_LOCK_FILE)): yield
 
 # %% ../nbs/02_data.ipynb #e381ce90
 def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val_fraction: float, seed: int,
@@ -659,6 +655,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                 man = _build(job, out)
                 data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
                 _WRITTEN.add((str(out.resolve()), key))        # (no "reusing" news for what this process just wrote)
+                _VERIFIED.add((str(out.resolve()), key))       # (hashed while writing: not read again)
                 say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {short_path(out)} in "
                     f"{data.seconds:.1f} s "
                     f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")

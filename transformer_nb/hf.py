@@ -27,7 +27,7 @@ from .config import config_from_dict, config_to_dict, load_config, ModelConfig
 from .tokenizer import BOS_NAMES, build_from_artifacts, EOS_NAMES, PAD_NAMES
 from .model import DecoderModel
 from .checkpoint import (CheckpointError, CONFIG_FILE, load_for_generation,
-                                       read_manifest, unwrap_model, verify_checkpoint)
+                                       read_manifest, replace_folder, unwrap_model, verify_checkpoint)
 
 # %% auto #0
 __all__ = ['logger', 'EXPORT_FORMAT_VERSION', 'ExportError', 'hf_architecture', 'llama_problems', 'check_llama_compatible',
@@ -389,12 +389,8 @@ def export_hf(model: nn.Module, tokenizer, out_dir, dtype: str | torch.dtype | N
                 (tmp / name).write_text(text, encoding='utf-8')
         (tmp / 'README.md').write_text(_model_card(conf, source, export_notes(c)), encoding='utf-8')
         _fsync_all(tmp)
-        trash = None
-        if out.exists():
-            trash = out.parent / f".trash-export-{out.name}-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(out, trash)
-        os.rename(tmp, out)
-        if trash is not None: shutil.rmtree(trash, ignore_errors=True)
+        # an existing export is swapped out atomically (or restored if putting the new one in place fails)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     for note in export_notes(c): logger.info("note: %s", note)

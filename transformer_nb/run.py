@@ -23,7 +23,7 @@ import yaml
 from .base import atomic_write_text, fmt_secs, say, sha256_file, short_path, UserError
 from .device import TrainingError, autocast, seed_everything
 from .sources import CorpusError, resolve_sources
-from .data import prepare, SequentialSampler, StreamingSampler, tokenize_in_memory
+from .data import prepare, PreparedData, SequentialSampler, StreamingSampler, tokenize_in_memory
 from .generate import generate
 from .checkpoint import (CheckpointError, config_dict, diff_dicts, latest_checkpoint, list_checkpoints,
                                        publish_checkpoint, read_manifest, remove_leftovers, save_checkpoint,
@@ -92,7 +92,7 @@ class NanGuard:
         state.skipped_steps, state.bad_streak = int(skipped), int(streak)
         if worst >= self.limit:
             if last_checkpoint is None and self.checkpoint_dir is not None:  # (ranks other than 0 only know the folder)
-                last_checkpoint = latest_checkpoint(self.checkpoint_dir)
+                last_checkpoint = latest_checkpoint(self.checkpoint_dir, verify_hashes=False)
             raise TrainingDiverged(
                 f"step {state.step}: the loss or gradient norm was NaN/inf for {int(worst)} optimizer steps in a row "
                 f"(limit {self.limit}); those updates were skipped and the run stopped; last checkpoint: "
@@ -195,12 +195,13 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
         except UserError as e:  # missing text: say which key names it, and what to do
             raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
     kw = prepare_options(config, warn=info.is_main)
-    # the others wait (on the control group: not NCCL's 10-minute timeout), then open and verify the same shards
+    # the others wait (on the control group: not NCCL's 10-minute timeout), then open the folder rank 0 prepared
+    # and verified (sizes only: no second hashing)
     if info.is_main:
         data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
-    barrier(info)
+    folder = gather_json(info, str(data.dir) if info.is_main else None)[0]
     if not info.is_main:
-        data = prepare(d.train_shards, tok_source, data_dir, show_progress=False, verbose=False, **kw)
+        data = PreparedData.load(folder)
     return RunData(data.train, data.val)
 
 # %% ../nbs/09f_run.ipynb #ab66e69b
@@ -525,19 +526,24 @@ class Checkpointer:
 
     def find(self) -> Path | None:
         "The newest checkpoint that verifies; None when there is none yet; an error when all are corrupt."
-        d = self.paths.checkpoint_dir
+        d, ck, err = self.paths.checkpoint_dir, None, None
+        # rank 0 alone cleans up and hashes (the checkpoint is read once, not once per rank), then shares its verdict
         if self.info.is_main:
             remove_leftovers(d)  # puts back a checkpoint whose re-save a crash cut short
-        barrier(self.info)
-        # the other ranks wait for the clean-up above, then every rank picks the same checkpoint itself
-        found = list_checkpoints(d)
-        with warnings.catch_warnings():
-            if not self.info.is_main:  # (one warning per corrupt checkpoint, not one per rank)
-                warnings.simplefilter('ignore')
+            found = list_checkpoints(d)
             ck = latest_checkpoint(d)
-        if ck is None and found:
-            raise CheckpointError(f"{d}: --resume found {len(found)} checkpoint(s) but none is valid "
-                                  f"(newest: {'; '.join(verify_checkpoint(found[-1]))}); move them away to start over")
+            if ck is None and found:
+                err = (f"{d}: --resume found {len(found)} checkpoint(s) but none is valid (newest: "
+                       f"{'; '.join(verify_checkpoint(found[-1]))}); move them away to start over")
+        ck, err = gather_json(self.info, [str(ck) if ck is not None else None, err])[0]
+        if err is not None:
+            raise CheckpointError(err)
+        ck = Path(ck) if ck is not None else None
+        # the others check presence and sizes only: a checkpoint folder that is not on a disk every rank shares
+        problems = verify_checkpoint(ck, hashes=False) if ck is not None and not self.info.is_main else []
+        if not all_true(self.info, not problems):
+            raise CheckpointError(f"{ck}: rank 0 chose this checkpoint but " + (
+                f"rank {self.info.rank} sees {problems[0]}" if problems else "another rank sees it incomplete"))
         return ck
 
 # %% ../nbs/09f_run.ipynb #f488308b
@@ -558,9 +564,9 @@ def check_resumable(ck: Path, config, tok_source, log=say) -> None:
         old = None
     if isinstance(old, dict) and (changes := [c for c in diff_dicts(old, new) if not c.startswith('model.')]):
         log(f"resume: config changed since {ck.name}: " + '; '.join(changes))
-    saved = ck / 'tokenizer' / 'tokenizer.json'
-    if isinstance(tok_source, Path) and tok_source.is_file() and saved.is_file() \
-            and sha256_file(saved) != sha256_file(tok_source):
+    # the saved copy's hash is in the manifest (verified with the checkpoint): only the configured file is hashed
+    saved = manifest['files'].get('tokenizer/tokenizer.json', {}).get('sha256')
+    if isinstance(tok_source, Path) and tok_source.is_file() and saved and saved != sha256_file(tok_source):
         warnings.warn(f"{tok_source}: differs from the tokenizer saved in {ck}; the model was trained with the latter")
 
 
