@@ -140,3 +140,16 @@ def test_recompile_limit_falls_back_to_eager(monkeypatch):
         fell_back = [w for w in caught if 'recompile limit' in str(w.message)]
         assert len(fell_back) == (len(prompts) == 2)
     torch._dynamo.reset()
+
+
+def test_incremental_decoder_survives_a_stream_error(ascii_tok):
+    """Should the library's stream raise (older versions did on some decoders), the text still comes out whole."""
+    class Failing:
+        def step(self, tok, i): raise Exception('InvalidPrefix')
+    ids = ascii_tok.encode(MULTI).ids
+    dec = IncrementalDecoder(ascii_tok)
+    out = [dec.push(i) for i in ids[:5]]
+    dec.stream = Failing()
+    out.append(dec.push(ids[5]))
+    out += [dec.push(i) for i in ids[6:]] + [dec.flush()]
+    assert ''.join(out) == MULTI

@@ -79,7 +79,9 @@ class IncrementalDecoder:
         out = []
         for i in map(int, ids):
             # The stream decodes only a short window of recent ids and returns None while the text ends in U+FFFD
-            piece = self.stream.step(self.tokenizer, i)
+            try: piece = self.stream.step(self.tokenizer, i)
+            except Exception:               # the stream's own consistency check failed: decode this stretch directly
+                self.pending.append(i); out.append(self.flush()); continue
             if piece is None: self.pending.append(i)
             else: out.append(piece); self.context, self.pending = self.pending + [i], []
         return ''.join(out)
@@ -242,7 +244,6 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out = [[] for _ in range(B)]
     cache = model.new_kv_cache(B, ctx, device=device) if use_kv_cache and not static else None
-    # Length bucketed (cache_bucket): other prompt lengths reuse buffers and compiled step; `held`: released at the end
     sdec = held = StaticDecoder(model, B, cache_bucket(n + max_new_tokens, ctx), compile) if static else None
     was_training = model.training
     model.eval()

@@ -212,6 +212,14 @@ def iter_training_texts(files: Sequence[CorpusFile], seed: int = 0, max_lines: i
     if max_lines is None or max_lines >= sum(cf.lines for cf in files): return _read_pieces(files)
     return _sample_pieces(files, max_lines, seed)
 
+def _batched(it: Iterable[str], n: int, max_chars: int = 1 << 23) -> Iterator[list[str]]:
+    "Lists of up to `n` texts, and about `max_chars` characters (documents can be long)."
+    batch, chars = [], 0
+    for x in it:
+        batch.append(x); chars += len(x)
+        if len(batch) == n or chars >= max_chars: yield batch; batch, chars = [], 0
+    if batch: yield batch
+
 # %% ../nbs/01_tokenizer.ipynb #a95a79d0
 def new_bbpe_tokenizer(model: models.BPE | None = None) -> Tokenizer:
     "A tokenizer with our byte-level pipeline around `model` (an empty BPE model by default)."
@@ -273,14 +281,6 @@ _log = logging.getLogger(__name__)
 def _check_int(name, v, lo):
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise TokenizerError(f"{name}: expected an integer >= {lo}, got {v!r}")
-
-def _batched(it: Iterable[str], n: int, max_chars: int = 1 << 23) -> Iterator[list[str]]:
-    "Lists of up to `n` texts, and about `max_chars` characters (documents can be long)."
-    batch, chars = [], 0
-    for x in it:
-        batch.append(x); chars += len(x)
-        if len(batch) == n or chars >= max_chars: yield batch; batch, chars = [], 0
-    if batch: yield batch
 
 def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
