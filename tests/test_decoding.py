@@ -153,3 +153,14 @@ def test_incremental_decoder_survives_a_stream_error(ascii_tok):
     out.append(dec.push(ids[5]))
     out += [dec.push(i) for i in ids[6:]] + [dec.flush()]
     assert ''.join(out) == MULTI
+
+
+def test_free_static_caches():
+    from transformer_nb.generate import _KEPT_CACHES, MAX_KEPT_CACHES, free_static_caches
+    model = tiny_model(ctx=1024)
+    for n in (1, 300, 600, 900, 1000):                # five cache lengths: 256, 512, 1024 ... at most MAX_KEPT_CACHES
+        for b in (1, 2):
+            generate_ids(model, [[1] * n] * b, 1, temperature=0, static_cache=True)
+    assert 1 < len(_KEPT_CACHES[model]) <= MAX_KEPT_CACHES
+    free_static_caches(model)
+    assert model not in _KEPT_CACHES

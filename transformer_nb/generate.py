@@ -22,8 +22,8 @@ from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES, TokenizerError, check_en
 
 # %% auto #0
 __all__ = ['CPU_DECODE_OPTIONS', 'MAX_KEPT_CACHES', 'GenerationError', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter',
-           'sample_next_token', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket', 'StaticDecoder',
-           'generate_ids', 'generate']
+           'sample_next_token', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket', 'free_static_caches',
+           'StaticDecoder', 'generate_ids', 'generate']
 
 # %% ../nbs/07_generate.ipynb #b9816402
 class GenerationError(UserError, ValueError):
@@ -166,6 +166,11 @@ def _take_static_cache(model, batch_size: int, max_len: int):
     while len(kept) > MAX_KEPT_CACHES: kept.pop(next(iter(kept)))
     c.key_mask.fill_(True); c.length, c.in_use = 0, True   # a reused cache: the last call's padding forgotten
     return c
+
+def free_static_caches(model=None):
+    "Drop the static caches kept for `model` (all models if None): their memory is freed once no decoder uses them."
+    if model is None: _KEPT_CACHES.clear()
+    else: _KEPT_CACHES.pop(model, None)
 
 class StaticDecoder:
     """Decoding over a `StaticKVCache` of `max_len` slots: an eager prefill, then fixed-shape one-token steps
