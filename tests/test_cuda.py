@@ -3,7 +3,8 @@
 - bf16 and fp16 autocast training steps through the Trainer (fp16 with its GradScaler): finite, learning;
 - fused AdamW is what the Trainer builds on CUDA, and its step equals the plain (for-each) AdamW's;
 - SDPA (flash / memory-efficient kernels) against the reference attention in bf16, forward and backward;
-- torch.compile: the compiled model's logits and loss equal eager mode's;
+- torch.compile: the compiled model's logits and loss equal eager mode's; compiled decoding (CUDA graphs) compiles
+  once for prompts of ten lengths and gives the uncached greedy tokens;
 - 2 GPUs (skipped with fewer): a 2-step run under DDP and under FSDP2 with NCCL, each matching one GPU;
 - checkpoints (safetensors and DCP) written from CUDA load on the CPU and back, bit for bit.
 """
@@ -130,6 +131,30 @@ def test_compile_matches_eager():
         c_logits, c_loss = torch.compile(m)(ids, ids)
     assert (eager_logits - c_logits).abs().max().item() < 1e-3 and abs(eager_loss.item() - c_loss.item()) < 1e-4
 
+
+
+def test_compiled_decoding_compiles_once():
+    """Ten prompts of different lengths through `generate_ids(compile=True)` on the GPU, as the code runs it
+    ('reduce-overhead': CUDA graphs, over kept cache buffers): at most two graphs compiled, no recompile-limit error
+    or eager fallback, CUDA graphs not skipped, and the greedy tokens of the uncached loop."""
+    import warnings
+    from torch._dynamo.utils import counters
+    from transformer_nb.generate import _COMPILED_STEPS, generate_ids
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    m = DecoderModel(small_model_config(max_position_embeddings=512), 300).cuda().eval()
+    m.reset_parameters(std=0.3)         # larger weights than at init: well-separated logits, no near ties in argmax
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for k in range(10):
+            prompt = [[(7 * i + k) % 300 for i in range(5 * k + 1)]]
+            got = generate_ids(m, prompt, 12, temperature=0, compile=True)
+            assert got == generate_ids(m, prompt, 12, temperature=0, use_kv_cache=False), k
+    assert 1 <= counters['stats']['unique_graphs'] <= 2, dict(counters['stats'])
+    assert not [w for w in caught if 'recompile limit' in str(w.message)]
+    assert ('reduce-overhead', False) in _COMPILED_STEPS
+    assert counters['inductor'].get('cudagraph_skips', 0) == 0, dict(counters['inductor'])
 
 def test_checkpoints_round_trip_between_cuda_and_cpu(tmp_path):
     torch.manual_seed(0)

@@ -458,3 +458,85 @@ def test_an_unlisted_file_beside_a_manifest_is_not_loaded(tmp_path):
         build_from_artifacts(folder / 'other.json')
     assert build_from_artifacts(folder / 'tokenizer.json').get_vocab_size() > 0
     assert build_from_artifacts(folder / 'other.json', verify=False).get_vocab_size() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer learns from the documents `prepare` encodes, not from lines.
+
+CODE = ''.join(f"def f{i}(x):\n    if x > {i}:\n        return x - {i}\n    return x + {i}\n\n" for i in range(300))
+
+
+def test_trained_on_documents_learns_newline_indentation(tmp_path):
+    """Pre-tokens that span a line end ('\\n    ' before indented code) only exist in whole documents: a tokenizer
+    trained on indented code has merges for them, and encodes that code in fewer tokens than the bytes-per-line
+    view would allow."""
+    (tmp_path / 'code.txt').write_text(CODE)
+    tok = train_bbpe([tmp_path / 'code.txt'], tmp_path / 't', vocab_size=400, show_progress=False)
+    vocab = tok.get_vocab()
+    assert 'ĊĠĠĠ' in vocab and 'ĊĠĠĠĠĠĠĠ' in vocab          # '\n   ' and '\n       ' (the next word takes a space)
+    merges = (tmp_path / 't' / 'merges.txt').read_text(encoding='utf-8').splitlines()
+    assert any(m.startswith('Ċ') and m.split(' ')[1].startswith('Ġ') for m in merges[1:])
+    assert tok.decode(tok.encode(CODE).ids) == CODE
+
+
+def test_training_texts_are_prepares_pieces(tmp_path):
+    """The trainer reads every source through `source_pieces` with prepare's default piece size: the same texts."""
+    import inspect
+    from transformer_nb.data import prepare
+    from transformer_nb.sources import resolve_corpus, source_pieces
+    from transformer_nb.tokenizer import MAX_PIECE_CHARS, _training_files, iter_training_texts
+    assert MAX_PIECE_CHARS == inspect.signature(prepare).parameters['max_doc_chars'].default
+    (tmp_path / 'a.txt').write_text('first doc\n  indented\n\n\nsecond\r\ndoc\n')
+    (tmp_path / 'b.jsonl').write_text(json.dumps({'text': 'a record\n\nwith a blank line'}) + '\n'
+                                      + json.dumps({'text': '  '}) + '\n' + json.dumps({'text': 'last'}) + '\n')
+    inputs = [tmp_path / 'a.txt', tmp_path / 'b.jsonl']
+    files = _training_files(inputs, show_progress=False)
+    want = [t for src in resolve_corpus(inputs) for t, _ in source_pieces(src, max_chars=MAX_PIECE_CHARS) if t]
+    assert list(iter_training_texts(files)) == want == ['first doc\n  indented\n', 'second\ndoc\n',
+                                                        'a record\n\nwith a blank line', 'last']
+
+
+def test_max_lines_samples_whole_documents(tmp_path):
+    p = tmp_path / 'docs.txt'
+    p.write_text(''.join(f"doc {i}\n  line 2\n  line 3\n\n" for i in range(200)))
+    from transformer_nb.tokenizer import _training_files, iter_training_texts
+    files = _training_files([p], show_progress=False)
+    for seed in (0, 1):
+        texts = list(iter_training_texts(files, seed=seed, max_lines=100))
+        assert sum(t.count('\n') for t in texts) == 100
+        assert sum(t.startswith('doc ') and t.count('\n') == 3 for t in texts) >= 33   # whole documents
+        assert texts == list(iter_training_texts(files, seed=seed, max_lines=100))
+    assert list(iter_training_texts(files, seed=0, max_lines=100)) != list(iter_training_texts(files, seed=1,
+                                                                                                max_lines=100))
+
+
+# ---------------------------------------------------------------------------------------------
+# Special-token files that open with '[' but are not JSON; lone surrogates.
+
+def test_special_tokens_file_of_bracketed_names(tmp_path):
+    p = tmp_path / 'special_tokens.txt'
+    p.write_text('[PAD]\n[CLS]\n[SEP]\n[MASK]\n')
+    assert read_special_tokens(p) == ['[PAD]', '[CLS]', '[SEP]', '[MASK]']
+    p.write_text('  [PAD]\n<eos>\n')
+    assert read_special_tokens(p) == ['[PAD]', '<eos>']
+    # JSON arrays still read as JSON, and a broken one is still an error naming the position
+    p.write_text('[\n  "<|endoftext|>", "[PAD]"\n]\n')
+    assert read_special_tokens(p) == ['<|endoftext|>', '[PAD]']
+    p.write_text('["<a>", \n')
+    with pytest.raises(TokenizerError, match=r'special_tokens.txt:\d+:\d+: not a valid JSON array'):
+        read_special_tokens(p)
+    j = tmp_path / 'specials.json'
+    j.write_text('[PAD]\n')                               # a .json file is JSON, whatever it holds
+    with pytest.raises(TokenizerError, match='not a valid JSON array'):
+        read_special_tokens(j)
+
+
+def test_lone_surrogate_is_a_clear_error(toks):
+    from transformer_nb.tokenizer import check_encodable
+    assert check_encodable('plain 🙂 東京') == 'plain 🙂 東京'
+    with pytest.raises(TokenizerError, match=r'^text: character 1 is a lone surrogate U\+D800'):
+        check_encodable('a\ud800b')
+    with pytest.raises(TokenizerError, match=r'^doc\.jsonl: character 4 is a lone surrogate U\+DE00'):
+        check_encodable('🙂abc\ude00', 'doc.jsonl')
+    with pytest.raises(TypeError):             # what the library itself does with one
+        toks['json'].encode('a\ud800b')

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+import weakref
 from typing import Callable
 
 import torch
+from tokenizers.decoders import DecodeStream
 from torch import Tensor
 
 from .base import UserError
-from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES
+from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES, TokenizerError, check_encodable
 
 # %% auto #0
-__all__ = ['CPU_DECODE_OPTIONS', 'GenerationError', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter',
-           'sample_next_token', 'IncrementalDecoder', 'compiled_decode_step', 'StaticDecoder', 'generate_ids',
-           'generate']
+__all__ = ['CPU_DECODE_OPTIONS', 'MAX_KEPT_CACHES', 'GenerationError', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter',
+           'sample_next_token', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket', 'free_static_caches',
+           'StaticDecoder', 'generate_ids', 'generate']
 
 # %% ../nbs/07_generate.ipynb #b9816402
 class GenerationError(UserError, ValueError):
@@ -64,28 +67,33 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
 
 # %% ../nbs/07_generate.ipynb #7a96174a
 class IncrementalDecoder:
-    "Turn a growing list of token ids into text pieces that are always complete UTF-8 characters."
+    """Turn token ids, pushed one or a few at a time, into text pieces that are always complete UTF-8 characters;
+    constant work per token (`tokenizers`' `DecodeStream`), whatever the length of the text so far."""
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], ''
-
-    # Emitted text cannot be taken back: when decoding more ids rewrites the text already emitted, nothing is
-    # emitted until the text extends it again
-    def _emit(self, text: str) -> str:
-        piece = text[len(self.emitted):] if text.startswith(self.emitted) else ''
-        self.emitted = text if text.startswith(self.emitted) else self.emitted
-        return piece
+        self.tokenizer, self.stream = tokenizer, DecodeStream(skip_special_tokens=True)
+        # ids not handed out as text yet (an incomplete character), and the ids of the last piece handed out
+        self.pending, self.context = [], []
 
     def push(self, *ids: int) -> str:
         "Add token ids; return the newly completed text ('' while a character is still incomplete)."
-        # The whole list is decoded each time: a character whose bytes span several tokens decodes to U+FFFD
-        # until its last byte arrives, so text ending in U+FFFD is held back
-        self.ids.extend(int(i) for i in ids)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        return '' if text.endswith('\ufffd') else self._emit(text)
+        out = []
+        for i in map(int, ids):
+            # The stream decodes only a short window of recent ids and returns None while the text ends in U+FFFD
+            try: piece = self.stream.step(self.tokenizer, i)
+            except Exception:               # the stream's own consistency check failed: decode this stretch directly
+                self.pending.append(i); out.append(self.flush()); continue
+            if piece is None: self.pending.append(i)
+            else: out.append(piece); self.context, self.pending = self.pending + [i], []
+        return ''.join(out)
 
     def flush(self) -> str:
         "Return whatever text is still held back (e.g. a truly invalid byte sequence at the end)."
-        return self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if not self.pending: return ''
+        def dec(ids): return self.tokenizer.decode(ids, skip_special_tokens=True)
+        # Decoded after the last piece's ids, so that a decoder that looks at the previous token sees it
+        before, text = dec(self.context), dec(self.context + self.pending)
+        self.stream, self.context, self.pending = DecodeStream(skip_special_tokens=True), [], []
+        return text[len(before):] if text.startswith(before) else text
 
 # %% ../nbs/07_generate.ipynb #c767d397
 def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
@@ -124,11 +132,12 @@ CPU_DECODE_OPTIONS = {'post_grad_fusion_options': {
     'decompose_mm_pass': {'cpu_max_other_dimension_decomposition': 1 << 18}}}
 
 def compiled_decode_step(device_type: str = 'cpu', mode: str | None = None):
-    """`_decode_step` through `torch.compile` (fixed shapes, one graph): `mode` defaults to 'reduce-overhead'
-    (CUDA graphs) on CUDA; elsewhere the default mode with `CPU_DECODE_OPTIONS`. One compiled function each,
-    reused."""
+    """`_decode_step` through `torch.compile` (fixed shapes: one graph per batch size and cache length): `mode`
+    defaults to 'reduce-overhead' (CUDA graphs) on CUDA; elsewhere the default mode with `CPU_DECODE_OPTIONS`.
+    One compiled function each, reused."""
     # dynamic=False: over a StaticKVCache every step has the same shapes. fullgraph=True: a graph break is an error
-    # here, not a silent slowdown    if mode is None and device_type == 'cuda': mode = 'reduce-overhead'
+    # here, not a silent slowdown
+    if mode is None and device_type == 'cuda': mode = 'reduce-overhead'
     key = (mode, device_type == 'cpu' and mode is None)
     if key not in _COMPILED_STEPS:
         kw = {'options': CPU_DECODE_OPTIONS} if key[1] else {'mode': mode}
@@ -136,10 +145,38 @@ def compiled_decode_step(device_type: str = 'cpu', mode: str | None = None):
     return _COMPILED_STEPS[key]
 
 # %% ../nbs/07_generate.ipynb #6778dc2d
+def cache_bucket(length: int, ctx: int, smallest: int = 256) -> int:
+    """The length of a static cache for `length` positions: the next power of two, at least `smallest`, at most
+    the context `ctx`. Few distinct lengths, so few compiled graphs, for prompts of any length."""
+    return min(ctx, max(smallest, 1 << max(length - 1, 0).bit_length()))
+
+# Static caches kept with their model, by (batch, length, device, dtype): reusing the buffers reuses the compiled
+# step and, on a GPU, the CUDA graphs recorded for their addresses. At most MAX_KEPT_CACHES per model (oldest out)
+_KEPT_CACHES = weakref.WeakKeyDictionary()
+MAX_KEPT_CACHES = 4
+
+def _take_static_cache(model, batch_size: int, max_len: int):
+    "An empty `StaticKVCache` for `model`: a kept one of that shape when one is free, else a new one (then kept)."
+    probe = model.new_kv_cache(1, 1)
+    key = (batch_size, max_len, probe.device, probe.dtype)
+    kept = _KEPT_CACHES.setdefault(model, {})
+    c = kept.pop(key, None)
+    if c is None or getattr(c, 'in_use', False): c = model.new_static_kv_cache(batch_size, max_len)
+    kept[key] = c                                       # (re)inserted last: the most recently used
+    while len(kept) > MAX_KEPT_CACHES: kept.pop(next(iter(kept)))
+    c.key_mask.fill_(True); c.length, c.in_use = 0, True   # a reused cache: the last call's padding forgotten
+    return c
+
+def free_static_caches(model=None):
+    "Drop the static caches kept for `model` (all models if None): their memory is freed once no decoder uses them."
+    if model is None: _KEPT_CACHES.clear()
+    else: _KEPT_CACHES.pop(model, None)
+
 class StaticDecoder:
-    "Decoding over a `StaticKVCache`: an eager prefill, then fixed-shape one-token steps (compiled with `compile`)."
+    """Decoding over a `StaticKVCache` of `max_len` slots: an eager prefill, then fixed-shape one-token steps
+    (compiled with `compile`). Call `release()` when done, so that a later decoder can reuse the buffers."""
     def __init__(self, model, batch_size: int, max_len: int, compile: bool = False, mode: str | None = None):
-        self.model, self.cache = model, model.new_static_kv_cache(batch_size, max_len)
+        self.model, self.cache = model, _take_static_cache(model, batch_size, max_len)
         dev = self.cache.key_mask.device
         self.step = compiled_decode_step(dev.type, mode) if compile else _decode_step
         self._pos = torch.zeros(1, dtype=torch.long, device=dev)            # fixed inputs of the step: same strides too
@@ -154,11 +191,25 @@ class StaticDecoder:
             logits = _decode_step(self.model, ids, c)
         elif L == c.length + 1 and L <= c.max_len:            # the newest token: same shapes every step
             c.positions = self._pos.fill_(c.length)
-            logits = self.step(self.model, self._ids.copy_(ids[:, -1:]), c)
+            logits = self._step(self._ids.copy_(ids[:, -1:]))
         # Anything else (past max_len, or not one token more) is for the caller's dynamic path
         else: return None
         c.length = L
         return logits
+
+    def _step(self, ids: Tensor) -> Tensor:
+        try: return self.step(self.model, ids, self.cache)
+        except (torch._dynamo.exc.FailOnRecompileLimitHit, torch._dynamo.exc.Unsupported) as e:
+            # Too many shapes compiled in this process (batch sizes x cache lengths): go on uncompiled, same tokens
+            limit = isinstance(e, torch._dynamo.exc.FailOnRecompileLimitHit) or 'recompile limit' in str(e).lower()
+            if not limit: raise
+            warnings.warn("compiled decoding: torch.compile's recompile limit reached; decoding this call eagerly")
+            self.step = _decode_step
+            return _decode_step(self.model, ids, self.cache)
+
+    def release(self):
+        "Hand the cache back for reuse by a later decoder of the same shape."
+        self.cache.in_use = False
 
 # %% ../nbs/07_generate.ipynb #7ecfc153
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -198,7 +249,7 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out = [[] for _ in range(B)]
     cache = model.new_kv_cache(B, ctx, device=device) if use_kv_cache and not static else None
-    sdec = StaticDecoder(model, B, min(n + max_new_tokens, ctx), compile) if static else None
+    sdec = held = StaticDecoder(model, B, cache_bucket(n + max_new_tokens, ctx), compile) if static else None
     was_training = model.training
     model.eval()
     try:
@@ -230,6 +281,7 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
             if bool(finished.all()): break
     finally:
         model.train(was_training)
+        if held is not None: held.release()
     return out
 
 # %% ../nbs/07_generate.ipynb #8842b96b
@@ -248,6 +300,9 @@ def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 12
     prompts = [prompt] if single else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise GenerationError("prompt must be a string or a non-empty list of strings")
+    for r, p in enumerate(prompts):                     # a lone surrogate: one clear line, not a TypeError
+        try: check_encodable(p, 'prompt' if single else f'prompt {r}')
+        except TokenizerError as e: raise GenerationError(str(e)) from None
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     eos = _first_id(tokenizer, EOS_NAMES)
     start = _first_id(tokenizer, BOS_NAMES)

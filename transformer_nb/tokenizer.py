@@ -14,13 +14,14 @@ import json
 import logging
 import os
 import platform
-import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
@@ -28,17 +29,17 @@ from tqdm import tqdm
 import transformer_nb
 from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
                                  utc_now_iso)
-from .sources import (CorpusError, FileStats, Source, describe_source, iter_documents, iter_records,
-                                    normalize_text, open_binary, resolve_corpus, source_pieces)
+from .sources import (CorpusError, FileStats, Source, describe_source, iter_documents, resolve_corpus,
+                                    source_pieces)
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
-           'PAD_NAMES', 'MAX_LINE_BYTES', 'FINGERPRINT_PROBE', 'TokenizerError', 'read_special_tokens',
-           'resolve_special_tokens', 'CorpusFile', 'scan_text_file', 'expand_inputs', 'iter_training_lines',
+           'PAD_NAMES', 'MAX_PIECE_CHARS', 'FINGERPRINT_PROBE', 'TokenizerError', 'read_special_tokens',
+           'resolve_special_tokens', 'CorpusFile', 'scan_text_file', 'expand_inputs', 'iter_training_texts',
            'new_bbpe_tokenizer', 'train_bbpe', 'save_tokenizer_artifacts', 'read_manifest',
            'verify_tokenizer_artifacts', 'build_from_vocab_merges', 'build_from_artifacts', 'tokenizer_from_config',
            'tokenizer_fingerprint', 'special_token_id', 'eos_id', 'bos_id', 'pad_id', 'copy_tokenizer_artifacts',
-           'chars_per_token', 'TokenizerTrainingSummary', 'train_tokenizer']
+           'check_encodable', 'chars_per_token', 'TokenizerTrainingSummary', 'train_tokenizer']
 
 # %% ../nbs/01_tokenizer.ipynb #0ed123fc
 class TokenizerError(UserError):
@@ -55,15 +56,19 @@ EOS_NAMES = ('<eos>', '</s>', '<|eos|>', '<|endoftext|>', '<|end_of_text|>')
 PAD_NAMES = ('<pad>', '<|pad|>', '[PAD]')
 
 # %% ../nbs/01_tokenizer.ipynb #d40006d8
+# A JSON array of strings opens with `[` then `"` or `]`; a line such as `[PAD]` is a token, not JSON
+_JSON_ARRAY = re.compile(r'\[\s*["\]]')
+
 def read_special_tokens(path) -> list[str]:
     """Special tokens from a text file, in order: one per line (blank lines skipped; no duplicates),
-    or a JSON array of strings, the format the original project's `special_tokens.txt` used."""
+    or a JSON array of strings (a `.json` file, or text opening with `["` or `[]`), the format the
+    original project's `special_tokens.txt` used."""
     p = Path(path)
     try: text = p.read_bytes().decode('utf-8')
     except FileNotFoundError: raise TokenizerError(f"{p}: special tokens file not found") from None
     except IsADirectoryError: raise TokenizerError(f"{p}: is a directory, expected a special tokens file") from None
     except UnicodeDecodeError as e: raise TokenizerError(f"{p}: not valid UTF-8 at byte {e.start}") from None
-    if text.lstrip().startswith('['):
+    if p.suffix.lower() == '.json' or _JSON_ARRAY.match(text.lstrip()):
         try: toks = json.loads(text)
         except json.JSONDecodeError as e:
             raise TokenizerError(f"{p}:{e.lineno}:{e.colno}: not a valid JSON array of special tokens "
@@ -167,63 +172,53 @@ def expand_inputs(inputs) -> list[Path]:
     return list(dict.fromkeys(out))  # drop repeats, keep order
 
 # %% ../nbs/01_tokenizer.ipynb #fd19a979
-MAX_LINE_BYTES = 1 << 20  # longer lines reach the trainer in pieces of this size (memory stays bounded)
+MAX_PIECE_CHARS = 1 << 20  # a longer document reaches the trainer in pieces of about this size (memory stays bounded)
 
-def _file_lines(path) -> Iterator[str]:
-    """The normalised lines of a text file (maybe compressed); a line longer than MAX_LINE_BYTES comes in
-    pieces."""
-    dec = codecs.getincrementaldecoder('utf-8')('strict')  # a piece may end inside a character
-    first = True
-    with open_binary(path) as f:
-        # splits on b'\n' only, like scan_text_file counts
-        for raw in iter(lambda: f.readline(MAX_LINE_BYTES), b''):
-            if raw.endswith(b'\r') and f.peek(1)[:1] == _NL: raw += f.read(1)   # keep a \r\n together
-            try: s = dec.decode(raw, final=raw.endswith(_NL))
-            except UnicodeDecodeError:
-                raise TokenizerError(f"{path}: changed while training (no longer valid UTF-8)") from None
-            if s: yield normalize_text(s, start=first); first = False
-
-def _record_lines(src: Source) -> Iterator[str]:
-    "The lines of the (normalised) records of a JSON Lines / Parquet / dataset source."
-    for _, text in iter_records(src):
-        *full, last = text.split('\n')
-        for line in full: yield line + '\n'
-        if last: yield last
-
-def _read_lines(files: Sequence[CorpusFile]) -> Iterator[str]:
-    "The lines the trainer sees: normalised with `normalize_text`, exactly like the text `prepare` tokenizes."
+def _read_pieces(files: Sequence[CorpusFile]) -> Iterator[str]:
+    """The texts the trainer sees: the documents of each source, cut into pieces exactly as `prepare` cuts them
+    (`source_pieces`): normalised, whole documents, so that merges can span the line ends inside a document."""
     for cf in files:
-        records = cf.source is not None and cf.source.kind != 'text'
-        yield from (_record_lines(cf.source) if records else _file_lines(cf.path))
+        src = cf.source if cf.source is not None else Source('text', cf.path)
+        try:
+            for text, _ in source_pieces(src, max_chars=MAX_PIECE_CHARS):
+                if text: yield text
+        except CorpusError as e: raise TokenizerError(f"{e} (while training)") from None
 
-def _select(it: Iterable, total: int, k: int, rng: random.Random) -> Iterator:
-    "Exactly `k` items of the `total` in `it`, uniformly at random, in their original order (Knuth's algorithm S)."
-    # Item i is kept with probability (still needed) / (still left): one pass, no memory, and exactly k in the end
-    need = k
-    for i, x in enumerate(it):
-        if need == 0: return
-        if rng.random() * max(total - i, 1) < need:
-            need -= 1; yield x
+def _lines_in(text: str) -> int:
+    return text.count('\n') + (not text.endswith('\n'))
 
-# A bounded pool: each new item replaces a random one, which is emitted. BPE's pair counts do not depend on the
-# order, but a seeded order keeps the trainer's input deterministic without holding the corpus in memory
-def _shuffle_buffer(it: Iterable, size: int, rng: random.Random) -> Iterator:
-    buf = []
+def _first_lines(text: str, k: int) -> str:
+    i = -1
+    for _ in range(k):
+        i = text.find('\n', i + 1)
+        if i < 0: return text
+    return text[:i + 1]
+
+def _sample_pieces(files: Sequence[CorpusFile], k: int, seed: int) -> Iterator[str]:
+    """Pieces holding `k` lines in all, drawn uniformly at random (whole pieces; the last one drawn is cut to fit),
+    in corpus order. Two passes: one counts the lines of every piece, the other yields the pieces drawn."""
+    sizes = np.fromiter((_lines_in(t) for t in _read_pieces(files)), dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    reached = np.cumsum(sizes[order])
+    m = int(np.searchsorted(reached, k))                 # the first m + 1 pieces drawn hold at least k lines
+    keep = np.zeros(len(sizes), dtype=bool); keep[order[:m + 1]] = True
+    last, extra = (int(order[m]), int(reached[m]) - k) if m < len(order) else (-1, 0)
+    for i, text in enumerate(_read_pieces(files)):
+        if keep[i]: yield _first_lines(text, int(sizes[i]) - extra) if i == last else text
+
+def iter_training_texts(files: Sequence[CorpusFile], seed: int = 0, max_lines: int | None = None) -> Iterator[str]:
+    """Stream what the trainer learns from: every document of `files` (in pieces of about `MAX_PIECE_CHARS`), or,
+    with `max_lines`, a seeded uniform sample of whole documents holding `max_lines` lines."""
+    if max_lines is None or max_lines >= sum(cf.lines for cf in files): return _read_pieces(files)
+    return _sample_pieces(files, max_lines, seed)
+
+def _batched(it: Iterable[str], n: int, max_chars: int = 1 << 23) -> Iterator[list[str]]:
+    "Lists of up to `n` texts, and about `max_chars` characters (documents can be long)."
+    batch, chars = [], 0
     for x in it:
-        if len(buf) < size: buf.append(x); continue
-        j = rng.randrange(size)
-        yield buf[j]; buf[j] = x
-    rng.shuffle(buf)
-    yield from buf
-
-def iter_training_lines(files: Sequence[CorpusFile], seed: int = 0, max_lines: int | None = None,
-                        buffer_size: int = 10_000) -> Iterator[str]:
-    "Stream the lines of `files`: at most `max_lines` of them (uniform sample), in seeded shuffled order."
-    rng = random.Random(seed)
-    total = sum(cf.lines for cf in files)
-    it = _read_lines(files)
-    if max_lines is not None and max_lines < total: it = _select(it, total, max_lines, rng)
-    return _shuffle_buffer(it, buffer_size, rng)
+        batch.append(x); chars += len(x)
+        if len(batch) == n or chars >= max_chars: yield batch; batch, chars = [], 0
+    if batch: yield batch
 
 # %% ../nbs/01_tokenizer.ipynb #a95a79d0
 def new_bbpe_tokenizer(model: models.BPE | None = None) -> Tokenizer:
@@ -287,13 +282,6 @@ def _check_int(name, v, lo):
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise TokenizerError(f"{name}: expected an integer >= {lo}, got {v!r}")
 
-def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
-    batch = []
-    for x in it:
-        batch.append(x)
-        if len(batch) == n: yield batch; batch = []
-    if batch: yield batch
-
 def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
                show_progress: bool = True, *, text_field: str = 'text', glob: str | None = None) -> Tokenizer:
@@ -315,9 +303,9 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     t0 = time.perf_counter()
-    lines = iter_training_lines(files, seed=seed, max_lines=max_lines)
-    # Batches: one call into the Rust trainer per 1,000 lines rather than per line
-    tok.train_from_iterator(_batched(lines, 1000), trainer=trainer, length=n_used)
+    texts = iter_training_texts(files, seed=seed, max_lines=max_lines)
+    # Batches: one call into the Rust trainer per 1,000 documents rather than per document
+    tok.train_from_iterator(_batched(texts, 1000), trainer=trainer)
     seconds = time.perf_counter() - t0
     got = [tok.token_to_id(t) for t in specials]
     if got != list(range(len(specials))):  # the trainer's contract; never expected to fail
@@ -577,6 +565,19 @@ def copy_tokenizer_artifacts(src, dst, special_tokens=None) -> list[Path]:
     names = [n for n in TOKENIZER_FILES if (tj.parent/n).is_file()]
     for n in names: atomic_write_bytes(dst/n, (tj.parent/n).read_bytes())
     return [dst/n for n in names]
+
+# %% ../nbs/01_tokenizer.ipynb #b7e1a002
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+def check_encodable(text: str, where: str = 'text') -> str:
+    """`text` itself when a tokenizer can encode it; else a TokenizerError naming the first lone surrogate
+    (U+D800-U+DFFF: a Python string may hold one, but it is not Unicode text and has no UTF-8 bytes)."""
+    if not isinstance(text, str): raise TokenizerError(f"{where}: expected a string, got {type(text).__name__}")
+    m = _SURROGATE.search(text)
+    if m:
+        raise TokenizerError(f"{where}: character {m.start()} is a lone surrogate U+{ord(m.group()):04X}, which is "
+                             "not valid Unicode and cannot be tokenized (fix the text, e.g. a JSON '\\ud800' escape)")
+    return text
 
 # %% ../nbs/01_tokenizer.ipynb #573b02e1
 def chars_per_token(tok: Tokenizer, texts: Iterable[str], batch_size: int = 1000) -> float:
