@@ -106,3 +106,65 @@ def test_streaming_refusals(assets, tmp_path):
 def test_streaming_without_validation_does_not_evaluate(assets, tmp_path):
     t = fit(make_config(assets, tmp_path / 'nv', **{'data.validation_shards': [], 'scheduler.total_steps': N}))
     assert t.last_eval is None and t.step == N
+
+
+# ----------------------------------------------------------------------------------------------
+# the work split over ranks, and the sampler states
+
+def four_files(assets, tmp_path):
+    text = (assets / 'train.txt').read_text(encoding='utf-8')
+    docs = [b.strip() + '\n' for b in text.split('\n\n') if b.strip()]
+    d = tmp_path / 'four'; d.mkdir()
+    for i in range(4): (d / f'part{i}.txt').write_text('\n'.join(docs[i::4]), encoding='utf-8')
+    return d
+
+
+def test_streaming_ranks_read_only_their_files(assets, tmp_path, monkeypatch):
+    "2 ranks, 4 files: each rank opens only its two files, and together they read every document once per epoch."
+    import transformer_nb.sources as sources
+    from transformer_nb.data import _stream_docs, rank_sources
+    from transformer_nb.sources import resolve_corpus
+    from transformer_nb.tokenizer import build_from_artifacts, eos_id
+    corpus = resolve_corpus(four_files(assets, tmp_path))
+    tok = build_from_artifacts(assets / 'tok')
+    opened, real = [], sources.open_binary
+    monkeypatch.setattr(sources, 'open_binary', lambda p: (opened.append(Path(p).name), real(p))[1])
+    seen, mine = [], [rank_sources(corpus, rank, 2) for rank in (0, 1)]
+    assert sorted(mine[0] + mine[1]) == [0, 1, 2, 3] and len(mine[0]) == len(mine[1]) == 2
+    for rank in (0, 1):
+        opened.clear()
+        for (epoch, s, r, k), ids in _stream_docs(corpus, tok, eos_id(tok), rank, 2):
+            if epoch: break
+            if ids[-1] == eos_id(tok): seen.append((s, r))
+        assert set(opened) == {f'part{i}.txt' for i in mine[rank]}, opened
+    everything = [pos for pos, _ in sources.iter_corpus(corpus)]
+    assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen))
+
+
+def test_streaming_split_by_file_resumes_exactly(assets, tmp_path):
+    from transformer_nb.data import StreamingSampler
+    from transformer_nb.tokenizer import build_from_artifacts
+    d, tok = four_files(assets, tmp_path), build_from_artifacts(assets / 'tok')
+    for max_doc_chars in (1 << 20, 40):            # (40: long documents come as several runs of tokens)
+        a = StreamingSampler(d, tok, 2, 16, rank=1, world_size=2, max_doc_chars=max_doc_chars)
+        for _ in range(7): next(a)
+        saved = json.loads(json.dumps(a.state_dict()))
+        ahead = [next(a)[0] for _ in range(5)]; a.close()
+        b = StreamingSampler(d, tok, 2, 16, rank=1, world_size=2, max_doc_chars=max_doc_chars)
+        b.load_state_dict(saved)
+        for x in ahead: assert torch.equal(next(b)[0], x)
+        b.close()
+    # a position belongs to its rank
+    with pytest.raises(ValueError, match='rank 1 -> 0'):
+        StreamingSampler(d, tok, 2, 16, rank=0, world_size=2).load_state_dict(saved)
+
+
+def test_sequential_sampler_load_drops_a_stale_permutation():
+    import numpy as np
+    from transformer_nb.data import SequentialSampler, TokenShards
+    shards = TokenShards.from_array(np.arange(4000, dtype=np.uint16))
+    s = SequentialSampler(shards, 4, 16, seed=0)
+    next(s)                                                  # draws seed 0's permutation of epoch 0
+    s.load_state_dict(SequentialSampler(shards, 4, 16, seed=1).state_dict())
+    fresh = SequentialSampler(shards, 4, 16, seed=1)
+    assert torch.equal(next(s)[0], next(fresh)[0])

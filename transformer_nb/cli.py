@@ -25,7 +25,8 @@ import transformer_nb
 from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, human,
                                  run_command, say, short_path, utc_now_iso)
 from .config import config_to_yaml, load_config
-from .sources import iter_documents, resolve_corpus, skipped_summary, validate_corpus
+from .sources import (bad_summary, check_report, iter_documents, problem_lines, resolve_corpus,
+                                   skipped_summary, validate_corpus)
 from .tokenizer import build_from_artifacts, train_tokenizer
 from .device import resolve_device
 from .base import RunLockError
@@ -141,7 +142,9 @@ def validate_corpus_parser() -> argparse.ArgumentParser:
                 "parse and hold the text field; Parquet files must have the column; compressed files must be\n"
                 "whole. Prints a report (bytes, lines, documents, characters per source; what folders skipped;\n"
                 "duplicate documents; warnings for control characters, very long lines, duplicate files).\n"
-                "Exit status 0 when the corpus is usable, 2 with one line naming the place of the first problem.",
+                "Every problem is listed, one line each, naming the file and the place. A file named on the\n"
+                "command line that cannot be read is an error; one found in a folder or by --glob is skipped\n"
+                "and counted (--strict: an error too). Exit status 0 when the corpus is usable, else 2.",
                 "  tnb validate-corpus corpus.txt\n"
                 "  tnb validate-corpus data/texts/ 'more/*.txt'\n"
                 "  tnb validate-corpus dump/ --text-field content      # JSON Lines / Parquet, 'content' field\n"
@@ -152,21 +155,33 @@ def validate_corpus_parser() -> argparse.ArgumentParser:
                    help="file (text, .jsonl, .parquet, maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME, or "
                         "'shakespeare'")
     _corpus_flags(p)
+    _strict_flag(p)
     return p
 
 @command('validate-corpus', "check a corpus (UTF-8, not binary, not empty), report on it", validate_corpus_parser)
 def _validate_corpus(args) -> int:
     t0 = time.time()
     report = validate_corpus(list(args.paths), show_progress=sys.stderr.isatty(), text_field=args.text_field,
-                             glob=args.glob)
+                             glob=args.glob, strict=args.strict, raise_errors=False)
     say(report.table(width=shutil.get_terminal_size((80, 24)).columns))  # columns dropped rather than wrapped
     for w in report.warnings: say(f"warning: {w}")
+    if report.skipped: say(skipped_summary(report.skipped) + " (not corpus files; --glob PATTERN chooses files)")
+    for line in problem_lines(report.bad, report.strict): say(line)
+    if report.skipped_bad: say(bad_summary(report.skipped_bad))
+    check_report(report)           # errors: the first one, and how many more (listed above), on stderr; exit 2
     say(f"corpus OK: {corpus_line(report)} ({fmt_secs(time.time() - t0)})")
     return 0
 
 def validate_corpus_main(argv: Sequence[str] | None = None) -> int:
     "`tnb validate-corpus PATH ...` (`argv`: the arguments after the command's name)."
     return run_named('validate-corpus', argv)
+
+def _strict_flag(p: argparse.ArgumentParser):
+    "--strict: unreadable files found in folders or by --glob are errors, not skipped."
+    p.add_argument('--strict', action='store_true',
+                   help="stop on a file found in a folder or by --glob that cannot be read as text (binary, not "
+                        "UTF-8, not JSON Lines, damaged archive); by default it is skipped and counted")
+
 
 # %% ../nbs/12_cli.ipynb #e64a7ddc
 def train_tokenizer_parser() -> argparse.ArgumentParser:
@@ -180,6 +195,7 @@ def train_tokenizer_parser() -> argparse.ArgumentParser:
                         "'shakespeare' (repeatable)")
     p.add_argument('--out', required=True, metavar='DIR', help="output folder for the artifacts")
     _corpus_flags(p)
+    _strict_flag(p)
     p.add_argument('--vocab-size', type=int, default=4096, metavar='N', help="vocabulary size, special tokens included")
     p.add_argument('--min-frequency', type=int, default=2, metavar='N', help="minimum count of a pair to be merged")
     p.add_argument('--special-tokens', metavar='FILE',
@@ -194,11 +210,12 @@ def _train_tokenizer(args) -> int:
     specials = None
     if args.special_tokens: specials = existing_path(args.special_tokens, 'special tokens file', 'file')
     t0 = time.time()
-    report = validate_corpus(list(args.input), text_field=args.text_field, glob=args.glob)
+    report = validate_corpus(list(args.input), text_field=args.text_field, glob=args.glob, strict=args.strict)
     say(f"corpus: {corpus_line(report)}, validated in {fmt_secs(time.time() - t0)}")
     if report.skipped: say(skipped_summary(report.skipped))
+    if report.skipped_bad: say(bad_summary(report.skipped_bad))
     warn_report(report)
-    summary = train_tokenizer(args.input, args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+    summary = train_tokenizer(report.corpus, args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                               special_tokens=specials, seed=args.seed, max_lines=args.max_lines,
                               show_progress=not args.no_progress and sys.stderr.isatty(),
                               text_field=args.text_field, glob=args.glob)
@@ -227,6 +244,7 @@ def prepare_data_parser() -> argparse.ArgumentParser:
                         "'shakespeare' (repeatable)")
     p.add_argument('--out', required=True, metavar='DIR', help="output folder (cache) for the shards")
     _corpus_flags(p)
+    _strict_flag(p)
     p.add_argument('--workers', type=int, metavar='N', help="tokenizing processes (default: one per core)")
     p.add_argument('--shard-tokens', type=int, metavar='N', help="tokens per shard file at most (default 2^28)")
     p.add_argument('--dedupe', action='store_true',
@@ -245,7 +263,7 @@ def _prepare_data(args) -> int:
             raise CommandError(f"--{flag.replace('_', '-')} {v}: must be at least 1")
     prepare_shards(args.input, tok, args.out, args.val_fraction, args.seed, not args.no_progress,
                    text_field=args.text_field, glob=args.glob, workers=args.workers, shard_tokens=args.shard_tokens,
-                   dedupe=args.dedupe)
+                   dedupe=args.dedupe, strict_files=args.strict)
     return 0
 
 def prepare_data_main(argv: Sequence[str] | None = None) -> int:
@@ -469,14 +487,14 @@ def _evaluate(args) -> int:
         if v is not None and v < 1: raise CommandError(f"{flag} must be >= 1, got {v}")
     read = dict(text_field=args.text_field, glob=args.glob)
     sources = resolve_corpus(args.input, **read)
-    validate_corpus(list(args.input), **read)  # a broken input fails before anything is loaded
+    report = validate_corpus(list(args.input), **read)  # a broken input fails before anything is loaded
     ckpt = find_checkpoint(args.run_dir, args.checkpoint)
     with torch_threads(args.threads):
         model, tok, cfg = load_for_generation(ckpt, args.device)
         say(f"evaluate: {ckpt} ({human(model.num_parameters())} parameters) on {len(sources)} source(s)",
             file=sys.stderr)
         t0 = time.time()
-        m = text_metrics(model, tok, iter_documents(list(args.input), **read), cfg.sequence_length, args.batch_size,
+        m = text_metrics(model, tok, iter_documents(report.corpus), cfg.sequence_length, args.batch_size,
                          args.max_tokens, show_progress=not args.no_progress)
     say(f"evaluate: {m['tokens']:,} tokens, {m['chars']:,} characters, {m['bytes']:,} bytes in "
         f"{fmt_secs(time.time() - t0)}", file=sys.stderr)
@@ -512,6 +530,7 @@ def orchestrate_parser() -> argparse.ArgumentParser:
                    help="corpus: text, .jsonl or .parquet file (maybe .gz/.bz2/.xz/.zst), folder, glob, hf:NAME "
                         "(repeatable; default: the built-in Shakespeare corpus)")
     _corpus_flags(p)
+    _strict_flag(p)
     p.add_argument('--run-dir', required=True, metavar='DIR', help="the run directory (created if missing)")
     p.add_argument('--resume', action='store_true', help="continue the run in DIR from its newest valid checkpoint")
     p.add_argument('--force-retrain-tokenizer', action='store_true',
@@ -568,7 +587,8 @@ def _orchestrate_with(args) -> dict:
                 vocab_size=args.vocab_size, min_frequency=args.min_frequency, seed=args.seed, device=args.device,
                 prompts=[p.replace('\\n', '\n') for p in args.prompt or []] or None,
                 overwrite=args.overwrite, sample_tokens=args.sample_tokens, threads=args.threads,
-                show_progress=False if args.no_progress else None, text_field=args.text_field, glob=args.glob)
+                show_progress=False if args.no_progress else None, text_field=args.text_field, glob=args.glob,
+                strict_files=args.strict)
 
 def orchestrate_main(argv: Sequence[str] | None = None) -> int:
     """Console script `orchestrate --profile local|full [--input PATH ...] --run-dir DIR [...]` (also `tnb

