@@ -742,7 +742,8 @@ def estimate_memory_parser() -> argparse.ArgumentParser:
     p = _parser('tnb estimate-memory',
                 "Estimate the memory per process (parameters, gradients, optimizer state, activations) of a\n"
                 "training config, in GiB, alone and for 8 processes (or the most up to 8 that split the\n"
-                "global batch) under DDP and FSDP (11_bench explains the counts). Nothing is allocated: the model is built on PyTorch's meta device.",
+                "global batch) under DDP and FSDP (11_bench explains the counts). Nothing is allocated: the\n"
+                "model is built on PyTorch's meta device.",
                 "  tnb estimate-memory --config configs/llama_1b.yaml\n"
                 "  tnb estimate-memory --config configs/m3_medium.yaml --world-size 4 --distributed fsdp\n")
     p.add_argument('--config', required=True, metavar='PATH', help='a training config (YAML)')
