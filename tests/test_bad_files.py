@@ -144,6 +144,17 @@ def test_train_tokenizer_command_skips_found_bad_files(tmp_path):
     assert r.returncode == 2 and not (tmp_path / 'tok2').exists()
 
 
+def test_train_tokenizer_function_skips_found_bad_files(tmp_path):
+    "The Python API does what the command does: found bad files left out and named in the summary; strict refuses."
+    from transformer_nb.tokenizer import TokenizerError, train_tokenizer
+    d = messy(tmp_path)
+    s = train_tokenizer(d, tmp_path / 'tok', vocab_size=300, show_progress=False)
+    assert s.files == 2 and s.skipped.startswith('skipped 4 unreadable files: ') and s.skipped in str(s)
+    with pytest.raises(TokenizerError, match='and 3 more problem'):
+        train_tokenizer(d, tmp_path / 'tok2', vocab_size=300, show_progress=False, strict=True)
+    assert not (tmp_path / 'tok2').exists()
+
+
 def test_orchestrate_corpus_stage_skips_found_bad_files(tmp_path):
     from transformer_nb.orchestrate import plan_run, stage_corpus
     d = messy(tmp_path)
@@ -221,3 +232,18 @@ def test_null_texts_are_counted_and_skipped(tmp_path, tok):
     assert sum('20 of 40 records have an empty text (10 of them null) (skipped)' in w for w in rep.warnings) == 2
     data = prepare(d, tok, tmp_path / 'cache', show_progress=False, verbose=False, workers=1)
     assert data.train.num_documents + data.val.num_documents == 40
+
+
+def test_lone_surrogate_record_is_a_bad_file_not_a_traceback(tmp_path):
+    r"""A JSON '\ud800' escape without its pair parses into a string no tokenizer can encode (tokenizers raises
+    a TypeError deep inside prepare): found in a folder, the file is skipped as 'not Unicode'; named, it is one
+    error naming the file, line, field and character."""
+    d = tmp_path / 'c'
+    d.mkdir()
+    (d / 'good.txt').write_text(GOOD)
+    (d / 'bad.jsonl').write_text('{"text": "fine"}\n{"text": "ab\\ud800c"}\n')
+    rep = validate_corpus(d)
+    assert reasons(rep.skipped_bad) == {'not Unicode': 1} and not rep.errors
+    assert [Path(s.path).name for s in rep.corpus] == ['good.txt']
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: field 'text': character 2 is a lone surrogate U\+D800"):
+        list(iter_documents([d / 'bad.jsonl']))

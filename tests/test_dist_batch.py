@@ -137,6 +137,22 @@ def test_an_explicit_micro_batch_must_agree(tmp_path):
 
 # --- across processes ------------------------------------------------------------------------------------------
 
+def test_single_process_tools_take_an_explicit_micro_batch(tmp_path):
+    """A config that fixes data.micro_batch_size for one process count still runs in the one-process tools
+    (estimate-memory, bench, lr_find, the quality check): they take its micro-batch."""
+    c = Config(data=DataConfig(batch_size=64, gradient_accumulation_steps=2, micro_batch_size=4))
+    assert c.micro_batch_size() == 4 and c.world_sizes(8) == [8] and c.world_sizes(4) == []
+    assert Config(data=DataConfig(batch_size=12, gradient_accumulation_steps=2)).world_sizes(8) == [1, 2, 3, 6]
+    f = tmp_path / 'c.yaml'
+    f.write_text('model: {vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_layers: 1, num_attention_heads: 2}\n'
+                 'data: {batch_size: 64, gradient_accumulation_steps: 2, micro_batch_size: 4, sequence_length: 16}\n')
+    from faults import argv_of
+    r = subprocess.run([*argv_of('tnb', 'estimate-memory'), '--config', str(f)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '8' in r.stdout and 'error' not in r.stdout + r.stderr
+
+
 def test_same_tokens_per_step_on_1_2_and_4_processes(tmp):
     "batch 4 x 8 accumulation steps: 32 sequences x 32 tokens per optimizer step, on any number of processes."
     states, curves = {}, {}

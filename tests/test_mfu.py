@@ -35,6 +35,8 @@ NAMES = [
     ('NVIDIA GeForce RTX 4090', None, None, None),
     ('NVIDIA H800', None, None, None),
     ('NVIDIA L4S', None, None, None),
+    ('NVIDIA H100 80GB HBM3 MIG 1g.10gb', None, None, None),       # a MIG slice: the peak is measured
+    ('NVIDIA A100-SXM4-40GB MIG 3g.20gb', None, None, None),
 ]
 
 

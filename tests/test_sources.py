@@ -137,7 +137,7 @@ def test_damaged_compressed_files(tmp_path, ext):
         validate_corpus(tmp_path/f'cut.txt{ext}')
     bad = bytearray(blob); bad[len(blob) // 2] ^= 0x55
     (tmp_path/f'bad.txt{ext}').write_bytes(bytes(bad))
-    with pytest.raises(CorpusError, match=rf'bad\.txt{ext}: (corrupt \w+ data in compressed bytes [\d,]+\.\.[\d,]+|not valid UTF-8|binary)'):
+    with pytest.raises(CorpusError, match=rf'bad\.txt{ext}: (corrupt \w+ data, found in compressed bytes [\d,]+\.\.[\d,]+|not valid UTF-8|binary)'):
         validate_corpus(tmp_path/f'bad.txt{ext}')
 
 

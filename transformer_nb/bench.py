@@ -248,7 +248,7 @@ def _from_config(name: str, file: str, batch: int | None, seq: int | None) -> tu
     path = configs_dir() / file
     if path.is_file():
         cfg = load_config(path)
-        return (replace(cfg.model, vocab_size=None), batch or cfg.micro_batch_size(1), seq or cfg.sequence_length,
+        return (replace(cfg.model, vocab_size=None), batch or cfg.micro_batch_size(), seq or cfg.sequence_length,
                 f"configs/{file}")
     return ModelConfig(**_BUILTIN[name]), batch or 8, seq or 256, 'built in'
 

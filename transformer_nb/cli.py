@@ -741,8 +741,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 def estimate_memory_parser() -> argparse.ArgumentParser:
     p = _parser('tnb estimate-memory',
                 "Estimate the memory per process (parameters, gradients, optimizer state, activations) of a\n"
-                "training config, in GiB, alone and for 8 processes (or the most up to 8 that split the\n"
-                "global batch) under DDP and FSDP (11_bench explains the counts). Nothing is allocated: the\n"
+                "training config, in GiB, for the fewest and the most processes (up to 8) that split the\n"
+                "global batch, under DDP and FSDP (11_bench explains the counts). Nothing is allocated: the\n"
                 "model is built on PyTorch's meta device.",
                 "  tnb estimate-memory --config configs/llama_1b.yaml\n"
                 "  tnb estimate-memory --config configs/m3_medium.yaml --world-size 4 --distributed fsdp\n")
@@ -761,9 +761,12 @@ def _estimate_memory(a) -> int:
         vocab = build_from_artifacts(Path(cfg.tokenizer.tokenizer_json)).get_vocab_size()
     if not vocab: raise BenchError(f"{a.config}: set model.vocab_size (or pass --vocab-size): the tokenizer "
                                    f"{cfg.tokenizer.tokenizer_json} does not exist yet")
-    # the comparison: 8 processes, or the most (up to 8) that can split the global batch
-    split = [w for w in range(8, 1, -1) if cfg.global_batch_size % (w * cfg.data.gradient_accumulation_steps) == 0]
-    sizes = [a.world_size] if a.world_size else [1] + split[:1]
+    # the fewest and the most processes (up to 8) that split the global batch (and fit data.micro_batch_size)
+    allowed = cfg.world_sizes(8)
+    if not a.world_size and not allowed:
+        raise BenchError(f"{a.config}: no number of processes up to 8 splits the global batch "
+                         f"({cfg.global_batch_size}): pass --world-size")
+    sizes = [a.world_size] if a.world_size else sorted({allowed[0], allowed[-1]})
     muon = cfg.optimizer.algorithm == 'muon'  # training refuses Muon under FSDP: no FSDP row for it
     if muon and a.distributed == 'fsdp':
         raise BenchError(f"{a.config}: optimizer.algorithm=muon does not run under FSDP: use --distributed ddp")

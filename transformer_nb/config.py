@@ -230,11 +230,16 @@ class Config:
                       f"original project's per-forward-pass batch: global batch {b * a} = {b} x {a} sequences per step")
         return b * a
 
-    def micro_batch_size(self, world_size: int = 1) -> int:
+    def micro_batch_size(self, world_size: int | None = None) -> int:
         """Sequences per forward pass on each of `world_size` processes: the global batch split evenly over
         `gradient_accumulation_steps x world_size`; a batch that can't be split, or a `data.micro_batch_size` that
-        disagrees, is refused with the numbers."""
-        d, g = self.data, self.global_batch_size
+        disagrees, is refused with the numbers. `world_size=None`, for the tools that run one process in place of a
+        run (bench, lr_find, the quality check): `data.micro_batch_size` where the config sets it, else 1 process's."""
+        d = self.data
+        if world_size is None:
+            if d.micro_batch_size is not None: return d.micro_batch_size
+            world_size = 1
+        g = self.global_batch_size
         parts, where = d.gradient_accumulation_steps * world_size, self.source or 'config'
         given = 'data.batch_size' if g == d.batch_size else \
             f'data.batch_size x data.gradient_accumulation_steps = {d.batch_size} x {d.gradient_accumulation_steps}'
@@ -248,6 +253,12 @@ class Config:
             raise ConfigError(f"{where}: data.micro_batch_size ({d.micro_batch_size}) disagrees with the global batch "
                               f"({given} = {g}) over {split}: that is {micro} per process")
         return micro
+
+    def world_sizes(self, up_to: int = 8) -> list[int]:
+        "The numbers of processes, 1 to `up_to`, that this config's global batch (and micro-batch, if set) allow."
+        d, g = self.data, self.global_batch_size
+        return [w for w in range(1, up_to + 1) if g % (w * d.gradient_accumulation_steps) == 0
+                and (d.micro_batch_size is None or g == w * d.gradient_accumulation_steps * d.micro_batch_size)]
 
 
 # %% ../nbs/00_config.ipynb #bfca46cd

@@ -108,7 +108,7 @@ def seed_everything(seed: int) -> None:
 # %% ../nbs/00_device.ipynb #a41273e3
 # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32). Dense, not the "with sparsity"
 # figures that datasheets print first: MFU compares against what a dense matmul can reach. V100 and T4 have no
-# TF32, so their tf32 column repeats plain fp32. A model alone is its SXM part (or its only one); a form factor
+# bf16 (their first column is fp16) and no TF32 (their tf32 column repeats plain fp32). A model alone is its SXM part (or its only one); a form factor
 # with other peaks has its own entry.
 _GPU_PEAK = {
     'H100': (989e12, 494e12, 67e12), 'H100 PCIE': (756e12, 378e12, 51e12), 'H100 NVL': (835e12, 418e12, 60e12),
@@ -125,7 +125,7 @@ def gpu_model(name: str) -> str | None:
     # 'NVIDIA A100-SXM4-80GB' -> model A100, form SXM; the vendor, memory size and memory type say nothing of the peak
     words = [w for w in re.split(r'[\s_-]+', name.upper())
              if w and w not in ('NVIDIA', 'TESLA') and not re.fullmatch(r'\d+GB|HBM\w*', w)]
-    if not words:
+    if not words or 'MIG' in words:     # a MIG slice ('... MIG 1g.10gb') has a fraction of the GPU: measured instead
         return None
     model, rest = words[0], words[1:]
     form = 'PCIE' if 'PCIE' in rest else 'NVL' if 'NVL' in rest else 'SXM' if any(

@@ -330,10 +330,11 @@ class MetricsLogger:
         if self.paths.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # (TensorBoard loads only when it is used)
 
-            # events after `start_step` (written before a crash, not in the checkpoint) are dropped
-            purge = start_step + 1 if start_step else None
-            self.writer = SummaryWriter(str(self.paths.tensorboard_dir), purge_step=purge)
-        if start_step and self.paths.metrics_path.is_file():
+            # events after `start_step` (written before a crash, not in the checkpoint) are dropped; a run that
+            # starts at step 0 (a restart before the first checkpoint) drops them all
+            self.writer = SummaryWriter(str(self.paths.tensorboard_dir),
+                                        purge_step=start_step + 1 if start_step else 0)
+        if self.paths.metrics_path.is_file():
             self.drop_rows_after(start_step)  # the same for metrics.jsonl
         self.file = open(self.paths.metrics_path, 'a', encoding='utf-8')
 

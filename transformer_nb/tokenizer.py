@@ -29,8 +29,8 @@ from tqdm import tqdm
 import transformer_nb
 from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
                                  utc_now_iso)
-from .sources import (CorpusError, FileStats, Source, describe_source, iter_documents, resolve_corpus,
-                                    source_pieces)
+from .sources import (Corpus, CorpusError, FileStats, Source, bad_summary, describe_source,
+                                    iter_documents, lone_surrogate, resolve_corpus, source_pieces, validate_corpus)
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
@@ -567,16 +567,11 @@ def copy_tokenizer_artifacts(src, dst, special_tokens=None) -> list[Path]:
     return [dst/n for n in names]
 
 # %% ../nbs/01_tokenizer.ipynb #b7e1a002
-_SURROGATE = re.compile('[\ud800-\udfff]')
-
 def check_encodable(text: str, where: str = 'text') -> str:
     """`text` itself when a tokenizer can encode it; else a TokenizerError naming the first lone surrogate
     (U+D800-U+DFFF: a Python string may hold one, but it is not Unicode text and has no UTF-8 bytes)."""
     if not isinstance(text, str): raise TokenizerError(f"{where}: expected a string, got {type(text).__name__}")
-    m = _SURROGATE.search(text)
-    if m:
-        raise TokenizerError(f"{where}: character {m.start()} is a lone surrogate U+{ord(m.group()):04X}, which is "
-                             "not valid Unicode and cannot be tokenized (fix the text, e.g. a JSON '\\ud800' escape)")
+    if (bad := lone_surrogate(text, where)): raise TokenizerError(bad)
     return text
 
 # %% ../nbs/01_tokenizer.ipynb #573b02e1
@@ -609,6 +604,7 @@ class TokenizerTrainingSummary:
     seconds: float
     chars_per_token: float
     artifacts: dict = field(default_factory=dict)
+    skipped: str = ''           # the unreadable files found in folders / by globs and left out ('' when none)
 
     def __str__(self):
         mb = self.bytes / 1e6
@@ -620,6 +616,7 @@ class TokenizerTrainingSummary:
                  f"  compression {self.chars_per_token:.2f} characters/token (on up to 1 MB of the corpus)",
                  f"  time        {self.seconds:.2f} s ({mb / max(self.seconds, 1e-9):.2f} MB/s)"]
         lines += [f"  wrote       {n} ({s:,} bytes)" for n, s in self.artifacts.items()]
+        if self.skipped: lines.append(f"  {self.skipped}")
         return '\n'.join(lines)
 
 def _sample_lines(corpus, max_chars: int) -> Iterator[str]:
@@ -632,11 +629,16 @@ def _sample_lines(corpus, max_chars: int) -> Iterator[str]:
 def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, special_tokens=None,
                     seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
                     show_progress: bool = True, *, text_field: str = 'text',
-                    glob: str | None = None) -> TokenizerTrainingSummary:
-    """The whole `tnb train-tokenizer` job: resolve `inputs` (see `resolve_corpus`), `train_bbpe` with progress,
-    measure, summarise."""
-    try: corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
-    except CorpusError as e: raise TokenizerError(str(e)) from None
+                    glob: str | None = None, strict: bool = False) -> TokenizerTrainingSummary:
+    """The whole `tnb train-tokenizer` job: check the corpus `inputs` (`validate_corpus`: an unreadable file found
+    in a folder or by a glob is left out and named in the summary, or an error when `strict`; a `Corpus`, such as
+    a report's `corpus`, is taken as checked), `train_bbpe` with progress, measure, summarise."""
+    skipped = ''
+    if isinstance(inputs, Corpus): corpus = inputs
+    else:
+        try: report = validate_corpus(inputs, text_field=text_field, glob=glob, strict=strict)
+        except CorpusError as e: raise TokenizerError(str(e)) from None
+        corpus, skipped = report.corpus, bad_summary(report.skipped_bad)
     t0 = time.perf_counter()
     tok = train_bbpe(corpus, out_dir, vocab_size=vocab_size, min_frequency=min_frequency,
                      special_tokens=special_tokens, seed=seed, max_lines=max_lines, add_bos_eos=add_bos_eos,
@@ -649,4 +651,4 @@ def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int 
         lines_used=tr['lines_used'], vocab_size_requested=vocab_size, vocab_size=tok.get_vocab_size(),
         special_tokens=_special_ids(tok), seconds=seconds,
         chars_per_token=chars_per_token(tok, _sample_lines(corpus, 1_000_000)),
-        artifacts={n: (Path(out_dir)/n).stat().st_size for n in TOKENIZER_FILES})
+        artifacts={n: (Path(out_dir)/n).stat().st_size for n in TOKENIZER_FILES}, skipped=skipped)
