@@ -131,6 +131,9 @@ def test_prepare_skips_found_bad_files_and_records_them(tmp_path, tok):
         prepare(d, tok, tmp_path / 'strict', show_progress=False, verbose=False, workers=1, strict_files=True)
     # (only the cache folder's lock file, which every prepare takes)
     assert [p.name for p in (tmp_path / 'strict').iterdir()] == ['.prepare.lock']
+    # strict after a lenient prepare of the same corpus: the cached shards left files out, so they are refused
+    with pytest.raises(CorpusError, match=r'prepared without strict_files and left out 4 unreadable file\(s\)'):
+        prepare(d, tok, data.dir.parent, show_progress=False, verbose=False, workers=1, strict_files=True)
 
 
 def test_train_tokenizer_command_skips_found_bad_files(tmp_path):
@@ -247,3 +250,23 @@ def test_lone_surrogate_record_is_a_bad_file_not_a_traceback(tmp_path):
     assert [Path(s.path).name for s in rep.corpus] == ['good.txt']
     with pytest.raises(CorpusError, match=r"bad\.jsonl:2: field 'text': character 2 is a lone surrogate U\+D800"):
         list(iter_documents([d / 'bad.jsonl']))
+
+
+def test_a_file_named_and_found_counts_as_named(tmp_path):
+    "Named explicitly, a bad file is an error, whether its folder comes before it in the list or after."
+    d = messy(tmp_path)
+    latin1 = d / 'pkg' / 'changelog.txt'
+    for order in ([d, latin1], [latin1, d]):
+        with pytest.raises(CorpusError, match='changelog.txt'):
+            validate_corpus(order)
+
+
+def test_reason_comes_from_the_problem_not_the_path(tmp_path):
+    "A folder named 'corrupt samples' holding a file that is not JSON Lines: the reason is 'not JSON Lines'."
+    d = tmp_path / 'corrupt samples'
+    d.mkdir()
+    (d / 'good.txt').write_text(GOOD)
+    (d / 'a.jsonl').write_text('{"text": "fine"}\n{oops\n')
+    pq.write_table(pa.table({'text': pa.array([1, 2], pa.int64())}), d / 'numbers.parquet')
+    rep = validate_corpus(d)
+    assert reasons(rep.skipped_bad) == {'not JSON Lines': 1, 'no text field': 1}, [b.message for b in rep.bad]

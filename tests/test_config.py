@@ -110,6 +110,8 @@ def test_val_fraction_zero_with_validation_files_and_rope_scale_null():
     # 0 is fine when validation files are named: nothing is held out of the training text
     cfg = config_from_dict({'data': {'val_fraction': 0, 'validation_shards': ['val.txt']}})
     assert cfg.data.val_fraction == 0
+    # streaming never holds documents out, so its val_fraction is unused: 0 is fine there
+    assert config_from_dict({'data': {'val_fraction': 0, 'streaming': True}}).data.val_fraction == 0
     # a model built in code with rope_scale None (null): a ConfigError naming the key, not a TypeError from float()
     from transformer_nb.config import ModelConfig
     from transformer_nb.model import DecoderModel

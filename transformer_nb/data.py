@@ -678,8 +678,16 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                     f"{data.seconds:.1f} s "
                     f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
                 return data
+    data = PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+    # the same shards serve strict and lenient runs, but a strict run refuses shards that left files out
+    left_out = data.manifest.get('skipped_files', {}).get('unreadable', {})
+    if strict_files and left_out.get('count'):
+        first = [n for v in left_out['by_reason'].values() for n in v['first']]
+        raise CorpusError(f"{short_path(out)}: these token shards were prepared without strict_files and left out "
+                          f"{left_out['count']:,} unreadable file(s) (first: {', '.join(first[:3])}); fix or remove "
+                          "them, or leave strict_files off")
     if (str(out.resolve()), key) not in _WRITTEN: say(f'reusing cached token shards in {short_path(out)}')
-    return PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
+    return data
 
 # %% ../nbs/02_data.ipynb #00f23f02
 def _gather(tokens, starts: np.ndarray, length: int) -> np.ndarray:

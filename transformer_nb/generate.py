@@ -34,7 +34,8 @@ def apply_repetition_penalty(logits: Tensor, ids: Tensor, penalty: float, mask: 
     """Penalise tokens that occur in `ids` `(B, n)` (where `mask` is 1, if given) in `logits` `(B, V)`:
     positive logits divided by `penalty`, negative ones multiplied by it."""
     if penalty == 1.0 or ids.numel() == 0: return logits
-    # Dividing a negative logit would raise it, so negative ones are multiplied (CTRL's rule). The mask is the
+    # Dividing a negative logit would raise it, so negative ones are multiplied (Hugging Face's refinement; CTRL
+    # divides every logit). The mask is the
     # scatter weight: a padding id adds zero and so never counts as present
     weight = torch.ones_like(ids, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
     present = torch.zeros_like(logits).scatter_add_(1, ids, weight) > 0
@@ -71,6 +72,8 @@ class IncrementalDecoder:
     constant work per token (`tokenizers`' `DecodeStream`), whatever the length of the text so far."""
     def __init__(self, tokenizer):
         self.tokenizer, self.stream = tokenizer, DecodeStream(skip_special_tokens=True)
+        # special tokens add no text: they never enter the stream (whose window would grow with each one)
+        self.special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         # ids not handed out as text yet (an incomplete character), and the ids of the last piece handed out
         self.pending, self.context = [], []
 
@@ -78,6 +81,7 @@ class IncrementalDecoder:
         "Add token ids; return the newly completed text ('' while a character is still incomplete)."
         out = []
         for i in map(int, ids):
+            if i in self.special: continue
             # The stream decodes only a short window of recent ids and returns None while the text ends in U+FFFD
             try: piece = self.stream.step(self.tokenizer, i)
             except Exception:               # the stream's own consistency check failed: decode this stretch directly

@@ -209,7 +209,12 @@ class RunPlan:
     inputs: list[str] = field(default_factory=list)   # the corpus as given, before --glob chose its files
 
     @property
-    def about(self) -> str: return PROFILES[self.profile]['about']
+    def about(self) -> str:
+        "The profile's line, with the figures of this plan (overrides, --max-steps and --vocab-size included)."
+        where = PROFILES[self.profile]['about'].split(':')[0]
+        m, c = self.config.model, self.config
+        return (f"{where}: {m.num_layers} layers x {m.hidden_size}, {self.vocab_size:,}-token BPE, "
+                f"{c.sequence_length} tokens, {c.scheduler.total_steps:,} steps")
 
 # %% ../nbs/10_orchestrate.ipynb #864562e0
 def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequence[str] | None = None, *,

@@ -24,7 +24,7 @@ from .device import TrainingError
 from .model import DecoderModel
 
 # %% auto #0
-__all__ = ['CONTROL_TIMEOUT', 'DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json',
+__all__ = ['CONTROL_TIMEOUT', 'PREPARE_TIMEOUT', 'DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json',
            'leave_process_group', 'wrap_ddp', 'grad_sync', 'resolve_parallelism', 'checkpoint_format', 'check_parallel',
            'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model', 'build_model']
 
@@ -38,7 +38,8 @@ class DistInfo:
     local_rank: int = 0
     backend: str | None = None
     created: bool = False  # we initialized the process group (and tear it down)
-    ctl_group: object = None  # gloo group for control flags and waits, with a long timeout
+    ctl_group: object = None  # gloo group for control flags and small messages (CONTROL_TIMEOUT)
+    wait_group: object = None  # gloo group for waiting on rank 0's data preparation (PREPARE_TIMEOUT)
 
     @property
     def enabled(self) -> bool:
@@ -49,13 +50,17 @@ class DistInfo:
         return self.rank == 0
 
 
-# how long a rank waits in a control collective for the others, e.g. while rank 0 tokenizes a large corpus
-CONTROL_TIMEOUT = timedelta(hours=24)
+# how long a rank waits for the others in a control collective (a hung rank stops the run after this) ...
+CONTROL_TIMEOUT = timedelta(minutes=30)
+# ... and, once per run, for rank 0 to tokenize the corpus (hours on a large one)
+PREPARE_TIMEOUT = timedelta(hours=24)
 
 
-def init_distributed(device_name: str | None = 'auto', control_timeout: timedelta = CONTROL_TIMEOUT) -> DistInfo:
-    """Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU), and make the gloo control
-    group (its collectives wait up to `control_timeout`); else a single-process DistInfo."""
+def init_distributed(device_name: str | None = 'auto', control_timeout: timedelta = CONTROL_TIMEOUT,
+                     prepare_timeout: timedelta = PREPARE_TIMEOUT) -> DistInfo:
+    """Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU), and make the two gloo groups:
+    control (collectives wait up to `control_timeout`) and the wait for rank 0's data (`prepare_timeout`); else a
+    single-process DistInfo."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistInfo()
@@ -70,10 +75,11 @@ def init_distributed(device_name: str | None = 'auto', control_timeout: timedelt
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
         created = True
     backend = dist.get_backend()
-    # control messages (flags, small JSON, waiting for files) go over their own gloo group: they must not queue
-    # behind GPU work, and a wait for another rank's work must outlast the default group's timeout (NCCL: 10 min)
+    # control messages (flags, small JSON) go over their own gloo group: they must not queue behind GPU work; the
+    # wait for rank 0's data preparation must outlast every other timeout, so it has a group of its own
     ctl = dist.new_group(backend='gloo', timeout=control_timeout)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local, backend, created, ctl)
+    wait = dist.new_group(backend='gloo', timeout=prepare_timeout)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, backend, created, ctl, wait)
 
 # %% ../nbs/09a_parallel.ipynb #7925c6d0
 def barrier(info: DistInfo) -> None:
@@ -97,31 +103,39 @@ def any_true(info: DistInfo, flag: bool) -> bool:
     return not all_true(info, not flag)
 
 
-def gather_json(info: DistInfo, obj) -> list:
-    "`obj` from every rank (JSON-serialisable), as a list indexed by rank."
+def gather_json(info: DistInfo, obj, long_wait: bool = False) -> list:
+    """`obj` from every rank (JSON-serialisable), as a list indexed by rank; `long_wait`: on the group that waits up
+    to `PREPARE_TIMEOUT` (for rank 0's data preparation), else on the control group."""
     if not info.enabled:
         return [obj]
+    group = info.wait_group if long_wait else info.ctl_group
     # all_gather needs equal sizes: the lengths go first, then every payload padded to the longest
     data = torch.tensor(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(info.world_size)]
-    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=info.ctl_group)
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=group)
     longest = int(max(s.item() for s in sizes))
     padded = torch.cat([data, torch.zeros(longest - data.numel(), dtype=torch.uint8)])
     bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
-    dist.all_gather(bufs, padded, group=info.ctl_group)
+    dist.all_gather(bufs, padded, group=group)
     return [json.loads(bytes(b[: int(s.item())].tolist()).decode()) for b, s in zip(bufs, sizes)]
 
 # %% ../nbs/09a_parallel.ipynb #113f16ed
 def leave_process_group(info: DistInfo, wait_for_all: bool = True) -> None:
-    "Destroy the process group if this process created it (`info.created`); with `wait_for_all`, after a barrier."
-    if not (info.created and dist.is_initialized()):
+    """Destroy the two gloo groups of `info`, and the process group itself if this process created it
+    (`info.created`); with `wait_for_all`, after a barrier."""
+    if not (info.enabled and dist.is_initialized()):
         return
     # after a completed run every rank meets here before any leaves: a rank that tears gloo down while a peer is
     # still in a collective aborts the peer. Not after an error: the others may never arrive.
     if wait_for_all:
         with contextlib.suppress(Exception):
-            dist.barrier()
-    dist.destroy_process_group()
+            barrier(info)
+    # the gloo groups are this run's own, even in a process group made by the caller (a script that trains twice)
+    for group in (info.ctl_group, info.wait_group):
+        if group is not None:
+            dist.destroy_process_group(group)
+    if info.created:
+        dist.destroy_process_group()
 
 # %% ../nbs/09a_parallel.ipynb #f02cab26
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -195,13 +195,28 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
         except UserError as e:  # missing text: say which key names it, and what to do
             raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
     kw = prepare_options(config, warn=info.is_main)
-    # the others wait (on the control group: not NCCL's 10-minute timeout), then open the folder rank 0 prepared
-    # and verified (sizes only: no second hashing)
-    if info.is_main:
+    if not info.enabled:
         data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
-    folder = gather_json(info, str(data.dir) if info.is_main else None)[0]
+        return RunData(data.train, data.val)
+    # Rank 0 prepares; the others wait for its answer (on the group whose timeout is PREPARE_TIMEOUT, not NCCL's
+    # 10 minutes): the folder, or its error, which every rank then raises (no rank is left waiting in a collective)
+    data, problem, failure = None, None, None
+    if info.is_main:
+        try: data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
+        except Exception as e:
+            failure, problem = e, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+    folder, problem = gather_json(info, [str(data.dir) if data else None, problem], long_wait=True)[0]
+    if failure is not None: raise failure
+    if problem is not None: raise TrainingError(f"rank 0 could not prepare the token shards: {problem}")
+    # The others open rank 0's folder (sizes checked, not hashed again): it must be on a disk they all see
     if not info.is_main:
-        data = PreparedData.load(folder)
+        try: data = PreparedData.load(folder)
+        except (UserError, OSError) as e:
+            problem = (f"rank {info.rank}: cannot open the token shards rank 0 prepared ({e}); data.cache_dir must be "
+                       "on a disk that every node shares")
+    problems = [p for p in gather_json(info, problem) if p]
+    if problems:
+        raise TrainingError(problems[0] + (f" (and {len(problems) - 1} more rank(s))" if len(problems) > 1 else ''))
     return RunData(data.train, data.val)
 
 # %% ../nbs/09f_run.ipynb #ab66e69b

