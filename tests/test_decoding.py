@@ -59,12 +59,15 @@ def test_compiled_generate_compiles_once_for_ten_prompt_lengths():
 def test_static_cache_reused_and_reset_between_calls():
     """A second call reuses the first call's buffers; a padded batch before a shorter prompt leaves no padding
     behind (the reused cache's mask is reset)."""
+    from transformer_nb.generate import _KEPT_CACHES
     model = tiny_model()
     batch = [[5, 6, 7, 8, 9, 10, 11, 12], [3]]
+    first = {}                                              # batch size -> the cache object the first call kept
     for prompts in (batch, [[4, 2]], batch, [[4, 2, 9]]):
         want = [generate_ids(model, [p], 10, temperature=0, use_kv_cache=False)[0] for p in prompts]
         assert generate_ids(model, prompts, 10, temperature=0, static_cache=True) == want
-    from transformer_nb.generate import _KEPT_CACHES
+        (key, cache), = [(k, c) for k, c in _KEPT_CACHES[model].items() if k[0] == len(prompts)]
+        assert first.setdefault(len(prompts), cache) is cache    # the same buffers, not a new cache each call
     kept = _KEPT_CACHES[model]
     assert sorted(k[0] for k in kept) == [1, 2] and not any(c.in_use for c in kept.values())
 
@@ -130,7 +133,7 @@ def test_recompile_limit_falls_back_to_eager():
     """Past torch.compile's recompile limit (here 1: each batch size is a new graph) decoding goes on uncompiled,
     with a warning and the same tokens, instead of raising."""
     torch._dynamo.reset()
-    model = tiny_model()
+    model, before = tiny_model(), torch._dynamo.config.recompile_limit
     # torch's own patcher (pytest's monkeypatch would restore the config entry hidden: torch's config module
     # hides what is deleted, and later compiles in this process then fail to read it)
     with torch._dynamo.config.patch(recompile_limit=1):
@@ -142,7 +145,7 @@ def test_recompile_limit_falls_back_to_eager():
             fell_back = [w for w in caught if 'recompile limit' in str(w.message)]
             assert len(fell_back) == (len(prompts) == 2)
     torch._dynamo.reset()
-    assert torch._dynamo.config.recompile_limit == 8
+    assert torch._dynamo.config.recompile_limit == before      # restored
 
 
 def test_incremental_decoder_survives_a_stream_error(ascii_tok):

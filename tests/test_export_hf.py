@@ -279,6 +279,21 @@ def test_qwen3_with_attention_bias_is_refused_on_load(work, tok):
         load_hf(out)
 
 
+def test_tied_config_with_a_different_stored_head_is_refused(exported, work):
+    "A tied config.json, and a file that stores a head unlike the embedding (transformers would load that head)."
+    out = work / 'hf-tied-own-head'
+    shutil.copytree(exported, out)
+    t = read_hf_tensors(out)
+    assert 'lm_head.weight' not in t                          # (our export stores a tied head once)
+    t['lm_head.weight'] = t['model.embed_tokens.weight'].clone()
+    safetensors.torch.save_file(t, str(out / 'model.safetensors'), metadata={'format': 'pt'})
+    load_hf(out)                                              # a copy of the embedding: skipped
+    t['lm_head.weight'] = t['lm_head.weight'] + 1
+    safetensors.torch.save_file(t, str(out / 'model.safetensors'), metadata={'format': 'pt'})
+    with pytest.raises(ExportError, match='tie_word_embeddings'):
+        load_hf(out)
+
+
 def test_ntk_without_our_config_entry_is_plain_rope(tok, work):
     m = make_model(300, seed=1, rope_mode='ntk', rope_scale=4.0, rope_theta=500.0)
     out = export_hf(m, tok, work / 'hf-ntk-plain')

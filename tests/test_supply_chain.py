@@ -228,9 +228,9 @@ def test_gpu_check_without_a_gpu_says_so(tmp_path):
     assert 'pip install' not in m.stdout + m.stderr and not (ROOT / 'tnb-gpu-check.json').exists()
 
 
-def test_gpu_check_summary_from_results():
+def test_gpu_check_summary_from_results(monkeypatch):
     "The summary of a GPU run: every test's outcome, MFU against the datasheet peak, compiled-decode tokens/s."
-    sys.path.insert(0, str(ROOT / 'tools'))
+    monkeypatch.syspath_prepend(str(ROOT / 'tools'))
     import gpu_check
     med = lambda x: {'median': x, 'min': x, 'max': x, 'n': 1}
     res = {'train': [{'shape': s, 'mode': 'eager', 'tokens_per_s': med(1e5), 'model_flops_per_s': med(f)}

@@ -36,7 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NO_GPU = 3
 SHAPES = ('m3_medium', 'gpt2_124m')
-# import name -> distribution, for what the checks import (transformer_nb's runtime dependencies and pytest)
+# import name -> distribution: what the CUDA checks import (the runtime dependencies they load; zstandard, matplotlib
+# and tensorboard are imported only where used) and pytest
 NEEDED = {'torch': 'torch', 'tokenizers': 'tokenizers', 'safetensors': 'safetensors', 'numpy': 'numpy',
           'yaml': 'pyyaml', 'tqdm': 'tqdm', 'pyarrow': 'pyarrow', 'filelock': 'filelock', 'pytest': 'pytest'}
 

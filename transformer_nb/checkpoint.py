@@ -325,6 +325,37 @@ def remove_leftovers(dir_root) -> list[Path]:
     return removed
 
 # %% ../nbs/08_checkpoint.ipynb #4bc45f58
+def _hash_files(folder: Path, root: Path, files: dict) -> None:
+    "fsync every file under `folder` (and the folder), adding its manifest entry to `files`, keyed relative to `root`."
+    for f in sorted(folder.rglob('*')):
+        if f.is_file():
+            _fsync_path(f)
+            files[f.relative_to(root).as_posix()] = _remember(f, sha256_file(f))
+    _fsync_path(folder)
+
+def _finish_checkpoint(tmp: Path, step: int, files: dict, trainer_state: dict, config, tokenizer_dir,
+                       weights: str | None, vocab_size: int | None, aliases: dict) -> None:
+    """What every checkpoint ends with, in its temporary folder `tmp` (the weights are in `files` already): the
+    trainer state, the config and the tokenizer, each fsynced and hashed, then the manifest, last (a folder without
+    one is incomplete by definition), and the folder itself fsynced."""
+    try: state_txt = _json_dumps(dict(trainer_state, step=int(step)))
+    except TypeError as e: raise TypeError(f"trainer_state is not JSON-serialisable: {e}") from e
+    files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, state_txt.encode())
+    cfg = config_dict(config)
+    if cfg is not None:
+        files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, _config_yaml(config, cfg).encode())
+    if tokenizer_dir is not None:
+        _copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
+        _hash_files(tmp / TOKENIZER_DIR, tmp, files)
+    model_cfg = (cfg or {}).get('model')
+    manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, **({'weights': weights} if weights else {}),
+                'step': int(step), 'created_at': utc_now_iso(), 'files': files,
+                'config_sha256': canonical_sha256(cfg) if cfg is not None else None,
+                'model_config_sha256': canonical_sha256(model_cfg) if model_cfg is not None else None,
+                'model_config': model_cfg, 'vocab_size': vocab_size, 'tied_weights': aliases, 'versions': _versions()}
+    _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
+    _fsync_path(tmp)
+
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None) -> Path:
     "Atomically write the checkpoint of `step` under `dir_root` and prune older ones to `max_keep`; returns its folder."
@@ -348,30 +379,8 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
             files[OPTIM_FILE] = _write_safetensors(tmp / OPTIM_FILE, ots, {'format': 'pt'})
             files[OPTIM_JSON] = _write_bytes(tmp / OPTIM_JSON, _json_dumps(ojs).encode())
             del ots
-        state = dict(trainer_state, step=int(step))
-        try: state_txt = _json_dumps(state)
-        except TypeError as e: raise TypeError(f"trainer_state is not JSON-serialisable: {e}") from e
-        files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, state_txt.encode())
-        cfg = config_dict(config)
-        if cfg is not None:
-            files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, _config_yaml(config, cfg).encode())
-        if tokenizer_dir is not None:
-            _copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
-            for f in sorted((tmp / TOKENIZER_DIR).rglob('*')):
-                if f.is_file():
-                    _fsync_path(f)
-                    files[f.relative_to(tmp).as_posix()] = _remember(f, sha256_file(f))
-            _fsync_path(tmp / TOKENIZER_DIR)
-        model_cfg = (cfg or {}).get('model')
-        manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, 'step': int(step),
-                    'created_at': utc_now_iso(), 'files': files,
-                    'config_sha256': canonical_sha256(cfg) if cfg is not None else None,
-                    'model_config_sha256': canonical_sha256(model_cfg) if model_cfg is not None else None,
-                    'model_config': model_cfg, 'vocab_size': getattr(unwrap_model(model), 'vocab_size', None),
-                    'tied_weights': aliases, 'versions': _versions()}
-        # the manifest comes last: a folder without one is incomplete by definition
-        _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
-        _fsync_path(tmp)
+        _finish_checkpoint(tmp, step, files, trainer_state, config, tokenizer_dir, None,
+                           getattr(unwrap_model(model), 'vocab_size', None), aliases)
         replace_folder(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -516,9 +525,10 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     # DCP's own planner unpickles them with weights_only=False: a crafted .distcp file could then run code
     def load_bytes(self, read_item, value):
         try: obj = torch.load(value, weights_only=True)
-        except Exception:
-            raise CheckpointError(f"refused the value of {read_item.dest_index.fqn}: not plain data (a pickle that "
-                                  "names code or classes)") from None
+        except Exception as e:   # (torch says 'Weights only load failed' for damaged bytes and foreign code alike)
+            raise CheckpointError(f"refused the value of {read_item.dest_index.fqn}: not plain data that "
+                                  f"torch.load(weights_only=True) reads: damaged, or a pickle that names code or "
+                                  f"classes ({type(e).__name__})") from None
         if self.flatten_state_dict: _set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else: self.state_dict[read_item.dest_index.fqn] = obj
 
@@ -565,29 +575,10 @@ def publish_checkpoint(tmp, step: int, trainer_state: dict, config=None, tokeniz
     try:
         files = {}
         # every rank's shards are on the shared disk by now (the callers agreed on it): rank 0 hashes them all
-        for f in sorted((tmp / DCP_DIR).rglob('*')):  # the shards of every rank and DCP's index
-            if f.is_file():
-                _fsync_path(f)
-                files[f.relative_to(tmp).as_posix()] = _remember(f, sha256_file(f))
+        _hash_files(tmp / DCP_DIR, tmp, files)           # the shards of every rank and DCP's index
         if DCP_METADATA not in files:
             raise CheckpointError(f"{tmp / DCP_METADATA}: missing: the DCP write did not finish")
-        files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, _json_dumps(dict(trainer_state, step=int(step))).encode())
-        cfg = config_dict(config)
-        if cfg is not None: files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, _config_yaml(config, cfg).encode())
-        if tokenizer_dir is not None:
-            _copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
-            for f in sorted((tmp / TOKENIZER_DIR).rglob('*')):
-                if f.is_file():
-                    _fsync_path(f)
-                    files[f.relative_to(tmp).as_posix()] = _remember(f, sha256_file(f))
-        model_cfg = (cfg or {}).get('model')
-        manifest = {'format': FORMAT_NAME, 'format_version': FORMAT_VERSION, 'weights': 'dcp', 'step': int(step),
-                    'created_at': utc_now_iso(), 'files': files,
-                    'config_sha256': canonical_sha256(cfg) if cfg is not None else None,
-                    'model_config_sha256': canonical_sha256(model_cfg) if model_cfg is not None else None,
-                    'model_config': model_cfg, 'vocab_size': vocab_size, 'tied_weights': {}, 'versions': _versions()}
-        _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
-        _fsync_path(tmp / DCP_DIR); _fsync_path(tmp)
+        _finish_checkpoint(tmp, step, files, trainer_state, config, tokenizer_dir, 'dcp', vocab_size, {})
         # a re-saved step: swapped in atomically, the old folder kept until the new one is in place
         replace_folder(tmp, final)
     except BaseException as e:

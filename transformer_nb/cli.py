@@ -142,7 +142,8 @@ def validate_corpus_parser() -> argparse.ArgumentParser:
                 "parse and hold the text field; Parquet files must have the column; compressed files must be\n"
                 "whole. Prints a report (bytes, lines, documents, characters per source; what folders skipped;\n"
                 "duplicate documents; warnings for control characters, very long lines, duplicate files).\n"
-                "Every problem is listed, one line each, naming the file and the place. A file named on the\n"
+                "Every problem is listed, one line each, naming the file and the place (the first 20, then a\n"
+                "count). A file named on the\n"
                 "command line that cannot be read is an error; one found in a folder or by --glob is skipped\n"
                 "and counted (--strict: an error too). Exit status 0 when the corpus is usable, else 2.",
                 "  tnb validate-corpus corpus.txt\n"
@@ -200,7 +201,7 @@ def train_tokenizer_parser() -> argparse.ArgumentParser:
     p.add_argument('--min-frequency', type=int, default=2, metavar='N', help="minimum count of a pair to be merged")
     p.add_argument('--special-tokens', metavar='FILE',
                    help="special_tokens.txt, one token per line (default <pad> <bos> <eos>)")
-    p.add_argument('--seed', type=int, default=0, help="seed of the line shuffling")
+    p.add_argument('--seed', type=int, default=0, help="seed of the --max-lines sample")
     p.add_argument('--max-lines', type=int, metavar='N', help="train on at most N lines")
     p.add_argument('--no-progress', action='store_true', help="no progress bar")
     return p

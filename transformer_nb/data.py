@@ -562,7 +562,7 @@ def _build(job: _Job, out: Path) -> dict:
     job.train, job.val = (Corpus([s for s in c if s.name in usable], c.skipped) for c in (job.train, job.val))
     job.bad = report.skipped_bad
     if job.bad: job.say(bad_summary(job.bad))
-    if not len(job.train): raise CorpusError(f"no readable training files: {bad_summary(job.bad)}")
+    if not len(job.train): raise CorpusError(f"no readable training files: {bad_summary(job.bad, hint=False)}")
     for w in report.warnings: job.say(f'warning: {w}')
     if report.num_duplicates:
         job.say(f"{report.num_duplicates:,} exact duplicate document(s)" + (' left out (dedupe)' if job.dedupe else ''))

@@ -108,8 +108,8 @@ def seed_everything(seed: int) -> None:
 # %% ../nbs/00_device.ipynb #a41273e3
 # dense datasheet FLOP/s: (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32). Dense, not the "with sparsity"
 # figures that datasheets print first: MFU compares against what a dense matmul can reach. V100 and T4 have no
-# bf16 (their first column is fp16) and no TF32 (their tf32 column repeats plain fp32). A model alone is its SXM part (or its only one); a form factor
-# with other peaks has its own entry.
+# bf16 (their first column is fp16) and no TF32 (their tf32 column repeats plain fp32). A model alone is its SXM part
+# (or its only one); a form factor with other peaks has its own entry.
 _GPU_PEAK = {
     'H100': (989e12, 494e12, 67e12), 'H100 PCIE': (756e12, 378e12, 51e12), 'H100 NVL': (835e12, 418e12, 60e12),
     'H200': (989e12, 494e12, 67e12), 'H200 NVL': (835e12, 418e12, 60e12), 'GH200': (989e12, 494e12, 67e12),

@@ -135,6 +135,13 @@ def from_hf_state_dict(hf: dict[str, Tensor], model_cfg, where: str = 'model.saf
     inv_top = {v: k for k, v in _TOP_NAMES.items()}
     tied = bool(getattr(model_cfg, 'tie_embeddings', True))
     out, qkv = {}, {}
+    # A tied config whose file stores a head that is not the embedding: transformers loads that head (untying the
+    # two), and tying it here would compute another model, so it is refused
+    head, emb = hf.get('lm_head.weight'), hf.get('model.embed_tokens.weight')
+    if tied and head is not None and emb is not None and not (head.shape == emb.shape and torch.equal(head, emb)):
+        raise ExportError(f"{where}: the config ties the head to the embedding (tie_word_embeddings: true), but the "
+                          "file stores a different lm_head.weight, which transformers would use: set "
+                          "tie_word_embeddings to false in config.json to load the model as transformers does")
     # skipped: the RoPE buffer some HF files carry (we compute it), and a tied model's head (the embedding again)
     for name, t in hf.items():
         if name.endswith('rotary_emb.inv_freq'): continue

@@ -126,7 +126,8 @@ def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, e
     beta = min(0.98, 1 - 5 / num_steps) if beta is None else beta
     device = next(net.parameters()).device
     precision, amp = resolve_precision(config.runtime.precision, device)
-    opt = build_optimizer(net, config.optimizer, device, peak_lr=config.peak_lr)   # (Muon: the same lr ratio as training)
+    # (with Muon, peak_lr sets the same Muon/AdamW learning-rate ratio as in training)
+    opt = build_optimizer(net, config.optimizer, device, peak_lr=config.peak_lr)
     setup, scaler = StepSetup.for_config(config, opt, device, amp), grad_scaler(precision, device)  # as the Trainer
     batches = SequentialSampler(data.train, config.micro_batch_size(), config.sequence_length,
                                 seed=config.runtime.seed, shuffle=True)

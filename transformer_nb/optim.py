@@ -230,6 +230,8 @@ class SlicedMuon(torch.optim.Muon):
         if closure is not None:
             with torch.enable_grad(): loss = closure()
         found_inf = getattr(self, 'found_inf', None)
+        if getattr(self, 'grad_scale', None) is not None:   # (train_step unscales before the step: never set here)
+            raise ValueError("SlicedMuon steps on unscaled gradients: unscale them before the step")
         for group in self.param_groups:
             lr, mom = group['lr'], group['momentum']
             for p in group['params']:

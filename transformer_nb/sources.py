@@ -375,7 +375,7 @@ def _decompressor(comp: str):
     if comp == 'gzip': return zlib.decompressobj(31)     # wbits 31 = 16 + 15: gzip header and trailer, largest window
     if comp == 'bz2': return bz2.BZ2Decompressor()
     if comp == 'xz': return lzma.LZMADecompressor()
-    import zstandard            # an optional dependency: imported only when a .zst file is read
+    import zstandard            # imported only when a .zst file is read
     return zstandard.ZstdDecompressor().decompressobj()
 
 # One reader for the four formats instead of gzip/bz2/lzma.open: they share the incremental interface, files made of
@@ -386,8 +386,9 @@ DECOMPRESS_CHUNK = 1 << 20   # decompressed bytes produced at once, at most (zst
 _ZSTD_FEED = 256
 
 class _Decompressed(io.RawIOBase):
-    """The decompressed bytes of a file, made at most `DECOMPRESS_CHUNK` bytes at a time (so a small file that
-    expands to gigabytes is read in bounded memory); a damaged or cut stream is a CorpusError naming the file and the
+    """The decompressed bytes of a file, made a bounded piece at a time (`DECOMPRESS_CHUNK` bytes at most; zstd: what
+    `_ZSTD_FEED` compressed bytes hold, at most 8 MiB), so a small file that expands to gigabytes is read in bounded
+    memory; a damaged or cut stream is a CorpusError naming the file and the
     compressed offset."""
     def __init__(self, path: Path, comp: str, chunk_size: int = 1 << 16, out_size: int = DECOMPRESS_CHUNK):
         self.path, self.comp, self.chunk_size, self.out_size = path, comp, chunk_size, out_size
@@ -913,7 +914,7 @@ def bad_reason(message: str, name: str = '') -> str:
     message = message.removeprefix(name)
     return next((r for key, r in _REASONS if key in message), 'unreadable')
 
-def bad_summary(bad: Sequence[BadFile], first: int = 3) -> str:
+def bad_summary(bad: Sequence[BadFile], first: int = 3, hint: bool = True) -> str:
     """'skipped 3 unreadable files: 2 binary (a.pdf.gz, b.pdf.gz), 1 not UTF-8 (c.gz) (--strict: ...)', or '':
     a count per reason, most frequent first, with the first few names of each."""
     if not bad: return ''
@@ -922,7 +923,7 @@ def bad_summary(bad: Sequence[BadFile], first: int = 3) -> str:
     parts = [f"{len(v):,} {r} ({', '.join(v[:first])}{', ...' if len(v) > first else ''})"
              for r, v in sorted(by.items(), key=lambda kv: -len(kv[1]))]
     return (f"skipped {len(bad):,} unreadable file{'s' * (len(bad) != 1)}: " + ', '.join(parts)
-            + ' (--strict makes them errors)')
+            + (' (--strict makes them errors)' if hint else ''))
 
 def bad_record(bad: Sequence[BadFile], first: int = 5) -> dict:
     "What a manifest keeps of the skipped unreadable files: a count per reason and the first few names of each."
@@ -1123,5 +1124,5 @@ def check_report(report: CorpusReport):
     if errs := report.errors:
         more = f" (and {len(errs) - 1:,} more problem(s); tnb validate-corpus lists them)" if len(errs) > 1 else ''
         raise CorpusError(errs[0].message + more)
-    if not report.files: raise CorpusError(f"no readable corpus files: {bad_summary(report.bad)}")
+    if not report.files: raise CorpusError(f"no readable corpus files: {bad_summary(report.bad, hint=False)}")
 

@@ -172,7 +172,7 @@ def expand_inputs(inputs) -> list[Path]:
     return list(dict.fromkeys(out))  # drop repeats, keep order
 
 # %% ../nbs/01_tokenizer.ipynb #fd19a979
-MAX_PIECE_CHARS = 1 << 20  # a longer document reaches the trainer in pieces of about this size (memory stays bounded)
+MAX_PIECE_CHARS = 1 << 20  # a longer document reaches the trainer in pieces of at most this size (memory stays bounded)
 
 def _read_pieces(files: Sequence[CorpusFile]) -> Iterator[str]:
     """The texts the trainer sees: the documents of each source, cut into pieces exactly as `prepare` cuts them
