@@ -331,3 +331,33 @@ def test_crafted_distcp_value_cannot_run_code(tmp_path):
     with pytest.raises(CheckpointError, match='refused'):
         load_checkpoint(c, m2, o2)
     assert not marker.exists()
+
+
+def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path):
+    "Optimizer state that does not fit: refused before the model's weights are touched."
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    opt = torch.optim.AdamW(a.parameters())
+    a(torch.randn(2, 4)).sum().backward(); opt.step()
+    path = ck.save_checkpoint(tmp_path, 1, a, opt, {'epoch': 0})
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    two_groups = torch.optim.AdamW([{'params': [b.weight]}, {'params': [b.bias]}])
+    with pytest.raises(CheckpointError, match='does not fit this optimizer'):
+        ck.load_checkpoint(path, b, two_groups)
+    assert all(torch.equal(before[k], v) for k, v in b.state_dict().items())
+    assert ck.load_checkpoint(path, b, torch.optim.AdamW(b.parameters()))['epoch'] == 0
+    assert torch.equal(b.weight, a.weight)
+
+
+def test_leftovers_of_another_machine_are_not_judged_by_a_local_pid(tmp_path):
+    """A moved-aside step whose writer ran on another machine is put back, even where its pid is alive here (a pid
+    means something on its own machine only); a live local writer's folders are left alone."""
+    live = os.getppid()                                                     # a pid that is alive on this machine
+    other = ck._HOST[::-1] if ck._HOST[::-1] != ck._HOST else '0' * 8
+    (tmp_path / f'.old-step_000000000005-h{other}-{live}-abcd1234').mkdir()
+    (tmp_path / f'.tmp-step_000000000006-h{ck._HOST}-{live}-abcd1234').mkdir()
+    (tmp_path / f'.tmp-step_000000000007-{live}-abcd1234').mkdir()           # the older name, without a host
+    ck.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f'.tmp-step_000000000006-h{ck._HOST}-{live}-abcd1234', f'.tmp-step_000000000007-{live}-abcd1234',
+        'step_000000000005']

@@ -128,3 +128,20 @@ def test_hf_folder_beside_the_config_is_resolved_against_it(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)          # a working directory without data/x
     cfg = load_config(cfg_path)
     assert cfg.data.train_shards == [f"hf:{tmp_path / 'exp' / 'data' / 'x'}?split=train", 'hf:org/name']
+
+
+def test_seed_device_and_precision_mistakes_name_their_key(monkeypatch):
+    "A seed torch cannot take, a GPU the machine does not have, an unknown precision: one line naming the key."
+    import torch
+    from transformer_nb.base import UserError
+    from transformer_nb.device import resolve_device, resolve_precision
+    with pytest.raises(UserError, match=r'runtime.seed must be below 2\*\*63'):
+        config_from_dict({'runtime': {'seed': 2**64}})
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    with pytest.raises(UserError, match=r"runtime.device: 'cuda:7' requested but this machine has 1 GPU\(s\)"):
+        resolve_device('cuda:7')
+    with pytest.raises(UserError, match=r"runtime.device: unknown device 'cuda0'"):
+        resolve_device('cuda0')
+    with pytest.raises(UserError, match=r"runtime.precision: unknown 'fp8'"):
+        resolve_precision('fp8', torch.device('cpu'))

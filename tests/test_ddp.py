@@ -162,7 +162,7 @@ def test_mfu_counts_every_device(runs):
 def test_ddp_with_muon_matches_single_process(assets):
     """optimizer.algorithm=muon under DDP: every rank orthogonalises the same all-reduced full matrices, so the
     run follows the single process as closely as AdamW's does (on the CPU the Newton-Schulz iteration runs in
-    float32, `Muon32`; measured: losses within 1e-6, weights within 2e-7)."""
+    float32 (`muon_ns_dtype: auto`); measured: losses within 1e-6, weights within 2e-7)."""
     r = train_pair(assets, 'muon-', {'algorithm': 'muon', 'muon_learning_rate': 0.02})
     (single, _), (ddp, out) = r['single'], r['ddp']
     assert out.count('RESULT') == 2

@@ -419,4 +419,9 @@ def test_out_dir_safety(model, tok, work):
     with pytest.raises(ExportError, match='config.json'):
         export_hf(model, tok, work / 'precious', overwrite=True)
     assert (work / 'precious' / 'notes.txt').read_text() == 'keep me'
+    # a project folder that happens to hold a config.json is not a model export either
+    (work / 'precious' / 'config.json').write_text('{}')
+    with pytest.raises(ExportError, match='holds notes.txt, which a model export does not'):
+        export_hf(model, tok, work / 'precious', overwrite=True)
+    assert (work / 'precious' / 'notes.txt').read_text() == 'keep me'
     assert not [p for p in work.iterdir() if p.name.startswith(('.tmp-export', '.trash-export'))]

@@ -70,3 +70,15 @@ def test_no_display_in_a_terminal(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ['None', 'None']
+
+
+def test_a_kernel_shell_subclass_is_live(monkeypatch):
+    "Colab's shell (a subclass of the kernel's, named `Shell`) is a live notebook too; the terminal's is not."
+    import types
+    from transformer_nb.display import notebook_display_mode
+    ZMQInteractiveShell = type('ZMQInteractiveShell', (), {})
+    TerminalInteractiveShell = type('TerminalInteractiveShell', (), {})
+    for cls, want in ((type('Shell', (ZMQInteractiveShell,), {}), 'live'),
+                      (type('MyTerminal', (TerminalInteractiveShell,), {}), None), (type('Other', (), {}), 'final')):
+        monkeypatch.setitem(sys.modules, 'IPython', types.SimpleNamespace(get_ipython=lambda cls=cls: cls()))
+        assert notebook_display_mode() == want

@@ -584,13 +584,15 @@ def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096,
             args = ['--tokenizer', tmp / 'tokenizer', '--input', data, '--out', tmp / f'out-{mb:g}', '--no-progress']
             if workers: args += ['--workers', workers]
             t0, peak, hwm = time.perf_counter(), 0, 0
-            p = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)
-            # sampled every 0.1 s: the tree's PSS has no high-water mark of its own
-            while p.poll() is None:
-                total, h = _tree_memory(p.pid); peak, hwm = max(peak, total), max(hwm, h)
-                time.sleep(0.1)
-            if p.returncode: raise BenchError(f"tnb prepare-data failed on {data.name}: {p.stderr.read()[-500:]}")
+            # stderr to a file, not a pipe: a full pipe (64 KiB) would block the child while we only poll it
+            with open(tmp / 'stderr.txt', 'w+', encoding='utf-8') as err:
+                p = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
+                # sampled every 0.1 s: the tree's PSS has no high-water mark of its own
+                while p.poll() is None:
+                    total, h = _tree_memory(p.pid); peak, hwm = max(peak, total), max(hwm, h)
+                    time.sleep(0.1)
+                err.seek(0)
+                if p.returncode: raise BenchError(f"tnb prepare-data failed on {data.name}: {err.read()[-500:]}")
             secs = time.perf_counter() - t0
             out.append({'size_mb': mb, 'gz_mb': data.stat().st_size / 1e6, 'records': records, 'seconds': secs,
                         'mb_per_s': mb / secs, 'peak_rss_mb': peak / 2**20, 'peak_main_mb': hwm / 2**20,

@@ -20,6 +20,7 @@ import random
 import re
 import secrets
 import shutil
+import socket
 import sys
 import time
 import warnings
@@ -157,9 +158,16 @@ def set_rng_state(state: dict) -> None:
 
 # %% ../nbs/08_checkpoint.ipynb #172aeec0
 # step_ + 12 digits: names sort as steps do. Leftovers of interrupted saves are named
-# .<kind>-<checkpoint>-<pid>-<random>, so that clean-up can tell whether their writer is still alive
+# .<kind>-<checkpoint>-h<host>-<pid>-<random>, so that clean-up can tell whether their writer is still alive: a pid
+# means something only on its own machine (<host>: 8 hex digits of its name's sha256; older names have none)
 CHECKPOINT_RE = re.compile(r'^step_(\d{12})$')
-_LEFTOVER_RE = re.compile(r'^\.(tmp|trash|old)-(step_\d{12})-(\d+)-[0-9a-f]+$')
+_LEFTOVER_RE = re.compile(r'^\.(tmp|trash|old)-(step_\d{12})-(?:h([0-9a-f]{8})-)?(\d+)-[0-9a-f]+$')
+_HOST = sha256_bytes(socket.gethostname().encode())[:8]
+
+def _leftover_name(kind: str, name: str) -> str:
+    "The name of a save's temporary (`tmp`), moved-aside (`old`) or doomed (`trash`) folder for checkpoint `name`."
+    return f'.{kind}-{name}-h{_HOST}-{os.getpid()}-{secrets.token_hex(4)}'
+
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON, STATE_FILE, CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR = (
     'model.safetensors', 'optimizer.safetensors', 'optimizer.json', 'trainer_state.json',
     'training.yaml', 'manifest.json', 'tokenizer')
@@ -253,7 +261,7 @@ def replace_folder(tmp, final) -> None:
     if not final.exists(): os.rename(tmp, final)
     elif _rename_exchange(tmp, final): pass                 # `tmp` now holds the old folder
     else:
-        old = final.with_name(f'.old-{final.name}-{os.getpid()}-{secrets.token_hex(4)}')
+        old = final.with_name(_leftover_name('old', final.name))
         os.rename(final, old)                                # a crash now: remove_leftovers puts it back
         try: os.rename(tmp, final)
         except BaseException: os.rename(old, final); raise
@@ -314,8 +322,12 @@ def remove_leftovers(dir_root) -> list[Path]:
     removed = []
     for p in sorted(Path(dir_root).iterdir()) if Path(dir_root).is_dir() else []:
         m = _LEFTOVER_RE.match(p.name)
-        # a live writer's folders are left alone: it may be another process saving into the same directory
-        if not m or (int(m.group(3)) != os.getpid() and pid_alive(int(m.group(3)))): continue
+        if not m: continue
+        # a live writer's folders are left alone: it may be another process saving into the same directory. A pid
+        # is checked on its own machine only: another machine's writer (a run resumed elsewhere) is gone, as a
+        # checkpoint folder is written by one run at a time (the run lock)
+        host, pid = m.group(3), int(m.group(4))
+        if (host is None or host == _HOST) and pid != os.getpid() and pid_alive(pid): continue
         if m.group(1) == 'old' and not (p.parent / m.group(2)).exists():
             os.rename(p, p.parent / m.group(2)); _fsync_path(p.parent)
             logger.info("restored %s (its replacement was never put in place)", short_path(p.parent / m.group(2)))
@@ -366,7 +378,7 @@ def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.opti
     name = checkpoint_name(step)
     final = dir_root / name
     # written into a hidden temporary folder, then renamed into place: a reader sees a whole checkpoint or none
-    tmp = dir_root / f'.tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}'
+    tmp = dir_root / _leftover_name('tmp', name)
     try:
         tmp.mkdir()
         files = {}                          # manifest entries: relative path -> {sha256, size}
@@ -462,7 +474,7 @@ def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
         complete = [p for p in complete if checkpoint_step(p) <= ks]
     doomed = [p for p in complete[:max(0, len(complete) - max_keep)] if p.resolve() != keep]
     for p in doomed:
-        trash = p.with_name(f'.trash-{p.name}-{os.getpid()}-{secrets.token_hex(4)}')
+        trash = p.with_name(_leftover_name('trash', p.name))
         os.rename(p, trash)              # the checkpoint disappears atomically, then its files
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("pruned %s", short_path(p))
@@ -470,7 +482,7 @@ def prune_checkpoints(dir_root, max_keep: int, keep=None) -> list[Path]:
     return doomed
 
 # %% ../nbs/08_checkpoint.ipynb #4934a6f9
-DCP_DIR = 'dcp'             # the DCP folder inside a checkpoint: <rank>_0.distcp files + .metadata
+DCP_DIR = 'dcp'             # the DCP folder inside a checkpoint: __<rank>_0.distcp files + .metadata
 DCP_METADATA = f'{DCP_DIR}/.metadata'
 
 # DCP's .metadata is a pickle, and unpickling runs code: it is read once, with an unpickler whose find_class only
@@ -562,7 +574,7 @@ def stage_checkpoint(dir_root, step: int) -> Path:
     try: dir_root.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise CheckpointError(f"{dir_root}: cannot create the checkpoint directory: {e}") from e
     remove_leftovers(dir_root)
-    tmp = dir_root / f'.tmp-{checkpoint_name(step)}-{os.getpid()}-{secrets.token_hex(4)}'
+    tmp = dir_root / _leftover_name('tmp', checkpoint_name(step))
     tmp.mkdir()
     return tmp
 
@@ -715,15 +727,20 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     if verify and (problems := verify_checkpoint(path)):
         raise CheckpointError(f"{path}: not a valid checkpoint: " + '; '.join(problems))
     model = unwrap_model(model)
-    if is_dcp_checkpoint(path): load_dcp_checkpoint(path, model, optimizer)
-    elif _is_sharded(model):
+    # everything is read and checked before anything is changed: a checkpoint that does not fit leaves the model
+    # and the optimizer as they were
+    try: state = json.loads((path / STATE_FILE).read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
+    if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")
+    if is_dcp_checkpoint(path):
+        load_dcp_checkpoint(path, model, optimizer)
+        return state
+    if _is_sharded(model):
         raise CheckpointError(f"{path}: a safetensors checkpoint cannot be loaded into an FSDP-sharded model in "
                               "place; resume it without runtime.distributed=fsdp, or from a DCP checkpoint")
-    else:
-        sd = load_model_tensors(path / MODEL_FILE)
-        _check_fits(sd, model, path / MODEL_FILE)
-        model.load_state_dict(sd, strict=True)
-    if optimizer is not None and not is_dcp_checkpoint(path):
+    sd = load_model_tensors(path / MODEL_FILE)
+    _check_fits(sd, model, path / MODEL_FILE)
+    if optimizer is not None:
         if not (path / OPTIM_FILE).is_file() or not (path / OPTIM_JSON).is_file():
             raise CheckpointError(f"{path / OPTIM_FILE}: missing; this checkpoint holds no optimizer state")
         try: ots = safetensors.torch.load_file(str(path / OPTIM_FILE))
@@ -733,12 +750,11 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         except (OSError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             what = f"{type(e).__name__}: {e}"
             raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {what}") from None
+        # (torch checks the groups and their sizes before it changes anything)
         try: optimizer.load_state_dict(osd)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path / OPTIM_JSON}: does not fit this optimizer: {e}") from None
-    try: state = json.loads((path / STATE_FILE).read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
-    if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")
+    model.load_state_dict(sd, strict=True)       # (fits: checked above)
     return state
 
 # %% ../nbs/08_checkpoint.ipynb #a5d0c3fe

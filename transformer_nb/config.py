@@ -226,8 +226,10 @@ class Config:
         project's configs: 2 x 32 is 64 sequences per step). It never depends on the number of processes."""
         b, a = self.data.batch_size, self.data.gradient_accumulation_steps
         if b >= a: return b
-        warnings.warn(f"data.batch_size ({b}) is smaller than data.gradient_accumulation_steps ({a}): read as the "
-                      f"original project's per-forward-pass batch: global batch {b * a} = {b} x {a} sequences per step")
+        warnings.warn(f"data.batch_size ({b}) is smaller than data.gradient_accumulation_steps ({a}): read in the "
+                      f"original project's convention (sequences per forward pass of one process): global batch "
+                      f"{b * a} = {b} x {a} sequences per step, on any number of processes; set data.batch_size "
+                      f"{b * a} to say so directly")
         return b * a
 
     def micro_batch_size(self, world_size: int | None = None) -> int:
@@ -521,6 +523,8 @@ def _check_relations(cfg: Config, where: str):
         v = _get(cfg, k); need(v is None or v >= 0, f"{k} must be >= 0, got {v}")
     for k in _UNIT:
         v = _get(cfg, k); need(0 <= v < 1, f"{k} must be in [0, 1), got {v}")
+    # torch takes a 64-bit seed; each rank adds its rank to it
+    need(cfg.runtime.seed < 2**63, f"runtime.seed must be below 2**63, got {cfg.runtime.seed}")
     m, d, s = cfg.model, cfg.data, cfg.scheduler
     need(m.hidden_size % m.num_attention_heads == 0,
          f"model.hidden_size ({m.hidden_size}) must be divisible by "

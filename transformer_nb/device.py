@@ -43,10 +43,12 @@ def resolve_device(name: str | None = 'auto', local_rank: int = 0, key: str = 'r
     if name.startswith('cuda'):
         if not torch.cuda.is_available():
             raise TrainingError(f"{key}: {name!r} requested but CUDA is not available (torch {torch.__version__})")
-        try:
-            return torch.device(name) if ':' in name else torch.device('cuda', local_rank % torch.cuda.device_count())
-        except RuntimeError:        # torch's own message does not say which setting held the name
-            raise TrainingError(f"{key}: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+        if name != 'cuda' and not re.fullmatch(r'cuda:\d+', name):    # ('cuda0' or 'cudax' is not a GPU's name)
+            raise TrainingError(f"{key}: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)")
+        n = torch.cuda.device_count()
+        if ':' in name and int(name.split(':')[1]) >= n:
+            raise TrainingError(f"{key}: {name!r} requested but this machine has {n} GPU(s): cuda:0 to cuda:{n - 1}")
+        return torch.device(name) if ':' in name else torch.device('cuda', local_rank % n)
     if name == 'mps':
         if not mps_ok:
             raise TrainingError(f"{key}: 'mps' requested but MPS is not available")
@@ -73,6 +75,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> tuple[str,
     p = (precision or 'fp32').lower()
     if p == 'fp32':
         return p, None
+    if p not in PRECISIONS:
+        raise TrainingError(f"runtime.precision: unknown {precision!r} (choose from {', '.join(PRECISIONS)})")
     # 16-bit on a CPU works, only slowly: a warning, not an error
     if device.type == 'cpu':
         warnings.warn(f"runtime.precision={p} on CPU: 16-bit matmuls are much slower than fp32 on most CPUs; "
@@ -101,7 +105,7 @@ def synchronize(device: torch.device) -> None:
 def seed_everything(seed: int) -> None:
     "Seed python `random`, NumPy's global generator and torch (CPU and all CUDA devices)."
     random.seed(seed)
-    # NumPy's legacy global seed must fit in 32 bits; any int is a valid torch seed
+    # NumPy's legacy global seed must fit in 32 bits; torch takes any seed in [0, 2**64)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
 

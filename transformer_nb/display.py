@@ -41,11 +41,12 @@ def notebook_display_mode() -> str | None:
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is None:
         return None
-    # by class name, so that IPython's shells need not be imported; the terminal shell cannot show images
-    kind = type(shell).__name__
-    if kind == 'ZMQInteractiveShell':
+    # by class name, so that IPython's shells need not be imported, and along the class's ancestors: Colab's and
+    # Spyder's shells are subclasses of the kernel's (named differently); the terminal shell cannot show images
+    kinds = [c.__name__ for c in type(shell).__mro__]
+    if 'ZMQInteractiveShell' in kinds:
         return 'live'
-    if kind == 'TerminalInteractiveShell':
+    if 'TerminalInteractiveShell' in kinds:
         return None
     return 'final'
 

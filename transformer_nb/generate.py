@@ -103,14 +103,15 @@ class IncrementalDecoder:
 def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
+    def number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not (number(temperature) and temperature >= 0 and math.isfinite(temperature)):
         raise GenerationError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise GenerationError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
         raise GenerationError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0):
-        raise GenerationError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
+    if not (number(repetition_penalty) and 0 < repetition_penalty < math.inf):
+        raise GenerationError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
 
 def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     # A generator of its own: sampling never moves the global RNG that training's reproducibility rests on.

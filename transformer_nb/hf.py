@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -308,6 +309,11 @@ def _dtype(dtype, default: torch.dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES: return _DTYPES[dtype]
     raise ExportError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
 
+# the files of a Hugging Face model folder (what --force may replace)
+_MODEL_FOLDER_FILE = re.compile(r'(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|'
+                                r'added_tokens|vocab)\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|'
+                                r'merges\.txt|README\.md|\.gitattributes|tokenizer\.model')
+
 def _fresh_target(out: Path, overwrite: bool) -> None:
     "Refuse an `out` folder we must not replace."
     if not out.exists(): return
@@ -315,10 +321,15 @@ def _fresh_target(out: Path, overwrite: bool) -> None:
     if not any(out.iterdir()): return
     if not overwrite:
         raise ExportError(f"{out}: exists and is not empty (give --force / overwrite=True to replace it)")
-    # even with overwrite: a folder that does not look like an export (a typo'd path, a home folder) is never deleted
+    # even with overwrite: a folder that does not look like a model export (a typo'd path, a home folder, a project
+    # that has a config.json) is never deleted. A model folder holds its config, weights, tokenizer and card only
     if not (out / 'config.json').is_file():
         raise ExportError(f"{out}: not empty and holds no config.json; refusing to replace a folder that is not a "
                           "model export")
+    other = sorted(p.name for p in out.iterdir() if not (p.is_file() and _MODEL_FOLDER_FILE.fullmatch(p.name)))
+    if other:
+        raise ExportError(f"{out}: holds {other[0]}" + (f" and {len(other) - 1} more" if len(other) > 1 else '')
+                          + ", which a model export does not; refusing to replace it")
 
 def _model_card(conf: dict, source: dict | None, notes: Sequence[str]) -> str:
     arch = conf['model_type']

@@ -310,7 +310,7 @@ def build_model(model_cfg, vocab: int, device: torch.device, parallel: str = 'no
     rows = rec.local_rows(model)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    # bf16 compute and all-gathers, gradients reduced in fp32 so that the sum over ranks loses no precision
+    # bf16 compute and all-gathers, gradients reduced in fp32 so that the sum over ranks keeps fp32's precision
     bf16_gpu = device.type == 'cuda' and precision == 'bf16'
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_gpu else None
     return materialize(shard_model(model, mp), rows, device)

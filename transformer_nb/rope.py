@@ -28,7 +28,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/03_rope.ipynb #dd611c40
 class _RotateHalfFunction(torch.autograd.Function):
     """`x * cos + rotate_half(x) * sin` as one autograd node. With `swap` exchanging the halves of the last dimension
-    and `ss = (-sin, sin)` by halves, it is `swap(x) * ss + x * cos`; the map is orthogonal, so its backward is its
+    and `ss = (-sin, sin)` by halves, it is `swap(x) * ss + x * cos`; the map is linear in `x`, so its backward is its
     transpose, `swap(g * ss) + g * cos`: three full-size passes each way instead of autograd's six ops and their
     backward (RoPE runs on q and k in every layer, and at small widths these passes are a noticeable share)."""
     @staticmethod
