@@ -134,6 +134,9 @@ def test_prepare_skips_found_bad_files_and_records_them(tmp_path, tok):
     # strict after a lenient prepare of the same corpus: the cached shards left files out, so they are refused
     with pytest.raises(CorpusError, match=r'prepared without strict_files and left out 4 unreadable file\(s\)'):
         prepare(d, tok, data.dir.parent, show_progress=False, verbose=False, workers=1, strict_files=True)
+    # the same corpus with one of its bad files also named: an error, not the cached shards that left it out
+    with pytest.raises(CorpusError, match=r'changelog.txt: named explicitly, but unreadable'):
+        prepare([d, d / 'pkg' / 'changelog.txt'], tok, data.dir.parent, show_progress=False, verbose=False, workers=1)
 
 
 def test_train_tokenizer_command_skips_found_bad_files(tmp_path):

@@ -128,6 +128,11 @@ def test_hf_folder_beside_the_config_is_resolved_against_it(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)          # a working directory without data/x
     cfg = load_config(cfg_path)
     assert cfg.data.train_shards == [f"hf:{tmp_path / 'exp' / 'data' / 'x'}?split=train", 'hf:org/name']
+    # a folder of the name in the current directory only: refused, not read from wherever the command runs
+    (tmp_path / 'data' / 'y').mkdir(parents=True)
+    cfg_path.write_text(yaml.safe_dump({'data': {'train_shards': ['hf:data/y']}}))
+    with pytest.raises(ConfigError, match=r'hf:data/y: data/y is a folder in the current directory, not beside'):
+        load_config(cfg_path)
 
 
 def test_seed_device_and_precision_mistakes_name_their_key(monkeypatch):

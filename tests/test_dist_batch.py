@@ -154,7 +154,7 @@ def test_single_process_tools_take_an_explicit_micro_batch(tmp_path):
     r = subprocess.run([*argv_of('tnb', 'estimate-memory'), '--config', str(f)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert '8' in r.stdout and 'error' not in r.stdout + r.stderr
+    assert 'ddp x8, micro-batch 4 x 16' in r.stdout and 'error' not in r.stdout + r.stderr
 
 
 def test_same_tokens_per_step_on_1_2_and_4_processes(tmp):

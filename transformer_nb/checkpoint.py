@@ -727,8 +727,8 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     if verify and (problems := verify_checkpoint(path)):
         raise CheckpointError(f"{path}: not a valid checkpoint: " + '; '.join(problems))
     model = unwrap_model(model)
-    # everything is read and checked before anything is changed: a checkpoint that does not fit leaves the model
-    # and the optimizer as they were
+    # a safetensors checkpoint is read and checked whole before anything is changed: one that does not fit leaves
+    # the model and the optimizer as they were (DCP reads into the model's own tensors as it goes)
     try: state = json.loads((path / STATE_FILE).read_text(encoding='utf-8'))
     except (OSError, ValueError) as e: raise CheckpointError(f"{path / STATE_FILE}: unreadable: {e}") from None
     if not isinstance(state, dict): raise CheckpointError(f"{path / STATE_FILE}: not a JSON object")

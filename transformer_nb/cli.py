@@ -164,7 +164,7 @@ def _validate_corpus(args) -> int:
     t0 = time.time()
     report = validate_corpus(list(args.paths), show_progress=sys.stderr.isatty(), text_field=args.text_field,
                              glob=args.glob, strict=args.strict, raise_errors=False)
-    say(report.table(width=shutil.get_terminal_size((80, 24)).columns))  # columns dropped rather than wrapped
+    if report.files: say(report.table(width=shutil.get_terminal_size((80, 24)).columns))  # (narrow: columns dropped)
     for w in report.warnings: say(f"warning: {w}")
     if report.skipped: say(skipped_summary(report.skipped) + " (not corpus files; --glob PATTERN chooses files)")
     for line in problem_lines(report.bad, report.strict): say(line)
@@ -765,8 +765,9 @@ def _estimate_memory(a) -> int:
     # the fewest and the most processes (up to 8) that split the global batch (and fit data.micro_batch_size)
     allowed = cfg.world_sizes(8)
     if not a.world_size and not allowed:
+        fixed = f" into micro-batches of {cfg.data.micro_batch_size}" if cfg.data.micro_batch_size else ''
         raise BenchError(f"{a.config}: no number of processes up to 8 splits the global batch "
-                         f"({cfg.global_batch_size}): pass --world-size")
+                         f"({cfg.global_batch_size}){fixed}: pass --world-size")
     sizes = [a.world_size] if a.world_size else sorted({allowed[0], allowed[-1]})
     muon = cfg.optimizer.algorithm == 'muon'  # training refuses Muon under FSDP: no FSDP row for it
     if muon and a.distributed == 'fsdp':

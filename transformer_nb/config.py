@@ -398,7 +398,13 @@ def _resolve_source(v: str, base_dir) -> str:
         # names without ./, ../, / or ~ are Hub datasets
         local = target.startswith(('.', '/', '~')) or (
             base_dir is not None and bool(target) and os.path.isdir(_resolve_path(target, base_dir)))
-        return f"hf:{_resolve_path(target, base_dir)}{sep}{query}" if local else v
+        if local: return f"hf:{_resolve_path(target, base_dir)}{sep}{query}"
+        # a folder of that name in the current directory only: ambiguous (the config's folder decides paths)
+        if base_dir is not None and target and os.path.isdir(target):
+            raise ConfigError(f"{v}: {target} is a folder in the current directory, not beside the config; write "
+                              f"its absolute path (hf:{os.path.abspath(target)}), or a path relative to the config's "
+                              "folder starting with ./ or ../")
+        return v
     return _resolve_path(v, base_dir)
 
 def _resolve(value, key: str, base_dir):

@@ -679,8 +679,12 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                     f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
                 return data
     data = PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
-    # the same shards serve strict and lenient runs, but a strict run refuses shards that left files out
+    # the same shards serve strict and lenient runs, but a strict run refuses shards that left files out, and so
+    # does a run that names one of the left-out files (named, a bad file is an error)
     left_out = data.manifest.get('skipped_files', {}).get('unreadable', {})
+    if named := sorted({s.name for s in [*train, *val] if not s.found} & set(left_out.get('names', []))):
+        raise CorpusError(f"{named[0]}: named explicitly, but unreadable: the token shards cached for this corpus "
+                          f"({short_path(out)}) left it out; fix the file, or leave it to the folder that holds it")
     if strict_files and left_out.get('count'):
         first = [n for v in left_out['by_reason'].values() for n in v['first']]
         raise CorpusError(f"{short_path(out)}: these token shards were prepared without strict_files and left out "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .config import load_config
+from .config import DataConfig, load_config
 from .device import TrainingError, resolve_device, resolve_precision, seed_everything
 from .tokenizer import tokenizer_from_config
 from .data import PreparedData, SequentialSampler, prepare
@@ -107,6 +107,8 @@ def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
     data_dir, src = RunPaths.from_config(config, run_dir).data_dir, tokenizer_source(config.tokenizer, tokenizer)
     # the Trainer's options (dedupe, text field, ...): the same shards, found in the same cache
     kw = dict(prepare_options(config, warn=False), show_progress=False, verbose=False)
+    if not 0 < kw['val_fraction'] < 1 and not kw['val_sources']:   # (a streaming config may hold nothing out)
+        kw['val_fraction'] = DataConfig.val_fraction
     if data_dir.is_dir():  # where the Trainer would look: the run's data folder, or data.cache_dir
         data = prepare(d.train_shards, src, data_dir, **kw)
         if data.reused:

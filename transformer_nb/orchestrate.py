@@ -211,10 +211,11 @@ class RunPlan:
     @property
     def about(self) -> str:
         "The profile's line, with the figures of this plan (overrides, --max-steps and --vocab-size included)."
-        where = PROFILES[self.profile]['about'].split(':')[0]
-        m, c = self.config.model, self.config
-        return (f"{where}: {m.num_layers} layers x {m.hidden_size}, {self.vocab_size:,}-token BPE, "
-                f"{c.sequence_length} tokens, {c.scheduler.total_steps:,} steps")
+        where = PROFILES[self.profile]['about'].split(' layers')[0].rstrip('0123456789')   # 'GPU: m3_medium, '
+        m, c, s = self.config.model, self.config, self.config.scheduler
+        length = f"{s.total_steps:,} steps" if s.total_steps is not None else f"{s.total_epochs} epoch(s)"
+        return (f"{where}{m.num_layers} layers x {m.hidden_size}, {self.vocab_size:,}-token BPE, "
+                f"{c.sequence_length} tokens, {length}")
 
 # %% ../nbs/10_orchestrate.ipynb #864562e0
 def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequence[str] | None = None, *,
@@ -358,7 +359,8 @@ def stage_tokenizer(plan: RunPlan, files: Sequence[Path]):
                                "--skip-tokenizer to train one")
         if tok_dir.exists(): shutil.rmtree(tok_dir)
         # seed 0: the same corpus always trains the same tokenizer, whatever the run's seed
-        say(str(train_tokenizer(list(files), tok_dir, vocab_size=plan.vocab_size, min_frequency=plan.min_frequency,
+        # (a Corpus from stage_corpus is taken as checked: not read once more)
+        say(str(train_tokenizer(files, tok_dir, vocab_size=plan.vocab_size, min_frequency=plan.min_frequency,
                                 special_tokens=L['special_tokens'], seed=0, show_progress=plan.show_progress)))
         action = 'trained'
     return build_from_artifacts(tok_dir), action

@@ -24,9 +24,10 @@ from .device import TrainingError
 from .model import DecoderModel
 
 # %% auto #0
-__all__ = ['CONTROL_TIMEOUT', 'PREPARE_TIMEOUT', 'DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true', 'gather_json',
-           'leave_process_group', 'wrap_ddp', 'grad_sync', 'resolve_parallelism', 'checkpoint_format', 'check_parallel',
-           'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model', 'build_model']
+__all__ = ['CONTROL_TIMEOUT', 'LONG_WAIT_TIMEOUT', 'DistInfo', 'init_distributed', 'barrier', 'all_true', 'any_true',
+           'gather_json', 'leave_process_group', 'wrap_ddp', 'grad_sync', 'resolve_parallelism', 'checkpoint_format',
+           'check_parallel', 'ShardedInit', 'materialize', 'apply_activation_checkpointing', 'shard_model',
+           'build_model']
 
 # %% ../nbs/09a_parallel.ipynb #431861ca
 @dataclass
@@ -39,7 +40,7 @@ class DistInfo:
     backend: str | None = None
     created: bool = False  # we initialized the process group (and tear it down)
     ctl_group: object = None  # gloo group for control flags and small messages (CONTROL_TIMEOUT)
-    wait_group: object = None  # gloo group for waiting on rank 0's data preparation (PREPARE_TIMEOUT)
+    wait_group: object = None  # gloo group for waiting on rank 0's long file work (LONG_WAIT_TIMEOUT)
 
     @property
     def enabled(self) -> bool:
@@ -52,15 +53,15 @@ class DistInfo:
 
 # how long a rank waits for the others in a control collective (a hung rank stops the run after this) ...
 CONTROL_TIMEOUT = timedelta(minutes=30)
-# ... and, once per run, for rank 0 to tokenize the corpus (hours on a large one)
-PREPARE_TIMEOUT = timedelta(hours=24)
+# ... and for rank 0's long file work: tokenizing the corpus (hours on a large one), writing or hashing a checkpoint
+LONG_WAIT_TIMEOUT = timedelta(hours=24)
 
 
 def init_distributed(device_name: str | None = 'auto', control_timeout: timedelta = CONTROL_TIMEOUT,
-                     prepare_timeout: timedelta = PREPARE_TIMEOUT) -> DistInfo:
+                     long_wait_timeout: timedelta = LONG_WAIT_TIMEOUT) -> DistInfo:
     """Join the torchrun process group if `WORLD_SIZE` > 1 (nccl on CUDA, gloo on CPU), and make the two gloo groups:
-    control (collectives wait up to `control_timeout`) and the wait for rank 0's data (`prepare_timeout`); else a
-    single-process DistInfo."""
+    control (collectives wait up to `control_timeout`) and the waits for rank 0's long file work
+    (`long_wait_timeout`); else a single-process DistInfo."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return DistInfo()
@@ -76,9 +77,9 @@ def init_distributed(device_name: str | None = 'auto', control_timeout: timedelt
         created = True
     backend = dist.get_backend()
     # control messages (flags, small JSON) go over their own gloo group: they must not queue behind GPU work; the
-    # wait for rank 0's data preparation must outlast every other timeout, so it has a group of its own
+    # waits for rank 0's long file work must outlast every other timeout, so they have a group of their own
     ctl = dist.new_group(backend='gloo', timeout=control_timeout)
-    wait = dist.new_group(backend='gloo', timeout=prepare_timeout)
+    wait = dist.new_group(backend='gloo', timeout=long_wait_timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, backend, created, ctl, wait)
 
 # %% ../nbs/09a_parallel.ipynb #7925c6d0
@@ -88,13 +89,14 @@ def barrier(info: DistInfo) -> None:
         dist.barrier(group=info.ctl_group)
 
 
-def all_true(info: DistInfo, flag: bool) -> bool:
-    "Whether `flag` holds on every rank (a CPU collective on the control group)."
+def all_true(info: DistInfo, flag: bool, long_wait: bool = False) -> bool:
+    """Whether `flag` holds on every rank (a CPU collective on the control group; `long_wait`: on the group that
+    waits up to `LONG_WAIT_TIMEOUT`, after rank 0's long file work)."""
     if not info.enabled:
         return flag
     # MAX over 'not flag': one rank's False makes the answer False everywhere, in a single collective
     t = torch.tensor([0 if flag else 1], dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.ctl_group)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.wait_group if long_wait else info.ctl_group)
     return int(t.item()) == 0
 
 
@@ -105,7 +107,7 @@ def any_true(info: DistInfo, flag: bool) -> bool:
 
 def gather_json(info: DistInfo, obj, long_wait: bool = False) -> list:
     """`obj` from every rank (JSON-serialisable), as a list indexed by rank; `long_wait`: on the group that waits up
-    to `PREPARE_TIMEOUT` (for rank 0's data preparation), else on the control group."""
+    to `LONG_WAIT_TIMEOUT` (after rank 0's long file work), else on the control group."""
     if not info.enabled:
         return [obj]
     group = info.wait_group if long_wait else info.ctl_group

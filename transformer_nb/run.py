@@ -188,21 +188,27 @@ def prepare_run_data(config, tok_source, tokenizer, data_dir: Path, info: DistIn
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or "
                             "'shakespeare')")
-    # resolved up front, so that a missing file is reported by its config key before any tokenizing starts
-    for key, srcs in (('data.train_shards', d.train_shards), ('data.validation_shards', d.validation_shards or [])):
-        try:
-            resolve_sources(srcs) if srcs else None
-        except UserError as e:  # missing text: say which key names it, and what to do
-            raise TrainingError(f"{key}: {e}; put the text there, or name it with --override {key}=[PATH]") from None
-    kw = prepare_options(config, warn=info.is_main)
+
+    def prepare_here() -> PreparedData:
+        # the sources resolved first, so that a missing file is reported by its config key before any tokenizing
+        for key, srcs in (('data.train_shards', d.train_shards), ('data.validation_shards', d.validation_shards or [])):
+            try:
+                resolve_sources(srcs) if srcs else None
+            except UserError as e:  # missing text: say which key names it, and what to do
+                raise TrainingError(f"{key}: {e}; put the text there, or name it with --override "
+                                    f"{key}=[PATH]") from None
+        return prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress,
+                       **prepare_options(config, warn=info.is_main))
+
     if not info.enabled:
-        data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
+        data = prepare_here()
         return RunData(data.train, data.val)
-    # Rank 0 prepares; the others wait for its answer (on the group whose timeout is PREPARE_TIMEOUT, not NCCL's
-    # 10 minutes): the folder, or its error, which every rank then raises (no rank is left waiting in a collective)
+    # Rank 0 alone reads the sources and prepares (the corpus need only be on its machine); the others wait for its
+    # answer (on the group whose timeout is LONG_WAIT_TIMEOUT, not NCCL's 10 minutes): the folder, or its error,
+    # which every rank then raises (no rank is left waiting in a collective)
     data, problem, failure = None, None, None
     if info.is_main:
-        try: data = prepare(d.train_shards, tok_source, data_dir, show_progress=show_progress, **kw)
+        try: data = prepare_here()
         except Exception as e:
             failure, problem = e, str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
     folder, problem = gather_json(info, [str(data.dir) if data else None, problem], long_wait=True)[0]
@@ -464,7 +470,7 @@ class Checkpointer:
                 path = save_checkpoint(directory, step, model, optimizer, state, self.config, self.source, max_keep)
             except BaseException as e:
                 err = e
-        ok = all_true(self.info, err is None)
+        ok = all_true(self.info, err is None, long_wait=True)   # (a large checkpoint: minutes to write)
         if err is not None:
             raise err
         if not ok:
@@ -521,7 +527,7 @@ class Checkpointer:
                     shutil.rmtree(job['tmp'], ignore_errors=True)
             except BaseException as e:
                 perr = e
-        published = all_true(self.info, perr is None)
+        published = all_true(self.info, perr is None, long_wait=True)   # (rank 0 hashed every rank's shards)
         if perr is not None:
             raise perr
         if not wrote or not published:
@@ -541,6 +547,12 @@ class Checkpointer:
         while self.pending:
             self._publish(self.pending.pop(0))
 
+    def close(self) -> None:
+        "Release the background writes' gloo group (kept while a write is still pending, as after an error)."
+        if self.group is not None and not self.pending:
+            dist.destroy_process_group(self.group)
+            self.group = None
+
     def find(self) -> Path | None:
         "The newest checkpoint that verifies; None when there is none yet; an error when all are corrupt."
         d, ck, err = self.paths.checkpoint_dir, None, None
@@ -552,7 +564,7 @@ class Checkpointer:
             if ck is None and found:
                 err = (f"{d}: --resume found {len(found)} checkpoint(s) but none is valid (newest: "
                        f"{'; '.join(verify_checkpoint(found[-1]))}); move them away to start over")
-        ck, err = gather_json(self.info, [str(ck) if ck is not None else None, err])[0]
+        ck, err = gather_json(self.info, [str(ck) if ck is not None else None, err], long_wait=True)[0]
         if err is not None:
             raise CheckpointError(err)
         ck = Path(ck) if ck is not None else None

@@ -242,15 +242,18 @@ def index_credentials(index_url: str) -> tuple[str, dict]:
     private index is often given as https://user:token@host/simple, which urllib would read as a host name."""
     u = urlsplit(index_url)
     if u.username is None: return index_url, {}
-    host = u.hostname + (f":{u.port}" if u.port else '')
+    host = u.netloc.rpartition('@')[2]                    # (as written: case and IPv6 brackets kept)
     secret = base64.b64encode(f"{unquote(u.username)}:{unquote(u.password or '')}".encode()).decode()
     return urlunsplit(u._replace(netloc=host)), {'Authorization': f'Basic {secret}'}
 
 def _index_request(url: str, index_url: str, **headers) -> urllib.request.Request:
-    "A request for `url`, with the index's credentials only when `url` is on the index's own host."
+    """A request for `url`, with the index's credentials only when `url` is on the index's own host, and never on a
+    redirect (indexes often send downloads on to a storage host, which must not see the token)."""
     public, auth = index_credentials(index_url)
-    same_host = urlsplit(url).netloc == urlsplit(public).netloc
-    return urllib.request.Request(url, headers={**headers, **(auth if same_host else {})})
+    req = urllib.request.Request(url, headers=headers)
+    if urlsplit(url).netloc == urlsplit(public).netloc:
+        for k, v in auth.items(): req.add_unredirected_header(k, v)
+    return req
 
 def index_files(index_url: str, project: str) -> dict[str, tuple[str, str | None]]:
     """`filename -> (url, sha256 or None)` from the simple-API page of `project` on the package index (the JSON
@@ -656,7 +659,7 @@ _LONE_SURROGATE = re.compile('[\\ud800-\\udfff]')
 def lone_surrogate(text: str, where: str) -> str | None:
     """'<where>: character N is a lone surrogate U+XXXX, ...' when `text` holds one, else None: a Python string
     may hold one (a JSON '\\ud800' escape without its pair), but it is not Unicode text and has no UTF-8 bytes."""
-    m = _LONE_SURROGATE.search(text)
+    m = None if text.isascii() else _LONE_SURROGATE.search(text)
     if m is None: return None
     return (f"{where}: character {m.start()} is a lone surrogate U+{ord(m.group()):04X}, which is not valid Unicode "
             "and cannot be tokenized (fix the text, e.g. a JSON '\\ud800' escape)")
@@ -926,10 +929,12 @@ def bad_summary(bad: Sequence[BadFile], first: int = 3, hint: bool = True) -> st
             + (' (--strict makes them errors)' if hint else ''))
 
 def bad_record(bad: Sequence[BadFile], first: int = 5) -> dict:
-    "What a manifest keeps of the skipped unreadable files: a count per reason and the first few names of each."
+    """What a manifest keeps of the skipped unreadable files: a count per reason with the first few names of each,
+    and every name (a later run that names one of them must not reuse these shards)."""
     by = {}
     for b in bad: by.setdefault(b.reason, []).append(b.name)
-    return {'count': len(bad), 'by_reason': {r: {'count': len(v), 'first': v[:first]} for r, v in by.items()}}
+    return {'count': len(bad), 'by_reason': {r: {'count': len(v), 'first': v[:first]} for r, v in by.items()},
+            'names': [b.name for b in bad]}
 
 def problem_lines(bad: Sequence[BadFile], strict: bool = False, limit: int = 20) -> list[str]:
     "One line per problem ('error: ...' or 'skipped: ...'), the first `limit`, then '... and N more'."
@@ -1032,14 +1037,14 @@ class _Duplicates:
     """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in numpy
     chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
     # 8 bytes: a false duplicate among n documents has odds of about n**2 / 2**65 (3% at a billion documents)
-    def __init__(self): self.chunks = []
+    def __init__(self): self.digests = array('Q')
     def add(self, digests: array):
-        "Add the digests of the next documents (an `array('Q')`: copied as 8 bytes each, never as Python ints)."
-        self.chunks.append(np.frombuffer(digests, dtype=np.uint64).copy())
+        "Add the digests of the next documents (an `array('Q')`: appended as 8 bytes each, never as Python ints)."
+        self.digests.extend(digests)
     @property
     def indices(self) -> np.ndarray:
         "Document numbers (sorted) of the repeats."
-        d = np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.uint64)
+        d = np.frombuffer(self.digests, dtype=np.uint64) if len(self.digests) else np.zeros(0, dtype=np.uint64)
         order = np.argsort(d, kind='stable')              # equal digests stay in document order
         s = d[order]
         return np.sort(order[1:][s[1:] == s[:-1]])
@@ -1067,11 +1072,11 @@ def _check_source(src: Source, st: FileStats, max_line_chars: int, max_line_erro
     """Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable.
     Returns the document digests (8 bytes each), for the duplicate count once the whole source has been read."""
     if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
-    # A long document is hashed piece by piece as it comes, in bounded memory. surrogatepass: JSON text may hold lone
-    # surrogates (\ud800), which strict UTF-8 refuses to encode
+    # A long document is hashed piece by piece as it comes, in bounded memory (its text is valid Unicode: a record
+    # holding a lone surrogate was refused by the reader)
     h, digests = hashlib.blake2b(digest_size=8), array('Q')
     for text, end in source_pieces(src, st, max_chars=READ_CHUNK, long_line=max_line_chars):
-        h.update(text.encode('utf-8', 'surrogatepass'))
+        h.update(text.encode('utf-8'))
         if end: digests.append(int.from_bytes(h.digest(), 'little')); h = hashlib.blake2b(digest_size=8)
     if st.max_line_chars > max_line_error_chars:
         raise CorpusError(f"{src.name}: line {st.first_long_line:,} (or a later one) is {st.max_line_chars:,} "

@@ -630,15 +630,17 @@ def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int 
                     seed: int = 0, max_lines: int | None = None, add_bos_eos: bool = False,
                     show_progress: bool = True, *, text_field: str = 'text',
                     glob: str | None = None, strict: bool = False) -> TokenizerTrainingSummary:
-    """The whole `tnb train-tokenizer` job: check the corpus `inputs` (`validate_corpus`: an unreadable file found
-    in a folder or by a glob is left out and named in the summary, or an error when `strict`; a `Corpus`, such as
-    a report's `corpus`, is taken as checked), `train_bbpe` with progress, measure, summarise."""
+    """The whole `tnb train-tokenizer` job: resolve the corpus `inputs` (files found in folders or by globs are
+    checked first with `validate_corpus`: an unreadable one is left out and named in the summary, or an error when
+    `strict`; a `Corpus`, such as a report's `corpus`, is taken as checked), `train_bbpe` with progress, measure,
+    summarise."""
     skipped = ''
-    if isinstance(inputs, Corpus): corpus = inputs
-    else:
-        try: report = validate_corpus(inputs, text_field=text_field, glob=glob, strict=strict)
-        except CorpusError as e: raise TokenizerError(str(e)) from None
-        corpus, skipped = report.corpus, bad_summary(report.skipped_bad)
+    try:
+        corpus = resolve_corpus(inputs, text_field=text_field, glob=glob)
+        if not isinstance(inputs, Corpus) and any(s.found for s in corpus):
+            report = validate_corpus(corpus, strict=strict)
+            corpus, skipped = report.corpus, bad_summary(report.skipped_bad)
+    except CorpusError as e: raise TokenizerError(str(e)) from None
     t0 = time.perf_counter()
     tok = train_bbpe(corpus, out_dir, vocab_size=vocab_size, min_frequency=min_frequency,
                      special_tokens=special_tokens, seed=seed, max_lines=max_lines, add_bos_eos=add_bos_eos,

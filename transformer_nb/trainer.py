@@ -192,7 +192,8 @@ class TrainingRun:
         self.steps_per_epoch = None if cfg.data.streaming else max(1, len(self.batches) // self.grad_accum)
         self.total_steps = run_length(cfg.scheduler, self.steps_per_epoch)
         self.state = TrainState()
-        self.checkpointer = Checkpointer(cfg, self.paths, info, self.tokenizer_source, self.log)
+        self.checkpointer = self._resources.enter_context(
+            contextlib.closing(Checkpointer(cfg, self.paths, info, self.tokenizer_source, self.log)))
 
     def _resume(self):
         "Load every part from the newest checkpoint that verifies (a fresh start, with a notice, when there is none)."
