@@ -198,6 +198,8 @@ def test_decompression_bomb_is_read_in_bounded_memory(tmp_path):
             n += len(piece); longest = max(longest, len(piece))
         peak = tracemalloc.get_traced_memory()[1]
     finally: tracemalloc.stop()
+    print(f"177-byte-class bz2 of 200 MiB: one-byte read peak {one_byte / 2**20:.1f} MiB, whole read in pieces peak "
+          f"{peak / 2**20:.1f} MiB")
     assert one_byte < 8 << 20, one_byte                 # was 199 MiB: the whole file decompressed at once
     assert n == (200 << 20) + 1                          # (+ the newline ending the last line)
     assert longest <= 1 << 20                            # every piece within the bound
@@ -273,3 +275,28 @@ def test_reason_comes_from_the_problem_not_the_path(tmp_path):
     pq.write_table(pa.table({'text': pa.array([1, 2], pa.int64())}), d / 'numbers.parquet')
     rep = validate_corpus(d)
     assert reasons(rep.skipped_bad) == {'not JSON Lines': 1, 'no text field': 1}, [b.message for b in rep.bad]
+
+
+def test_a_found_file_cut_part_way_ends_its_document(tmp_path):
+    "Streaming's reader: a found file that breaks inside a document ends that document; the next file's is its own."
+    from transformer_nb.sources import corpus_pieces
+    d = tmp_path / 'c'
+    d.mkdir()
+    big = ('one long document line\n' * 200_000).encode()                # a single document of 4.6 MB
+    (d / 'a.txt.gz').write_bytes(gzip.compress(big)[: len(gzip.compress(big)) * 6 // 10])
+    (d / 'b.txt').write_text('the next file\n')
+    with pytest.warns(UserWarning, match='skipped the rest of an unreadable file'):
+        out = list(corpus_pieces(d))
+    ends = [(s, end) for (s, _), _, end in out]
+    assert ends[-1] == (1, True) and ends[-2] == (0, True)                 # a.txt.gz's document is closed first
+    assert out[-1][1] == 'the next file\n'
+
+
+def test_long_line_lengths_across_chunks(tmp_path):
+    "A 3,000,000-character line and then a 2,500,000-character one: each reported with its own length and line."
+    from transformer_nb.sources import FileStats, scan_file
+    p = tmp_path / 'long.txt'
+    p.write_text('x' * 3_000_000 + '\n' + 'y' * 2_500_000 + '\n')
+    st = FileStats(p)
+    for _ in scan_file(p, st, max_chars=1 << 20): pass
+    assert st.max_line_chars == 3_000_000, st.max_line_chars

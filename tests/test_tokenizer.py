@@ -540,3 +540,13 @@ def test_lone_surrogate_is_a_clear_error(toks):
         check_encodable('🙂abc\ude00', 'doc.jsonl')
     with pytest.raises(TypeError):             # what the library itself does with one
         toks['json'].encode('a\ud800b')
+
+
+def test_special_tokens_file_with_a_byte_order_mark(tmp_path):
+    "A special-tokens file saved with a UTF-8 byte-order mark (as some editors write) reads as without one."
+    from transformer_nb.tokenizer import read_special_tokens
+    p = tmp_path / 'special_tokens.txt'
+    p.write_bytes(b'\xef\xbb\xbf<pad>\n<bos>\n<eos>\n')
+    assert read_special_tokens(p) == ['<pad>', '<bos>', '<eos>']
+    p.write_bytes(b'\xef\xbb\xbf["<|endoftext|>", "<|pad|>"]')
+    assert read_special_tokens(p) == ['<|endoftext|>', '<|pad|>']

@@ -190,6 +190,8 @@ def _fsync_path(path: Path):
 # same key has not been rewritten since, so verifying it again needs no second read. A key is only remembered once
 # the clock has moved on from the file's mtime (_SETTLED_NS): a rewrite within the same timestamp tick would keep
 # the key, so such "racy" entries are not trusted (as git does with its index)
+
+# %% ../nbs/08_checkpoint.ipynb #ed31f053
 _KNOWN_SHA256: dict[tuple, str] = {}
 _SETTLED_NS = 2_000_000_000
 
@@ -368,6 +370,7 @@ def _finish_checkpoint(tmp: Path, step: int, files: dict, trainer_state: dict, c
     _write_bytes(tmp / MANIFEST_FILE, _json_dumps(manifest).encode())
     _fsync_path(tmp)
 
+# %% ../nbs/08_checkpoint.ipynb #83160360
 def save_checkpoint(dir_root, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer_state: dict, config=None, tokenizer_dir=None, max_keep: int | None = None) -> Path:
     "Atomically write the checkpoint of `step` under `dir_root` and prune older ones to `max_keep`; returns its folder."

@@ -746,9 +746,11 @@ def estimate_memory_parser() -> argparse.ArgumentParser:
                 "global batch, under DDP and FSDP (11_bench explains the counts). Nothing is allocated: the\n"
                 "model is built on PyTorch's meta device.",
                 "  tnb estimate-memory --config configs/llama_1b.yaml\n"
-                "  tnb estimate-memory --config configs/m3_medium.yaml --world-size 4 --distributed fsdp\n")
+                "  tnb estimate-memory --config configs/m3_medium.yaml --vocab-size 32000 \\\n"
+                "      --world-size 2 --distributed fsdp\n")
     p.add_argument('--config', required=True, metavar='PATH', help='a training config (YAML)')
-    p.add_argument('--world-size', type=int, metavar='N', help='processes (default: 1, and 8 for comparison)')
+    p.add_argument('--world-size', type=int, metavar='N',
+                   help='processes (default: the fewest and the most up to 8 that split the global batch)')
     p.add_argument('--distributed', choices=('ddp', 'fsdp'), help="default: the config's runtime.distributed")
     p.add_argument('--vocab-size', type=int, metavar='N', help="default: model.vocab_size, else the config's tokenizer")
     return p

@@ -512,7 +512,10 @@ def _rope_and_split_problem(cfg: Config) -> str | None:
     if m.rope_mode == 'ntk' and rotary < 4:
         return (f"model.rope_mode 'ntk' multiplies the RoPE base by rope_scale ** (d / (d - 2)) and needs d >= 4 "
                 f"rotated channels per head (model.rotary_dim, else the head size); got d = {rotary}")
-    if d.val_fraction == 0 and not d.validation_shards and not d.streaming:   # (streaming holds nothing out)
+    # (validation files equal to the training files mean "a held-out split": no held-out files; streaming holds
+    # nothing out)
+    held_out_files = bool(d.validation_shards) and list(d.validation_shards) != list(d.train_shards)
+    if d.val_fraction == 0 and not held_out_files and not d.streaming:
         return ("data.val_fraction must be in (0, 1) (the share of the documents held out for validation), got 0; "
                 "or name held-out files in data.validation_shards")
     return None

@@ -562,7 +562,9 @@ def _build(job: _Job, out: Path) -> dict:
     job.train, job.val = (Corpus([s for s in c if s.name in usable], c.skipped) for c in (job.train, job.val))
     job.bad = report.skipped_bad
     if job.bad: job.say(bad_summary(job.bad))
-    if not len(job.train): raise CorpusError(f"no readable training files: {bad_summary(job.bad, hint=False)}")
+    if not len(job.train):
+        first = f"; the first: {job.bad[0].message}" if job.bad else ''
+        raise CorpusError(f"no readable training files: {bad_summary(job.bad, hint=False)}{first}")
     for w in report.warnings: job.say(f'warning: {w}')
     if report.num_duplicates:
         job.say(f"{report.num_duplicates:,} exact duplicate document(s)" + (' left out (dedupe)' if job.dedupe else ''))
@@ -624,6 +626,21 @@ def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, wor
                   'tokens_per_s': round(sum(n_tokens) / max(t_tok, 1e-9)), 'workers': workers}}
 
 # %% ../nbs/02_data.ipynb #e05db1d4
+def _check_reuse(data: PreparedData, sources, strict_files: bool) -> None:
+    """The same shards serve strict and lenient runs, but a strict run refuses shards that left files out, and so
+    does a run that names one of the left-out files (named, a bad file is an error)."""
+    left_out = data.manifest.get('skipped_files', {}).get('unreadable', {})
+    if named := sorted({s.name for s in sources if not s.found} & set(left_out.get('names', []))):
+        raise CorpusError(f"{named[0]}: named explicitly, but unreadable: the token shards cached for this corpus "
+                          f"({short_path(data.dir)}) left it out; fix the file, or leave it to the folder that holds "
+                          "it")
+    if strict_files and left_out.get('count'):
+        first = [n for v in left_out['by_reason'].values() for n in v['first']]
+        raise CorpusError(f"{short_path(data.dir)}: these token shards were prepared without strict_files and left "
+                          f"out {left_out['count']:,} unreadable file(s) (first: {', '.join(first[:3])}); fix or "
+                          "remove them, or leave strict_files off")
+
+# %% ../nbs/02_data.ipynb #b9b29943
 def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed: int = 0, val_sources=None,
             show_progress: bool | None = True, *, batch_chars: int = 1 << 20, shard_tokens: int = 1 << 28,
             max_doc_chars: int = 1 << 20, verbose: bool = True, workers: int | None = None, text_field: str = 'text',
@@ -679,17 +696,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                     f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
                 return data
     data = PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
-    # the same shards serve strict and lenient runs, but a strict run refuses shards that left files out, and so
-    # does a run that names one of the left-out files (named, a bad file is an error)
-    left_out = data.manifest.get('skipped_files', {}).get('unreadable', {})
-    if named := sorted({s.name for s in [*train, *val] if not s.found} & set(left_out.get('names', []))):
-        raise CorpusError(f"{named[0]}: named explicitly, but unreadable: the token shards cached for this corpus "
-                          f"({short_path(out)}) left it out; fix the file, or leave it to the folder that holds it")
-    if strict_files and left_out.get('count'):
-        first = [n for v in left_out['by_reason'].values() for n in v['first']]
-        raise CorpusError(f"{short_path(out)}: these token shards were prepared without strict_files and left out "
-                          f"{left_out['count']:,} unreadable file(s) (first: {', '.join(first[:3])}); fix or remove "
-                          "them, or leave strict_files off")
+    _check_reuse(data, [*train, *val], strict_files)
     if (str(out.resolve()), key) not in _WRITTEN: say(f'reusing cached token shards in {short_path(out)}')
     return data
 
@@ -850,12 +857,16 @@ def _encode_pieces(items: list, tok: Tokenizer, eos: int) -> Iterator[tuple[tupl
 
 def rank_sources(corpus: Corpus, rank: int, world_size: int) -> list[int] | None:
     """The sources (numbers) rank `rank` reads when streaming on `world_size` ranks: the corpus is split by file when
-    it is all files and has at least one per rank (largest first, each to the rank with the fewest bytes so far);
+    it is all files, has at least one per rank and the ranks' bytes come out within a factor of 2 (largest file
+    first, each to the rank with the fewest bytes so far);
     None: every rank reads every source and keeps one document in `world_size`."""
     if world_size == 1 or len(corpus) < world_size or any(s.path is None for s in corpus): return None
     sizes, load, owner = [s.path.stat().st_size for s in corpus], [0] * world_size, {}
     for i in sorted(range(len(corpus)), key=lambda i: -sizes[i]):       # (stable: equal sizes in corpus order)
         owner[i] = min(range(world_size), key=lambda r: load[r]); load[owner[i]] += sizes[i]
+    # a rank with less than half the bytes of the busiest would loop over its few documents while the others read
+    # theirs once: then every rank reads everything and keeps its share of the documents instead
+    if min(load) * 2 < max(load): return None
     return [i for i in range(len(corpus)) if owner[i] == rank]
 
 def _stream_docs(corpus: Corpus, tok: Tokenizer, eos: int, rank: int = 0, world_size: int = 1, start=(0, 0, 0, 0),

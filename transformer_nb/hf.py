@@ -309,6 +309,7 @@ def _dtype(dtype, default: torch.dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES: return _DTYPES[dtype]
     raise ExportError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
 
+# %% ../nbs/08b_hf.ipynb #f0085c75
 # the files of a Hugging Face model folder (what --force may replace)
 _MODEL_FOLDER_FILE = re.compile(r'(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|'
                                 r'added_tokens|vocab)\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|'

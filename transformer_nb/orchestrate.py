@@ -118,7 +118,7 @@ PROFILES: dict[str, dict] = {
                         'logging': {'enable_stdout': True, 'tensorboard_flush_every_n': 25}},
         },
         'samples': {'max_new_tokens': 100, 'temperature': 0.8, 'top_k': 40},
-        'threads': 1,  # a model this small gains little from a 2nd thread, and loses 2-3x when the cores are shared
+        'threads': 1,  # a model this small gains little from a 2nd thread, and loses about 2x when the cores are shared
     },
     'full': {
         'about': "GPU: m3_medium, 6 layers x 384, 32,000-token BPE, 512 tokens, 10k steps",
@@ -214,8 +214,8 @@ class RunPlan:
         where = PROFILES[self.profile]['about'].split(' layers')[0].rstrip('0123456789')   # 'GPU: m3_medium, '
         m, c, s = self.config.model, self.config, self.config.scheduler
         length = f"{s.total_steps:,} steps" if s.total_steps is not None else f"{s.total_epochs} epoch(s)"
-        return (f"{where}{m.num_layers} layers x {m.hidden_size}, {self.vocab_size:,}-token BPE, "
-                f"{c.sequence_length} tokens, {length}")
+        tok = 'the given tokenizer' if self.tokenizer_json else f"{self.vocab_size:,}-token BPE"
+        return f"{where}{m.num_layers} layers x {m.hidden_size}, {tok}, {c.sequence_length} tokens, {length}"
 
 # %% ../nbs/10_orchestrate.ipynb #864562e0
 def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequence[str] | None = None, *,

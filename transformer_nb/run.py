@@ -342,8 +342,9 @@ class MetricsLogger:
         self.flush_every, self.flushed_at, self.total_steps = logging_cfg.tensorboard_flush_every_n, 0, 0
         self.history, self.writer, self.file = {'train': [], 'eval': []}, None, None
 
-    def open(self, start_step: int, total_steps: int) -> None:
-        "Open TensorBoard and `metrics.jsonl` (rank 0) for a run from `start_step` to `total_steps`."
+    def open(self, start_step: int, total_steps: int, resumed: bool = True) -> None:
+        """Open TensorBoard and `metrics.jsonl` (rank 0) for a run from `start_step` to `total_steps`; `resumed`: the
+        run continues the one these files belong to (else a new run in a used folder adds its rows after theirs)."""
         self.flushed_at, self.total_steps = start_step, total_steps
         if not self.is_main or self.file is not None:
             return
@@ -351,12 +352,15 @@ class MetricsLogger:
         if self.paths.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # (TensorBoard loads only when it is used)
 
-            # events after `start_step` (written before a crash, not in the checkpoint) are dropped; a run that
-            # starts at step 0 (a restart before the first checkpoint) drops them all
-            self.writer = SummaryWriter(str(self.paths.tensorboard_dir),
-                                        purge_step=start_step + 1 if start_step else 0)
-        if self.paths.metrics_path.is_file():
-            self.drop_rows_after(start_step)  # the same for metrics.jsonl
+            # a resumed run drops the events after `start_step` (written before a crash, not in the checkpoint); at
+            # step 0 (a restart before the first checkpoint) all of them
+            purge = (start_step + 1 if start_step else 0) if resumed else None
+            self.writer = SummaryWriter(str(self.paths.tensorboard_dir), purge_step=purge)
+        if self.paths.metrics_path.is_file():  # the same for metrics.jsonl (and a line cut short by a crash)
+            self.drop_rows_after(start_step if resumed else math.inf)
+            if not resumed:
+                self.log(f"notice: {short_path(self.paths.metrics_path)} holds the rows of an earlier run: this run's "
+                         "follow them (--resume continues that run instead)")
         self.file = open(self.paths.metrics_path, 'a', encoding='utf-8')
 
     def drop_rows_after(self, step: int) -> None:

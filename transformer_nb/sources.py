@@ -547,7 +547,7 @@ def _chunk_stats(st: FileStats, text: str, lineno: int, cur: tuple[int, int], lo
             if end < 0: break                         # goes on in the next chunk: measured when it ends
             _long(st, end - m.start(), lineno + text.count('\n', 0, m.start()))
         if text and text[-1] != '\n':
-            last = text.rfind('\n', start) + 1
+            last = (text.rfind('\n', start) + 1) or start
             cur_len, cur_line = len(text) - last, lineno + text.count('\n', 0, last)
     return cur_len, cur_line
 
@@ -835,11 +835,16 @@ def corpus_pieces(sources, start: tuple[int, int] = (0, 0), max_chars: int | Non
     s0, r0 = start
     for s in range(s0, len(corpus)):
         if only is not None and s not in only: continue
+        open_doc = None                                   # the record of a document begun but not ended, if any
         try:
-            for r, piece, end in _source_pieces_at(corpus[s], r0 if s == s0 else 0, max_chars): yield (s, r), piece, end
+            for r, piece, end in _source_pieces_at(corpus[s], r0 if s == s0 else 0, max_chars):
+                open_doc = None if end else r
+                yield (s, r), piece, end
         except CorpusError as e:
             if strict or not corpus[s].found: raise
             warnings.warn(f"skipped the rest of an unreadable file: {e}", stacklevel=2)
+            # the cut document ends here: never glued onto the next file's first one
+            if open_doc is not None: yield (s, open_doc), '', True
 
 def iter_corpus(sources, start: tuple[int, int] = (0, 0), *, text_field: str = 'text',
                 glob: str | None = None, strict: bool = False) -> Iterator[tuple[tuple[int, int], str]]:
@@ -1034,8 +1039,8 @@ def _file_warnings(st: FileStats, max_line_chars: int) -> list[str]:
     return w
 
 class _Duplicates:
-    """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in numpy
-    chunks), sorted once at the end; the repeats are every occurrence of a digest after its first."""
+    """Exact duplicate documents: an 8-byte BLAKE2b digest per document (8 bytes of memory each, in one array),
+    sorted once at the end; the repeats are every occurrence of a digest after its first."""
     # 8 bytes: a false duplicate among n documents has odds of about n**2 / 2**65 (3% at a billion documents)
     def __init__(self): self.digests = array('Q')
     def add(self, digests: array):
@@ -1129,5 +1134,7 @@ def check_report(report: CorpusReport):
     if errs := report.errors:
         more = f" (and {len(errs) - 1:,} more problem(s); tnb validate-corpus lists them)" if len(errs) > 1 else ''
         raise CorpusError(errs[0].message + more)
-    if not report.files: raise CorpusError(f"no readable corpus files: {bad_summary(report.bad, hint=False)}")
+    if not report.files:
+        first = f"; the first: {report.bad[0].message}" if report.bad else ''
+        raise CorpusError(f"no readable corpus files: {bad_summary(report.bad, hint=False)}{first}")
 

@@ -64,7 +64,7 @@ def read_special_tokens(path) -> list[str]:
     or a JSON array of strings (a `.json` file, or text opening with `["` or `[]`), the format the
     original project's `special_tokens.txt` used."""
     p = Path(path)
-    try: text = p.read_bytes().decode('utf-8')
+    try: text = p.read_bytes().decode('utf-8-sig')     # (a byte-order mark, as some editors write, is dropped)
     except FileNotFoundError: raise TokenizerError(f"{p}: special tokens file not found") from None
     except IsADirectoryError: raise TokenizerError(f"{p}: is a directory, expected a special tokens file") from None
     except UnicodeDecodeError as e: raise TokenizerError(f"{p}: not valid UTF-8 at byte {e.start}") from None

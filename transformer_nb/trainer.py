@@ -138,6 +138,7 @@ class TrainingRun:
         self.dist, self.logger, self._t0 = init_distributed(self.config.runtime.device), None, None
         self._resources = contextlib.ExitStack()  # what close() releases, newest first
         self._closed = self._completed = False
+        self.resumed = bool(resume)   # (a --resume that finds no checkpoint yet restarts the same run at step 0)
         self._peak, self._live_mode = peak_flops, live_chart_mode(live_plot, notebook_display_mode())
         # whatever was acquired before a failure (run lock, log files, process group) is released before raising
         try:
@@ -302,6 +303,9 @@ class Trainer(TrainingRun):
                     # a checkpoint when due, and always at the end (never the same step twice)
                     save = (done or self._due(rt.checkpoint, epoch_end)) and self.checkpointer.saved_step != st.step
                     if save:
+                        # the steps since the last log line are written first: a resume from this checkpoint keeps
+                        # the rows up to its step and drops the later ones, so none may still be held in the window
+                        self._log_window()
                         self.save()
                     # tokens/s counts training time only
                     if evaluate or save:
@@ -324,7 +328,7 @@ class Trainer(TrainingRun):
         self.log(describe_run(self))
         self.log(f"  {self._peak.describe()}")
         self._t0, self._step0, self._last_loss, self.window = time.perf_counter(), self.state.step, None, StepWindow()
-        self.logger.open(self.state.step, self.total_steps)
+        self.logger.open(self.state.step, self.total_steps, resumed=self.resumed)
         if self.state.step >= self.total_steps:
             self.log(f"already at step {self.state.step} of {self.total_steps}: nothing to train")
         self.model.train()
