@@ -300,3 +300,20 @@ def test_long_line_lengths_across_chunks(tmp_path):
     st = FileStats(p)
     for _ in scan_file(p, st, max_chars=1 << 20): pass
     assert st.max_line_chars == 3_000_000, st.max_line_chars
+
+
+def test_links_to_folders_and_odd_files_are_counted(tmp_path):
+    "A link to a folder is not followed, and a broken link or a pipe is no corpus file: each is counted, not lost."
+    import os
+    real = tmp_path / 'real'
+    real.mkdir()
+    (real / 'a.txt').write_text(GOOD)
+    d = tmp_path / 'corpus'
+    d.mkdir()
+    (d / 'b.txt').write_text(GOOD)
+    (d / 'linked').symlink_to(real, target_is_directory=True)
+    (d / 'gone.txt').symlink_to(tmp_path / 'nowhere.txt')
+    os.mkfifo(d / 'pipe.txt')
+    rep = validate_corpus(d)
+    assert [Path(s.path).name for s in rep.corpus] == ['b.txt']
+    assert rep.skipped == {'linked folders': 1, 'not regular files': 2}

@@ -129,9 +129,12 @@ def scan_folder(folder: Path, pattern: str | None = None, field: str = 'text') -
     for root, dirs, files in os.walk(folder):
         skipped['hidden'] += sum(n.startswith('.') for n in dirs + files)
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        # links to folders are not followed (a loop, or the same text twice), and are counted as such
+        if links := sum(os.path.islink(os.path.join(root, d)) for d in dirs): skipped['linked folders'] += links
         for f in files:
             p = Path(root, f)
-            if f.startswith('.') or not p.is_file(): continue
+            if f.startswith('.'): continue
+            if not p.is_file(): skipped['not regular files'] += 1; continue   # a broken link, a pipe, a socket
             rel = p.relative_to(folder).as_posix()
             if pattern:
                 match = fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(f, pattern)
