@@ -258,9 +258,10 @@ class Config:
 
     def world_sizes(self, up_to: int = 8) -> list[int]:
         "The numbers of processes, 1 to `up_to`, that this config's global batch (and micro-batch, if set) allow."
-        d, g = self.data, self.global_batch_size
-        return [w for w in range(1, up_to + 1) if g % (w * d.gradient_accumulation_steps) == 0
-                and (d.micro_batch_size is None or g == w * d.gradient_accumulation_steps * d.micro_batch_size)]
+        def splits(w: int) -> bool:
+            try: return self.micro_batch_size(w) > 0
+            except ConfigError: return False
+        return [w for w in range(1, up_to + 1) if splits(w)]
 
 
 # %% ../nbs/00_config.ipynb #bfca46cd
