@@ -181,7 +181,9 @@ def run_command(command: Callable[[argparse.Namespace], int | None], parser: arg
         return 0 if rc is None else int(rc)
     except UserError as e:
         _flush_std()
-        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        # one write call: stderr writes through, and print's separate newline lets the other ranks' lines (torchrun
+        # shares one stderr) land in the middle of this one
+        sys.stderr.write(f"error: {one_line(e)}\n"); sys.stderr.flush()
         return 2
     except KeyboardInterrupt as e:        # (its message, if any, says what was saved)
         _flush_std()
