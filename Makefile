@@ -14,7 +14,7 @@ RUN    ?= runs/local-smoke
 # (multi-GB CUDA) download; pyproject.toml only declares a range that this satisfies.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test test-nbs test-py sync docs docs-check docs-quarto nbs clean gpu-check
+.PHONY: venv seed-cache demo test test-nbs test-py sync docs docs-check docs-quarto nbs clean gpu-check
 .DEFAULT_GOAL := help
 
 help:
@@ -41,11 +41,16 @@ sync: venv
 	$(BIN)/python tools/check_sync.py
 	$(BIN)/ruff check transformer_nb
 
-test-nbs: venv
+# tests read Tiny Shakespeare from the corpus cache: filled from ../shared/data where that exists (CI),
+# else downloaded from its canonical address at first use; either way checked against its SHA-256
+seed-cache: venv
+	$(BIN)/python tools/seed_cache.py
+
+test-nbs: venv seed-cache
 	$(BIN)/nbdev-test --n-workers 2
 
 # pytest on every core (at most 4 workers: each test may start torch processes of its own)
-test-py: venv
+test-py: venv seed-cache
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 docs: venv

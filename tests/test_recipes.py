@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from faults import command, write_corpus
+from transformer_nb.config import CORPUS_KEYWORDS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / 'configs').glob('*.yaml'))
@@ -64,7 +65,7 @@ def run_recipe(cmds: list[str], work: Path, reads_builtin: bool):
             r = subprocess.run(cmd, shell=True, cwd=work, capture_output=True, text=True)
             assert r.returncode == 0, f"{cmd}: {r.stderr}"
             continue
-        argv = [str(corpus) if a in ('shakespeare', '../shared/data/tinyshakespeare.txt') else a for a in argv]
+        argv = [str(corpus) if a in CORPUS_KEYWORDS else a for a in argv]     # the built-in corpora: the small one
         if argv[0] == 'tnb' and argv[1] in ('train', 'orchestrate'): argv = argv[1:]   # the same commands
         if argv[0] == 'train':
             argv += ['--override', *SHORT] + (['--override', f'data.train_shards=[{corpus}]'] if reads_builtin else [])
@@ -89,7 +90,8 @@ def test_config_header_recipe(config, work):
         pytest.skip(f"{config.name}: a recipe for 8 GPUs (torchrun and FSDP are tested by tests/test_ddp.py)")
     assert any(c.startswith('train ') for c in cmds), f"{config.name}: the header never says how to train with it"
     text = config.read_text()
-    run_recipe(cmds, work, reads_builtin=bool(re.search(r'^\s+- (shakespeare|"?\.\./\.\./shared/)', text, re.M)))
+    builtin = '|'.join(re.escape(k) for k in CORPUS_KEYWORDS)
+    run_recipe(cmds, work, reads_builtin=bool(re.search(rf'^\s+- "?({builtin})"?\s*(#.*)?$', text, re.M)))
 
 
 def test_readme_commands(work):

@@ -441,8 +441,10 @@ def test_train_tokenizer_summary(tmp_path, arts):
     assert s.special_tokens == {'<pad>': 0, '<bos>': 1, '<eos>': 2}
     assert s.chars_per_token > 1
     assert set(s.artifacts) == set(TOKENIZER_FILES)
-    for needle in ('job', '350 tokens', '1,000 of 2,000 lines', '<eos>=2', 'characters/token', 'MB/s', 'merges.txt'):
+    for needle in ('job', '350 tokens', '1,000 of 2,000 lines', '<eos>=2', 'characters/token', '  time', 'merges.txt'):
         assert needle in text, needle
+    # a rate only when the work was long enough to time: a fraction of a second measures start-up costs
+    assert ('MB/s' in text) == (s.seconds >= 1.0)
     assert verify_tokenizer_artifacts(tmp_path / 'job') == []
 
 

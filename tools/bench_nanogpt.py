@@ -1,6 +1,20 @@
-"""Training speed at nanoGPT's CPU "baby GPT" shape: our training step against nanoGPT's own train.py.
+"""nanoGPT's CPU "baby GPT" against ours: training speed at the same shape, or (--quality) held-out bits per byte after
+the same CPU budget on the same benchmark corpus.
 
     python tools/bench_nanogpt.py --nanogpt /work/ext/nanoGPT --rounds 3 --threads 2
+    python tools/bench_nanogpt.py --nanogpt /work/ext/nanoGPT --quality --corpus wikipedia-vital --tune --lrs 1e-3,2e-3,4e-3 --seeds 1
+    python tools/bench_nanogpt.py --nanogpt /work/ext/nanoGPT --quality --corpus wikipedia-vital --lrs 2e-3 --seeds 3
+
+--quality: nanoGPT's own train.py, unchanged, with its README's CPU settings (character level, 4 layers, 4 heads,
+128 wide, block 64, batch 12, dropout 0, eager; learning rate 1e-3 with warm-up 100 and cosine decay to 1e-4 unless
+--lrs says otherwise), on one thread, trained on the training part of the corpus of `tnb bench --quality` (the
+character vocabulary of the whole corpus, as its shakespeare_char preparation does). Its iteration count is set
+so that the iterations fill --budget CPU-seconds (from the time per iteration of a short first run, and run once
+more, rescaled, when the iterations took more than 2% more or less than the budget; the schedule ends with the run,
+as its README sets lr_decay_iters = max_iters); the CPU-seconds actually spent are reported.
+The checkpoint is then scored on the held-out text (or, with --tune, the tuning split) exactly as
+`tnb bench --quality` scores ours: consecutive windows of the block size, every character but the first predicted
+once; nats per character and bits per UTF-8 byte of that text.
 
 nanoGPT is NOT part of this repository: clone it anywhere (git clone https://github.com/karpathy/nanoGPT)
 and prepare its character-level Shakespeare data once (`python data/shakespeare_char/prepare.py`, with
@@ -74,9 +88,120 @@ def run_nanogpt(repo: Path, steps: int, warmup: int, env: dict, clock: str = 'wa
 def run_ours(steps: int, warmup: int, env: dict, clock: str = 'wall') -> dict:
     code = OURS.format(steps=steps, warmup=warmup, clock='process_time' if clock == 'process' else 'perf_counter')
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
-    line = next((l for l in p.stdout.splitlines() if l.startswith('RESULT ')), None)
+    line = next((x for x in p.stdout.splitlines() if x.startswith('RESULT ')), None)
     if p.returncode != 0 or line is None: sys.exit(f"our step failed:\n{p.stderr[-3000:]}")
     return json.loads(line[len('RESULT '):])
+
+
+QUALITY_ARGS = ['config/train_shakespeare_char.py', '--device=cpu', '--compile=False', '--eval_iters=1',
+                '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4', '--n_head=4', '--n_embd=128',
+                '--dropout=0.0', '--always_save_checkpoint=True', '--dataset=tnb']
+# nanoGPT seeds with torch.manual_seed(1337 + rank): the wrapper adds the run's seed
+SEEDED_WRAPPER = """
+import runpy, sys, time, torch
+torch.set_num_threads(1)
+time.time = time.process_time
+_seed = torch.manual_seed
+torch.manual_seed = lambda s: _seed(s + {seed})
+sys.argv = ['train.py'] + {args!r}
+runpy.run_path('train.py', run_name='__main__')
+"""
+SCORE = """
+import json, sys, numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {repo!r})
+from model import GPT, GPTConfig
+from transformer_nb.metrics import window_batches
+ck = torch.load({ckpt!r}, map_location='cpu', weights_only=False)
+m = GPT(GPTConfig(**ck['model_args']))
+m.load_state_dict({{k.removeprefix('_orig_mod.'): v for k, v in ck['model'].items()}})
+m.eval()
+ids = np.fromfile({val!r}, dtype=np.uint16)
+nats, n = 0.0, 0
+with torch.no_grad():
+    for x, y in window_batches(ids, {block}, 64):
+        logits, loss = m(x, y)
+        nats += float(loss) * y.numel(); n += y.numel()
+print('RESULT ' + json.dumps({{'nats': nats, 'predicted': n, 'tokens': len(ids), 'iter_num': ck['iter_num']}}))
+"""
+
+
+def nanogpt_data(texts, folder: Path):
+    "nanoGPT's data/tnb: train.bin and val.bin (uint16 character ids) and meta.pkl, as its shakespeare_char prepares."
+    import pickle
+    import numpy as np
+    chars = sorted(set(texts.train) | set(texts.heldout))
+    stoi = {c: i for i, c in enumerate(chars)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (('train', texts.train), ('val', texts.heldout)):
+        np.array([stoi[c] for c in text], dtype=np.uint16).tofile(folder / f'{name}.bin')
+    with open(folder / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi}, f)
+    return len(chars)
+
+
+def nanogpt_train(work: Path, iters: int, lr: float, seed: int) -> tuple[list[float], str]:
+    "nanoGPT's train.py for `iters` iterations in `work`: (iteration CPU times in seconds, its stdout)."
+    args = [*QUALITY_ARGS, f'--max_iters={iters}', f'--lr_decay_iters={iters}', f'--eval_interval={iters}',
+            f'--learning_rate={lr}', f'--min_lr={lr / 10}', f'--out_dir={work / "out"}']
+    p = subprocess.run([sys.executable, '-c', SEEDED_WRAPPER.format(seed=seed, args=args)], cwd=work,
+                       capture_output=True, text=True)
+    if p.returncode != 0: sys.exit(f"nanoGPT train.py failed:\n{p.stderr[-3000:]}")
+    ms = {int(m[1]): float(m[2]) for m in re.finditer(r'iter (\d+): loss [\d.]+, time ([\d.]+)ms', p.stdout)}
+    # iteration 0's time holds the first evaluation: it is left out
+    return [ms[i] / 1e3 for i in sorted(ms) if i > 0], p.stdout
+
+
+def nanogpt_quality(repo: Path, texts, budget: float, lr: float, seed: int) -> dict:
+    "One nanoGPT run for `budget` CPU-seconds of iterations, scored on `texts.heldout`: figures as `tnb bench --quality`."
+    import shutil
+    with tempfile.TemporaryDirectory(prefix='nanogpt-q-') as d:
+        work = Path(d)
+        for f in ('train.py', 'model.py', 'configurator.py'): shutil.copy(repo / f, work / f)
+        shutil.copytree(repo / 'config', work / 'config')
+        vocab = nanogpt_data(texts, work / 'data' / 'tnb')
+        probe, _ = nanogpt_train(work, 60, lr, seed)
+        iters = max(1, int(budget / statistics.mean(probe[10:])))
+        times, _ = nanogpt_train(work, iters, lr, seed)
+        if not 0.98 <= sum(times) / budget <= 1.02:        # the first run's pace was off: once more, rescaled
+            iters = max(1, int(iters * budget / sum(times)))
+            times, _ = nanogpt_train(work, iters, lr, seed)
+        code = SCORE.format(repo=str(work), ckpt=str(work / 'out' / 'ckpt.pt'), val=str(work / 'data' / 'tnb' / 'val.bin'),
+                            block=64)
+        p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if p.returncode != 0 or line is None: sys.exit(f"scoring failed:\n{p.stderr[-3000:]}")
+    s = json.loads(line[len('RESULT '):])
+    from transformer_nb.quality import bits_per_byte
+    # per character of the held-out text, as quality.nats_per_char (the first character is not predicted)
+    npc = s['nats'] / (len(texts.heldout) * s['predicted'] / (s['tokens'] - 1))
+    return {'seed': seed, 'learning_rate': lr, 'steps': iters, 'tokens': iters * TOKENS_PER_STEP,
+            'train_cpu_s': sum(times[:iters]), 'vocab_size': vocab, 'nats_per_char': npc,
+            'bpb': bits_per_byte(npc, texts.heldout), 'epochs': iters * TOKENS_PER_STEP / len(texts.train),
+            'load_average': os.getloadavg()}
+
+
+def quality_main(a, repo: Path):
+    from transformer_nb.quality import bench_texts
+    texts = bench_texts(a.corpus, a.tune)
+    print(f"nanoGPT on {texts.description} ({texts.split}); {a.budget:.0f} CPU-seconds on one thread", flush=True)
+    out = {'corpus': texts.corpus, 'split': texts.split, 'heldout': texts.description, 'budget_cpu_s': a.budget,
+           'threads': 1, 'configs': []}
+    for lr in [float(x) for x in a.lrs.split(',')]:
+        runs = []
+        for seed in range(1, a.seeds + 1):
+            r = nanogpt_quality(repo, texts, a.budget, lr, seed)
+            runs.append(r)
+            print(f"lr {lr:g} seed {seed}: {r['steps']} iterations ({r['train_cpu_s']:.0f} CPU-s, {r['epochs']:.2f} "
+                  f"epochs): {r['bpb']:.4f} bits/byte, {r['nats_per_char']:.4f} nats/char", flush=True)
+        b = [r['bpb'] for r in runs]
+        out['configs'].append({'config': f'nanoGPT baby, lr {lr:g}', 'runs': runs, 'mean_bpb': statistics.fmean(b),
+                               'sd_bpb': statistics.stdev(b) if len(b) > 1 else None,
+                               'mean_nats_per_char': statistics.fmean(r['nats_per_char'] for r in runs)})
+    for e in out['configs']:
+        sd = f" (sd {e['sd_bpb']:.4f})" if e['sd_bpb'] is not None else ''
+        print(f"{e['config']}: {e['mean_bpb']:.4f} bits/byte{sd} over {len(e['runs'])} seed(s)")
+    if a.json: Path(a.json).write_text(json.dumps(out, indent=1) + '\n')
 
 
 def main(argv=None):
@@ -89,9 +214,17 @@ def main(argv=None):
     ap.add_argument('--clock', default='wall', choices=('wall', 'process'), help="step times by the wall clock "
                     "(default), or by each process's CPU clock (steadier on a crowded machine; use with --threads 1)")
     ap.add_argument('--json', default=None, help='write the results here')
+    ap.add_argument('--quality', action='store_true', help='held-out bits per byte after --budget CPU-seconds')
+    ap.add_argument('--corpus', default='wikipedia-vital', help="--quality: 'wikipedia-vital' (default), "
+                    "'tinyshakespeare' or a text file")
+    ap.add_argument('--tune', action='store_true', help='--quality: train without the tuning split, score on it')
+    ap.add_argument('--budget', type=float, default=80.0, help='--quality: CPU-seconds of training (default 80, as tnb bench --quality)')
+    ap.add_argument('--lrs', default='1e-3', help='--quality: learning rates, comma separated (default 1e-3)')
+    ap.add_argument('--seeds', type=int, default=3, help='--quality: seeds per learning rate (default 3)')
     a = ap.parse_args(argv)
     repo = Path(a.nanogpt)
     if not (repo / 'train.py').is_file(): sys.exit(f"{repo}: no nanoGPT train.py there")
+    if a.quality: return quality_main(a, repo)
     if not (repo / 'data' / 'shakespeare_char' / 'train.bin').is_file():
         sys.exit(f"{repo}/data/shakespeare_char/train.bin missing: run its prepare.py first")
     env = {**os.environ}

@@ -5,7 +5,7 @@
     python tools/bench_prepare.py --sizes-mb 1 5 --repeats 1
 
 For each size, a corpus is made in a temporary folder by repeating
-`../shared/data/tinyshakespeare.txt` (never copied into the repository). A byte-level BPE tokenizer
+Tiny Shakespeare (`sources.tiny_shakespeare`: fetched once into the corpus cache and checked). A byte-level BPE tokenizer
 (`--vocab-size`, default 4096) is trained once on the benchmark text. Then, each in a fresh
 subprocess so that peak memory is that of the job alone:
 
@@ -24,7 +24,6 @@ import argparse, json, math, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT.parent/'shared'/'data'/'tinyshakespeare.txt'
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
@@ -73,6 +72,8 @@ def main():
         print(json.dumps(res)); return
 
     from transformer_nb.tokenizer import train_bbpe
+    from transformer_nb.sources import tiny_shakespeare
+    TINY = tiny_shakespeare()
     text = TINY.read_bytes()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

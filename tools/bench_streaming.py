@@ -22,7 +22,6 @@ from transformer_nb.tokenizer import train_bbpe
 from transformer_nb.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
 
 
 def config(tmp: Path, streaming: bool, steps: int, run: str) -> dict:
@@ -58,7 +57,8 @@ def main():
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        text = TINY.read_text(encoding='utf-8')
+        from transformer_nb.sources import tiny_shakespeare
+        text = tiny_shakespeare().read_text(encoding='utf-8')
         (tmp / 'train.txt').write_text(text[:1_000_000], encoding='utf-8')
         (tmp / 'val.txt').write_text(text[1_000_000:], encoding='utf-8')
         train_bbpe([tmp / 'train.txt'], tmp / 'tok', vocab_size=2048, show_progress=False)

@@ -9,8 +9,8 @@ how the committed outputs that the documentation shows are produced. Stops at th
 
 The saved outputs are then scrubbed of machine-specific paths: a temporary folder
 (`/tmp/tnb-cli-x8k2.../runs/tiny`) is written `$TMP/runs/tiny`, and a path inside this checkout
-is written relative to it, so that pages show no temporary paths and outputs do not change with
-every run.
+is written relative to it, and the home folder as `~`, so that pages show no temporary paths and
+outputs do not change with every run.
 """
 import json, os, re, sys, tempfile, time
 from pathlib import Path
@@ -20,8 +20,8 @@ TMP = re.compile(re.escape(tempfile.gettempdir().rstrip('/')) + r'''/[^/\s'"`]+'
 
 
 def scrub_text(text: str, root: Path = ROOT) -> str:
-    "A temporary folder as `$TMP`, a path in the checkout relative to it."
-    return TMP.sub('$TMP', text).replace(str(root) + '/', '')
+    "A temporary folder as `$TMP`, a path in the checkout relative to it, the home folder as `~` (the corpus cache)."
+    return TMP.sub('$TMP', text).replace(str(root) + '/', '').replace(str(Path.home()) + '/', '~/')
 
 
 def scrub_notebook(path: Path) -> int:

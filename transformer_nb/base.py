@@ -24,10 +24,10 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode',
+__all__ = ['MIN_TIMED_SECONDS', 'LOCK_NAME', 'UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode',
            'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'existing_path', 'fit_terminal', 'short_path',
-           'say', 'human', 'fmt_secs', 'one_line', 'run_command', 'setup_logging', 'RunLockError', 'RunLockWarning',
-           'pid_alive', 'RunLock']
+           'say', 'human', 'fmt_rate', 'fmt_secs', 'one_line', 'run_command', 'setup_logging', 'RunLockError',
+           'RunLockWarning', 'pid_alive', 'RunLock']
 
 # %% ../nbs/00_base.ipynb #f3e3a19c
 class UserError(Exception):
@@ -149,6 +149,13 @@ def human(n: float, unit: str = '') -> str:
     for u, d in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
         if abs(n) >= d: return f"{n / d:.2f}{u}{unit}"
     return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+MIN_TIMED_SECONDS = 1.0   # below this, a rate is mostly start-up cost: not shown
+
+def fmt_rate(amount: float, seconds: float, unit: str) -> str | None:
+    """'1.23M characters/s' for `amount` units in `seconds`; None when the work took under `MIN_TIMED_SECONDS` (such
+    a rate measures fixed costs, not speed, and would disagree with the same code's rate on a larger input)."""
+    return f"{human(amount / seconds)} {unit}/s" if seconds >= MIN_TIMED_SECONDS else None
 
 def fmt_secs(s: float) -> str:
     "Seconds as '12.3s', '4m05s' or '2h03m'; '?' when not known (NaN or infinite)."

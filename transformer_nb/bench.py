@@ -36,7 +36,7 @@ import transformer_nb
 from .base import fmt_secs, UserError, utc_now_iso
 from .config import (Config, DataConfig, load_config, ModelConfig, OptimizerConfig, RuntimeConfig,
                                    SchedulerConfig)
-from .sources import iter_documents
+from .sources import iter_documents, tiny_shakespeare, TINY_SHAKESPEARE, wikipedia_vital, WIKIPEDIA_VITAL
 from .tokenizer import build_from_artifacts, train_bbpe
 from .data import default_workers, prepare, RandomWindowSampler, SequentialSampler
 from .attention import attention_shape
@@ -452,19 +452,18 @@ def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: 
     return res
 
 # %% ../nbs/11_bench.ipynb #043cb49c
-def default_corpus() -> Path | None:
-    "`tinyshakespeare.txt` in the `shared/data` folder beside the repository, if there is one."
-    for base in (_repo_root().parent, Path.cwd().parent, Path.cwd().parent.parent):
-        p = base / 'shared' / 'data' / 'tinyshakespeare.txt'
-        if p.is_file(): return p
-    return None
+def default_corpus() -> Path:
+    "Tiny Shakespeare from the corpus cache (downloaded and checked the first time: `sources.tiny_shakespeare`)."
+    return tiny_shakespeare()
 
 def corpus_file(path=None) -> Path:
-    "The benchmark's text file: `path`, else `default_corpus()`; a `BenchError` when there is none."
-    p = Path(path) if path is not None else default_corpus()
-    if p is None: raise BenchError("no corpus: give --corpus FILE (a UTF-8 text file)")
-    if not p.is_file(): raise BenchError(f"{p}: --corpus is not a file")
-    return p
+    """The benchmark's text file: `path` (a UTF-8 text file, or the name of a benchmark corpus: 'tinyshakespeare',
+    'wikipedia-vital'), else `default_corpus()`; a `BenchError` for a path that is not a file."""
+    if path is None or str(path) == TINY_SHAKESPEARE: return default_corpus()
+    if str(path) == WIKIPEDIA_VITAL: return wikipedia_vital()
+    if not Path(path).is_file(): raise BenchError(f"{path}: --corpus is not a file (nor 'tinyshakespeare' or "
+                                                  "'wikipedia-vital')")
+    return Path(path)
 
 def _corpus_files(text: bytes, folder: Path, size_mb: float) -> dict:
     """The benchmark text repeated to `size_mb` MB, as a text file, as JSON Lines (gzip) and as Parquet (one record per

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import textwrap
 import sys
@@ -39,7 +40,8 @@ from .orchestrate import (PROFILES, corpus_line, interrupt_status, metrics_line,
                                         prepare_shards, stream_text, torch_threads, warn_report)
 from .bench import (PARTS, SHAPE_NAMES, BenchError, configs_dir, estimate_memory, format_memory_table,
                                   load_average, run_bench)
-from .quality import print_compare, quality_compare, quality_run
+from .quality import print_compare, quality_compare
+from .sources import WIKIPEDIA_VITAL
 
 # %% auto #0
 __all__ = ['logger', 'HELP_WIDTH', 'COMMANDS', 'Command', 'command', 'run_named', 'validate_corpus_parser',
@@ -604,8 +606,9 @@ def bench_parser() -> argparse.ArgumentParser:
                  "  tnb bench --shapes baby,local --only peak,train\n"
                  "  tnb bench --device cuda --precision bf16 --shapes m3_medium,gpt2_124m --only peak,train\n"
                  "  tnb bench --only generate --vs-transformers\n"
-                 "  tnb bench --quality --config configs/shakespeare_cpu.yaml --budget 120\n"
-                 "  tnb bench --quality --config A.yaml --compare B.yaml --rounds 3 --clock process --threads 1\n")
+                 "  tnb bench --quality --json quality.json     # the default config against the recipe\n"
+                 "  tnb bench --quality --config A.yaml --compare B.yaml --corpus tinyshakespeare --seeds 5\n"
+                 "  tnb bench --quality --config A.yaml --tune --tokens 2000000   # on the tuning split\n")
     ap.add_argument('--shapes', nargs='+', default=list(SHAPE_NAMES), metavar='NAME',
                     help=f"training shapes (comma or space separated; default: {','.join(SHAPE_NAMES)})")
     ap.add_argument('--only', nargs='+', default=list(PARTS), metavar='PART',
@@ -625,7 +628,8 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N, mps (default auto)')
     ap.add_argument('--precision', default=None, choices=('fp32', 'bf16', 'fp16'),
                     help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
-    ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
+    ap.add_argument('--threads', type=int, default=None, help="torch intra-op threads (default: torch's; "
+                    "with --quality, 1)")
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
     ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B',
@@ -637,8 +641,8 @@ def bench_parser() -> argparse.ArgumentParser:
                     'the KV cache too (default 1,8: batch 32 recomputes 32 whole sequences per token)')
     ap.add_argument('--vs-transformers', action='store_true', help="also time transformers' generate on the same "
                     'weights (exported to a temporary Llama folder), batch 1, alternated with ours')
-    ap.add_argument('--corpus', default=None, help='text file for data preparation and --quality '
-                    '(default: ../shared/data/tinyshakespeare.txt)')
+    ap.add_argument('--corpus', default=None, help="a text file, or a benchmark corpus: 'tinyshakespeare' (the "
+                    "default for data preparation) or 'wikipedia-vital' (the default for --quality)")
     ap.add_argument('--prep-mb', type=float, default=5.0, help='corpus size for data preparation, MB (default 5)')
     ap.add_argument('--prep-vocab', type=int, default=4096,
                     help='tokenizer vocabulary for data preparation (default 4096)')
@@ -651,7 +655,7 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--peak-sizes', nargs='+', default=None, metavar='N', help='matmul sizes for the peak '
                     '(default: 1024,2048,4096 on CPU; 4096,8192 on CUDA)')
     _quality_flags(ap)
-    ap.add_argument('--out', default=None,
+    ap.add_argument('--out', '--json', dest='out', default=None, metavar='PATH',
                     help='JSON results file (default: tnb-bench.json, or tnb-bench-quality.json)')
     ap.add_argument('--quiet', action='store_true', help='print only the tables')
     return ap
@@ -670,49 +674,54 @@ def _ints(values, flag: str) -> tuple[int, ...]:
 
 def _quality_flags(ap: argparse.ArgumentParser):
     "The flags of `tnb bench --quality`."
-    ap.add_argument('--quality', action='store_true', help='quality per compute: train for --budget seconds, '
-                    'report held-out nats/char')
+    ap.add_argument('--quality', action='store_true', help='quality per compute: train for --budget CPU-seconds '
+                    '(or --tokens), report held-out bits per byte over --seeds seeds. Alone: the default config '
+                    'against the recipe on wikipedia-vital')
     ap.add_argument('--config', default=None, help='--quality: the run config (default: configs/shakespeare_cpu.yaml)')
-    ap.add_argument('--compare', default=None, metavar='CONFIG', help='--quality: a second config, trained alternately '
-                    'with --config for the same budget; prints both and the difference')
-    ap.add_argument('--rounds', type=int, default=1, help='--quality --compare: runs of each config (default 1)')
+    ap.add_argument('--compare', default=None, metavar='CONFIG', help='--quality: a second config, alternated with '
+                    "--config seed by seed; prints both and the difference (default with neither: the recipe, "
+                    'configs/shakespeare_cpu_recipe.yaml)')
+    ap.add_argument('--seeds', type=int, default=3, help='--quality: runs of each config, seeds 1..N (default 3)')
     ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
-                    help='--quality: config override (repeatable)')
-    ap.add_argument('--budget', type=float, default=120.0, help='--quality: training seconds (default 120)')
-    ap.add_argument('--clock', default='wall', choices=('wall', 'process'), help="--quality: the budget's clock: "
-                    "wall seconds (default) or this process's CPU seconds (for tuning on a shared machine)")
-    ap.add_argument('--max-steps', type=int, default=None, help='--quality: stop after this many steps (the schedule '
-                    'then has this length; default: as many as the budget allows)')
+                    help='--quality: config override, applied to both configs (repeatable)')
+    ap.add_argument('--budget', type=float, default=80.0, help="--quality: training seconds of --clock (default 80: "
+                    "the default config then reads a little less than the training part of wikipedia-vital once)")
+    ap.add_argument('--clock', default=None, choices=('wall', 'process'), help="--quality: the budget's clock: "
+                    "this process's CPU seconds (the default on a CPU) or wall seconds (the default on a GPU)")
+    ap.add_argument('--tokens', type=int, default=None, help='--quality: train on exactly this many tokens instead of '
+                    'a time budget (the same figure again for a seed: for ablations)')
+    ap.add_argument('--tune', action='store_true', help='--quality: train on the training part less the tuning split, '
+                    'report on the tuning split (choose settings here, never on the held-out part)')
+
+# %% ../nbs/12_cli.ipynb #04594544
+def _quality_config(path, overrides, device: str):
+    "A config of `tnb bench --quality`, checked, with the overrides and the device."
+    if not Path(path).is_file(): raise BenchError(f"{path}: config file not found")
+    cfg = load_config(path, overrides)
+    return replace(cfg, runtime=replace(cfg.runtime, device=device)) if device != 'auto' else cfg
 
 def _bench_quality(a) -> tuple[dict, Path]:
-    "`tnb bench --quality` (with `--compare`: two configs alternated): the results and the JSON file to write."
-    path = Path(a.config) if a.config else configs_dir() / 'shakespeare_cpu.yaml'
-    if not path.is_file(): raise BenchError(f"{path}: --config file not found")
-    cfg = load_config(path, a.override)
-    if a.device != 'auto': cfg = replace(cfg, runtime=replace(cfg.runtime, device=a.device))
-    if not a.compare:
-        # the dict is evaluated left to right: created_at is the time the run starts
-        return ({'schema': 'transformer_nb.bench.quality/1', 'created_at': utc_now_iso(), 'config_file': str(path),
-                 'overrides': a.override,
-                 **quality_run(cfg, a.corpus, a.budget, max_steps=a.max_steps, clock=a.clock,
-                               show_progress=not a.quiet)},
-                Path(a.out or 'tnb-bench-quality.json'))
-    other = Path(a.compare)
-    if not other.is_file(): raise BenchError(f"{other}: --compare file not found")
-    cfg2 = load_config(other, a.override)
-    if a.device != 'auto': cfg2 = replace(cfg2, runtime=replace(cfg2.runtime, device=a.device))
+    """`tnb bench --quality`: each config over --seeds seeds (alone: the default config against the recipe); the
+    results and the JSON file to write."""
+    first = Path(a.config) if a.config else configs_dir() / 'shakespeare_cpu.yaml'
+    second = Path(a.compare) if a.compare else (configs_dir() / 'shakespeare_cpu_recipe.yaml' if not a.config else None)
+    paths = [first] + ([second] if second else [])
+    # a config's name in the results: its path, relative to the current folder when inside it
+    label = lambda p: os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd()) else str(p)
     # the same file twice (a noise measurement) still needs two distinct names in the results
-    names = [str(path), str(other)] if str(path) != str(other) else [f'{path} (1)', f'{other} (2)']
-    res = quality_compare(dict(zip(names, (cfg, cfg2))), a.corpus, a.budget, a.rounds, a.clock, a.max_steps,
-                          show_progress=not a.quiet)
+    names = ([label(p) for p in paths] if len({label(p) for p in paths}) == len(paths)
+             else [f'{label(p)} ({i + 1})' for i, p in enumerate(paths)])
+    configs = {n: _quality_config(p, a.override, a.device) for n, p in zip(names, paths)}
+    res = quality_compare(configs, a.corpus or WIKIPEDIA_VITAL, a.budget, a.seeds, tokens=a.tokens, tune=a.tune,
+                          clock=a.clock, show_progress=not a.quiet)
     print_compare(res)
-    return ({'schema': 'transformer_nb.bench.quality-compare/1', 'created_at': utc_now_iso(), 'config_files': names,
-             'overrides': a.override, 'threads': torch.get_num_threads(), 'load_average': load_average(), **res},
-            Path(a.out or 'tnb-bench-quality-compare.json'))
+    return ({'schema': 'transformer_nb.bench.quality/2', 'created_at': utc_now_iso(), 'overrides': a.override,
+             'load_average': load_average(), **res}, Path(a.out or 'tnb-bench-quality.json'))
 
 # %% ../nbs/12_cli.ipynb #aad053bf
 @command('bench', "measure speed (MFU, tokens/s) or quality per compute", bench_parser)
 def _bench(a) -> int:
+    if a.threads is None and a.quality: a.threads = 1       # the quality budget is CPU-seconds on one thread
     if a.threads is not None:
         if a.threads < 1: raise BenchError(f"--threads must be >= 1, got {a.threads}")
         torch.set_num_threads(a.threads)

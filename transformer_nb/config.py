@@ -298,7 +298,7 @@ PATH_KEYS = ('tokenizer.tokenizer_json', 'tokenizer.vocab', 'tokenizer.merges', 
              'runtime.checkpoint.directory', 'runtime.evaluation.best.directory', 'runtime.logging.tensorboard')
 
 # names in data.train_shards / data.validation_shards that stand for a built-in corpus, not a path
-CORPUS_KEYWORDS = ('shakespeare',)
+CORPUS_KEYWORDS = ('shakespeare', 'tinyshakespeare', 'wikipedia-vital')
 
 # %% ../nbs/00_config.ipynb #d68f2867
 def _schema_fields(cls) -> list:

@@ -30,8 +30,8 @@ from tokenizers import Tokenizer
 
 from filelock import FileLock
 
-from .base import (say as say_line, atomic_write_text, fsync_dir, sha256_bytes, sha256_file, short_path,
-                                 UserError, utc_now_iso)
+from .base import (say as say_line, atomic_write_text, fmt_rate, fsync_dir, sha256_bytes, sha256_file,
+                                 short_path, UserError, utc_now_iso)
 from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, bad_record, bad_summary,
                                     corpus_pieces, default_cache_dir, describe_source, resolve_corpus, Source,
                                     skipped_summary, source_pieces, progress_bar, validate_corpus)
@@ -335,9 +335,7 @@ class PreparedData:
                  f"tokenizer sha256 {m['tokenizer']['sha256'][:12]}...{dups}",
                  (f"reused in {self.seconds:.2f} s (prepared in {st['seconds']:.1f} s)" if self.reused else
                   f"prepared in {st['seconds']:.1f} s: validate {st['validate_seconds']:.1f} s, tokenize "
-                  f"{st['tokenize_seconds']:.1f} s ({st['tokenize_mb_per_s']:.2f} MB/s, "
-                  f"{st['tokens_per_s']:,.0f} tokens/s, "
-                  f"{st.get('workers', 1)} worker(s))")]
+                  f"{st['tokenize_seconds']:.1f} s ({_tokenize_rate(st)})")]
         bad = m.get('skipped_files', {}).get('unreadable', {})
         if bad.get('count'):
             lines.append(f"skipped {bad['count']:,} unreadable file(s) of the folders / globs: " + ', '.join(
@@ -602,6 +600,12 @@ def _build(job: _Job, out: Path) -> dict:
     return man
 
 # %% ../nbs/02_data.ipynb #a7d3ffa2
+def _tokenize_rate(stats: dict) -> str:
+    "How fast a preparation tokenized: characters of decoded text per second (when timed long enough), workers."
+    rate = fmt_rate(stats.get('tokenize_chars_per_s', 0) * stats['tokenize_seconds'], stats['tokenize_seconds'],
+                    'characters')
+    return (f"{rate}, " if rate else '') + f"{stats.get('workers', 1)} worker(s)"
+
 def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, workers: int, t_val: float,
               t_tok: float) -> dict:
     "The manifest of a prepared folder: what went in, what came out, how long it took."
@@ -623,6 +627,8 @@ def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, wor
            for j, name in enumerate(('train', 'val'))},
         'stats': {'seconds': round(time.perf_counter() - job.t0, 3), 'validate_seconds': round(t_val, 3),
                   'tokenize_seconds': round(t_tok, 3), 'tokenize_mb_per_s': round(mb / max(t_tok, 1e-9), 3),
+                  # the decoded text, whatever the files' compression: the one rate that compares across formats
+                  'tokenize_chars_per_s': round(sum(chars) / max(t_tok, 1e-9)),
                   'tokens_per_s': round(sum(n_tokens) / max(t_tok, 1e-9)), 'workers': workers}}
 
 # %% ../nbs/02_data.ipynb #e05db1d4
@@ -692,8 +698,7 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
                 _WRITTEN.add((str(out.resolve()), key))        # (no "reusing" news for what this process just wrote)
                 _VERIFIED.add((str(out.resolve()), key))       # (hashed while writing: not read again)
                 say(f"{data.train.num_tokens + data.val.num_tokens:,} tokens written to {short_path(out)} in "
-                    f"{data.seconds:.1f} s "
-                    f"({man['stats']['tokenize_mb_per_s']:.2f} MB/s, {man['stats']['workers']} worker(s))")
+                    f"{data.seconds:.1f} s ({_tokenize_rate(man['stats'])})")
                 return data
     data = PreparedData.load(out, reused=True, seconds=time.perf_counter() - t0)
     _check_reuse(data, [*train, *val], strict_files)

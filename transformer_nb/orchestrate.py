@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 
 from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, say, sha256_file,
                                  utc_now_iso)
-from .config import (Config, apply_overrides, config_from_dict, config_to_dict, diff_configs, load_config,
-                                   read_config_file, save_config)
+from .config import (CORPUS_KEYWORDS, Config, apply_overrides, config_from_dict, config_to_dict,
+                                   diff_configs, load_config, read_config_file, save_config)
 from .sources import Corpus, bad_summary, iter_documents, resolve_corpus, skipped_summary, validate_corpus
 from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts, eos_id,
                                       pad_id, read_special_tokens, train_tokenizer)
@@ -148,10 +148,10 @@ SHAKESPEARE_PROMPTS = ["Romeo.\n", "Juliet.\n", "MACBETH.\n", "PROSPERO.\n"]
 
 # %% ../nbs/10_orchestrate.ipynb #c64f4e20
 def _source_arg(s: str) -> str:
-    """A corpus source for the run's config: a path made absolute; 'shakespeare' and hub datasets as given;
-    hf:./folder made absolute."""
+    """A corpus source for the run's config: a path made absolute; the built-in corpora ('shakespeare', ...) and hub
+    datasets as given; hf:./folder made absolute."""
     # absolute, because training.yaml lives in the run directory and its relative paths are read from there
-    if s == 'shakespeare': return s
+    if s in CORPUS_KEYWORDS: return s
     if s.startswith('hf:'):
         target, sep, query = s[3:].partition('?')
         local = Path(target).expanduser()

@@ -1,4 +1,4 @@
-"""Held-out nats per character after a fixed training budget (`tnb bench --quality`); two configs compared.
+"""Held-out bits per byte after a fixed CPU budget, over several seeds (`tnb bench --quality`); configs compared with their error bars, and side by side with nanoGPT and `transformers`' `Trainer`.
 
 Docs: https://transformer-nb.github.io/transformer_nb/quality.html.md"""
 
@@ -11,8 +11,10 @@ import math
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 import numpy as np
 
@@ -25,9 +27,12 @@ from .optim import lr_at
 from .metrics import loss_sums, window_batches
 from .step import train_step
 from .bench import BenchError, corpus_file, CpuShare, format_table, load_average, machine_info, step_bench
+from .sources import TINY_SHAKESPEARE, WIKIPEDIA_VITAL
 
 # %% auto #0
-__all__ = ['split_text', 'nats_per_char', 'quality_run', 'quality_compare', 'print_compare']
+__all__ = ['RUN_KEYS', 'split_text', 'split_paragraphs', 'BenchTexts', 'bench_texts', 'nats_per_char', 'quality_data',
+           'budget_lr', 'bits_per_byte', 'quality_run', 'summarize_runs', 'difference', 'quality_compare',
+           'compare_warnings', 'print_compare']
 
 # %% ../nbs/11b_quality.ipynb #afd2aab5
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
@@ -36,6 +41,45 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     nl = text.rfind('\n', 0, cut)
     cut = nl + 1 if nl >= 0 else cut
     return text[:cut], text[cut:]
+
+def split_paragraphs(text: str, every: int = 10) -> tuple[str, str]:
+    """(train, held out) by whole paragraphs (blocks separated by a blank line): every `every`-th paragraph
+    (the 10th, 20th, ...) is held out, the others trained on, each part in the text's order."""
+    paras = [p for p in text.split('\n\n') if p.strip()]
+    part = lambda keep: '\n\n'.join(p.strip('\n') for i, p in enumerate(paras) if keep(i % every == every - 1)) + '\n'
+    return part(lambda held: not held), part(lambda held: held)
+
+# %% ../nbs/11b_quality.ipynb #6548c0f8
+@dataclass(frozen=True)
+class BenchTexts:
+    "The texts of one quality run: what to train on, what to report on, and which corpus and split they come from."
+    corpus: str        # 'wikipedia-vital', 'tinyshakespeare' or a file's path
+    split: str         # 'held-out' (the final figure) or 'tuning'
+    train: str
+    heldout: str
+    description: str   # what the held-out text is, in words
+
+def bench_texts(corpus=WIKIPEDIA_VITAL, tune: bool = False) -> BenchTexts:
+    """The training text and the held-out text of a benchmark corpus: the held-out part, or with `tune` the tuning
+    split carved from the training part (see the table above). `corpus`: 'wikipedia-vital' (held out by whole
+    articles), 'tinyshakespeare' or the path of a UTF-8 text file (both held out by characters: a path is always split
+    so, even that of the cached wikipedia-vital text)."""
+    name = str(corpus) if corpus is not None else TINY_SHAKESPEARE
+    text = corpus_file(corpus).read_text(encoding='utf-8')
+    if name == WIKIPEDIA_VITAL:
+        train, held = split_paragraphs(text, 10)
+        what = 'every 10th article, whole'
+        if tune: train, held, what = *split_paragraphs(train, 9), 'every 9th article of the training part, whole'
+    else:
+        train, held = split_text(text, 0.1)
+        what = 'the last 10% of the characters'
+        if tune: train, held, what = *split_text(train, 1 / 9), 'the last 1/9 of the training part'
+    if not train or not held.strip():
+        raise BenchError(f"{corpus}: too short to hold out a part of it")
+    n_held = held.count('\n\n') + 1 if name == WIKIPEDIA_VITAL else None
+    desc = (f"{name}: {what}" + (f" ({n_held:,} articles" if n_held else " (") +
+            f"{', ' if n_held else ''}{len(held):,} characters, {len(held.encode()):,} UTF-8 bytes)")
+    return BenchTexts(name, 'tuning' if tune else 'held-out', train, held, desc)
 
 # %% ../nbs/11b_quality.ipynb #643666f1
 def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int = 8,
@@ -51,8 +95,9 @@ def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int =
     return nats / (num_chars * predicted / (len(tokens) - 1))
 
 # %% ../nbs/11b_quality.ipynb #bcf3c426
-def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
-    "A quality run's tokenizer and token shards, in `tmp`: (config with the vocabulary, vocab, data, held-out tokens)."
+def quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
+    """A quality run's tokenizer (byte-level BPE of `model.vocab_size` trained on `train_text`) and token shards, in
+    `tmp`: (the config with the vocabulary, vocab, the prepared data, the held-out tokens)."""
     vocab = config.model.vocab_size or 1024
     (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
     (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
@@ -73,101 +118,175 @@ def _quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res
         f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
     return cfg, vocab, data, val_tokens
 
-def _quality_text(corpus, val_fraction: float) -> tuple[Path, str, str]:
-    "(the corpus file, its training part, its held-out part) for a quality run."
-    src = corpus_file(corpus)
-    train_text, val_text = split_text(src.read_text(encoding='utf-8'), val_fraction)
-    if not train_text or not val_text.strip():
-        raise BenchError(f"{src}: too short to hold out {val_fraction:.0%} of it")
-    return src, train_text, val_text
-
 # %% ../nbs/11b_quality.ipynb #fcf48a8f
-def quality_run(config: Config, corpus=None, budget_s: float = 120.0, val_fraction: float = 0.1,
-                eval_points: int = 8, eval_windows: int = 24, max_steps: int | None = None,
-                clock: str = 'wall', show_progress: bool = True) -> dict:
-    """Train `config` on the first 90% of `corpus` for `budget_s` seconds of training (or `max_steps` steps,
-    whichever comes first; with `max_steps` the schedule is fixed to that length); validation nats/char on the rest.
-    `clock`: 'wall' (seconds on the clock) or 'process' (CPU seconds of this process: steadier on a shared
-    machine with one thread)."""
+def budget_lr(step: int, fraction: float, sched, base_lr: float) -> float:
+    """The learning rate of step `step` (0-based) when `fraction` of a time budget is spent: the warm-up by steps,
+    then the schedule's decay by the fraction of the budget. A pure function of the budget: no estimate of the run's
+    length from step times, so a slow step does not reshape the schedule."""
+    warmup, span = sched.warmup_steps or 0, 1 << 20
+    if step < warmup: return lr_at(step, sched, base_lr)
+    return lr_at(warmup + round(min(max(fraction, 0.0), 1.0) * span), sched, base_lr, warmup + span)
+
+def bits_per_byte(nats_per_char: float, text: str) -> float:
+    "Bits per UTF-8 byte of `text` from nats per character of it: the same total, divided by bytes instead of characters."
+    return nats_per_char * len(text) / len(text.encode('utf-8')) / math.log(2)
+
+def _evaluate(b, val_tokens, texts: BenchTexts, seq_len: int, micro: int, windows: int | None) -> tuple[float, float]:
+    "(nats per character, bits per UTF-8 byte) of the held-out text; `windows`: an estimate from that many windows."
+    npc = nats_per_char(b.model, val_tokens, len(texts.heldout), seq_len, micro, windows)
+    return npc, bits_per_byte(npc, texts.heldout)
+
+# %% ../nbs/11b_quality.ipynb #826c64d7
+def _train(b, cfg: Config, budget_s: float, total: int | None, now, evaluate, eval_points: int, say) -> tuple:
+    """Train on `b` (a `step_bench`) for `budget_s` seconds of `now`, or exactly `total` steps: (steps, seconds,
+    training-loss curve, evaluations on a slice of the held-out text)."""
+    curve, evals, step, elapsed = [], [], 0, 0.0
+    log_every, next_eval = max(1, cfg.runtime.log_every_n_steps), 1
+    while (step < total) if total else (elapsed < budget_s):
+        lr = (lr_at(step, cfg.scheduler, cfg.optimizer.learning_rate, total) if total else
+              budget_lr(step, elapsed / budget_s, cfg.scheduler, cfg.optimizer.learning_rate))
+        t0 = now()
+        loss, _, _ = train_step(b.step_model, b.optimizer, b.batches, lr, b.setup, b.scaler)
+        if log := (step + 1) % log_every == 0: lv = float(loss)     # the only host sync: on log steps
+        elapsed += now() - t0
+        step += 1
+        if log: curve.append({'step': step, 'elapsed_s': round(elapsed, 3), 'train_loss': lv, 'lr': lr})
+        done = step / total if total else elapsed / budget_s
+        if next_eval < eval_points and done >= next_eval / eval_points:    # the clock is stopped meanwhile
+            npc, bpb = evaluate()
+            evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'nats_per_char': npc, 'bpb': bpb,
+                          'slice': True})
+            say(f"quality: {fmt_secs(elapsed):>6}  step {step:5d}  train loss "
+                f"{curve[-1]['train_loss'] if curve else float('nan'):.3f} (nats/token)  held-out slice {bpb:.3f} bpb")
+            next_eval += 1
+    return step, elapsed, curve, evals
+
+# %% ../nbs/11b_quality.ipynb #1bb4f0ec
+def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, *, tokens: int | None = None,
+                seed: int | None = None, tune: bool = False, clock: str | None = None, eval_points: int = 8,
+                eval_windows: int = 24, show_progress: bool = True) -> dict:
+    """Train `config` on the training part of `corpus` (see `bench_texts`; with `tune`, on the training part less the
+    tuning split) for `budget_s` seconds of `clock` ('process': this process's CPU seconds, the default on a CPU;
+    'wall', the default on a GPU), or for exactly
+    `tokens` training tokens; report the held-out (or tuning) text's nats per character and bits per byte.
+    `seed`: the run's seed (model initialisation and data order), default `runtime.seed`."""
+    on_cpu = resolve_device(config.runtime.device).type == 'cpu'
+    clock = clock or ('process' if on_cpu else 'wall')
     if clock not in ('wall', 'process'): raise BenchError(f"--clock: expected wall or process, got {clock!r}")
-    if not budget_s > 0: raise BenchError(f"--budget must be > 0 seconds, got {budget_s}")
+    if clock == 'process' and not on_cpu:
+        raise BenchError("--clock process counts this process's CPU time, not the GPU's: use --clock wall on a GPU")
+    if tokens is None and not budget_s > 0: raise BenchError(f"--budget must be > 0 seconds, got {budget_s}")
+    if tokens is not None and tokens < 1: raise BenchError(f"--tokens must be >= 1, got {tokens}")
+    if seed is not None: config = replace(config, runtime=replace(config.runtime, seed=seed))
     now = time.perf_counter if clock == 'wall' else time.process_time
     say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
-    src, train_text, val_text = _quality_text(corpus, val_fraction)
-    res = {'corpus': str(src), 'budget_s': budget_s, 'val_fraction': val_fraction,
-           'train_chars': len(train_text), 'val_chars': len(val_text),
+    texts = bench_texts(corpus, tune)
+    res = {'corpus': texts.corpus, 'split': texts.split, 'heldout': texts.description, 'seed': config.runtime.seed,
+           'train_chars': len(texts.train), 'val_chars': len(texts.heldout),
+           'val_bytes': len(texts.heldout.encode('utf-8')), 'threads': torch.get_num_threads(),
            'machine': machine_info(resolve_device(config.runtime.device))}
     with tempfile.TemporaryDirectory(prefix='tnb-quality-') as tmp:
-        cfg, vocab, data, val_tokens = _quality_data(config, train_text, val_text, Path(tmp), res, say)
+        cfg, vocab, data, val_tokens = quality_data(config, texts.train, texts.heldout, Path(tmp), res, say)
         b, seq_len, micro = step_bench(cfg, vocab, shards=data.train), cfg.sequence_length, cfg.micro_batch_size()
+        total = math.ceil(tokens / b.tokens_per_step) if tokens is not None else None
         res.update(parameters=b.model.num_parameters(), flops_per_token=b.flops_per_token,
-                   tokens_per_step=b.tokens_per_step, compile=bool(cfg.runtime.compile))
-        say(f"quality: {res['parameters']:,} parameters, {b.tokens_per_step:,} tokens/step, "
-            f"budget {fmt_secs(budget_s)}")
-        # `total`, the schedule's length, is re-estimated each step from recent step times: it ends with the budget
-        curve, evals, step, total = [], [], 0, 1 << 62
-        log_every = max(1, cfg.runtime.log_every_n_steps)
-        next_eval, elapsed, recent, cpu0 = budget_s / eval_points, 0.0, [], time.process_time()
-        share = CpuShare().start()
-        if max_steps: total, every = max_steps, max(1, max_steps // eval_points)
-        while elapsed < budget_s and not (max_steps and step >= max_steps):
-            t0 = now()
-            lr = lr_at(step, cfg.scheduler, cfg.optimizer.learning_rate, total)
-            loss, _, _ = train_step(b.step_model, b.optimizer, b.batches, lr, b.setup, b.scaler)
-            step += 1
-            if log := step % log_every == 0: lv = float(loss)     # the only host sync: on log steps
-            dt = now() - t0
-            elapsed += dt
-            recent = (recent + [dt])[-20:]
-            if not max_steps: total = step + max(1, int((budget_s - elapsed) / statistics.median(recent)))
-            if log: curve.append({'step': step, 'elapsed_s': round(elapsed, 3), 'train_loss': lv,
-                                  'lr': b.optimizer.param_groups[0]['lr']})
-            if (step % every == 0 and step < max_steps) if max_steps else (next_eval <= elapsed < budget_s):
-                v = nats_per_char(b.model, val_tokens, len(val_text), seq_len, micro, eval_windows)
-                evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'val_nats_per_char': v, 'slice': True})
-                say(f"quality: {fmt_secs(elapsed):>6}  step {step:5d}  train loss "
-                    f"{curve[-1]['train_loss'] if curve else float('nan'):.3f} (nats/token)  "
-                    f"held-out slice {v:.3f} nats/char")
-                next_eval += budget_s / eval_points
+                   tokens_per_step=b.tokens_per_step, compile=bool(cfg.runtime.compile),
+                   budget={'tokens': total * b.tokens_per_step} if total else {'seconds': budget_s, 'clock': clock})
+        say(f"quality: seed {res['seed']}, {res['parameters']:,} parameters, {b.tokens_per_step:,} tokens/step, "
+            + (f"{total} steps" if total else f"budget {fmt_secs(budget_s)} ({clock} clock, {res['threads']} threads)"))
+        evaluate = lambda: _evaluate(b, val_tokens, texts, seq_len, micro, eval_windows)
+        share, cpu0 = CpuShare().start(), time.process_time()
+        step, elapsed, curve, evals = _train(b, cfg, budget_s, total, now, evaluate, eval_points, say)
         cpu_s, others = time.process_time() - cpu0, share.stop().others
         t0 = time.perf_counter()
-        npc = nats_per_char(b.model, val_tokens, len(val_text), seq_len, micro)
-    evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'val_nats_per_char': npc, 'slice': False})
-    res.update(clock=clock, steps=step, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others,
-               tokens_seen=step * b.tokens_per_step, tokens_per_s=step * b.tokens_per_step / elapsed,
-               eval_s=time.perf_counter() - t0, val_nats_per_char=npc, val_bits_per_char=npc / math.log(2),
-               curve=curve, evals=evals, load_average_end=load_average(), config=config_to_dict(cfg))
-    say(f"quality: {step} steps in {fmt_secs(elapsed)} ({res['tokens_per_s']:,.0f} tokens/s): held-out "
-        f"{npc:.4f} nats/char ({npc / math.log(2):.3f} bits/char)"
+        npc, bpb = _evaluate(b, val_tokens, texts, seq_len, micro, None)
+    seen = step * b.tokens_per_step
+    evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'nats_per_char': npc, 'bpb': bpb, 'slice': False})
+    res.update(clock=clock, steps=step, tokens=seen, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others,
+               epochs=seen / max(res['train_tokens'], 1), tokens_per_s=seen / elapsed, eval_s=time.perf_counter() - t0,
+               nats_per_char=npc, bpb=bpb, curve=curve, evals=evals, load_average_end=load_average(),
+               config=config_to_dict(cfg))
+    say(f"quality: {step} steps in {fmt_secs(elapsed)} ({res['tokens_per_s']:,.0f} tokens/s, {res['epochs']:.2f} "
+        f"epochs): held-out {bpb:.4f} bits/byte ({npc:.4f} nats/char)"
         + (f"; other processes used {others:.0%} of the CPU time meanwhile" if others is not None else ''))
     return res
 
 # %% ../nbs/11b_quality.ipynb #3f9481e8
-def quality_compare(configs: dict, corpus=None, budget_s: float = 120.0, rounds: int = 1, clock: str = 'wall',
-                    max_steps: int | None = None, show_progress: bool = True) -> dict:
-    """`quality_run` for each of `configs` (`{name: Config}`, two or more) in turn, `rounds` times (A, B, A, B, ...).
-    Returns every run, the held-out nats/char of each config per round and their mean, and `difference`
-    (the mean of the second config minus the first's)."""
-    if rounds < 1: raise BenchError(f"--rounds must be >= 1, got {rounds}")
-    if len(configs) < 2: raise BenchError("comparing needs two configs (--config and --compare)")
+RUN_KEYS = ('seed', 'steps', 'tokens', 'nats_per_char', 'bpb', 'epochs', 'train_s', 'process_cpu_s',
+            'others_cpu_share', 'tokens_per_s')
+
+def summarize_runs(name: str, runs: list[dict]) -> dict:
+    """One config's entry of a comparison from its `quality_run` results: the runs (the figures of each seed, then
+    every detail) and the mean and standard deviation of bits per byte and nats per character."""
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else None
+    bpb, npc = [r['bpb'] for r in runs], [r['nats_per_char'] for r in runs]
+    return {'config': name, 'parameters': runs[0]['parameters'], 'vocab_size': runs[0]['vocab_size'],
+            'runs': [{k: r[k] for k in RUN_KEYS} | {'detail': r} for r in runs],
+            'mean_bpb': statistics.fmean(bpb), 'sd_bpb': sd(bpb),
+            'mean_nats_per_char': statistics.fmean(npc), 'sd_nats_per_char': sd(npc)}
+
+def difference(first: dict, second: dict) -> tuple[float, float | None]:
+    """(mean bits per byte of `second` minus `first`'s, its standard error sqrt(sd1^2/n1 + sd2^2/n2)); the standard
+    error is None with a single seed."""
+    d = second['mean_bpb'] - first['mean_bpb']
+    if first['sd_bpb'] is None or second['sd_bpb'] is None: return d, None
+    return d, math.sqrt(first['sd_bpb'] ** 2 / len(first['runs']) + second['sd_bpb'] ** 2 / len(second['runs']))
+
+def quality_compare(configs: dict, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, seeds: int = 3, *,
+                    tokens: int | None = None, tune: bool = False, clock: str | None = None,
+                    show_progress: bool = True) -> dict:
+    """`quality_run` for each of `configs` (`{name: Config}`) with seeds 1..`seeds`, alternated (seed 1 of every
+    config, then seed 2, ...). Returns the corpus and split, and per config its runs and the mean and standard
+    deviation of bits per byte; each config after the first also gets `difference_bpb` (it minus the first) and
+    `se_bpb`, and so does the whole result for the second config."""
+    if seeds < 1: raise BenchError(f"--seeds must be >= 1, got {seeds}")
+    if not configs: raise BenchError("no config to run")
     say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
-    # interleaved rounds (A, B, A, B), not A, A, B, B: a drift in the machine's load hits both configs alike
-    runs, values = [], {name: [] for name in configs}
-    for r in range(rounds):
+    # interleaved (A, B, A, B), not A, A, B, B: a drift in the machine's load hits every config alike
+    runs = {name: [] for name in configs}
+    for seed in range(1, seeds + 1):
         for name, cfg in configs.items():
-            say(f"quality: round {r + 1}/{rounds}: {name}")
-            res = quality_run(cfg, corpus, budget_s, max_steps=max_steps, clock=clock, show_progress=show_progress)
-            runs.append({'name': name, 'round': r + 1, **res})
-            values[name].append(res['val_nats_per_char'])
-    summary = {name: {'val_nats_per_char': v, 'mean': statistics.fmean(v)} for name, v in values.items()}
-    first, second = list(summary)[:2]
-    return {'budget_s': budget_s, 'clock': clock, 'rounds': rounds, 'summary': summary, 'runs': runs,
-            'difference': summary[second]['mean'] - summary[first]['mean']}
+            say(f"quality: seed {seed}/{seeds}: {name}")
+            runs[name].append(quality_run(cfg, corpus, budget_s, tokens=tokens, seed=seed, tune=tune, clock=clock,
+                                          show_progress=show_progress))
+    entries = [summarize_runs(name, r) for name, r in runs.items()]
+    for e in entries[1:]: e['difference_bpb'], e['se_bpb'] = difference(entries[0], e)
+    one = runs[next(iter(runs))][0]
+    out = {'corpus': one['corpus'], 'split': one['split'], 'heldout': one['heldout'], 'budget': one['budget'],
+           'threads': one['threads'], 'seeds': list(range(1, seeds + 1)), 'configs': entries}
+    if len(entries) > 1: out.update(difference_bpb=entries[1]['difference_bpb'], se_bpb=entries[1]['se_bpb'])
+    return out
+
+def compare_warnings(res: dict, max_others: float = 0.05, max_spread: float = 0.05) -> list[str]:
+    """What may have widened the error bars of a time budget: other processes using more than the cores a run left
+    free (plus `max_others` of the machine), and step counts of one config that differ by more than `max_spread` (the
+    same CPU-seconds bought a different number of steps: the machine's speed varied)."""
+    out = []
+    for e in res['configs']:
+        runs = e['runs']
+        cores = runs[0]['detail']['machine'].get('cpu_count') or 1
+        free = max(0.0, 1 - res['threads'] / cores)           # the share of the machine this run did not ask for
+        if busy := [r['seed'] for r in runs if (r['others_cpu_share'] or 0) > free + max_others]:
+            out.append(f"{e['config']}: other processes wanted more than the {cores - res['threads']} free core(s) "
+                       f"during seed(s) {', '.join(map(str, busy))}")
+        steps = [r['steps'] for r in runs]
+        if 'seconds' in res['budget'] and min(steps) < (1 - max_spread) * max(steps):
+            out.append(f"{e['config']}: {min(steps)} to {max(steps)} steps in the same budget (the machine's speed "
+                       "varied between runs)")
+    return out
 
 def print_compare(res: dict, show=print):
-    "The table of a `quality_compare` result: held-out nats/char per round and mean, and the difference."
-    rows = [[name, *[f'{v:.4f}' for v in s['val_nats_per_char']], f"{s['mean']:.4f}"]
-            for name, s in res['summary'].items()]
-    show(format_table(['config', *[f'round {i + 1}' for i in range(res['rounds'])], 'mean'], rows))
-    show(f"difference (second - first): {res['difference']:+.4f} nats/char, {fmt_secs(res['budget_s'])} each "
-         f"({res['clock']} clock)")
+    "The table of a `quality_compare` result: bits per byte per seed, mean and sd; each difference with its error."
+    f = lambda v: '-' if v is None else f'{v:.4f}'
+    rows = [[e['config'], *[f"{r['bpb']:.4f}" for r in e['runs']], f(e['mean_bpb']), f(e['sd_bpb']),
+             f(e['mean_nats_per_char'])] for e in res['configs']]
+    show(format_table(['config', *[f'seed {s}' for s in res['seeds']], 'mean bpb', 'sd', 'nats/char'], rows))
+    budget = res['budget']
+    show(f"held out: {res['heldout']}; budget: " + (f"{budget['tokens']:,} tokens" if 'tokens' in budget else
+         f"{fmt_secs(budget['seconds'])} of {budget['clock']} clock on {res['threads']} thread(s)"))
+    for e in res['configs'][1:]:
+        d, se = e['difference_bpb'], e['se_bpb']
+        show(f"{e['config']} - {res['configs'][0]['config']}: {d:+.4f} bits/byte" + (
+            " (one seed: no error bar)" if se is None else
+            f" (standard error {se:.4f}: {abs(d) / se:.1f} standard errors)" if se > 0 else " (standard error 0)"))
+    for w in compare_warnings(res): show(f"warning: {w}")

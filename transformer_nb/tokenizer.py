@@ -27,8 +27,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm import tqdm
 
 import transformer_nb
-from .base import (atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, UserError,
-                                 utc_now_iso)
+from .base import (atomic_write_bytes, atomic_write_text, fmt_rate, sha256_bytes, sha256_file,
+                                 UserError, utc_now_iso)
 from .sources import (Corpus, CorpusError, FileStats, Source, bad_summary, describe_source,
                                     iter_documents, lone_surrogate, resolve_corpus, source_pieces, validate_corpus)
 
@@ -614,7 +614,8 @@ class TokenizerTrainingSummary:
                  f"  vocabulary  {self.vocab_size:,} tokens (asked for {self.vocab_size_requested:,})",
                  "  special     " + ', '.join(f"{t}={i}" for t, i in self.special_tokens.items()),
                  f"  compression {self.chars_per_token:.2f} characters/token (on up to 1 MB of the corpus)",
-                 f"  time        {self.seconds:.2f} s ({mb / max(self.seconds, 1e-9):.2f} MB/s)"]
+                 f"  time        {self.seconds:.2f} s" + (f" ({rate} of the input files)" if (
+                     rate := fmt_rate(self.bytes / 1e6, self.seconds, 'MB')) else '')]
         lines += [f"  wrote       {n} ({s:,} bytes)" for n, s in self.artifacts.items()]
         if self.skipped: lines.append(f"  {self.skipped}")
         return '\n'.join(lines)
