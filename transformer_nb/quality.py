@@ -266,8 +266,9 @@ def compare_warnings(res: dict, max_others: float = 0.05, max_spread: float = 0.
         runs = e['runs']
         cores = runs[0]['detail']['machine'].get('cpu_count') or 1
         free = max(0.0, 1 - res['threads'] / cores)           # the share of the machine this run did not ask for
+        spare = max(0, cores - res['threads'])
         if busy := [r['seed'] for r in runs if (r['others_cpu_share'] or 0) > free + max_others]:
-            out.append(f"{e['config']}: other processes wanted more than the {cores - res['threads']} free core(s) "
+            out.append(f"{e['config']}: other processes wanted more than the {spare} free core(s) "
                        f"during seed(s) {', '.join(map(str, busy))}")
         steps = [r['steps'] for r in runs]
         if 'seconds' in res['budget'] and min(steps) < (1 - max_spread) * max(steps):
