@@ -121,8 +121,8 @@ def quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res:
 # %% ../nbs/11b_quality.ipynb #fcf48a8f
 def budget_lr(step: int, fraction: float, sched, base_lr: float) -> float:
     """The learning rate of step `step` (0-based) when `fraction` of a time budget is spent: the warm-up by steps,
-    then the schedule's decay by the fraction of the budget. A pure function of the budget: no estimate of the run's
-    length from step times, so a slow step does not reshape the schedule."""
+    then the schedule's decay by the fraction of the whole budget (the warm-up's time included). A pure function of
+    the budget: no estimate of the run's length from step times, so a slow step does not reshape the schedule."""
     warmup, span = sched.warmup_steps or 0, 1 << 20
     if step < warmup: return lr_at(step, sched, base_lr)
     return lr_at(warmup + round(min(max(fraction, 0.0), 1.0) * span), sched, base_lr, warmup + span)
