@@ -628,8 +628,7 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N, mps (default auto)')
     ap.add_argument('--precision', default=None, choices=('fp32', 'bf16', 'fp16'),
                     help='fp32, bf16, fp16 (default: fp32 on CPU, bf16 on CUDA)')
-    ap.add_argument('--threads', type=int, default=None, help="torch intra-op threads (default: torch's; "
-                    "with --quality, 1)")
+    ap.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's; with --quality, 1)")
     ap.add_argument('--new-tokens', type=int, default=256, help='generated tokens (default 256)')
     ap.add_argument('--prompt-len', type=int, default=16, help='prompt tokens for generation (default 16)')
     ap.add_argument('--gen-batches', nargs='+', default=['1,8,32'], metavar='B',

