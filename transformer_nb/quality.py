@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from .base import fmt_secs
 from .config import Config, config_to_dict
@@ -76,9 +75,9 @@ def bench_texts(corpus=WIKIPEDIA_VITAL, tune: bool = False) -> BenchTexts:
         if tune: train, held, what = *split_text(train, 1 / 9), 'the last 1/9 of the training part'
     if not train or not held.strip():
         raise BenchError(f"{corpus}: too short to hold out a part of it")
-    n_held = held.count('\n\n') + 1 if name == WIKIPEDIA_VITAL else None
-    desc = (f"{name}: {what}" + (f" ({n_held:,} articles" if n_held else " (") +
-            f"{', ' if n_held else ''}{len(held):,} characters, {len(held.encode()):,} UTF-8 bytes)")
+    size = f"{len(held):,} characters, {len(held.encode()):,} UTF-8 bytes"
+    if name == WIKIPEDIA_VITAL: size = f"{held.count(chr(10) * 2) + 1:,} articles, {size}"
+    desc = f"{name}: {what} ({size})"
     return BenchTexts(name, 'tuning' if tune else 'held-out', train, held, desc)
 
 # %% ../nbs/11b_quality.ipynb #643666f1
