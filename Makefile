@@ -1,7 +1,8 @@
 # transformer_nb: every target creates the virtual environment in .venv when it is missing and
 # reuses it afterwards (it is re-synced only when pyproject.toml changes).
 #   make demo   set up, then the local end-to-end run (tokenizer -> data -> model -> samples)
-#   make test   set up, then every test: notebooks clean and in sync, nbdev-test, pytest
+#   make test   set up, then every test: notebooks clean, in sync and fresh, pytest
+#   make nbs    run the notebooks (slow cells too) and store their outputs; NB=nbs/X.ipynb for one
 #   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
 #   make docs-check   build the site, check its HTML, screenshot it with headless Chromium if present
 #   make gpu-check    on a CUDA machine, with $(PYTHON) as it is: CUDA tests, bf16 MFU, compiled decode
@@ -18,7 +19,7 @@ TORCH  ?= torch==2.13.0
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# *//'
+	@sed -n '2,8p' Makefile | sed 's/^# *//'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transformer_nb needs Python 3.11 or newer (found %s)" % sys.version.split()[0])'
@@ -46,8 +47,10 @@ sync: venv
 seed-cache: venv
 	$(BIN)/python tools/seed_cache.py
 
+# the notebooks run top to bottom in Jupyter kernels (slow cells skipped), each stored output compared with what its
+# cell prints now: a stale or missing output fails (tools/nbrun.py; `make nbs` stores fresh ones)
 test-nbs: venv seed-cache
-	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/python tools/nbrun.py --check --jobs 2
 
 # pytest on every core (at most 4 workers: each test may start torch processes of its own)
 test-py: venv seed-cache
@@ -67,9 +70,11 @@ docs-check: docs
 docs-quarto: venv
 	$(BIN)/nbdev-docs
 
-# re-execute notebooks in place so that their saved outputs (shown in the docs) are fresh
-nbs: venv
-	$(BIN)/python tools/run_nbs.py $(NB)
+# run notebooks in Jupyter kernels, slow cells too, and store their outputs (shown in the docs, checked by make test):
+# after changing what a cell prints, or the code a slow cell calls; one at a time, so that the timings they store
+# were not taken beside another notebook
+nbs: venv seed-cache
+	$(BIN)/python tools/nbrun.py --write $(NB)
 	$(BIN)/nbdev-clean
 
 clean:

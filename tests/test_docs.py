@@ -200,7 +200,7 @@ def test_no_temp_paths_or_warnings_in_pages(site):
             for m in re.finditer(pat, t):
                 bad.append(f'{html_file.name}: ...{t[max(0, m.start() - 60):m.end() + 40]!r}...')
     assert not bad, ('temporary paths or raw warnings in pages (refresh the outputs with `make nbs NB=...`, which writes a '
-                     'temporary folder as $TMP, or `python tools/run_nbs.py --scrub`; silence expected warnings in the cell):\n'
+                     'temporary folder as $TMP, or `python tools/nbrun.py --scrub`; silence expected warnings in the cell):\n'
                      + '\n'.join(bad[:20]))
 
 

@@ -63,6 +63,14 @@ def test_live_chart_in_a_jupyter_kernel(tmp_path):
     assert not [o for o in off if o.output_type == 'display_data'], 'live_plot=False must show no picture'
 
 
+def test_live_chart_with_stdout_silenced(tmp_path):
+    "A caller silencing the log lines with redirect_stdout(None): the kernel's display still draws the chart."
+    nb = run_notebook(tmp_path, "import contextlib\nwith contextlib.redirect_stdout(None): r = Trainer(cfg('quiet')).fit()")
+    outs = nb.cells[1].outputs
+    assert not [o for o in outs if o.output_type == 'stream' and o.name == 'stdout'], 'the log lines were silenced'
+    assert len([o for o in outs if o.output_type == 'display_data']) == 2     # bar and chart
+
+
 def test_no_display_in_a_terminal(tmp_path):
     "A plain Python process (no IPython shell): the live chart stays off, whatever is asked."
     code = "from transformer_nb.display import notebook_display_mode, live_chart_mode; " \

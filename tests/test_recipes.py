@@ -107,3 +107,21 @@ def test_missing_tokenizer_names_the_key_and_the_command(work):
     err = [l for l in r.stderr.splitlines() if l.startswith('error:')]
     assert len(err) == 1 and 'tokenizer.tokenizer_json' in err[0] and 'tnb train-tokenizer --input' in err[0], r.stderr
     assert '--out runs/m3-medium/tokenizer' in err[0], err[0]
+
+
+def test_local_yaml_is_the_local_profile():
+    "configs/local.yaml trains with the settings of `orchestrate --profile local` (its paths aside)."
+    from transformer_nb.config import config_from_dict, config_to_dict, load_config
+    from transformer_nb.orchestrate import PROFILES
+    yaml_cfg = config_to_dict(load_config(ROOT / 'configs' / 'local.yaml'))
+    profile = config_to_dict(config_from_dict(PROFILES['local']['config']))
+
+    def flat(d, prefix=''):
+        for k, v in d.items():
+            if isinstance(v, dict): yield from flat(v, f'{prefix}{k}.')
+            else: yield f'{prefix}{k}', v
+    paths = ('tokenizer.', 'data.train_shards', 'data.validation_shards', 'data.cache_dir', 'runtime.checkpoint.directory',
+             'runtime.evaluation.best.directory', 'runtime.logging.tensorboard')
+    a, b = dict(flat(yaml_cfg)), dict(flat(profile))
+    differ = {k: (a[k], b[k]) for k in a if not k.startswith(paths) and a[k] != b.get(k)}
+    assert not differ, f"configs/local.yaml differs from the local profile (yaml, profile): {differ}"

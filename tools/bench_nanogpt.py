@@ -185,8 +185,9 @@ def quality_main(a, repo: Path):
     from transformer_nb.quality import bench_texts
     texts = bench_texts(a.corpus, a.tune)
     print(f"nanoGPT on {texts.description} ({texts.split}); {a.budget:.0f} CPU-seconds on one thread", flush=True)
+    from transformer_nb.bench import machine_info
     out = {'corpus': texts.corpus, 'split': texts.split, 'heldout': texts.description, 'budget_cpu_s': a.budget,
-           'threads': 1, 'configs': []}
+           'threads': 1, 'machine': machine_info(), 'configs': []}
     for lr in [float(x) for x in a.lrs.split(',')]:
         runs = []
         for seed in range(1, a.seeds + 1):
@@ -229,7 +230,9 @@ def main(argv=None):
         sys.exit(f"{repo}/data/shakespeare_char/train.bin missing: run its prepare.py first")
     env = {**os.environ}
     if a.threads: env['OMP_NUM_THREADS'] = str(a.threads)
-    rows = {'nanogpt': [], 'ours': []}
+    from transformer_nb.base import CpuShare
+    from transformer_nb.bench import machine_info
+    rows, cpu = {'nanogpt': [], 'ours': []}, CpuShare().start()
     for r in range(a.rounds):
         for name in (('nanogpt', 'ours') if r % 2 == 0 else ('ours', 'nanogpt')):     # alternate who goes first
             t0 = time.time()
@@ -238,14 +241,16 @@ def main(argv=None):
             rows[name].append(res)
             print(f"round {r + 1} {name:8s} {res['tokens_per_s']:9,.0f} tokens/s  {res['step_ms']:7.2f} ms/step  "
                   f"({time.time() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
-    med = {k: statistics.median(x['tokens_per_s'] for x in v) for k, v in rows.items()}
+    med, others = {k: statistics.median(x['tokens_per_s'] for x in v) for k, v in rows.items()}, cpu.stop().others
     print(f"median tokens/s: ours {med['ours']:,.0f}, nanoGPT {med['nanogpt']:,.0f}: ours / nanoGPT = "
           f"{med['ours'] / med['nanogpt']:.2f}x; per round: "
-          + ', '.join(f"{o['tokens_per_s'] / n['tokens_per_s']:.2f}x" for o, n in zip(rows['ours'], rows['nanogpt'])))
+          + ', '.join(f"{o['tokens_per_s'] / n['tokens_per_s']:.2f}x" for o, n in zip(rows['ours'], rows['nanogpt']))
+          + (f"; other processes used {others:.0%} of the CPU time" if others is not None else ''))
     if a.json:
         Path(a.json).write_text(json.dumps({'rounds': rows, 'median': med, 'ratio': med['ours'] / med['nanogpt'],
                                             'threads': a.threads, 'clock': a.clock, 'steps': a.steps, 'warmup': a.warmup,
-                                            'load_average': os.getloadavg()}, indent=1) + '\n')
+                                            'load_average': os.getloadavg(), 'others_cpu_share': others,
+                                            'machine': {**machine_info(), 'threads': a.threads}}, indent=1) + '\n')
 
 
 if __name__ == '__main__':

@@ -122,8 +122,9 @@ def main():
     texts = bench_texts(a.corpus, a.tune)
     print(f"transformers Trainer on {texts.description} ({texts.split}); {a.budget:.0f} CPU-seconds, one thread",
           flush=True)
+    from transformer_nb.bench import machine_info
     out = {'corpus': texts.corpus, 'split': texts.split, 'heldout': texts.description, 'budget_cpu_s': a.budget,
-           'threads': 1, 'configs': []}
+           'threads': 1, 'machine': machine_info(), 'configs': []}
     for lr in [float(x) for x in a.lrs.split(',')]:
         runs = []
         for seed in range(1, a.seeds + 1):

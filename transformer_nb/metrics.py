@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .device import TrainingError, autocast
 from .tokenizer import eos_id

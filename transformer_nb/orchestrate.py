@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .base import (CommandError, UserError, existing_path, atomic_write_text, fmt_secs, say, sha256_file,
-                                 utc_now_iso)
+                                 short_path, utc_now_iso)
 from .config import (CORPUS_KEYWORDS, Config, apply_overrides, config_from_dict, config_to_dict,
                                    diff_configs, load_config, read_config_file, save_config)
 from .sources import Corpus, bad_summary, iter_documents, resolve_corpus, skipped_summary, validate_corpus
@@ -556,11 +556,11 @@ def _say_summary(plan: RunPlan, summary: dict, times: dict) -> None:
     L = plan.paths
     say(f"\norchestrate: done in {fmt_secs(summary['seconds']['total'])} (" +
         ', '.join(f"{k} {fmt_secs(v)}" for k, v in times.items()) + ")")
-    say(f"  run directory  {plan.run}")
+    say(f"  run directory  {short_path(plan.run)}")
     first = f"at step {summary['start_step']} (resumed)" if summary.get('start_step') else 'before'
     say(f"  validation     {first} {metrics_line(summary['eval_before'])}")
     say(f"                 {'after':<{len(first)}} {metrics_line(summary['eval_after'])}")
     say(f"  checkpoints    {', '.join(summary['checkpoints']) or '(none)'}")
-    say(f"  samples        {L['samples']}")
+    say(f"  samples        {short_path(L['samples'])}")
     say(f"  next           tnb generate --run-dir {plan.run_dir} --prompt \"...\"   |   "
-        f"tensorboard --logdir {L['tensorboard']}")
+        f"tensorboard --logdir {short_path(L['tensorboard'])}")

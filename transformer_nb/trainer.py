@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from .base import short_path
+from .base import CpuShare, fmt_rate, fmt_secs, short_path
 from .config import load_config
 from .device import PeakFlops, TrainingError, peak_flops, resolve_device, resolve_precision, seed_everything
 from .tokenizer import tokenizer_from_config
@@ -38,7 +38,7 @@ from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, T
                                 tokenizer_source, warn_schedule_change)
 
 # %% auto #0
-__all__ = ['StopSignal', 'Progress', 'model_shape', 'describe_run', 'TrainingRun', 'Trainer']
+__all__ = ['StopSignal', 'Progress', 'model_shape', 'describe_run', 'describe_pace', 'TrainingRun', 'Trainer']
 
 # %% ../nbs/09g_trainer.ipynb #638c49a4
 class StopSignal:
@@ -113,7 +113,9 @@ def model_shape(config, tokenizer) -> tuple[int, int]:
 def describe_run(t) -> str:
     "The header of `Trainer.fit`: the model, the device, and how a step's batch is cut."
     w, rt = t.dist.world_size, t.config.runtime
-    extras = (', compiled' if rt.compile else '') + (', fused AdamW' if t.fused else '')
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' * (n != 1)}" if t.device.type == 'cpu' else ''
+    extras = threads + (', compiled' if rt.compile else '') + (', fused AdamW' if t.fused else '')
     how = f" ({t.parallel.upper()})" if t.parallel != 'none' else ''
     per_epoch = f'({t.steps_per_epoch} per epoch)' if t.steps_per_epoch else '(streaming)'
     return (f"training {t.raw_model.num_parameters() / 1e6:.2f}M parameters on {t.device} ({t.precision}{extras}), "
@@ -122,6 +124,18 @@ def describe_run(t) -> str:
             f"step(s) x {w} process(es)\n"
             f"  {t.seq_len} tokens each: {t.tokens_per_step:,} tokens/step; steps {t.step} -> {t.total_steps} "
             f"{per_epoch}")
+
+
+def describe_pace(t) -> str | None:
+    """The closing line of `Trainer.fit`: the steps of this session and their time, evaluations and checkpoints
+    included; for a second or more the tokens/s too, with the threads (on a CPU) and the share of the CPU time other
+    processes used. None when no step was trained."""
+    steps, seconds, others = t.state.step - t._step0, time.perf_counter() - t._t0, t._cpu.stop().others
+    cpu, n = t.device.type == 'cpu', torch.get_num_threads()
+    on = f"{n} thread{'s' * (n != 1)}" if cpu else str(t.device)
+    rate = fmt_rate(steps * t.tokens_per_step, seconds, 'tokens', on, others if cpu else None)
+    line = f"trained {steps} step{'s' * (steps != 1)} in {fmt_secs(seconds)} (evaluations and checkpoints included)"
+    return (line + (f": {rate}" if rate else '')) if steps else None
 
 # %% ../nbs/09g_trainer.ipynb #1fc56294
 class TrainingRun:
@@ -316,6 +330,7 @@ class Trainer(TrainingRun):
                         break
                 # checkpoints written in the background are published
                 self.checkpointer.finish()
+                if pace := describe_pace(self): self.log(pace)
             self._completed = True
             return self._result(self._stop.name)
         finally:
@@ -328,6 +343,7 @@ class Trainer(TrainingRun):
         self.log(describe_run(self))
         self.log(f"  {self._peak.describe()}")
         self._t0, self._step0, self._last_loss, self.window = time.perf_counter(), self.state.step, None, StepWindow()
+        self._cpu = CpuShare().start()
         self.logger.open(self.state.step, self.total_steps, resumed=self.resumed)
         if self.state.step >= self.total_steps:
             self.log(f"already at step {self.state.step} of {self.total_steps}: nothing to train")
