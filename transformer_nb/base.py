@@ -76,10 +76,13 @@ def file_mode() -> int:
     return 0o666 & ~old
 
 def atomic_write_bytes(path, data: bytes):
-    """Write `data` to `path` durably: a temporary file in the same folder (fsynced, given the mode a plain
-    `open()` would give), renamed over `path`, then the folder fsynced so that the new name is on disk too."""
+    """Write `data` to `path` durably: a temporary file in the same folder (fsynced, given the mode of the file it
+    replaces, else the mode a plain `open()` would give), renamed over `path`, then the folder fsynced so that the new
+    name is on disk too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try: mode = path.stat().st_mode & 0o7777        # a file made private stays private
+    except OSError: mode = file_mode()
     # The temporary file lives next to `path`: os.replace is atomic only within one filesystem
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
@@ -87,7 +90,7 @@ def atomic_write_bytes(path, data: bytes):
             f.write(data)
             f.flush()
             # mkstemp creates the file 0o600; an atomic write should not be more private than a plain one
-            if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), file_mode())
+            if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:       # Ctrl-C included: never leave a stray temporary file behind

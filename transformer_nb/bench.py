@@ -513,6 +513,7 @@ def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 400
     file."""
     # distinct records (numbered): prepare's de-duplication must not shrink the corpus being measured
     docs, n, written, buf = text.split('\n\n'), 0, 0, []
+    if not text.strip(): raise BenchError("the benchmark corpus holds no text to make records of")
     with gzip.open(path, 'wt', encoding='utf-8', compresslevel=1) as f:
         while written < size_mb * 1e6:
             for d in docs:
