@@ -270,6 +270,7 @@ def test_generate(run_dir):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith('KING.\n') and len(r.stdout) > len('KING.\n') + 5
     assert 'tokens/s' in r.stderr                                        # details on stderr, text on stdout
+    assert 'generate: 20 tokens in ' in r.stderr and 'tokens/s on 1 thread' in r.stderr, r.stderr   # the count, the threads
     ck = sorted((run_dir / 'checkpoints').glob('step_*'))[-1]
     r = run('tnb', 'generate', '--checkpoint', ck, '--prompt', 'the', '--max-new-tokens', '15', '--temperature', '0',
             '--no-echo', '--no-kv-cache', '--threads', '1')

@@ -447,10 +447,10 @@ def _generate_with(args) -> int:
         if last[0] != '\n': sys.stdout.write('\n'); sys.stdout.flush()
         raise
     sys.stdout.write((prompt if echo[0] else '') + '\n'); sys.stdout.flush()
-    dt, others, n = time.time() - t1, cpu.stop().others, torch.get_num_threads()
+    dt, others, threads = time.time() - t1, cpu.stop().others, torch.get_num_threads()
     # the conditions of the figure: the threads and (over a second or more) the other processes' share of the CPU
     share = '' if others is None or dt < MIN_TIMED_SECONDS else f"; other processes used {others:.0%} of the CPU time"
-    on = f" on {n} thread{'s' * (n != 1)}{share}" if dev.type == 'cpu' else f" on {dev}"
+    on = f" on {threads} thread{'s' * (threads != 1)}{share}" if dev.type == 'cpu' else f" on {dev}"
     err(f"generate: {n} tokens in {fmt_secs(dt)} ({n / max(dt, 1e-9):.1f} tokens/s{on}"
         f"{', no KV cache' if args.no_kv_cache else ''}{', compiled (includes compiling)' if args.compile else ''})")
     return 0
