@@ -98,3 +98,17 @@ def test_a_failing_cell_fails_the_check(stored, tmp_path):
     def broken(cells): cells[3].source = 'x = 1 / 0'
     r = nbrun('--check', planted(stored, tmp_path, broken))
     assert r.returncode == 1 and 'ZeroDivisionError' in r.stdout
+
+
+def test_varies_masks_what_changes_between_runs_and_machines():
+    "The masks of a `#| varies` cell: the same words pass, whatever the figures, the machine or the timing."
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from nbrun import mask_varying as mask
+    same = [('prepared in 0.1 s (1 worker)', 'prepared in 9.1 s (2 workers; 571.65k characters/s (other processes used '
+             '66% of the CPU time))'),
+            ('eta 59.9s | 999k tok/s', 'eta 1m01s | 1.20M tok/s'),
+            ('on cpu (AMD EPYC), torch 2.13.0+cpu', 'on cpu (Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz), torch 2.12.1+cu130'),
+            ('"sha256": "f5a0c3d2e1b4", "share": null', '"sha256": "05a0c3d2e1b4", "share": 0.66'),
+            ('-----  ---', '---------  ------')]
+    for a, b in same: assert mask(a) == mask(b), (mask(a), mask(b))
+    assert mask('loss 5.49 held out') != mask('loss 5.49 trained on')        # words still count

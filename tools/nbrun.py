@@ -66,12 +66,13 @@ def scrub_notebook(path: Path) -> int:
 
 ADDRESS = re.compile(r'0x[0-9a-fA-F]{6,}')
 SOURCE_LINE = re.compile(r'(\.py)#L\d+')    # show_doc's [source] links: the line moves with every edit above it
-# in a `#| varies` cell: the machine (CPU model, torch build), then every number with what is glued to it (1.20M,
-# 4m05s, 12,345, 3%, 2.13.0+cpu), then a rate with its conditions and the other processes' share of the CPU (both
+# in a `#| varies` cell: the machine (CPU model, torch build), hex digests, then every number with what is glued to
+# it (1.20M, 4m05s, 12,345, 3%, 2.13.0+cpu) or a missing one (null, None, nan), then a rate with its conditions and the other processes' share of the CPU (both
 # shown only for work that took a second or more: whether they appear depends on the machine's speed), the plural
 # a count chooses, and the widths of table columns and rules
 MACHINE = re.compile(r'\b(AMD|Intel|Apple|ARM|Ampere|Neoverse|Graviton)\b(\([^()\n]*\)|[^,;()\n])*|\btorch \d[\w.+]*')
-NUMBER = re.compile(r'[-+]?\.?\d[\w.,:%+-]*')
+NUMBER = re.compile(r'[-+]?\.?\d[\w.,:%+-]*|\b(null|None|nan|NaN)\b')    # (a figure, or its absence)
+HEX = re.compile(r'\b[0-9a-f]{8,}\b')                                     # digests, ids
 RATE = re.compile(r'[,:;]?\s*# [A-Za-z]+/s(\s*\([^()]*\))?')
 OTHERS = re.compile(r'[,;]?\s*other processes used # of the (machine\'s )?CPU time( meanwhile)?')
 PLURAL = re.compile(r'(# [a-z]+?)(?<=ss)es\b|(# [a-z]+?[^s])s\b')
@@ -79,7 +80,7 @@ PLURAL = re.compile(r'(# [a-z]+?)(?<=ss)es\b|(# [a-z]+?[^s])s\b')
 
 def mask_varying(text: str) -> str:
     "The words of `text` without what changes from run to run and machine to machine (see above)."
-    text = OTHERS.sub('', RATE.sub('', NUMBER.sub('#', MACHINE.sub('<machine>', text))))
+    text = OTHERS.sub('', RATE.sub('', NUMBER.sub('#', HEX.sub('#', MACHINE.sub('<machine>', text)))))
     text = PLURAL.sub(lambda m: m.group(1) or m.group(2), text)
     return re.sub(r'[ \t]+', ' ', re.sub(r'-{3,}', '---', re.sub(r'\(\s*\)', '', text)))
 
