@@ -129,10 +129,10 @@ _COMPILED_STEPS = {}
 
 # On a CPU a batch-1 decoding step is a chain of (1, K) x (K, N) products: each reads a weight matrix
 # once, so the speed of reading memory decides. Inductor's `decompose_mm_pass` rewrites such a product
-# as one fused multiply-and-sum kernel, which reads the weights about twice as fast as the BLAS call it
-# replaces on the project's machine (11_bench). Products with more than one row are left to BLAS. (The pass
-# reads its size limit once per process, at its first use: after another compilation in the same process,
-# products wider than 2,048, such as a large vocabulary's head, stay with BLAS.)
+# as one fused multiply-and-sum kernel, which reads the weights faster than the BLAS call it replaces
+# (11_bench measures the gain). Products with more than one row are left to BLAS, and so are products wider
+# than the pass's size limit (2,048): the option below asks for a larger one, but torch reads the limit
+# from a module constant when the pass is imported, so a large vocabulary's head stays with BLAS.
 CPU_DECODE_OPTIONS = {'post_grad_fusion_options': {
     'decompose_mm_pass': {'cpu_max_other_dimension_decomposition': 1 << 18}}}
 
