@@ -2,7 +2,7 @@
 # reuses it afterwards (it is re-synced only when pyproject.toml changes).
 #   make demo   set up, then the local end-to-end run (tokenizer -> data -> model -> samples)
 #   make test   set up, then every test: notebooks clean, in sync and fresh, pytest
-#   make nbs    run the notebooks (slow cells too) and store their outputs; NB=nbs/X.ipynb for one
+#   make nbs    run the notebooks (slow cells too) and store their outputs; NB=nbs/X.ipynb for one, SLOW=0 to skip slow cells
 #   make docs   set up, then build the documentation site into docs/ (no Quarto needed)
 #   make docs-check   build the site, check its HTML, screenshot it with headless Chromium if present
 #   make gpu-check    on a CUDA machine, with $(PYTHON) as it is: CUDA tests, bf16 MFU, compiled decode
@@ -72,9 +72,10 @@ docs-quarto: venv
 
 # run notebooks in Jupyter kernels, slow cells too, and store their outputs (shown in the docs, checked by make test):
 # after changing what a cell prints, or the code a slow cell calls; one at a time, so that the timings they store
-# were not taken beside another notebook
+# were not taken beside another notebook. SLOW=0: slow cells are not run and keep their outputs (for a change that
+# no slow cell depends on)
 nbs: venv seed-cache
-	$(BIN)/python tools/nbrun.py --write $(NB)
+	$(BIN)/python tools/nbrun.py --write $(if $(filter 0,$(SLOW)),--keep-slow) $(NB)
 	$(BIN)/nbdev-clean
 
 clean:

@@ -126,6 +126,28 @@ def argv_of(cmd: str, *args) -> list[str]:
     return [sys.executable, '-c', f'import sys; from {mod} import {fn}; sys.exit({fn}())', *map(str, args)]
 
 
+def in_process(cmd: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Console script `cmd` called in this process (its main function, with `env` set meanwhile), its output captured:
+    for what a command prints before it does any work (usage errors, --help), without a process's start-up cost (a
+    second or more to import torch). `command` runs it as a user does."""
+    import contextlib, importlib, io
+    mod, fn = SCRIPTS[cmd].split(':')
+    main = getattr(importlib.import_module(mod), fn)
+    out, err, saved = io.StringIO(), io.StringIO(), {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try: rc = main([str(a) for a in args])
+            except SystemExit as e:                          # argparse: --help (0), a usage error (2)
+                rc = e.code if isinstance(e.code, int) or e.code is None else 1
+                if isinstance(e.code, str): err.write(e.code + '\n')
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    return subprocess.CompletedProcess([cmd, *map(str, args)], rc or 0, out.getvalue(), err.getvalue())
+
+
 def env_with(extra: dict | None = None) -> dict:
     "This process's environment, pinned by ENV, with `extra` (a PYTHONPATH in it goes before the inherited one)."
     env = dict(os.environ, **ENV)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import transformer_nb
-from faults import SCRIPTS, argv_of
+from faults import SCRIPTS, argv_of, in_process
 from transformer_nb.cli import COMMANDS
 
 # a tiny model: every orchestrate/train call in this file trains it for a handful of steps
@@ -96,7 +96,8 @@ def configs(tmp_path_factory, corpus):
 
 @pytest.mark.parametrize('name', list(COMMANDS))
 def test_help(name):
-    r = run('tnb', name, '--help')
+    "Each command's help (in this process; the console scripts' own --help below)."
+    r = in_process('tnb', name, '--help')
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f'usage: tnb {name}'), r.stdout[:200]
     assert 'examples:' in r.stdout and r.stderr == ''
@@ -153,21 +154,23 @@ def test_usage_error_exits_2():
 # --- user errors: exit 2, one line naming the culprit ---------------------------------------------
 
 def test_config_errors(configs, tmp_path):
+    "The console script once, then the same command in this process (a user error is found before any work)."
     assert_user_error(run('train', '--config', tmp_path / 'missing.yaml'), 'missing.yaml')
-    assert_user_error(run('train', '--config', configs / 'typo.yaml'), 'hiden_size')
-    assert_user_error(run('train', '--config', configs / 'badtype.yaml'), 'scheduler.total_steps')
-    r = run('train', '--config', configs / 'good.yaml', '--override', 'optimizer.learning_rat=1e-3')
+    assert_user_error(in_process('train', '--config', configs / 'typo.yaml'), 'hiden_size')
+    assert_user_error(in_process('train', '--config', configs / 'badtype.yaml'), 'scheduler.total_steps')
+    r = in_process('train', '--config', configs / 'good.yaml', '--override', 'optimizer.learning_rat=1e-3')
     assert_user_error(r, 'learning_rat')
     assert 'learning_rate' in r.stderr                             # the nearest valid key is named
-    assert_user_error(run('train', '--config', configs / 'good.yaml', '--override', 'model.hidden_size=big'), 'model.hidden_size')
-    assert_user_error(run('train', '--config', configs / 'good.yaml', '--override', 'model.hidden_size'), 'model.hidden_size')
+    assert_user_error(in_process('train', '--config', configs / 'good.yaml', '--override', 'model.hidden_size=big'), 'model.hidden_size')
+    assert_user_error(in_process('train', '--config', configs / 'good.yaml', '--override', 'model.hidden_size'), 'model.hidden_size')
     # a valid config whose tokenizer is not there
-    assert_user_error(run('train', '--config', configs / 'good.yaml'), 'tokenizer')
+    assert_user_error(in_process('train', '--config', configs / 'good.yaml'), 'tokenizer')
 
 
 @pytest.mark.parametrize('name', ['binary.txt', 'latin1.txt', 'empty.txt', 'missing.txt', 'notes'])
 def test_corpus_errors(bad_files, name):
-    assert_user_error(run('tnb', 'validate-corpus', bad_files / name), name)
+    "The console script for the first file; in this process for the others."
+    assert_user_error((run if name == 'binary.txt' else in_process)('tnb', 'validate-corpus', bad_files / name), name)
 
 
 def test_corpus_errors_in_other_commands(bad_files, tmp_path):
@@ -179,20 +182,21 @@ def test_corpus_errors_in_other_commands(bad_files, tmp_path):
 
 
 def test_path_and_flag_errors(tmp_path, corpus):
+    "The console script once, then the same commands in this process (each user error comes before any work)."
     assert_user_error(run('tnb', 'generate', '--checkpoint', tmp_path / 'nope', '--prompt', 'x'), 'nope')
     (tmp_path / 'empty_dir').mkdir()
-    assert_user_error(run('tnb', 'generate', '--checkpoint', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
-    assert_user_error(run('tnb', 'generate', '--run-dir', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
-    assert_user_error(run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
-                          '--skip-tokenizer'), '--skip-tokenizer')
-    assert_user_error(run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
-                          '--tokenizer-json', tmp_path / 'no_tok'), 'no_tok')
-    assert_user_error(run('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
-                          '--override', 'model.num_layer=1'), 'model.num_layer')
-    assert_user_error(run('orchestrate', '--profile', 'local', '--run-dir', tmp_path / 'r', '--resume', '--overwrite'),
-                      '--overwrite')
-    assert_user_error(run('orchestrate', '--profile', 'local', '--run-dir', tmp_path / 'r', '--skip-tokenizer',
-                          '--force-retrain-tokenizer'), '--force-retrain-tokenizer')
+    assert_user_error(in_process('tnb', 'generate', '--checkpoint', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
+    assert_user_error(in_process('tnb', 'generate', '--run-dir', tmp_path / 'empty_dir', '--prompt', 'x'), 'empty_dir')
+    assert_user_error(in_process('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
+                                 '--skip-tokenizer'), '--skip-tokenizer')
+    assert_user_error(in_process('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
+                                 '--tokenizer-json', tmp_path / 'no_tok'), 'no_tok')
+    assert_user_error(in_process('orchestrate', '--profile', 'local', '--input', corpus, '--run-dir', tmp_path / 'r',
+                                 '--override', 'model.num_layer=1'), 'model.num_layer')
+    assert_user_error(in_process('orchestrate', '--profile', 'local', '--run-dir', tmp_path / 'r', '--resume',
+                                 '--overwrite'), '--overwrite')
+    assert_user_error(in_process('orchestrate', '--profile', 'local', '--run-dir', tmp_path / 'r', '--skip-tokenizer',
+                                 '--force-retrain-tokenizer'), '--force-retrain-tokenizer')
 
 
 def test_train_print_config(configs, tmp_path):

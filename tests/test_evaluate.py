@@ -59,7 +59,8 @@ def test_figures_match_a_computation_by_hand(ckpt):
         for s in range(0, len(x) - 1, 32):
             inp, tgt = x[s:s + 32][: len(x) - 1 - s], x[s + 1:s + 33]
             nats += float(F.cross_entropy(model(inp[None])[0], tgt, reduction='sum'))
-    n_bytes, n_chars = sum(len(doc.encode('utf-8')) for doc in docs), sum(map(len, docs))
+    # the documents' text and one newline per EOS (the blank line after each document in a file)
+    n_bytes, n_chars = sum(len(doc.encode('utf-8')) + 1 for doc in docs), sum(len(doc) + 1 for doc in docs)
     assert m['tokens'] == len(ids) - 1 and m['bytes'] == n_bytes and m['chars'] == n_chars
     assert abs(m['loss'] - nats / m['tokens']) < 1e-4
     assert abs(m['bpb'] - nats / math.log(2) / n_bytes) < 1e-4

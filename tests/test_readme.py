@@ -49,6 +49,9 @@ def test_index_commands_are_in_the_readme():
 def test_readme_quotes_the_recorded_demo_run():
     summary, samples = blocks(section(README, 'A real run'))[:2]
     assert summary == DEMO['summary']
+    m, text = DEMO['machine'], ' '.join(section(README, 'A real run').split())
+    assert f"{m['cpu_count']}-core" in text and f"({m['threads']} thread" in text and f"torch {m['torch'].split('+')[0]}" in text, \
+        "not the recorded machine"
     assert samples == DEMO['samples'][:len(samples)] and len(samples) >= 4
     make = (ROOT / 'Makefile').read_text()
     ran = re.search(r'^demo:.*\n\t\$\(BIN\)/(.*)$', make, re.M).group(1)

@@ -5,7 +5,7 @@ paths land there) and a small made-up corpus, with only these changes to the com
 
 - the corpus placeholder (`<your text files>`, `corpus.txt`) and the corpora the configs name (the built-in
   `shakespeare`, `../shared/data/tinyshakespeare.txt`) become that small corpus;
-- `train` gets a few overrides that make it short (2 steps, short sequences, 1 validation batch, CPU), and
+- `train` gets a few overrides that make it short (2 steps, short sequences, 1 validation batch, CPU, a small model), and
   `orchestrate` gets `--max-steps 2` (and the small corpus as `--input` where the recipe uses the built-in one);
 - `tensorboard --logdir DIR` is not started: the test checks that DIR holds event files;
 - `tnb bench` recipes are benchmarks, run by tests/test_bench.py; a config whose recipe is `torchrun` on
@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / 'configs').glob('*.yaml'))
 KNOWN = {'train', 'orchestrate', 'tnb', 'tensorboard', 'mkdir', 'torchrun'}
 SHORT = ['scheduler.total_steps=2', 'scheduler.warmup_steps=0', 'data.sequence_length=32',
-         'runtime.evaluation.max_batches=1', 'runtime.device=cpu']
+         'runtime.evaluation.max_batches=1', 'runtime.device=cpu',
+         # a small model: the recipes' commands are what is tested, not their models (which take a minute to save)
+         'model.hidden_size=64', 'model.intermediate_size=128', 'model.num_layers=1', 'model.num_attention_heads=2',
+         'model.num_key_value_heads=null']
 
 
 def header_commands(path: Path) -> list[str]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -172,12 +173,15 @@ def nanogpt_quality(repo: Path, texts, budget: float, lr: float, seed: int) -> d
     line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
     if p.returncode != 0 or line is None: sys.exit(f"scoring failed:\n{p.stderr[-3000:]}")
     s = json.loads(line[len('RESULT '):])
-    from transformer_nb.quality import bits_per_byte
-    # per character of the held-out text, as quality.nats_per_char (the first character is not predicted)
-    npc = s['nats'] / (len(texts.heldout) * s['predicted'] / (s['tokens'] - 1))
+    # per character and per UTF-8 byte of the text the predicted ids stand for, as every figure of transformer_nb
+    # (metrics.text_figures, where an end-of-document token stands for the newline of the blank line it replaces):
+    # one id per character, and every character but the first is predicted
+    predicted = texts.heldout[1:]
+    if s['predicted'] != len(predicted): sys.exit(f"scoring predicted {s['predicted']} characters of {len(predicted)}")
+    npc, bpb = s['nats'] / len(predicted), s['nats'] / math.log(2) / len(predicted.encode('utf-8'))
     return {'seed': seed, 'learning_rate': lr, 'steps': iters, 'tokens': iters * TOKENS_PER_STEP,
             'train_cpu_s': sum(times[:iters]), 'vocab_size': vocab, 'nats_per_char': npc,
-            'bpb': bits_per_byte(npc, texts.heldout), 'epochs': iters * TOKENS_PER_STEP / len(texts.train),
+            'bpb': bpb, 'epochs': iters * TOKENS_PER_STEP / len(texts.train),
             'load_average': os.getloadavg()}
 
 
@@ -230,7 +234,7 @@ def main(argv=None):
         sys.exit(f"{repo}/data/shakespeare_char/train.bin missing: run its prepare.py first")
     env = {**os.environ}
     if a.threads: env['OMP_NUM_THREADS'] = str(a.threads)
-    from transformer_nb.base import CpuShare
+    from transformer_nb.base import CpuShare, others_text
     from transformer_nb.bench import machine_info
     rows, cpu = {'nanogpt': [], 'ours': []}, CpuShare().start()
     for r in range(a.rounds):
@@ -245,7 +249,7 @@ def main(argv=None):
     print(f"median tokens/s: ours {med['ours']:,.0f}, nanoGPT {med['nanogpt']:,.0f}: ours / nanoGPT = "
           f"{med['ours'] / med['nanogpt']:.2f}x; per round: "
           + ', '.join(f"{o['tokens_per_s'] / n['tokens_per_s']:.2f}x" for o, n in zip(rows['ours'], rows['nanogpt']))
-          + (f"; other processes used {others:.0%} of the CPU time" if others is not None else ''))
+          + others_text(others, '; '))
     if a.json:
         Path(a.json).write_text(json.dumps({'rounds': rows, 'median': med, 'ratio': med['ours'] / med['nanogpt'],
                                             'threads': a.threads, 'clock': a.clock, 'steps': a.steps, 'warmup': a.warmup,

@@ -14,7 +14,7 @@ overlapping), one thread. Its step count is set so that the steps fill --budget 
 of a 30-step first run, and run once more, rescaled, when the steps took less than 98% of the budget or the budget
 ran out first) and a callback stops it at the budget in any case; each step is charged from the end of the one
 before, its batch's loading included; the CPU-seconds actually spent are reported. The
-held-out figure is computed by the evaluator of `tnb bench --quality` (`quality.nats_per_char`).
+held-out figure is computed by the evaluator of `tnb bench --quality` (`quality.heldout_figures`).
 """
 from __future__ import annotations
 
@@ -83,11 +83,11 @@ def train(model, data, lr: float, steps: int, seed: int, budget: float | None) -
 
 def one_run(texts, lr: float, seed: int, budget: float) -> dict:
     from transformer_nb.config import load_config
-    from transformer_nb.quality import bits_per_byte, nats_per_char, quality_data
+    from transformer_nb.quality import heldout_figures, quality_data
     cfg = load_config(REPO / 'configs' / 'shakespeare_cpu.yaml')
     with tempfile.TemporaryDirectory(prefix='tnb-hf-q-') as d:
         info = {}
-        _, vocab, data, val_tokens = quality_data(cfg, texts.train, texts.heldout, Path(d), info, lambda m: None)
+        _, vocab, data, val_tokens, lengths = quality_data(cfg, texts.train, texts.heldout, Path(d), info, lambda m: None)
         windows = Windows(data.train.tokens)
         probe = train(llama(vocab, seed), windows, lr, 30, seed, None)
         steps = max(1, int(budget / statistics.mean(probe[5:])))
@@ -99,12 +99,12 @@ def one_run(texts, lr: float, seed: int, budget: float) -> dict:
             steps = max(1, int(steps * budget / sum(times)))
             model = llama(vocab, seed)
             times = train(model, windows, lr, steps, seed, budget)
-        npc = nats_per_char(Scored(model), val_tokens, len(texts.heldout), SEQ, BATCH)
+        npc, bpb = heldout_figures(Scored(model), val_tokens, lengths, SEQ, BATCH)
     done = len(times)
     return {'seed': seed, 'learning_rate': lr, 'steps': done, 'planned_steps': steps, 'tokens': done * BATCH * SEQ,
             'train_cpu_s': sum(times), 'parameters': sum(p.numel() for p in model.parameters()), 'vocab_size': vocab,
             'epochs': done * BATCH * SEQ / info['train_tokens'], 'nats_per_char': npc,
-            'bpb': bits_per_byte(npc, texts.heldout),
+            'bpb': bpb,
             'load_average': os.getloadavg()}
 
 

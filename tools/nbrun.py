@@ -3,6 +3,7 @@ its cell prints now (`make test-nbs`), or to store fresh outputs (`make nbs`).
 
     python tools/nbrun.py --check [NOTEBOOK ...]     # run (slow cells skipped), compare with the stored outputs
     python tools/nbrun.py --write [NOTEBOOK ...]     # run every cell (slow ones too), store the outputs
+    python tools/nbrun.py --write --keep-slow NB     # the same, but slow cells keep their stored outputs (not run)
     python tools/nbrun.py --check --jobs 2           # two notebooks at a time, each in its own kernel
     python tools/nbrun.py --scrub [NOTEBOOK ...]     # only scrub the stored outputs of machine paths
 
@@ -161,20 +162,20 @@ def check(path: Path, timeout: int) -> list[str]:
     return problems
 
 
-def write(path: Path, timeout: int) -> None:
-    "Run every cell (slow ones too) and store the fresh outputs, scrubbed of machine paths."
+def write(path: Path, timeout: int, slow: bool = True) -> None:
+    "Run every cell (slow ones too, unless not `slow`: they keep their outputs) and store the fresh outputs, scrubbed."
     import nbformat
-    nb, _ = execute(path, slow=True, timeout=timeout)
+    nb, _ = execute(path, slow=slow, timeout=timeout)
     for cell in nb.cells:
         if cell.cell_type == 'code': cell.execution_count = None
     nbformat.write(nb, path)
     scrub_notebook(path)
 
 
-def one(path: Path, mode: str, timeout: int) -> int:
+def one(path: Path, mode: str, timeout: int, keep_slow: bool = False) -> int:
     t0 = time.time()
     if mode == 'write':
-        try: write(path, timeout)
+        try: write(path, timeout, slow=not keep_slow)
         except Exception as e:   # nothing is stored for a notebook that failed; the others go on
             print(f"{path.name}: {type(e).__name__}, outputs not stored:\n{str(e)[-3000:]}", flush=True)
             return 1
@@ -195,18 +196,23 @@ def main(argv=None):
     ap.add_argument('notebooks', nargs='*', type=Path, help='default: every nbs/*.ipynb')
     ap.add_argument('--jobs', type=int, default=1, help='notebooks at a time, each in its own kernel (default 1)')
     ap.add_argument('--timeout', type=int, default=900, help='seconds a cell may run (default 900)')
+    ap.add_argument('--keep-slow', action='store_true',
+                    help="with --write: slow (and notest) cells are not run and keep their stored outputs (for a "
+                         "change that they do not depend on)")
     ap.add_argument('--no-summary', action='store_true', help=argparse.SUPPRESS)     # (one notebook of --jobs N)
     a = ap.parse_args(argv)
+    if a.keep_slow and a.mode != 'write': ap.error('--keep-slow goes with --write (--check never runs slow cells)')
     nbs = [p.resolve() for p in a.notebooks] or sorted((ROOT / 'nbs').glob('*.ipynb'))
     if missing := [str(p) for p in nbs if not p.is_file()]: sys.exit(f"no such notebook: {', '.join(missing)}")
     if a.mode == 'scrub':
         for p in nbs: print(f'{p.name}: {scrub_notebook(p)} output(s) scrubbed')
         return
     t0 = time.time()
-    if a.jobs <= 1 or len(nbs) == 1: failed = sum(one(p, a.mode, a.timeout) for p in nbs)
+    if a.jobs <= 1 or len(nbs) == 1: failed = sum(one(p, a.mode, a.timeout, a.keep_slow) for p in nbs)
     else:
         # each notebook in a process of its own (a kernel each): a failure in one does not stop the others
-        cmd = lambda p: [sys.executable, __file__, f'--{a.mode}', '--timeout', str(a.timeout), '--no-summary', str(p)]
+        cmd = lambda p: [sys.executable, __file__, f'--{a.mode}', '--timeout', str(a.timeout), '--no-summary',
+                         *(['--keep-slow'] if a.keep_slow else []), str(p)]
         with ThreadPoolExecutor(a.jobs) as ex:
             done = ex.map(lambda p: subprocess.run(cmd(p), capture_output=True, text=True, env=os.environ), nbs)
             failed = 0

@@ -8,6 +8,7 @@ Docs: https://transformer-nb.github.io/transformer_nb/base.html.md"""
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import importlib
 import json
@@ -27,8 +28,8 @@ from tqdm import TqdmWarning, tqdm
 # %% auto #0
 __all__ = ['MIN_TIMED_SECONDS', 'LOCK_NAME', 'UserError', 'CommandError', 'sha256_file', 'sha256_bytes', 'fsync_dir', 'file_mode',
            'atomic_write_bytes', 'atomic_write_text', 'utc_now_iso', 'existing_path', 'fit_terminal', 'short_path',
-           'say', 'human', 'fmt_rate', 'fmt_secs', 'CpuShare', 'one_line', 'run_command', 'setup_logging',
-           'RunLockError', 'RunLockWarning', 'pid_alive', 'RunLock']
+           'say', 'human', 'others_text', 'fmt_rate', 'fmt_secs', 'CpuShare', 'one_line', 'run_command',
+           'setup_logging', 'RunLockError', 'RunLockWarning', 'pid_alive', 'RunLock']
 
 # %% ../nbs/00_base.ipynb #3897290e
 # datasets and transformers draw their progress bars with tqdm.auto, which warns at its import in a Jupyter kernel
@@ -164,6 +165,10 @@ def human(n: float, unit: str = '') -> str:
 # %% ../nbs/00_base.ipynb #78c6c246
 MIN_TIMED_SECONDS = 1.0   # below this, a rate is mostly start-up cost: not shown
 
+def others_text(others: float | None, before: str = '') -> str:
+    "`before` + 'other processes used 3% of the CPU time', for a `CpuShare.others` (below); '' when none was measured."
+    return '' if others is None else f"{before}other processes used {others:.0%} of the CPU time"
+
 def fmt_rate(amount: float, seconds: float, unit: str, using: str | None = None,
              others: float | None = None) -> str | None:
     """'1.23M characters/s' for `amount` units in `seconds`; None when the work took under `MIN_TIMED_SECONDS` (such
@@ -171,8 +176,7 @@ def fmt_rate(amount: float, seconds: float, unit: str, using: str | None = None,
     `using` (what did the work: '2 threads') and `others` (a `CpuShare.others`), the conditions of the measurement
     follow in parentheses."""
     if seconds < MIN_TIMED_SECONDS: return None
-    cond = ([using] if using else []) + (
-        [f"other processes used {others:.0%} of the CPU time"] if others is not None else [])
+    cond = ([using] if using else []) + ([others_text(others)] if others is not None else [])
     return f"{human(amount / seconds)} {unit}/s" + (f" ({'; '.join(cond)})" if cond else '')
 
 def fmt_secs(s: float) -> str:
@@ -191,23 +195,29 @@ def _machine_jiffies() -> tuple[int, int] | None:
     return busy, busy + f[3] + f[4]  # + idle iowait
 
 def _own_ticks() -> float:
-    "CPU ticks used by this process, its reaped children and its live children (compile workers)."
+    "CPU ticks used by this process, its reaped children and its live descendants (workers, compile workers)."
     hz = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
     t = os.times()
     ticks = (t.user + t.system + t.children_user + t.children_system) * hz
-    # os.times counts children only once they are reaped: torch.compile's live worker processes are read from /proc
-    me = str(os.getpid())
+    # os.times counts children only once they are reaped: live ones are read from /proc, and their own descendants
+    # too (torch.compile's workers are the children of a helper process), with what each of them reaped
+    procs = {}
     for d in Path('/proc').glob('[0-9]*'):
         try:
             f = (d / 'stat').read_text().rsplit(')', 1)[1].split()
-            if f[1] == me: ticks += int(f[11]) + int(f[12])  # ppid, utime, stime
+            procs[d.name] = f[1], sum(map(int, f[11:15]))     # ppid; utime, stime, cutime, cstime
         except (OSError, IndexError, ValueError): pass
+    kids, seen = collections.defaultdict(list), [str(os.getpid())]
+    for pid, (ppid, _) in procs.items(): kids[ppid].append(pid)
+    for pid in seen:                                          # (the list grows as descendants are found)
+        seen += kids.get(pid, [])
+        if pid != seen[0]: ticks += procs[pid][1]
     return ticks
 
 class CpuShare:
     """Between `start()` and `stop()` (or inside `with`): `.others` = the share of all CPUs' time that other
     processes used, `.own` = ours (both None where /proc/stat is missing, or before `stop()`). Ours is this process
-    and its children (not their own children); the counters tick every 10 ms, so a share over less than a second or
+    and its descendants; the counters tick every 10 ms, so a share over less than a second or
     so is noise. Steal time (a hypervisor running other machines on these CPUs) counts as other processes'."""
     def __init__(self): self._m = self._own = self.others = self.own = None
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 import transformer_nb
-from .base import CpuShare, fmt_secs, UserError, utc_now_iso
+from .base import CpuShare, fmt_secs, others_text, UserError, utc_now_iso
 from .config import (Config, DataConfig, load_config, ModelConfig, OptimizerConfig, RuntimeConfig,
                                    SchedulerConfig)
 from .sources import iter_documents, tiny_shakespeare, TINY_SHAKESPEARE, wikipedia_vital, WIKIPEDIA_VITAL
@@ -600,8 +600,7 @@ def _print_train(rows: list[dict], show=print):
 # %% ../nbs/11_bench.ipynb #7d173786
 def _others(d: dict) -> str:
     "'; other processes used 3% of the CPU time' for a measurement that recorded it, else ''."
-    x = d.get('others_cpu_share')
-    return '' if x is None else f"; other processes used {x:.0%} of the CPU time"
+    return others_text(d.get('others_cpu_share'), '; ')
 
 def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
     rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
@@ -644,7 +643,7 @@ def print_results(res: dict, show=print):
     show(f"{m['device']} ({m.get('gpu') or m['cpu']}, {m['cpu_count']} CPUs), {m['threads']} threads, "
          f"torch {m['torch']}; "
          f"load average {m['load_average']} at the start, {res.get('load_average_end')} at the end"
-         + (f"; other processes used {others:.0%} of the CPU time" if others is not None else ''))
+         + others_text(others, '; '))
     if 'matmul_peak' in res: _print_peak(res['matmul_peak'], show)
     if 'train' in res:
         against = 'the datasheet peak' if _mfu_name(res['train']) == 'MFU' else 'the measured matmul peak'
@@ -672,8 +671,8 @@ def _bench_train(shapes, device, steps, repeats, warmup, compile, precision, pea
         for comp in ((False, True) if compile else (False,)):
             tries = [train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile)]
             while len(tries) <= retries and (tries[-1]['others_cpu_share'] or 0) > max_others:
-                show(f"  {s.name} {'compile' if comp else 'eager'}: other processes used "
-                     f"{tries[-1]['others_cpu_share']:.0%} of the CPU time: measuring again")
+                show(f"  {s.name} {'compile' if comp else 'eager'}: {others_text(tries[-1]['others_cpu_share'])}: "
+                     "measuring again")
                 tries.append(train_throughput(s, device, steps, repeats, warmup, comp, precision, peak, cold_compile))
             # the least disturbed attempt is kept, and how many it took is recorded with it
             rows.append({**min(tries, key=lambda t: t['others_cpu_share'] or 0), 'attempts': len(tries),
@@ -738,8 +737,7 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
         _print_prepare(res['prepare'], show)
     cpu.stop()
     res.update(load_average_end=load_average(), others_cpu_share=cpu.others, total_s=time.perf_counter() - t_start)
-    show(f"\n{fmt_secs(res['total_s'])}; other processes used {cpu.others:.0%} of the machine's CPU time meanwhile"
-         if cpu.others is not None else f"\n{fmt_secs(res['total_s'])}")
+    show(f"\n{fmt_secs(res['total_s'])}" + others_text(cpu.others, '; '))
     return res
 
 # %% ../nbs/11_bench.ipynb #149fd0ae

@@ -1,4 +1,4 @@
-"""Safetensors checkpoints with a sha256 manifest, written atomically, verified on load; exact resume, no pickle.
+"""Safetensors checkpoints with a sha256 manifest, written atomically, verified on load; exact resume; no pickle.
 
 Docs: https://transformer-nb.github.io/transformer_nb/checkpoint.html.md"""
 

@@ -24,6 +24,7 @@ import torch
 
 import transformer_nb
 from .base import (CommandError, CpuShare, UserError, existing_path, atomic_write_text, fmt_secs, human,
+                                 others_text,
                                  MIN_TIMED_SECONDS, run_command, say, short_path, utc_now_iso)
 from .config import config_to_yaml, load_config
 from .sources import (bad_summary, check_report, iter_documents, problem_lines, resolve_corpus,
@@ -449,7 +450,7 @@ def _generate_with(args) -> int:
     sys.stdout.write((prompt if echo[0] else '') + '\n'); sys.stdout.flush()
     dt, others, threads = time.time() - t1, cpu.stop().others, torch.get_num_threads()
     # the conditions of the figure: the threads and (over a second or more) the other processes' share of the CPU
-    share = '' if others is None or dt < MIN_TIMED_SECONDS else f"; other processes used {others:.0%} of the CPU time"
+    share = others_text(others, '; ') if dt >= MIN_TIMED_SECONDS else ''
     on = f" on {threads} thread{'s' * (threads != 1)}{share}" if dev.type == 'cpu' else f" on {dev}"
     err(f"generate: {n} tokens in {fmt_secs(dt)} ({n / max(dt, 1e-9):.1f} tokens/s{on}"
         f"{', no KV cache' if args.no_kv_cache else ''}{', compiled (includes compiling)' if args.compile else ''})")

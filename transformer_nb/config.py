@@ -481,7 +481,7 @@ _NON_NEGATIVE = ['data.num_workers', 'optimizer.weight_decay', 'optimizer.muon_w
 _UNIT = ['model.attn_dropout', 'model.residual_dropout', 'data.val_fraction', 'optimizer.beta1', 'optimizer.beta2',
          'optimizer.muon_momentum']
 
-_DECAYING = ('cosine', 'cosine_with_warmup', 'polynomial')
+_DECAYING = ('linear_warmup', 'cosine', 'cosine_with_warmup', 'polynomial')
 
 def _get(cfg, key: str):
     for part in key.split('.'): cfg = getattr(cfg, part)
@@ -506,7 +506,7 @@ def _batch_problem(cfg: Config) -> str | None:
 def _rope_and_split_problem(cfg: Config) -> str | None:
     "What is wrong with the RoPE keys or the validation split of `cfg` that the range checks let through, or None."
     m, d = cfg.model, cfg.data
-    # RoPE's frequencies are theta ** (-j/d): a base <= 1 makes them grow with j instead of falling
+    # RoPE's frequencies are theta ** (-j/d): a base of 1 makes them all 1, a smaller one makes them grow with j
     if m.rope_theta is not None and m.rope_theta <= 1:
         return f"model.rope_theta must be > 1 (the RoPE base; null = 10000), got {m.rope_theta}"
     rotary = m.rotary_dim or m.head_dim

@@ -11,7 +11,7 @@ import math
 import os
 import warnings
 import weakref
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tokenizers.decoders import DecodeStream
@@ -228,17 +228,28 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
         mask[r, n - len(p):] = 1
     return ids, mask
 
+def _prompt_batch(prompt_ids: list[list[int]], ctx: int, pad_id: int, free_start=()) -> tuple[Tensor, Tensor, Tensor]:
+    """The prompts, each cut to its last `ctx` tokens, as one left-padded batch: (ids, mask, seen). `seen` is what the
+    repetition penalty counts as present: the mask less the start token that `generate` put before prompt r when
+    `free_start[r]` (unless cut off)."""
+    prompts = [list(p)[-ctx:] for p in prompt_ids]     # too long: keep the end, what the next token depends on
+    ids, mask = _left_pad(prompts, pad_id)
+    seen = mask.clone()
+    for r, free in enumerate(free_start):
+        if free and len(prompt_ids[r]) <= ctx: seen[r, ids.shape[1] - len(prompts[r])] = 0
+    return ids, mask, seen
+
 # %% ../nbs/07_generate.ipynb #f686e7bc
 @torch.no_grad()
 def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                  seed: int | None = None, use_kv_cache: bool = True, eos_id: int | None = None,
                  pad_id: int = 0, callback: Callable[[int, Tensor], None] | None = None, compile: bool = False,
-                 static_cache: bool | None = None) -> list[list[int]]:
+                 static_cache: bool | None = None, free_start: Sequence[bool] = ()) -> list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt (a list of token-id lists, left-padded
     into one batch); returns the new ids of each row, without the `eos_id` that ended it (if any).
     `callback(step, next_ids)` sees each step's `(B,)` ids (`pad_id` for finished rows). `compile`: decode over a
-    `StaticKVCache` with a `torch.compile`d step (`static_cache=True`: the same, eager)."""
+    `StaticKVCache` with a `torch.compile`d step (`static_cache=True`: the same, eager); `free_start`: see `_prompt_batch`."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     static = compile if static_cache is None else static_cache
     if (compile or static) and not use_kv_cache: raise GenerationError("compile / static_cache need use_kv_cache=True")
@@ -246,8 +257,7 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
         raise GenerationError("every prompt needs at least one token")
     device = next(model.parameters()).device
     ctx = model.config.max_position_embeddings
-    prompts = [list(p)[-ctx:] for p in prompt_ids]     # too long: keep the end, what the next token depends on
-    ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
+    ids, mask, seen = (t.to(device) for t in _prompt_batch(prompt_ids, ctx, pad_id, free_start))
     B, n = ids.shape
     padded = bool((mask == 0).any())
     gen = _new_generator(device, seed)
@@ -269,12 +279,13 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
                 cache = sdec = None
                 logits = model(ids[:, -ctx:], attention_mask=mask[:, -ctx:] if padded else None,
                                logits_to_keep=1)[:, -1]
-            logits = apply_repetition_penalty(logits.float(), ids, repetition_penalty, mask)
+            logits = apply_repetition_penalty(logits.float(), ids, repetition_penalty, seen)
             nxt = sample_next_token(logits, temperature, top_k, top_p, gen)
             # A finished row is fed pad tokens (masked on the dynamic path) to keep the batch rectangular
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
+            seen = torch.cat([seen, mask[:, -1:]], dim=1)
             if padded is False and bool(finished.any()): padded = True
             # One copy to the host per step for the whole batch, not one per row
             done = finished.tolist()
@@ -296,11 +307,12 @@ def _first_id(tokenizer, names) -> int | None:
 def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 128, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
              seed: int | None = None, use_kv_cache: bool = True, stop_at_eos: bool = True,
-             callback: Callable | None = None, compile: bool = False) -> str | list[str]:
+             callback: Callable | None = None, compile: bool = False, doc_start: bool = True) -> str | list[str]:
     """Continue `prompt` (a string, or a list of strings generated as one left-padded batch) with up to
     `max_new_tokens` tokens; returns the generated text (without the prompt). `temperature=0` is greedy;
     `seed` makes sampling reproducible; `callback` streams complete-character text pieces as they come;
-    `compile=True` decodes over a static KV cache with a `torch.compile`d step (CUDA graphs on a GPU)."""
+    `compile=True` decodes over a static KV cache with a `torch.compile`d step (CUDA graphs on a GPU);
+    `doc_start`: each prompt starts a document, after `<eos>` (`<bos>` for a tokenizer without `<eos>`)."""
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -310,16 +322,16 @@ def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 12
         except TokenizerError as e: raise GenerationError(str(e)) from None
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     eos = _first_id(tokenizer, EOS_NAMES)
-    start = _first_id(tokenizer, BOS_NAMES)
-    # An empty prompt starts from <bos>, or from <eos> (a document separator for tokenizers without <bos>).
-    # The pad id only fills masked positions, so any id will do when the tokenizer has none
-    start = eos if start is None else start
+    # A document starts after <eos> (training puts one between documents; stream_text does the same); a tokenizer
+    # without <eos> starts it from <bos>. The pad id only fills masked positions: any id will do when there is none
+    start = eos if eos is not None else _first_id(tokenizer, BOS_NAMES)
     pad = _first_id(tokenizer, PAD_NAMES)
     pad = pad if pad is not None else (eos if eos is not None else 0)
     encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
-    if any(not e for e in encoded) and start is None:
-        raise GenerationError("empty prompt, and the tokenizer has no <bos> or <eos> token to start from")
-    encoded = [e or [start] for e in encoded]
+    if start is None and any(not e for e in encoded):
+        raise GenerationError("empty prompt, and the tokenizer has no <eos> or <bos> token to start from")
+    free = [start is not None and (doc_start or not e) for e in encoded]
+    encoded = [[start] + e if f else e for e, f in zip(encoded, free)]
     decoders = [IncrementalDecoder(tokenizer) for _ in prompts]
 
     def on_step(step, nxt):
@@ -330,7 +342,8 @@ def generate(model, tokenizer, prompt: str | list[str], max_new_tokens: int = 12
             if piece: callback(piece) if single else callback(r, piece)
     done = [False] * len(prompts)
     new = generate_ids(model, encoded, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                       use_kv_cache, eos if stop_at_eos else None, pad, on_step if callback else None, compile=compile)
+                       use_kv_cache, eos if stop_at_eos else None, pad, on_step if callback else None, compile=compile,
+                       free_start=free)
     if callback:
         for r, d in enumerate(decoders):
             if not done[r] and (piece := d.flush()): callback(piece) if single else callback(r, piece)

@@ -12,47 +12,52 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
 from torch import nn
 from tqdm import tqdm
 
 from .device import TrainingError, autocast
-from .tokenizer import eos_id
+from .tokenizer import EOS_NAMES, bytes_to_unicode, eos_id
 
 # %% auto #0
-__all__ = ['token_byte_lengths', 'token_bytes_tensor', 'loss_sums', 'text_figures', 'token_stream', 'window_batches',
+__all__ = ['token_text_lengths', 'token_lengths_tensor', 'loss_sums', 'text_figures', 'token_stream', 'window_batches',
            'text_metrics', 'model_flops_utilization', 'mfu_text']
 
 # %% ../nbs/09c_metrics.ipynb #ac06ac17
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """UTF-8 bytes of the text behind each token id of `tokenizer` (int64, one per id): byte-level tokens
-    count their characters (one byte each); special tokens 0; other added tokens their content's bytes."""
-    alphabet = set(ByteLevel.alphabet())  # 256 printable characters, one per byte value
+def token_text_lengths(tokenizer) -> np.ndarray:
+    """(UTF-8 bytes, characters) of the text behind each token id of `tokenizer`, as an int64 array of shape (ids, 2).
+    A byte-level token counts its bytes, and as characters the bytes that begin one; EOS counts 1 and 1, one per
+    document (the blank line after it in a text file); the other special tokens 0; other added tokens their
+    content's."""
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}     # the 256 printable stand-ins, back to bytes
     added = tokenizer.get_added_tokens_decoder()
-    out = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    out = np.zeros((tokenizer.get_vocab_size(with_added_tokens=True), 2), dtype=np.int64)
     for tok, i in tokenizer.get_vocab(with_added_tokens=True).items():
-        if i in added:
-            out[i] = 0 if added[i].special else len(added[i].content.encode('utf-8'))
-        elif set(tok) <= alphabet:
-            out[i] = len(tok)
-        else:  # not a byte-level token
-            out[i] = len(tokenizer.decode([i]).encode('utf-8'))
+        if i in added: text = '' if added[i].special else added[i].content
+        elif all(c in byte_of for c in tok):
+            # a continuation byte (0b10xxxxxx) belongs to the character begun before it, maybe in another token
+            out[i] = len(tok), sum(byte_of[c] & 0xC0 != 0x80 for c in tok)
+            continue
+        else: text = tokenizer.decode([i])                          # not a byte-level token
+        out[i] = len(text.encode('utf-8')), len(text)
+    eos = next((i for i in map(tokenizer.token_to_id, EOS_NAMES) if i is not None), None)
+    if eos is not None: out[eos] = 1, 1                             # the document separator: a blank line's '\n'
     return out
 
 
-def token_bytes_tensor(tokenizer, vocab_size: int = 0) -> torch.Tensor:
-    "`token_byte_lengths` as a tensor, zero-padded to `vocab_size` (a model's vocabulary may exceed the tokenizer's)."
-    n = torch.from_numpy(token_byte_lengths(tokenizer))
-    return nn.functional.pad(n, (0, max(0, vocab_size - len(n))))
+def token_lengths_tensor(tokenizer, vocab_size: int = 0) -> torch.Tensor:
+    "`token_text_lengths` as a tensor, with zero rows up to `vocab_size` (a model's vocabulary can be the larger)."
+    n = torch.from_numpy(token_text_lengths(tokenizer))
+    return nn.functional.pad(n, (0, 0, 0, max(0, vocab_size - len(n))))
 
 # %% ../nbs/09c_metrics.ipynb #b491492b
 @torch.no_grad()
-def loss_sums(model: nn.Module, batches: Iterable, device: torch.device, token_bytes: torch.Tensor | None = None,
+def loss_sums(model: nn.Module, batches: Iterable, device: torch.device, token_lengths: torch.Tensor | None = None,
               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    "[nats, correct guesses, predictions, target bytes] of `model` summed over `batches` of (x, y), on `device`."
+    """[nats, correct guesses, predictions, target bytes, target characters] of `model` summed over `batches` of
+    (x, y), on `device`; the last two from `token_lengths` (`token_lengths_tensor`), zero without it."""
     fdtype = torch.float32 if device.type == 'mps' else torch.float64  # MPS has no float64
     # sums in float64 on the device: no host sync per batch, and no rounding over millions of tokens
-    sums = torch.zeros(4, dtype=fdtype, device=device)
+    sums = torch.zeros(5, dtype=fdtype, device=device)
     gpus = [device.index or 0] if device.type == 'cuda' else []
     # evaluating must not disturb the training run: its random state (dropout) is forked and restored, and the
     # model goes back to its own train/eval mode
@@ -70,40 +75,34 @@ def loss_sums(model: nn.Module, batches: Iterable, device: torch.device, token_b
                 n = valid.sum().to(fdtype)
                 nats = torch.where(n > 0, loss.to(fdtype) * n, 0.0)  # (the mean of no targets is NaN)
                 guesses = ((logits.argmax(-1) == y) & valid).sum().to(fdtype)
-                nbytes = (token_bytes[y.clamp(min=0)] * valid).sum().to(fdtype) if token_bytes is not None else n * 0
-                sums += torch.stack([nats, guesses, n, nbytes])
+                if token_lengths is None: text = torch.zeros(2, dtype=fdtype, device=device)
+                else: text = (token_lengths[y.clamp(min=0)] * valid[..., None]).reshape(-1, 2).sum(0).to(fdtype)
+                sums += torch.cat([torch.stack([nats, guesses, n]), text])
     finally:
         model.train(was_training)
     return sums
 
 
-def text_figures(nats: float, correct: float, tokens: float, nbytes: float, chars: float | None) -> dict:
-    "loss (nats/token), perplexity, accuracy, nats_per_char (per `chars`), bpb (bits per UTF-8 byte) and tokens."
+def text_figures(nats: float, correct: float, tokens: float, nbytes: float, chars: float) -> dict:
+    """The sums of `loss_sums` as loss (nats/token), perplexity, accuracy, nats_per_char, bpb (bits per UTF-8 byte) and
+    tokens."""
     loss = nats / tokens if tokens else float('nan')
-    # exp overflows a float above ~709: an untrained model's perplexity is clamped, not an exception
+    # exp overflows a float above ~709 (a diverged run, not an untrained one: that is ln V): clamped, not an error
     return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
             'accuracy': correct / tokens if tokens else float('nan'),
             'nats_per_char': nats / chars if chars else float('nan'),
             'bpb': nats / math.log(2) / nbytes if nbytes else float('nan'), 'tokens': int(tokens)}
 
 # %% ../nbs/09c_metrics.ipynb #74eeb0fa
-def token_stream(tokenizer, documents: Iterable[str], max_tokens: int | None = None) -> tuple[np.ndarray, int]:
-    "(EOS + each document's tokens + EOS ..., characters) of `documents`, cut after `max_tokens` predictions."
+def token_stream(tokenizer, documents: Iterable[str], max_tokens: int | None = None) -> np.ndarray:
+    "EOS + each document's tokens + EOS ... of `documents`, cut after `max_tokens` predictions."
     eos = eos_id(tokenizer)
     # the leading EOS lets the first document's first token be predicted too, like every later document's
-    ids, chars = [eos], 0
+    ids = [eos]
     for doc in documents:
-        enc = tokenizer.encode(doc, add_special_tokens=False).ids + [eos]
-        room = None if max_tokens is None else max_tokens - (len(ids) - 1)
-        if room is not None and room < len(enc):  # the last document, cut: count the characters kept
-            enc = enc[:room]
-            chars += len(tokenizer.decode([t for t in enc if t != eos]))
-        else:
-            chars += len(doc)
-        ids += enc
-        if max_tokens is not None and len(ids) - 1 >= max_tokens:
-            break
-    return np.asarray(ids, dtype=np.int64), chars
+        ids += tokenizer.encode(doc, add_special_tokens=False).ids + [eos]
+        if max_tokens is not None and len(ids) - 1 >= max_tokens: break
+    return np.asarray(ids[:None if max_tokens is None else max_tokens + 1], dtype=np.int64)
 
 
 def window_batches(ids, seq_len: int, batch_size: int, max_windows: int | None = None) -> Iterator:
@@ -126,20 +125,20 @@ def text_metrics(model: nn.Module, tokenizer, documents, seq_len: int, batch_siz
                  max_tokens: int | None = None, show_progress: bool = False) -> dict:
     """`model` on `documents` (an iterable of strings): loss (nats/token), perplexity, accuracy, bpb (bits per
     UTF-8 byte), nats_per_char, and the counts (tokens predicted, characters, bytes)."""
-    ids, chars = token_stream(tokenizer, documents, max_tokens)
+    ids = token_stream(tokenizer, documents, max_tokens)
     n = len(ids) - 1
     if n < 1:
         raise TrainingError("no text to evaluate: the input holds no tokens")
     device = next(model.parameters()).device
-    lens = token_bytes_tensor(tokenizer, getattr(model, 'vocab_size', 0)).to(device)
+    lens = token_lengths_tensor(tokenizer, getattr(model, 'vocab_size', 0)).to(device)
     with tqdm(total=n, unit='tok', unit_scale=True, desc='evaluate', disable=not show_progress) as bar:
         def counted(batches):
             for x, y in batches:
                 yield x, y
                 bar.update(y.numel())
         sums = loss_sums(model, counted(window_batches(ids, seq_len, batch_size)), device, lens)
-    nats, correct, tokens, nbytes = sums.tolist()
-    return {**text_figures(nats, correct, tokens, nbytes, chars), 'chars': chars, 'bytes': int(nbytes)}
+    nats, correct, tokens, nbytes, chars = sums.tolist()
+    return {**text_figures(nats, correct, tokens, nbytes, chars), 'chars': int(chars), 'bytes': int(nbytes)}
 
 # %% ../nbs/09c_metrics.ipynb #5593b04c
 def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak_per_device: float,

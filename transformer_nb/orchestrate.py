@@ -80,7 +80,7 @@ def metrics_line(m: dict | None) -> str:
     "'loss 3.21, perplexity 24.8, ...' from a metrics dict (numbers only)."
     if not m: return '(none)'
     # the usual text metrics when present; any other dict shows its first numbers
-    keys = [k for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bits_per_char') if k in m] or \
+    keys = [k for k in ('loss', 'perplexity', 'accuracy', 'nats_per_char', 'bpb') if k in m] or \
            [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
     return ', '.join(f"{k.rpartition('/')[2]} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys)
 
@@ -118,7 +118,7 @@ PROFILES: dict[str, dict] = {
                         'logging': {'enable_stdout': True, 'tensorboard_flush_every_n': 25}},
         },
         'samples': {'max_new_tokens': 100, 'temperature': 0.8, 'top_k': 40},
-        'threads': 1,  # a model this small gains little from a 2nd thread, and loses about 2x when the cores are shared
+        'threads': 1,  # --threads 2 is faster on an idle 2-core machine, slower when other work keeps a core busy
     },
     'full': {
         'about': "GPU: m3_medium, 6 layers x 384, 32,000-token BPE, 512 tokens, 10k steps",
@@ -450,7 +450,7 @@ def stream_text(model, tokenizer, prompt: str, write: Callable[[str], object] | 
                 out(doc_break[k:])
         else: out(dec[0].push(t))
     generate_ids(model, [ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, use_kv_cache,
-                 eos if stop_at_eos else None, eos if pad is None else pad, on_step, compile=compile)
+                 eos if stop_at_eos else None, eos if pad is None else pad, on_step, compile=compile, free_start=[True])
     out(dec[0].flush())
     return ''.join(parts), n[0]
 

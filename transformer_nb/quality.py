@@ -17,21 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import CpuShare, fmt_secs
+from .base import CpuShare, fmt_secs, others_text
 from .config import Config, config_to_dict
 from .tokenizer import train_bbpe
 from .data import prepare
 from .device import resolve_device
 from .optim import lr_at
-from .metrics import loss_sums, window_batches
+from .metrics import loss_sums, text_figures, token_lengths_tensor, window_batches
 from .step import train_step
 from .bench import BenchError, corpus_file, format_table, load_average, machine_info, step_bench
 from .sources import TINY_SHAKESPEARE, WIKIPEDIA_VITAL
 
 # %% auto #0
-__all__ = ['RUN_KEYS', 'split_text', 'split_paragraphs', 'BenchTexts', 'bench_texts', 'nats_per_char', 'quality_data',
-           'budget_lr', 'bits_per_byte', 'quality_run', 'summarize_runs', 'difference', 'quality_compare',
-           'compare_warnings', 'print_compare']
+__all__ = ['RUN_KEYS', 'split_text', 'split_paragraphs', 'BenchTexts', 'bench_texts', 'heldout_figures', 'quality_data',
+           'budget_lr', 'quality_run', 'summarize_runs', 'difference', 'quality_compare', 'compare_warnings',
+           'print_compare']
 
 # %% ../nbs/11b_quality.ipynb #afd2aab5
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
@@ -81,22 +81,22 @@ def bench_texts(corpus=WIKIPEDIA_VITAL, tune: bool = False) -> BenchTexts:
     return BenchTexts(name, 'tuning' if tune else 'held-out', train, held, desc)
 
 # %% ../nbs/11b_quality.ipynb #643666f1
-def nats_per_char(model, tokens, num_chars: int, seq_len: int, batch_size: int = 8,
-                  max_windows: int | None = None) -> float:
-    """Summed next-token NLL (nats) of `tokens` (1-D), in consecutive windows of `seq_len` tokens, divided by
-    `num_chars`. With `max_windows`: an estimate from that many windows spread evenly over the text (the sum is
-    scaled up by the share of the tokens they cover)."""
+def heldout_figures(model, tokens, token_lengths: torch.Tensor, seq_len: int, batch_size: int = 8,
+                    max_windows: int | None = None) -> tuple[float, float]:
+    """(nats per character, bits per UTF-8 byte) of `model` on `tokens` (1-D), in consecutive windows of `seq_len`
+    predictions: the summed next-token loss over the characters and bytes of the predicted tokens' text
+    (`token_lengths`: `metrics.token_lengths_tensor`). `max_windows`: that many windows spread evenly over the text."""
     device = next(model.parameters()).device
     batches = window_batches(tokens, seq_len, batch_size, max_windows)
-    nats, _, predicted, _ = loss_sums(model, batches, device).tolist()
-    # per character, not per token, so that configs with different tokenizers compare; a sampled estimate scales
-    # the character count down to the share of the tokens the windows predicted
-    return nats / (num_chars * predicted / (len(tokens) - 1))
+    # per character and per byte, not per token, so that configs with different tokenizers compare
+    figures = text_figures(*loss_sums(model, batches, device, token_lengths.to(device)).tolist())
+    return figures['nats_per_char'], figures['bpb']
 
 # %% ../nbs/11b_quality.ipynb #bcf3c426
 def quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res: dict, say):
     """A quality run's tokenizer (byte-level BPE of `model.vocab_size` trained on `train_text`) and token shards, in
-    `tmp`: (the config with the vocabulary, vocab, the prepared data, the held-out tokens)."""
+    `tmp`: (the config with the vocabulary, vocab, the prepared data, the held-out tokens, each token's (bytes,
+    characters) as `metrics.token_lengths_tensor` gives them)."""
     vocab = config.model.vocab_size or 1024
     (tmp / 'train.txt').write_text(train_text, encoding='utf-8')
     (tmp / 'val.txt').write_text(val_text, encoding='utf-8')
@@ -115,7 +115,7 @@ def quality_data(config: Config, train_text: str, val_text: str, tmp: Path, res:
                chars_per_token=len(val_text) / max(len(val_tokens), 1))
     say(f"quality: tokenizer of {vocab} tokens ({fmt_secs(res['tokenizer_s'])}); {data.train.num_tokens:,} training "
         f"tokens, {len(val_tokens):,} held-out tokens ({res['chars_per_token']:.2f} characters/token)")
-    return cfg, vocab, data, val_tokens
+    return cfg, vocab, data, val_tokens, token_lengths_tensor(tok, vocab)
 
 # %% ../nbs/11b_quality.ipynb #fcf48a8f
 def budget_lr(step: int, fraction: float, sched, base_lr: float) -> float:
@@ -125,15 +125,6 @@ def budget_lr(step: int, fraction: float, sched, base_lr: float) -> float:
     warmup, span = sched.warmup_steps or 0, 1 << 20
     if step < warmup: return lr_at(step, sched, base_lr)
     return lr_at(warmup + round(min(max(fraction, 0.0), 1.0) * span), sched, base_lr, warmup + span)
-
-def bits_per_byte(nats_per_char: float, text: str) -> float:
-    "Bits per UTF-8 byte of `text` from nats per character of it: the same total, divided by bytes, not characters."
-    return nats_per_char * len(text) / len(text.encode('utf-8')) / math.log(2)
-
-def _evaluate(b, val_tokens, texts: BenchTexts, seq_len: int, micro: int, windows: int | None) -> tuple[float, float]:
-    "(nats per character, bits per UTF-8 byte) of the held-out text; `windows`: an estimate from that many windows."
-    npc = nats_per_char(b.model, val_tokens, len(texts.heldout), seq_len, micro, windows)
-    return npc, bits_per_byte(npc, texts.heldout)
 
 # %% ../nbs/11b_quality.ipynb #826c64d7
 def _train(b, cfg: Config, budget_s: float, total: int | None, now, evaluate, eval_points: int, say) -> tuple:
@@ -185,7 +176,7 @@ def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, 
            'val_bytes': len(texts.heldout.encode('utf-8')), 'threads': torch.get_num_threads(),
            'machine': machine_info(resolve_device(config.runtime.device))}
     with tempfile.TemporaryDirectory(prefix='tnb-quality-') as tmp:
-        cfg, vocab, data, val_tokens = quality_data(config, texts.train, texts.heldout, Path(tmp), res, say)
+        cfg, vocab, data, val_tokens, lengths = quality_data(config, texts.train, texts.heldout, Path(tmp), res, say)
         b, seq_len, micro = step_bench(cfg, vocab, shards=data.train), cfg.sequence_length, cfg.micro_batch_size()
         total = math.ceil(tokens / b.tokens_per_step) if tokens is not None else None
         res.update(parameters=b.model.num_parameters(), flops_per_token=b.flops_per_token,
@@ -193,12 +184,12 @@ def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, 
                    budget={'tokens': total * b.tokens_per_step} if total else {'seconds': budget_s, 'clock': clock})
         say(f"quality: seed {res['seed']}, {res['parameters']:,} parameters, {b.tokens_per_step:,} tokens/step, "
             + (f"{total} steps" if total else f"budget {fmt_secs(budget_s)} ({clock} clock, {res['threads']} threads)"))
-        evaluate = lambda: _evaluate(b, val_tokens, texts, seq_len, micro, eval_windows)
+        evaluate = lambda: heldout_figures(b.model, val_tokens, lengths, seq_len, micro, eval_windows)
         share, cpu0 = CpuShare().start(), time.process_time()
         step, elapsed, curve, evals = _train(b, cfg, budget_s, total, now, evaluate, eval_points, say)
         cpu_s, others = time.process_time() - cpu0, share.stop().others
         t0 = time.perf_counter()
-        npc, bpb = _evaluate(b, val_tokens, texts, seq_len, micro, None)
+        npc, bpb = heldout_figures(b.model, val_tokens, lengths, seq_len, micro)
     seen = step * b.tokens_per_step
     evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'nats_per_char': npc, 'bpb': bpb, 'slice': False})
     res.update(clock=clock, steps=step, tokens=seen, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others,
@@ -207,7 +198,7 @@ def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, 
                config=config_to_dict(cfg))
     say(f"quality: {step} steps in {fmt_secs(elapsed)} ({res['tokens_per_s']:,.0f} tokens/s, {res['epochs']:.2f} "
         f"epochs): held-out {bpb:.4f} bits/byte ({npc:.4f} nats/char)"
-        + (f"; other processes used {others:.0%} of the CPU time meanwhile" if others is not None else ''))
+        + others_text(others, '; '))
     return res
 
 # %% ../nbs/11b_quality.ipynb #3f9481e8

@@ -517,6 +517,7 @@ class _Decompressed(io.RawIOBase):
         self.raw = open(path, 'rb')
         self.d, self.fed, self.pos, self.out = _decompressor(comp), 0, 0, 0
         self.inp, self.more = b'', False      # compressed bytes not given yet; output may be pending without input
+        self.padding = False                   # after a gzip member: zero bytes may follow (GNU gzip skips them)
         self.buf, self.at = b'', 0            # decompressed bytes, and how many of them were handed out
     def readable(self) -> bool: return True
     def _error(self, e: Exception):
@@ -528,6 +529,10 @@ class _Decompressed(io.RawIOBase):
         "Decompress the next piece (at most `out_size` bytes) into `buf`; False at the end of the file."
         if self.d.eof:                                     # a member / frame ended: another may follow
             self.inp, self.d, self.fed, self.more = self.d.unused_data + self.inp, _decompressor(self.comp), 0, False
+            self.padding = self.comp == 'gzip'
+        if self.padding:
+            self.inp = self.inp.lstrip(b'\0')
+            self.padding = not self.inp                    # until a member begins
         if not self.inp and not self.more:
             chunk = self.raw.read(_ZSTD_FEED if self.comp == 'zstd' else self.chunk_size)   # (raw is buffered)
             if not chunk:
@@ -536,7 +541,8 @@ class _Decompressed(io.RawIOBase):
                                       f"offset {self.pos:,}, inside a compressed stream ({self.out:,} bytes "
                                       f"decompressed)")
                 return False
-            self.pos += len(chunk); self.inp = chunk
+            self.pos += len(chunk); self.inp = chunk.lstrip(b'\0') if self.padding else chunk
+            if self.inp: self.padding = False
         data = self.inp
         try:
             if self.comp == 'zstd': out, self.inp = self.d.decompress(data), b''

@@ -34,12 +34,22 @@ from .sources import (Corpus, CorpusError, FileStats, Source, bad_summary, descr
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
-           'PAD_NAMES', 'MAX_PIECE_CHARS', 'FINGERPRINT_PROBE', 'TokenizerError', 'read_special_tokens',
-           'resolve_special_tokens', 'CorpusFile', 'scan_text_file', 'expand_inputs', 'iter_training_texts',
-           'new_bbpe_tokenizer', 'train_bbpe', 'save_tokenizer_artifacts', 'read_manifest',
+           'PAD_NAMES', 'MAX_PIECE_CHARS', 'FINGERPRINT_PROBE', 'bytes_to_unicode', 'TokenizerError',
+           'read_special_tokens', 'resolve_special_tokens', 'CorpusFile', 'scan_text_file', 'expand_inputs',
+           'iter_training_texts', 'new_bbpe_tokenizer', 'train_bbpe', 'save_tokenizer_artifacts', 'read_manifest',
            'verify_tokenizer_artifacts', 'build_from_vocab_merges', 'build_from_artifacts', 'tokenizer_from_config',
            'tokenizer_fingerprint', 'special_token_id', 'eos_id', 'bos_id', 'pad_id', 'copy_tokenizer_artifacts',
            'check_encodable', 'chars_per_token', 'bpe_threads', 'TokenizerTrainingSummary', 'train_tokenizer']
+
+# %% ../nbs/01_tokenizer.ipynb #997dddcc
+def bytes_to_unicode() -> dict[int, str]:
+    "GPT-2's byte -> printable character table (the alphabet of `pre_tokenizers.ByteLevel`)."
+    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+    table, shift = {}, 0
+    for b in range(256):
+        if b in printable: table[b] = chr(b)
+        else: table[b] = chr(256 + shift); shift += 1
+    return table
 
 # %% ../nbs/01_tokenizer.ipynb #0ed123fc
 class TokenizerError(UserError):
@@ -423,8 +433,8 @@ def _finish(tok: Tokenizer, source: Path, manifest: dict | None, special_tokens)
 
 def build_from_vocab_merges(vocab, merges, special_tokens=None, add_bos_eos: bool | None = None,
                             verify: bool = True) -> Tokenizer:
-    """Rebuild our byte-level tokenizer from `vocab.json` + `merges.txt`, with the special tokens (and
-    BOS/EOS template) of the manifest next to `vocab` when there is one, else `special_tokens` or the defaults."""
+    """Rebuild our byte-level tokenizer from `vocab.json` + `merges.txt`, with `special_tokens` when given, else the
+    special tokens (and BOS/EOS template) of the manifest next to `vocab` when there is one, else the defaults."""
     vocab, merges = Path(vocab), Path(merges)
     manifest = None
     if verify:

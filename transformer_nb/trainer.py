@@ -30,7 +30,7 @@ from .checkpoint import CheckpointError, checkpoint_step, get_rng_state, load_ch
 from .parallel import (any_true, build_model, check_parallel, gather_json, init_distributed,
                                      leave_process_group, wrap_ddp)
 from .optim import build_optimizer, lr_at
-from .metrics import loss_sums, model_flops_utilization, text_figures, token_bytes_tensor
+from .metrics import loss_sums, model_flops_utilization, text_figures, token_lengths_tensor
 from .display import LiveChart, live_chart_mode, notebook_display_mode
 from .step import StepSetup, grad_scaler, train_step
 from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, TrainBatches, TrainState,
@@ -261,9 +261,9 @@ class TrainingRun:
             self.logger.log(msg)
 
     @cached_property
-    def token_bytes(self) -> torch.Tensor:
-        "UTF-8 bytes of each token id, zero-padded to the model's vocabulary, on the device (for bits per byte)."
-        return token_bytes_tensor(self.tokenizer, self.raw_model.vocab_size).to(self.device)
+    def token_lengths(self) -> torch.Tensor:
+        "UTF-8 bytes and characters of each token id, zero rows up to the model's vocabulary, on the device."
+        return token_lengths_tensor(self.tokenizer, self.raw_model.vocab_size).to(self.device)
 
     step = property(lambda self: self.state.step, doc="Optimizer steps done.")
     epoch = property(lambda self: self.state.epoch, doc="Epochs of the training shards begun.")
@@ -305,13 +305,15 @@ class Trainer(TrainingRun):
                     epoch_end, st.epoch = self.batches.epoch > st.epoch, max(st.epoch, self.batches.epoch)
                     self._progress.step(st.step)  # progress bar, live chart
                     # a signal on any rank stops them all (every rank must leave the loop at the same step)
-                    stopping = any_true(self.dist, self._stop.name is not None)
+                    # (a signal during the last step stops nothing: the run has finished; it is saved at once)
+                    signalled = any_true(self.dist, self._stop.name is not None)
+                    stopping = signalled and st.step < self.total_steps
                     done = stopping or st.step >= self.total_steps
                     # the log line: mean loss since the last one, tokens/s, MFU
                     if done or (rt.log_every_n_steps and st.step % rt.log_every_n_steps == 0):
                         self._log_window()
                     # held-out loss; the best model so far is saved apart
-                    evaluate = not stopping and (done or self._due(rt.evaluation, epoch_end))
+                    evaluate = not signalled and (done or self._due(rt.evaluation, epoch_end))
                     if evaluate:
                         self._evaluate_and_track()
                     # a checkpoint when due, and always at the end (never the same step twice)
@@ -332,7 +334,7 @@ class Trainer(TrainingRun):
                 self.checkpointer.finish()
                 if pace := describe_pace(self): self.log(pace)
             self._completed = True
-            return self._result(self._stop.name)
+            return self._result(self._stop.name if st.step < self.total_steps else None)
         finally:
             self.close()
 
@@ -374,12 +376,11 @@ class Trainer(TrainingRun):
         if val is None:
             raise TrainingError("nothing to evaluate: this streaming run has no data.validation_shards")
         batches = eval_batches(val, self.micro_batch, self.seq_len, self.dist, n_micro)
-        sums = loss_sums(self.eval_model, batches, self.device, self.token_bytes, self.amp_dtype)
+        sums = loss_sums(self.eval_model, batches, self.device, self.token_lengths, self.amp_dtype)
         # sums, not means, are reduced: ranks with a short last batch are weighted by their tokens
         if self.dist.enabled:
             dist.all_reduce(sums)
-        nats, correct, tokens, nbytes = sums.tolist()
-        return text_figures(nats, correct, tokens, nbytes, chars=tokens * val.num_chars / max(val.num_tokens, 1))
+        return text_figures(*sums.tolist())
 
     def _evaluate_and_track(self):
         self.guard.check(self.state, self.checkpointer.last)
