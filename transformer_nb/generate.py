@@ -249,7 +249,7 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
     """Generate up to `max_new_tokens` tokens after each prompt (a list of token-id lists, left-padded
     into one batch); returns the new ids of each row, without the `eos_id` that ended it (if any).
     `callback(step, next_ids)` sees each step's `(B,)` ids (`pad_id` for finished rows). `compile`: decode over a
-    `StaticKVCache` with a `torch.compile`d step (`static_cache=True`: the same, eager); `free_start`: see `_prompt_batch`."""
+    `StaticKVCache` with a compiled step (`static_cache=True`: eager). `free_start`: see `_prompt_batch`."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     static = compile if static_cache is None else static_cache
     if (compile or static) and not use_kv_cache: raise GenerationError("compile / static_cache need use_kv_cache=True")
