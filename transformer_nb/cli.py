@@ -170,7 +170,10 @@ def _validate_corpus(args) -> int:
     if report.files: say(report.table(width=shutil.get_terminal_size((80, 24)).columns))  # (narrow: columns dropped)
     for w in report.warnings: say(f"warning: {w}")
     if report.skipped: say(skipped_summary(report.skipped) + " (not corpus files; --glob PATTERN chooses files)")
-    for line in problem_lines(report.bad, report.strict): say(line)
+    lines = problem_lines(report.bad, report.strict)
+    # a lone error is the line that check_report puts on stderr: not printed twice
+    lone_error = len(report.errors) == 1 and lines == [f"error: {report.errors[0].message}"]
+    for line in ([] if lone_error else lines): say(line)
     if report.skipped_bad: say(bad_summary(report.skipped_bad))
     check_report(report)           # errors: the first one, and how many more (listed above), on stderr; exit 2
     say(f"corpus OK: {corpus_line(report)} ({fmt_secs(time.time() - t0)})")
@@ -661,7 +664,7 @@ def bench_parser() -> argparse.ArgumentParser:
     _quality_flags(ap)
     ap.add_argument('--out', '--json', dest='out', default=None, metavar='PATH',
                     help='JSON results file (default: tnb-bench.json, or tnb-bench-quality.json)')
-    ap.add_argument('--quiet', action='store_true', help='print only the tables')
+    ap.add_argument('--quiet', action='store_true', help='no progress bars (with --quality)')
     return ap
 
 # %% ../nbs/12_cli.ipynb #e8edd3a7

@@ -82,6 +82,9 @@ def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_p
         if cur is not None:                                  # the last shard, maybe ending without a newline
             if last[-1:] != b'\n': cur[4] += 1
             close()
+    # shards of an earlier split into this folder, beyond this one's, would be read as part of it: removed
+    for stale in out.glob(f'{prefix}_[0-9][0-9][0-9][0-9][0-9].txt'):
+        if stale.name not in {s['file'] for s in shards}: stale.unlink()
     manifest = {'source': str(src), 'source_sha256': src_hash.hexdigest(), 'source_bytes': src.stat().st_size,
                 'lines_per_shard': lines_per_shard, 'lines': sum(s['lines'] for s in shards),
                 'created_at': utc_now_iso(), 'shards': shards}

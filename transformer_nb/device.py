@@ -79,8 +79,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> tuple[str,
         raise TrainingError(f"runtime.precision: unknown {precision!r} (choose from {', '.join(PRECISIONS)})")
     # 16-bit on a CPU works, only slowly: a warning, not an error
     if device.type == 'cpu':
-        warnings.warn(f"runtime.precision={p} on CPU: 16-bit matmuls are much slower than fp32 on most CPUs; "
-                      "consider runtime.precision=fp32", stacklevel=2)
+        warnings.warn(f"runtime.precision={p} on CPU: 16-bit matmuls are much slower than fp32 on CPUs without "
+                      "16-bit matrix units (measure with tnb bench, or use runtime.precision=fp32)", stacklevel=2)
     if p == 'bf16' and device.type == 'cuda' and not cuda_bf16_native():
         raise TrainingError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
                             "use fp16")

@@ -262,15 +262,15 @@ def stage_run_dir(plan: RunPlan) -> None:
     if plan.force_retrain_tokenizer and plan.resume and existing:
         raise CommandError(f"--force-retrain-tokenizer: the checkpoints in {L['checkpoints']} were trained with the "
                            f"current tokenizer; retrain into a new --run-dir (or use --overwrite instead of --resume)")
-    # taken and released at once: only to refuse a run directory that a live training process holds, before
-    # anything in it is deleted
-    with RunLock(plan.run): pass
-    if plan.overwrite:
-        for k in ('checkpoints', 'best', 'tensorboard'):
-            if L[k].exists(): shutil.rmtree(L[k])
-        for f in (L['samples'], plan.run / 'metrics.jsonl'): f.unlink(missing_ok=True)
-        if existing: say(f"--overwrite: removed the checkpoints, best and tensorboard folders of {plan.run}")
-        existing = []
+    # held while anything in it is deleted: a run directory that a live training process holds is refused, and none
+    # can start on it meanwhile (the Trainer takes the lock again for training)
+    with RunLock(plan.run):
+        if plan.overwrite:
+            for k in ('checkpoints', 'best', 'tensorboard'):
+                if L[k].exists(): shutil.rmtree(L[k])
+            for f in (L['samples'], plan.run / 'metrics.jsonl'): f.unlink(missing_ok=True)
+            if existing: say(f"--overwrite: removed the checkpoints, best and tensorboard folders of {plan.run}")
+            existing = []
     if plan.resume: say("--resume: " + (f"{len(existing)} checkpoint(s), newest {existing[-1].name}" if existing
                                         else "no checkpoint yet, this run starts from step 0"))
     plan.run.mkdir(parents=True, exist_ok=True)

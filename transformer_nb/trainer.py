@@ -142,9 +142,10 @@ class TrainingRun:
     """The parts of a training run, built from `config` (a `Config` or a YAML path) and saved and restored together:
     device, tokenizer, data, model, optimizer, batches, counters, checkpoints, logs. `Trainer` (below) trains it.
 
-    `max_bad_steps`: stop after this many NaN/inf steps in a row. `show_progress`: tqdm bar (default: when stdout
-    is a terminal). `peak_flops`: FLOP/s per device for MFU (default: `device.peak_flops`). `live_plot`: progress
-    bar and loss/LR chart redrawn in place (default: in a Jupyter kernel; False: off)."""
+    `max_bad_steps`: stop after this many NaN/inf steps in a row (noticed at the next log, eval or save step).
+    `show_progress`: tqdm bar (default: when stdout is a terminal). `peak_flops`: FLOP/s per device for MFU
+    (default: `device.peak_flops`). `live_plot`: progress bar and loss/LR chart redrawn in place (default: in a
+    Jupyter kernel; False: off)."""
 
     def __init__(self, config, resume: bool = False, run_dir=None, *, max_bad_steps: int = 5,
                  show_progress: bool | None = None, peak_flops: float | None = None, live_plot: bool | None = None):
