@@ -318,3 +318,10 @@ def test_train_lr_find_leaves_no_trace(run_dir):
     assert 'suggested learning rate' in r.stdout and '--override optimizer.learning_rate=' in r.stdout
     assert tree() == before
     assert_user_error(run('train', '--config', run_dir / 'training.yaml', '--lr-find', '--resume'), '--lr-find')
+
+
+def test_bench_flag_errors():
+    "A bad --peak-sizes is one line naming the flag (not a traceback); --override takes several, as in train."
+    assert_user_error(run('tnb', 'bench', '--peak-sizes', '1024', 'abc'), '--peak-sizes')
+    from transformer_nb.cli import bench_parser
+    assert bench_parser().parse_args(['--override', 'a=1', 'b=2', '--override', 'c=3']).override == ['a=1', 'b=2', 'c=3']

@@ -689,7 +689,7 @@ def _quality_flags(ap: argparse.ArgumentParser):
                     "--config seed by seed; prints both and the difference (default with neither: the recipe, "
                     'configs/shakespeare_cpu_recipe.yaml)')
     ap.add_argument('--seeds', type=int, default=3, help='--quality: runs of each config, seeds 1..N (default 3)')
-    ap.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
+    ap.add_argument('--override', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                     help='--quality: config override, applied to both configs (repeatable)')
     ap.add_argument('--budget', type=float, default=80.0, help="--quality: training seconds of --clock (default 80: "
                     "the default config then reads a little less than the training part of wikipedia-vital once)")
@@ -734,7 +734,7 @@ def _bench(a) -> int:
         torch.set_num_threads(a.threads)
     if a.quality: res, out = _bench_quality(a)
     else:
-        sizes = [int(x) for x in _split_list(a.peak_sizes)] or None
+        sizes = list(_ints(a.peak_sizes, '--peak-sizes')) if a.peak_sizes else None
         res = run_bench(_split_list(a.shapes), tuple(_split_list(a.only)), a.device, a.steps, a.repeats, a.warmup,
                         not a.no_compile, a.precision, a.new_tokens, a.prompt_len, a.corpus, a.prep_mb,
                         a.prep_vocab, sizes, a.keep_dropout, not a.warm_compile, a.retries, a.max_others,

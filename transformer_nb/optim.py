@@ -48,7 +48,11 @@ def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, powe
 
 def make_scheduler(optimizer: torch.optim.Optimizer, sched, base_lr: float, total_steps: int | None = None):
     """A `torch.optim.lr_scheduler.LambdaLR` following `lr_at` (for use outside the Trainer, which calls `lr_at`
-    directly)."""
+    directly), for a `torch.optim.Optimizer` whose groups share one rate (not Muon's pair of optimizers)."""
+    groups = getattr(optimizer, 'param_groups', [])
+    if not isinstance(optimizer, torch.optim.Optimizer) or any(g.get('lr_scale', 1.0) != 1.0 for g in groups):
+        raise TypeError(f"make_scheduler takes a torch.optim.Optimizer whose groups share one rate, not a "
+                        f"{type(optimizer).__name__}: give each group its rate with lr_at (as the Trainer does)")
     for g in optimizer.param_groups:
         # LambdaLR multiplies each group's initial_lr by the lambda: base_lr makes the product lr_at itself
         g['lr'] = g['initial_lr'] = base_lr

@@ -853,7 +853,8 @@ def _parquet_column(pf, src: Source) -> tuple[str, list[str]]:
         if not pa.types.is_struct(t) or t.get_field_index(s) < 0:
             raise CorpusError(f"{src.path}: no column {name!r} ({'.'.join([top, *sub[:i]])} has type {t})")
         t = t.field(s).type
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+    is_view = getattr(pa.types, 'is_string_view', lambda _: False)       # (string_view types: pyarrow 16 on)
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t)):
         raise CorpusError(f"{src.path}: column {name!r} has type {t}, not string")
     return top, sub
 
