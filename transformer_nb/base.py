@@ -176,7 +176,7 @@ def fmt_rate(amount: float, seconds: float, unit: str, using: str | None = None,
     `using` (what did the work: '2 threads') and `others` (a `CpuShare.others`), the conditions of the measurement
     follow in parentheses."""
     if seconds < MIN_TIMED_SECONDS: return None
-    cond = ([using] if using else []) + ([others_text(others)] if others is not None else [])
+    cond = [c for c in (using, others_text(others)) if c]
     return f"{human(amount / seconds)} {unit}/s" + (f" ({'; '.join(cond)})" if cond else '')
 
 def fmt_secs(s: float) -> str:

@@ -598,10 +598,6 @@ def _print_train(rows: list[dict], show=print):
                         '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"] for r in rows]))
 
 # %% ../nbs/11_bench.ipynb #7d173786
-def _others(d: dict) -> str:
-    "'; other processes used 3% of the CPU time' for a measurement that recorded it, else ''."
-    return others_text(d.get('others_cpu_share'), '; ')
-
 def _print_generate(g: dict, show=print, title: str = 'generation with and without the KV cache'):
     rows = g.get('rows') or [{'batch': 1, 'mode': k, **g[k]} for k in ('kv_cache', 'no_cache') if k in g]
     show(f"\n{title} ({g['shape']} shape, vocab {g['vocab_size']}, prompt {g['prompt_len']} + {g['new_tokens']} new "
@@ -619,7 +615,7 @@ def _print_generate(g: dict, show=print, title: str = 'generation with and witho
 
 def _print_prepare(d: dict, show=print):
     show(f"\ndata preparation ({d['corpus_mb']:.1f} MB of text, vocab {d['vocab_size']}, {d['tokens']:,} tokens"
-         f"{_others(d)})")
+         f"{others_text(d.get('others_cpu_share'), '; ')})")
     rows = [[k, fmt_range(v, fmt='{:.2f}')] for k, v in d.get('rows', {'data.prepare': d['prepare_mb_per_s']}).items()]
     plain = ['plain encode_batch (all threads)', fmt_range(d['encode_batch_mb_per_s'], fmt='{:.2f}')]
     show(format_table(['data.prepare', 'MB/s'], rows + [plain])

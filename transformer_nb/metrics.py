@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .device import TrainingError, autocast
-from .tokenizer import EOS_NAMES, bytes_to_unicode, eos_id
+from .tokenizer import TokenizerError, bytes_to_unicode, eos_id
 
 # %% auto #0
 __all__ = ['token_text_lengths', 'token_lengths_tensor', 'loss_sums', 'text_figures', 'token_stream', 'window_batches',
@@ -39,8 +39,8 @@ def token_text_lengths(tokenizer) -> np.ndarray:
             continue
         else: text = tokenizer.decode([i])                          # not a byte-level token
         out[i] = len(text.encode('utf-8')), len(text)
-    eos = next((i for i in map(tokenizer.token_to_id, EOS_NAMES) if i is not None), None)
-    if eos is not None: out[eos] = 1, 1                             # the document separator: a blank line's '\n'
+    try: out[eos_id(tokenizer)] = 1, 1                              # the document separator: a blank line's '\n'
+    except TokenizerError: pass                                     # (a tokenizer without one)
     return out
 
 
