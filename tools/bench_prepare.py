@@ -74,8 +74,10 @@ def main():
         res = child_prepare(*rest) if kind == 'prepare' else child_encode(rest[0], rest[1], int(rest[2]))
         print(json.dumps(res)); return
 
+    from transformer_nb.base import CpuShare, others_text
     from transformer_nb.tokenizer import train_bbpe
     from transformer_nb.sources import tiny_shakespeare
+    share = CpuShare().start()      # the other processes' share of the CPUs while the runs below measure
     TINY = tiny_shakespeare()
     text = TINY.read_bytes()
     rows = []
@@ -99,9 +101,10 @@ def main():
                 print(f'  {mb:.1f} MB run {i}: prepare {p["seconds"]:.2f} s (rss {p["rss_mb"]:.0f} MB), '
                       f'encode_batch {e["seconds"]:.2f} s', flush=True)
             rows.append((mb, best_p, best_e))
+    share.stop()
 
     print(f'prepare vs plain Tokenizer.encode_batch (vocab {a.vocab_size}, batches of {a.batch_chars:,} chars, '
-          f'best of {a.repeats}, {os.cpu_count()} CPUs)')
+          f'best of {a.repeats}, {os.cpu_count()} CPUs{others_text(share.others, "; ")})')
     head = ('corpus MB', 'tokens', 'prepare s', 'prepare MB/s', 'encode_batch MB/s', 'prepare/encode_batch',
             'encode_batch_fast MB/s', 'workers', 'main peak RSS MB', 'worker peak RSS MB', 'RSS after imports MB')
     body = [(f'{mb:.1f}', f'{p["tokens"]:,}', f'{p["seconds"]:.2f}', f'{mb / p["seconds"]:.2f}', f'{mb / e["seconds"]:.2f}',

@@ -419,7 +419,7 @@ def read_manifest(path) -> dict:
     return m
 
 def verify_checkpoint(path, hashes: bool = True) -> list[str]:
-    """Problems found in checkpoint folder `path` (missing/extra-size/sha256-mismatched/unreadable files); empty =
+    """Problems found in checkpoint folder `path` (missing/wrong-size/sha256-mismatched/unreadable files); empty =
     valid."""
     path = Path(path)
     if not path.is_dir(): return [f"{path}: not a directory"]
@@ -657,7 +657,7 @@ def checkpoint_model_tensors(path) -> dict[str, torch.Tensor]:
 def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     "Read a DCP checkpoint into `model` (+ `optimizer`), resharding to however they are laid out now (collective)."
     path = Path(path)
-    # DCP would load a model with missing or extra keys partially and silently: the names are compared first
+    # DCP raises an unreadable error on a key the checkpoint lacks, and ignores extra ones: names compared first
     sd = dcp_state_dict(model, optimizer)
     own = set(sd['model'])
     reader = SafeDCPReader(str(path / DCP_DIR))
@@ -689,6 +689,8 @@ def checkpoint_vocab_size(path) -> int:
     except CheckpointError: raise
     except Exception as e:
         where = path / (DCP_METADATA if is_dcp_checkpoint(path) else MODEL_FILE)
+        if isinstance(e, KeyError) or 'embed_tokens.weight' in str(e):   # readable, but without the embedding
+            raise CheckpointError(f"{where}: holds no embed_tokens.weight (not a model of this library)") from None
         raise CheckpointError(f"{where}: unreadable ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/08_checkpoint.ipynb #622e5009

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import yaml
 
-# Re-exported (`x as x`): these lived here before base existed, and code still imports them from here
+# Re-exported (`x as x`): importable from `transformer_nb.config` as well as from `base`
 from .base import (UserError, atomic_write_text, sha256_bytes, atomic_write_bytes as atomic_write_bytes,
                                  file_mode as file_mode, fsync_dir as fsync_dir, sha256_file as sha256_file,
                                  utc_now_iso as utc_now_iso)

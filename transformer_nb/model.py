@@ -46,7 +46,7 @@ class DecoderBlock(nn.Module):
 # %% ../nbs/06_model.ipynb #4a6a2f5f
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of `logits` `(..., vocab)` against `targets` `(...)`, in float32; targets equal to -100
-    are left out."""
+    are left out (NaN when all are, as in PyTorch: there is nothing to average)."""
     # float32: a log-softmax over a whole vocabulary in bf16 loses the small probabilities; -100 is the ignore index
     # of PyTorch and Hugging Face, so their padded targets work as they are
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
