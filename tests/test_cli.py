@@ -151,6 +151,18 @@ def test_usage_error_exits_2():
     assert r.returncode == 2 and 'usage: train' in r.stderr and '--config' in r.stderr
 
 
+def test_mains_return_their_status():
+    "In this process the main functions return the status of --help, --version and usage errors (no SystemExit)."
+    import contextlib, io
+    from transformer_nb.cli import main, orchestrate_main, train_main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rcs = [train_main(['--bogus']), train_main([]), orchestrate_main(['--help']), main([]), main(['no-such-command']),
+               main(['--version']), main(['generate', '--bogus'])]
+    assert rcs == [2, 2, 0, 2, 2, 0, 2], rcs
+    assert err.getvalue().count('usage: ') == 5 and out.getvalue().startswith('usage: orchestrate'), err.getvalue()
+
+
 # --- user errors: exit 2, one line naming the culprit ---------------------------------------------
 
 def test_config_errors(configs, tmp_path):
@@ -325,3 +337,10 @@ def test_bench_flag_errors():
     assert_user_error(run('tnb', 'bench', '--peak-sizes', '1024', 'abc'), '--peak-sizes')
     from transformer_nb.cli import bench_parser
     assert bench_parser().parse_args(['--override', 'a=1', 'b=2', '--override', 'c=3']).override == ['a=1', 'b=2', 'c=3']
+
+
+def test_bench_flags_of_the_other_mode_are_refused():
+    "A speed flag with --quality (or a quality flag without it) would be ignored: one line naming it, exit 2."
+    assert_user_error(in_process('tnb', 'bench', '--quality', '--precision', 'bf16', '--steps', '3'),
+                      '--steps, --precision: not used with --quality')
+    assert_user_error(in_process('tnb', 'bench', '--seeds', '5'), '--seeds: not used without --quality')

@@ -6,7 +6,9 @@
 - samplers: determinism from the seed, exact resume through a JSON round trip (also across
   epochs and across ranks), disjoint data across DDP ranks, each window once per epoch;
 - prepare: multi-shard output equals single-shard output; two processes preparing the same
-  cache key at once both succeed and leave one complete folder.
+  cache key at once both succeed and leave one complete folder; a damaged cache is deleted only
+  by the process holding the lock; the shard size is part of the cache key; a corpus that dedupe
+  leaves with one document is split like that document alone.
 """
 import json
 import multiprocessing as mp
@@ -338,3 +340,46 @@ def test_prepare_replaces_incomplete_cache(tmp_path, corpus_and_tokenizer):
     (d.dir/'val_00000.bin').write_bytes(b'\x00\x01')            # truncated shard: not a valid cache any more
     again = prepare(corpus, tok, tmp_path, show_progress=False, verbose=False)
     assert not again.reused and again.dir == d.dir and len(again.val) == len(d.val)
+
+def test_damaged_cache_is_deleted_under_the_lock(tmp_path, corpus_and_tokenizer, monkeypatch):
+    "Several processes finding a damaged cache: the one holding the lock deletes and rebuilds it, the others wait."
+    import threading, time
+    from filelock import FileLock
+    import transformer_nb.data as data_mod
+    corpus, tok = corpus_and_tokenizer
+    d = prepare(corpus, tok, tmp_path, show_progress=False, verbose=False)
+    shard = d.dir/'val_00000.bin'
+    b = bytearray(shard.read_bytes()); b[0] ^= 1; shard.write_bytes(bytes(b))   # same size, other content
+    monkeypatch.setattr(data_mod, '_VERIFIED', set()); monkeypatch.setattr(data_mod, '_WRITTEN', set())
+    lock = FileLock(str(tmp_path/'.prepare.lock')); lock.acquire()            # another process prepares here
+    got = {}
+    t = threading.Thread(target=lambda: got.update(d=prepare(corpus, tok, tmp_path, show_progress=False,
+                                                            verbose=False)))
+    try:
+        t.start(); time.sleep(1.5)
+        assert (d.dir/'manifest.json').is_file(), 'the damaged folder was deleted without holding the lock'
+        assert t.is_alive()
+    finally:
+        lock.release(); t.join(60)
+    assert not got['d'].reused and got['d'].dir == d.dir and len(got['d'].val) == len(d.val)
+
+def test_shard_size_is_part_of_the_cache_key(tmp_path, corpus_and_tokenizer):
+    corpus, tok = corpus_and_tokenizer
+    a = prepare(corpus, tok, tmp_path, show_progress=False, verbose=False)
+    b = prepare(corpus, tok, tmp_path, show_progress=False, verbose=False, shard_tokens=1000)
+    assert b.dir != a.dir and not b.reused and b.manifest['shard_tokens'] == 1000
+    assert all(s['tokens'] <= 1000 for s in b.manifest['train']['shards'])
+    assert prepare(corpus, tok, tmp_path, show_progress=False, verbose=False, shard_tokens=1000).dir == b.dir
+
+def test_dedupe_to_one_document_splits_like_one_document(tmp_path, corpus_and_tokenizer):
+    "A corpus that dedupe leaves with one document (in several files) gives the shards of that document alone."
+    _, tok = corpus_and_tokenizer
+    doc = ''.join(f'line {i} of the one text\n' for i in range(20))
+    (tmp_path/'m').mkdir()
+    (tmp_path/'m'/'a.txt').write_text(doc + '\n' + doc); (tmp_path/'m'/'b.txt').write_text(doc)
+    (tmp_path/'m'/'c.jsonl').write_text(json.dumps({'text': doc}) + '\n' + json.dumps({'text': doc}) + '\n')
+    (tmp_path/'one.txt').write_text(doc)
+    got = prepare(tmp_path/'m', tok, tmp_path/'c', dedupe=True, show_progress=False, verbose=False, workers=1)
+    want = prepare(tmp_path/'one.txt', tok, tmp_path/'c', show_progress=False, verbose=False)
+    assert got.manifest['duplicates'] == {'documents': 4, 'dropped': 4}
+    for s in ('train', 'val'): assert np.array_equal(np.asarray(getattr(got, s).tokens), np.asarray(getattr(want, s).tokens))

@@ -57,3 +57,13 @@ def test_readme_quotes_the_recorded_demo_run():
     ran = re.search(r'^demo:.*\n\t\$\(BIN\)/(.*)$', make, re.M).group(1)
     run_dir = re.search(r'^RUN\s*\?=\s*(\S+)', make, re.M).group(1)
     assert DEMO['command'] == ran.replace('$(RUN)', run_dir), "the recorded command is not what `make demo` runs"
+
+
+def test_demo_time_is_the_recorded_runs():
+    "The time that the README and the index give for `make demo` is the recorded run's, with its thread count."
+    done = re.search(r'done in (\S+) ', DEMO['summary'][0]).group(1)
+    n = DEMO['machine']['threads']
+    said = f"on {'one' if n == 1 else n} CPU thread{'s' * (n != 1)} ({done} in all in the run recorded below)"
+    for name, text in (('README', README), ('index', INDEX)):
+        para = re.search(r'^`make demo` runs .*?(?=\n\n|\Z)', text, re.M | re.S)
+        assert para and said in ' '.join(para.group(0).split()), f"{name}: not the recorded run's time ({said})"

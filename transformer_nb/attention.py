@@ -233,8 +233,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causa
     # With `enable_gqa` SDPA shares each kv head among its query heads without copying; older PyTorch needs the copy.
     # `is_causal` instead of a mask lets SDPA pick its fused causal kernels
     if use_sdpa:
-        gqa = n_rep > 1 and SDPA_GQA
-        if n_rep > 1 and not SDPA_GQA: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        # on CUDA only flash takes enable_gqa, and flash takes no mask: a masked call repeats the heads instead
+        gqa = n_rep > 1 and SDPA_GQA and not (mask is not None and q.device.type == 'cuda')
+        if n_rep > 1 and not gqa: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                               **({'enable_gqa': True} if gqa else {}))
     if mask is None and is_causal: mask = make_attention_mask(q.shape[2], k.shape[2], device=q.device)
@@ -299,7 +300,8 @@ class CausalSelfAttention(nn.Module):
         `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
         B, T, _ = x.shape
         q, k, v = self.split_heads(x)
-        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
+        # in float32 (as the model's other norms): under bf16 autocast nn.RMSNorm would get bf16 input, fp32 gains
+        if self.q_norm is not None: q, k = self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
         if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding: see `_attend_static`
             return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
         offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0

@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import socket
 import sys
 import tempfile
@@ -154,13 +155,15 @@ def say(*parts, file=None):
 
 def human(n: float, unit: str = '') -> str:
     "1234567 -> '1.23M'; with unit 'B' -> '1.18 MiB'."
+    if not abs(n) < float('inf'): return f"{n}{unit}"       # NaN, infinite: as they are
+    # Each unit's text is rounded first and the unit chosen from it: 999,999 is '1.00M', not '1000.00k'
     if unit == 'B':
-        for u in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-            if abs(n) < 1024 or u == 'TiB': return f"{n:.0f} {u}" if u == 'B' else f"{n:.2f} {u}"
-            n /= 1024
-    for u, d in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
-        if abs(n) >= d: return f"{n / d:.2f}{u}{unit}"
-    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+        for i, u in enumerate(('B', 'KiB', 'MiB', 'GiB', 'TiB')):
+            text = f"{n / 1024 ** i:.0f}" if u == 'B' else f"{n / 1024 ** i:.2f}"
+            if abs(float(text)) < 1024 or u == 'TiB': return f"{text} {u}"
+    for u, d in (('', 1), ('k', 1e3), ('M', 1e6), ('G', 1e9), ('T', 1e12)):
+        text = (f"{n:.3g}" if isinstance(n, float) else f"{n}") if not u else f"{n / d:.2f}"
+        if abs(float(text)) < 1000 or u == 'T': return f"{text}{u}{unit}"
 
 # %% ../nbs/00_base.ipynb #78c6c246
 MIN_TIMED_SECONDS = 1.0   # below this, a rate is mostly start-up cost: not shown
@@ -182,9 +185,11 @@ def fmt_rate(amount: float, seconds: float, unit: str, using: str | None = None,
 def fmt_secs(s: float) -> str:
     "Seconds as '12.3s', '4m05s' or '2h03m'; '?' when not known (NaN or infinite)."
     if not abs(s) < float('inf'): return '?'
-    if s < 60: return f"{s:.1f}s"
-    if s < 3600: return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    # rounded to what is shown before the unit is chosen: 59.96 is '1m00s', not '60.0s'
+    if round(s, 1) < 60: return f"{s:.1f}s"
+    if (whole := round(s)) < 3600: return f"{whole // 60}m{whole % 60:02d}s"
+    h, m = divmod(round(s / 60), 60)
+    return f"{h}h{m:02d}m"
 
 # %% ../nbs/00_base.ipynb #2ff3e25d
 def _machine_jiffies() -> tuple[int, int] | None:
@@ -251,6 +256,21 @@ def _flush_std():
         try: s.flush()
         except (OSError, ValueError): pass
 
+def _stdout_gone() -> bool:
+    "Whether stdout is a pipe (or socket) whose reader has gone away, as after `... | head`."
+    try: sys.stdout.flush()                 # what a failed write left in the buffer fails again
+    except BrokenPipeError: return True
+    except (AttributeError, OSError, ValueError): pass
+    try: fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError): return False   # (a notebook's stdout, a StringIO)
+    # An empty buffer proves nothing: ask the kernel; a pipe with no reader left polls as an error (POLLERR), a socket
+    # whose peer closed as a hang-up
+    if not hasattr(select, 'poll'): return False
+    try:
+        poller = select.poll(); poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError): return False
+
 def run_command(command: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
                 argv: Sequence[str] | None = None) -> int:
     "Parse `argv` with `parser`, run `command(args)`; UserError -> 'error: ...' on stderr and 2, Ctrl-C -> 130."
@@ -271,7 +291,10 @@ def run_command(command: Callable[[argparse.Namespace], int | None], parser: arg
         _flush_std()
         say("error: interrupted" + (f": {one_line(e)}" if str(e) else ''), file=sys.stderr)
         return 130
-    except BrokenPipeError:               # e.g. `generate ... | head`: the reader went away
+    except BrokenPipeError:
+        # Only the reader of our stdout going away (`generate ... | head`) is a normal end; a broken pipe anywhere else
+        # (a worker's multiprocessing pipe, a socket) is a failure and keeps its traceback
+        if not _stdout_gone(): raise
         # stdout to /dev/null: else Python's own flush at exit hits the closed pipe and prints a traceback
         try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError: pass
@@ -287,11 +310,11 @@ class _BarSafeHandler(logging.StreamHandler):
         except Exception: self.handleError(record)
 
 class _Dedup(logging.Filter):
-    "Remembers the warning messages already shown, so a `warnings.warn` of the same text is not repeated."
+    "Remembers the warning messages already shown (folded onto one line), so none is shown twice in one command."
     def __init__(self): super().__init__(); self.seen = set()
     def filter(self, record):
         if record.levelno >= logging.WARNING:
-            msg = record.getMessage()
+            msg = one_line(record.getMessage())
             if msg in self.seen: return False
             self.seen.add(msg)
         return True

@@ -309,7 +309,8 @@ def train_throughput(shape: BenchShape, device: str = 'cpu', steps: int = 10, re
                      cold_compile: bool = True) -> dict:
     """Time `repeats` x `steps` optimizer steps of `shape`: tokens/s, model FLOP/s, MFU against `peak`, peak memory.
     With `compile`, the first step compiles (from an empty cache if `cold_compile`)."""
-    if steps < 1 or repeats < 1 or warmup < 1: raise BenchError("--steps, --repeats and --warmup must be >= 1")
+    for flag, v in (('--steps', steps), ('--repeats', repeats), ('--warmup', warmup)):
+        if v < 1: raise BenchError(f"{flag} must be >= 1, got {v}")
     cfg = bench_config(shape, precision, device, compile)
     # random tokens: throughput does not depend on the text, and no tokenizer or corpus is needed
     tokens = random_tokens(shape.vocab_size, max(1 << 18, 4 * shape.tokens_per_step))
@@ -372,6 +373,12 @@ def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: 
     if prompt_len + new_tokens > shape.model.max_position_embeddings:
         raise BenchError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceed the "
                          f"{shape.model.max_position_embeddings} positions of shape {shape.name}")
+    # no_cache is quadratic in the length: it can be limited to some batch sizes
+    at = lambda B: ([m for m in modes if m != 'no_cache' or B in (no_cache_batches or batches)]
+                    + [k for k in (extra or {}) if B in extra_batches])
+    if empty := [B for B in batches if not at(B)]:
+        raise BenchError(f"--gen-batches {empty[0]}: no mode to run at this batch size (--gen-modes {','.join(modes)}; "
+                         f"no_cache only at --gen-no-cache-batches {','.join(map(str, no_cache_batches or batches))})")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = DecoderModel(shape.model, shape.vocab_size).to(dev).eval()
@@ -380,10 +387,7 @@ def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: 
            'parameters': model.num_parameters(), 'vocab_size': shape.vocab_size, 'repeats': repeats, 'rows': []}
     for B in batches:
         prompts = rng.integers(0, shape.vocab_size, (B, prompt_len)).tolist()
-        # no_cache is quadratic in the length: it can be limited to some batch sizes
-        runs = {m: _gen_runner(model, prompts, m) for m in modes
-                if m != 'no_cache' or B in (no_cache_batches or batches)}
-        runs.update({k: f(model, prompts) for k, f in (extra or {}).items() if B in extra_batches})
+        runs = {k: extra[k](model, prompts) if k in (extra or {}) else _gen_runner(model, prompts, k) for k in at(B)}
         first, outs, times = {}, {}, {k: [] for k in runs}
         for k, run in runs.items():  # warm-up; compiles (the same shapes as the timed runs)
             t0 = time.perf_counter(); run(new_tokens if k == 'compiled' else min(4, new_tokens)); synchronize(dev)
@@ -394,13 +398,14 @@ def generation_throughput(shape: BenchShape, new_tokens: int = 256, prompt_len: 
                 for k, run in runs.items():
                     t0 = time.perf_counter(); outs[k] = run(new_tokens); synchronize(dev)
                     times[k].append(time.perf_counter() - t0)
-        # greedy decoding is deterministic: every mode must produce the uncached reference's tokens
-        ref = outs.get('no_cache', next(iter(outs.values())))
+        # greedy decoding is deterministic: every mode must produce the tokens of the uncached loop where it ran at this
+        # batch size, else those of the batch's first mode (the row's `reference`)
+        ref = 'no_cache' if 'no_cache' in outs else next(iter(outs))
         for k in runs:
             tps = summarize([B * new_tokens / t for t in times[k]])
             res['rows'].append({'batch': B, 'mode': k, 'tokens_per_s': tps,
                                 'seconds': summarize(times[k]), 'first_call_s': first[k],
-                                'same_tokens': outs[k] == ref, 'others_cpu_share': cpu.others})
+                                'same_tokens': outs[k] == outs[ref], 'reference': ref, 'others_cpu_share': cpu.others})
     one = {r['mode']: r for r in res['rows'] if r['batch'] == batches[0]}
     res.update({k: one[k] for k in ('kv_cache', 'no_cache') if k in one}, batch=batches[0],
                same_tokens=all(r['same_tokens'] for r in res['rows']))
@@ -457,7 +462,8 @@ def prepare_throughput(corpus=None, size_mb: float = 5.0, vocab_size: int = 4096
             b.append(doc); k += len(doc)
             if k >= batch_chars: batches.append(b); b, k = [], 0
         if b: batches.append(b)
-        cases = [('text', 1), ('text', n), ('JSONL.gz', n), ('Parquet', n)]
+        # (on one core, 1 worker is all workers: that case once, not twice into the same list of timings)
+        cases = list(dict.fromkeys([('text', 1), ('text', n), ('JSONL.gz', n), ('Parquet', n)]))
         t_prep, t_enc, tokens = {c: [] for c in cases}, [], 0
         with CpuShare() as cpu:
             for i in range(repeats):
@@ -508,12 +514,12 @@ def _tree_memory(pid: int) -> tuple[int, int]:
         todo += [c for c, pp in parent.items() if pp == q and c not in tree]
     return sum(_memory_kb(q, 'Pss') or _memory_kb(q, 'VmRSS') for q in tree) * 1024, _memory_kb(pid, 'VmHWM') * 1024
 
-def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 4000) -> int:
-    """Write `size_mb` MB of distinct ~`record_chars`-character records made of `text`'s documents to a JSONL.gz
-    file."""
+def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 4000, name: str = 'text') -> int:
+    """Write `size_mb` MB of distinct ~`record_chars`-character records made of `text`'s documents (from the file
+    `name`) to a JSONL.gz file."""
     # distinct records (numbered): prepare's de-duplication must not shrink the corpus being measured
     docs, n, written, buf = text.split('\n\n'), 0, 0, []
-    if not text.strip(): raise BenchError("the benchmark corpus holds no text to make records of")
+    if not text.strip(): raise BenchError(f"{name}: the benchmark corpus holds no text to make records of")
     with gzip.open(path, 'wt', encoding='utf-8', compresslevel=1) as f:
         while written < size_mb * 1e6:
             for d in docs:
@@ -527,8 +533,8 @@ def _records_file(text: str, path: Path, size_mb: float, record_chars: int = 400
 # %% ../nbs/11_bench.ipynb #fb5ca68d
 def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096,
                    workers: int | None = None) -> list[dict]:
-    """Peak resident memory of `tnb prepare-data` (process + workers) on generated JSONL.gz corpora of `sizes_mb` MB
-    of text."""
+    """Peak memory of `tnb prepare-data` on generated JSONL.gz corpora of `sizes_mb` MB of text: `peak_pss_mb`, the
+    largest sum of PSS over the command and its workers, and `peak_main_mb`, the command process's peak RSS."""
     # a separate process: this one's memory (torch, the benchmark) must not count, and its peak is its own
     src, out = corpus_file(corpus), []
     cmd = [sys.executable, '-m', 'transformer_nb', 'prepare-data']  # the command, as a user runs it
@@ -537,7 +543,7 @@ def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096,
         train_bbpe([src], tmp / 'tokenizer', vocab_size=vocab_size, show_progress=False)
         for mb in sizes_mb:
             data = tmp / f'corpus-{mb:g}MB.jsonl.gz'
-            records = _records_file(src.read_text(encoding='utf-8'), data, mb)
+            records = _records_file(src.read_text(encoding='utf-8'), data, mb, name=str(src))
             args = ['--tokenizer', tmp / 'tokenizer', '--input', data, '--out', tmp / f'out-{mb:g}', '--no-progress']
             if workers: args += ['--workers', workers]
             t0, peak, hwm = time.perf_counter(), 0, 0
@@ -552,7 +558,7 @@ def prepare_memory(sizes_mb=(50, 500), corpus=None, vocab_size: int = 4096,
                 if p.returncode: raise BenchError(f"tnb prepare-data failed on {data.name}: {err.read()[-500:]}")
             secs = time.perf_counter() - t0
             out.append({'size_mb': mb, 'gz_mb': data.stat().st_size / 1e6, 'records': records, 'seconds': secs,
-                        'mb_per_s': mb / secs, 'peak_rss_mb': peak / 2**20, 'peak_main_mb': hwm / 2**20,
+                        'mb_per_s': mb / secs, 'peak_pss_mb': peak / 2**20, 'peak_main_mb': hwm / 2**20,
                         'workers': workers or default_workers()})
             shutil.rmtree(tmp / f'out-{mb:g}'); data.unlink()
     return out
@@ -605,11 +611,18 @@ def _print_generate(g: dict, show=print, title: str = 'generation with and witho
     base = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'no_cache'}
     hf = {r['batch']: r['tokens_per_s']['median'] for r in rows if r['mode'] == 'transformers'}
     ratio = lambda r, d: f"{r['tokens_per_s']['median'] / d[r['batch']]:.2f}x" if r['batch'] in d else '-'
+    # each batch's reference: the uncached loop where it ran, else the batch's first mode (so in results without
+    # the `reference` key too)
+    first = {}
+    for r in rows: first.setdefault(r['batch'], r['mode'])
+    ref = lambda r: r.get('reference') or ('no_cache' if r['batch'] in base else first[r['batch']])
+    same = lambda r: ('-' if 'same_tokens' not in r else 'reference' if r['mode'] == ref(r)
+                      else f"{ref(r)}: {r['same_tokens']}")
     show(format_table(['batch', 'mode', 'tokens/s', 'vs no cache'] + (['vs transformers'] if hf else []) +
-                      ['seconds', 'first call s', 'same tokens', "others' CPU"],
+                      ['seconds', 'first call s', 'same tokens as', "others' CPU"],
                       [[r['batch'], r['mode'], fmt_range(r['tokens_per_s'], fmt='{:,.1f}'), ratio(r, base)] +
                        ([ratio(r, hf)] if hf else []) + [fmt_range(r['seconds'], fmt='{:.2f}'),
-                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', r.get('same_tokens', '-'),
+                       f"{r['first_call_s']:.1f}" if 'first_call_s' in r else '-', same(r),
                        '-' if r.get('others_cpu_share') is None else f"{r['others_cpu_share']:.0%}"]
                        for r in rows]))
 
@@ -622,13 +635,14 @@ def _print_prepare(d: dict, show=print):
          + (f"\n{d['workers']} workers / 1 worker: {d['workers_speedup']:.2f}x" if 'workers_speedup' in d else '')
          + f"\nprepare / encode_batch speed: {d['prepare_vs_encode_batch']:.2f}")
     if mem := d.get('memory'):
+        pss = lambda m: m.get('peak_pss_mb', m.get('peak_rss_mb'))     # (older results name it peak_rss_mb)
         show(format_table(['JSONL.gz text MB', 'file MB', 'records', 'seconds', 'MB/s', 'peak PSS MiB (all)',
                            'main peak RSS MiB'],
                           [[f"{m['size_mb']:g}", f"{m['gz_mb']:.1f}", f"{m['records']:,}", f"{m['seconds']:.0f}",
-                            f"{m['mb_per_s']:.2f}", f"{m['peak_rss_mb']:,.0f}", f"{m['peak_main_mb']:,.0f}"]
+                            f"{m['mb_per_s']:.2f}", f"{pss(m):,.0f}", f"{m['peak_main_mb']:,.0f}"]
                            for m in mem]))
         if len(mem) > 1:
-            growth = mem[-1]['peak_rss_mb'] / mem[0]['peak_rss_mb']
+            growth = pss(mem[-1]) / pss(mem[0])
             show(f"peak memory (PSS, all processes), largest / smallest corpus: {growth:.2f}x")
 
 # %% ../nbs/11_bench.ipynb #839d9fd5
@@ -770,14 +784,16 @@ def _optimizer_bytes(model: torch.nn.Module, opt_cfg) -> float:
 # %% ../nbs/11_bench.ipynb #149fd0af
 def estimate_memory(config: Config, world_size: int = 1, distributed: str | None = None,
                     vocab_size: int | None = None, device_type: str = 'cuda') -> dict:
-    "Bytes per rank for parameters, gradients, optimizer state and activations of `config` (see the text above)."
+    """Bytes per rank for parameters, gradients, optimizer state and activations of `config` when it trains on a
+    `device_type` ('cuda' or 'cpu': FSDP's mixed-precision policy applies on a GPU only; see the text above)."""
     m, rt, W = config.model, config.runtime, int(world_size)
     if W < 1: raise BenchError(f"--world-size must be >= 1, got {W}")
     mode = (distributed or rt.distributed or 'auto').lower()
     if mode == 'auto': mode = 'ddp' if W > 1 else 'none'
     if mode not in ('none', 'ddp', 'fsdp'): raise BenchError(f"--distributed: unknown {mode!r} (ddp, fsdp)")
     V = vocab_size or m.vocab_size
-    if not V: raise BenchError("the vocabulary size is unknown: set model.vocab_size in the config or pass vocab_size")
+    if not V: raise BenchError(f"{config.source or 'config'}: the vocabulary size is unknown: set model.vocab_size "
+                               "or pass vocab_size")
     # built on meta: exact parameter counts without allocating a byte
     with torch.device('meta'): model = DecoderModel(m, V)
     P = model.num_parameters()
@@ -790,21 +806,24 @@ def estimate_memory(config: Config, world_size: int = 1, distributed: str | None
     saved, recompute, logits_grad, saved32, recompute32 = counts
     act_bytes = 2 if half else 4
     state = _optimizer_bytes(model, config.optimizer)
+    # FSDP's mixed-precision policy (bf16 parameters) applies, as in `parallel.build_model`, to bf16 on a GPU only
+    policy = mode == 'fsdp' and rt.precision == 'bf16' and device_type == 'cuda'
     if mode == 'fsdp':
         # fp32 shards of weights, gradients and Adam's two moments are split W ways; on top, the gathered full
         # parameters of the root and of ~2 blocks at a time (the next one is prefetched), and one block's gradients
-        pb = 2 if (half and rt.precision == 'bf16') else 4  # the mixed-precision policy gathers in bf16
-        params = 4 * P / W + pb * (root + 2 * block)
+        params = 4 * P / W + (2 if policy else 4) * (root + 2 * block)
         grads = 4 * P / W + 4 * block
-        optim, casts = state / W, 0
+        optim = state / W
     else:
         # DDP keeps a second copy of the gradients in its communication buckets
         params, grads, optim = 4 * P, 4 * P * (2 if mode == 'ddp' else 1), state
-        # autocast's 16-bit copy of each weight matrix (the head's and the blocks') is kept for the backward pass;
-        # with checkpointing a block's copies exist only while it runs (its forward is recomputed), one at a time
-        mats = sum(p.numel() for p in model.layers[0].parameters() if p.ndim == 2)
-        casts = 2 * (V * m.hidden_size + (0 if rt.activation_checkpointing else m.num_layers * mats)) if half else 0
-        recompute += mats if half and rt.activation_checkpointing else 0  # (values, at 2 bytes)
+    # autocast's 16-bit copy of each weight matrix (the head's and the blocks') is kept for the backward pass (none
+    # under the policy: the weights are bf16 already); with checkpointing a block's copies exist only while it runs
+    # (its forward is recomputed), one at a time
+    cast = half and not policy
+    mats = sum(p.numel() for p in model.layers[0].parameters() if p.ndim == 2)
+    casts = 2 * (V * m.hidden_size + (0 if rt.activation_checkpointing else m.num_layers * mats)) if cast else 0
+    recompute += mats if cast and rt.activation_checkpointing else 0  # (values, at 2 bytes)
     # under autocast most saved values are 16-bit, but the residual stream, the norms' inputs and the loss's logits
     # stay fp32 (the ...32 counts); the logits' gradient (V fp32 values per token) exists at the start of the backward
     saved_bytes = act_bytes * saved + (4 - act_bytes) * saved32

@@ -119,15 +119,24 @@ def command(name: str, about: str, parser: Callable[[], argparse.ArgumentParser]
         return run
     return register
 
+def _exit_status(e: SystemExit) -> int:
+    "The status a `SystemExit` stands for, as Python's own exit gives it (a message: printed on stderr, status 1)."
+    if e.code is None or isinstance(e.code, int): return e.code or 0
+    print(e.code, file=sys.stderr); return 1
+
 def run_named(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Run the command `name` on `argv` (default: the process's arguments) through `run_command`: a UserError
-    is one line `error: ...` and status 2, Ctrl-C 130. `prog`: the name its usage line shows."""
+    """Run the command `name` on `argv` (default: the process's arguments) through `run_command` and return its exit
+    status: a UserError is one line `error: ...` and 2, Ctrl-C 130, a usage error argparse's usage line and 2,
+    `--help` 0. `prog`: the name its usage line shows."""
     cmd = COMMANDS[name]
     parser = cmd.parser()
     if prog: parser.prog = prog
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser.set_defaults(_argv=argv)  # (for a command that records how it was called)
-    return run_command(cmd.run, parser, argv)
+    # argparse ends the process for --help and usage errors (SystemExit): here that is a status, as for a caller of
+    # `train_main([...])` in a notebook every other outcome is
+    try: return run_command(cmd.run, parser, argv)
+    except SystemExit as e: return _exit_status(e)
 
 # %% ../nbs/12_cli.ipynb #7c0fabee
 def _corpus_flags(p: argparse.ArgumentParser):
@@ -570,14 +579,29 @@ def orchestrate_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/12_cli.ipynb #ab7963c0
-def _undo_new(run: Path, before: set | None):
-    "After a failed orchestrate that wrote no checkpoint: remove what it created (the run directory itself, if new)."
+def _reusable(run: Path) -> set[Path]:
+    """What a failed orchestrate leaves for the next try: a tokenizer that loads (with its special_tokens.txt), and a
+    data folder that holds shards, finished or partial (`prepare` resumes a partial one), not just its lock file."""
+    keep, tok = set(), run / RUN_LAYOUT['tokenizer']
+    try: build_from_artifacts(tok); keep |= {tok, run / RUN_LAYOUT['special_tokens']}
+    except UserError: pass
+    data = run / RUN_LAYOUT['data']
+    if data.is_dir() and any(p.name != '.prepare.lock' for p in data.iterdir()): keep.add(data)
+    return keep
+
+def _undo_new(run: Path, before: set | None) -> list[Path]:
+    """After a failed orchestrate that wrote no checkpoint: remove what it created, except the reusable tokenizer and
+    token shards (the run directory itself too, if it was new and nothing is kept). Returns what it kept."""
     # a run that saved a checkpoint is kept whatever failed afterwards: it can be resumed
-    if list_checkpoints(run / RUN_LAYOUT['checkpoints']) or list_checkpoints(run / RUN_LAYOUT['best']): return
-    if before is None: shutil.rmtree(run, ignore_errors=True); return
-    for p in (set(run.iterdir()) - before) if run.is_dir() else ():
+    if list_checkpoints(run / RUN_LAYOUT['checkpoints']) or list_checkpoints(run / RUN_LAYOUT['best']): return []
+    if not run.is_dir(): return []
+    new = set(run.iterdir()) - (before or set())
+    kept = sorted(new & _reusable(run))
+    for p in new - set(kept):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
         else: p.unlink(missing_ok=True)
+    if before is None and not kept: shutil.rmtree(run, ignore_errors=True)
+    return kept
 
 @command('orchestrate', "the whole pipeline, from text to samples, in one run dir", orchestrate_parser)
 def _orchestrate(args) -> int:
@@ -585,9 +609,12 @@ def _orchestrate(args) -> int:
     # what was there before: only what this command adds is removed on failure, never the user's own files
     before = set(run.iterdir()) if run.is_dir() else None
     try: summary = _orchestrate_with(args)
-    except BaseException as e:  # a failed run leaves nothing it created (unless it saved a checkpoint)
+    except BaseException as e:  # a failed run leaves only its reusable work (all of it, once it saved a checkpoint)
         # not after a RunLockError: the directory belongs to the live run that holds the lock
-        if not isinstance(e, RunLockError) and (before is None or run.is_dir()): _undo_new(run, before)
+        if not isinstance(e, RunLockError) and (kept := _undo_new(run, before)):
+            # (on stdout: a user error stays one line on stderr)
+            say(f"orchestrate: no checkpoint was saved; kept {', '.join(p.name for p in kept)} in {run} for the next "
+                "try with this corpus (delete them to start from nothing), removed the rest this run created")
         raise
     return interrupt_status(summary.get('fit'))
 
@@ -694,7 +721,8 @@ def _quality_flags(ap: argparse.ArgumentParser):
     ap.add_argument('--budget', type=float, default=80.0, help="--quality: training seconds of --clock (default 80: "
                     "the default config then reads a little less than the training part of wikipedia-vital once)")
     ap.add_argument('--clock', default=None, choices=('wall', 'process'), help="--quality: the budget's clock: "
-                    "this process's CPU seconds (the default on a CPU) or wall seconds (the default on a GPU)")
+                    "the CPU seconds of this process and its children (the default on a CPU) or wall seconds (the "
+                    "default on a GPU)")
     ap.add_argument('--tokens', type=int, default=None, help='--quality: train on exactly this many tokens instead of '
                     'a time budget (the same figure again for a seed: for ablations)')
     ap.add_argument('--tune', action='store_true', help='--quality: train on the training part less the tuning split, '
@@ -725,9 +753,25 @@ def _bench_quality(a) -> tuple[dict, Path]:
     return ({'schema': 'transformer_nb.bench.quality/2', 'created_at': utc_now_iso(), 'overrides': a.override,
              'load_average': load_average(), **res}, Path(a.out or 'tnb-bench-quality.json'))
 
+# %% ../nbs/12_cli.ipynb #666c822d
+# the flags each mode of `tnb bench` reads (--device, --threads, --corpus, --out and --quiet serve both)
+_SPEED_ONLY = ('shapes', 'only', 'steps', 'repeats', 'warmup', 'no_compile', 'warm_compile', 'retries', 'max_others',
+               'keep_dropout', 'precision', 'new_tokens', 'prompt_len', 'gen_batches', 'gen_modes',
+               'gen_no_cache_batches', 'vs_transformers', 'prep_mb', 'prep_vocab', 'prep_workers', 'prep_memory_mb',
+               'peak_sizes')
+_QUALITY_ONLY = ('config', 'compare', 'seeds', 'override', 'budget', 'clock', 'tokens', 'tune')
+
+def _unused_flags(a, names) -> list[str]:
+    "The flags among `names` given a value other than their default: the mode in use would ignore them."
+    defaults = bench_parser().parse_args([])
+    return ['--' + n.replace('_', '-') for n in names if getattr(a, n) != getattr(defaults, n)]
+
 # %% ../nbs/12_cli.ipynb #aad053bf
 @command('bench', "measure speed (MFU, tokens/s) or quality per compute", bench_parser)
 def _bench(a) -> int:
+    # a flag of the other mode would be ignored without a word: refused, naming it
+    if wrong := _unused_flags(a, _SPEED_ONLY if a.quality else _QUALITY_ONLY):
+        raise BenchError(f"{', '.join(wrong)}: not used {'with' if a.quality else 'without'} --quality")
     if a.threads is None and a.quality: a.threads = 1       # the quality budget is CPU-seconds on one thread
     if a.threads is not None:
         if a.threads < 1: raise BenchError(f"--threads must be >= 1, got {a.threads}")
@@ -873,13 +917,17 @@ def tnb_parser(prog: str = 'tnb') -> argparse.ArgumentParser:
     return p
 
 def main(argv: Sequence[str] | None = None, prog: str = 'tnb') -> int:
-    "`tnb COMMAND [ARGS ...]` (the console script `tnb`, and `python -m transformer_nb`): run one of `COMMANDS`."
+    """`tnb COMMAND [ARGS ...]` (the console script `tnb`, and `python -m transformer_nb`): run one of `COMMANDS`;
+    returns the exit status."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     # a known command runs directly, so that its own parser handles (and reports) all its arguments
     if argv and argv[0] in COMMANDS: return run_named(argv[0], argv[1:], prog=f'{prog} {argv[0]}')
-    # --help, --version or a usage error (an unknown command) exit here; `tnb -- COMMAND ...` runs the command
+    # --help, --version or a usage error (an unknown command) end here, with their status; `tnb -- COMMAND ...` runs
+    # the command
     parser = tnb_parser(prog)
-    if not argv:
-        parser.error(f"name a command ({prog} --help lists them)")
-    a = parser.parse_args(argv)
+    try:
+        if not argv:
+            parser.error(f"name a command ({prog} --help lists them)")
+        a = parser.parse_args(argv)
+    except SystemExit as e: return _exit_status(e)
     return run_named(a.command, a.args, prog=f'{prog} {a.command}')

@@ -33,7 +33,7 @@ __all__ = ['CHOICES', 'ALIASES', 'PATH_KEYS', 'CORPUS_KEYWORDS', 'ConfigError', 
            'OptimizerConfig', 'SchedulerConfig', 'CheckpointConfig', 'BestConfig', 'EvaluationConfig', 'LoggingConfig',
            'RuntimeConfig', 'Config', 'schema_keys', 'validate_config', 'config_to_dict', 'config_from_dict',
            'read_config_file', 'load_config', 'apply_overrides', 'config_to_yaml', 'save_config', 'model_config_dict',
-           'config_sha256', 'diff_configs']
+           'canonical_model_dict', 'config_sha256', 'diff_configs']
 
 # %% ../nbs/00_config.ipynb #a67a14af
 class ConfigError(UserError):
@@ -626,6 +626,30 @@ def _construct_mapping(loader, node, deep=False):
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+def _key_path(data, target, prefix: str = '') -> str | None:
+    "The dotted path of the mapping `target` (by identity) inside `data`, '' for `data` itself."
+    if data is target: return prefix
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for k, v in items:
+        if isinstance(v, (dict, list)) and (found := _key_path(v, target, _join(prefix, str(k)))) is not None:
+            return found
+    return None
+
+def _load_json(text: str, label: str):
+    "`json.loads(text)`, but a key given twice in one object is a `ConfigError` naming it (json keeps the last one)."
+    repeated = []   # (key, the object it is repeated in)
+    def unique(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d: repeated.append((k, d))
+            d[k] = v
+        return d
+    data = json.loads(text, object_pairs_hook=unique)
+    if repeated:
+        key, obj = repeated[0]
+        raise ConfigError(f"{label}: invalid JSON: key {_join(_key_path(data, obj) or '', key)!r} given twice")
+    return data
+
 def read_config_file(path) -> dict:
     "The raw mapping in the YAML (or .toml / .json) file at `path`; a `ConfigError` if there is none."
     label, path = str(path), Path(path).expanduser()
@@ -638,7 +662,7 @@ def read_config_file(path) -> dict:
     # `from None` below: the parser's traceback adds nothing to a message that already gives file:line:column
     try:
         if suffix == '.toml': data = tomllib.loads(text)
-        elif suffix == '.json': data = json.loads(text)
+        elif suffix == '.json': data = _load_json(text, label)
         else: data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -661,8 +685,16 @@ def load_config(path, overrides: Iterable[str] = ()) -> Config:
     base_dir = Path(path).expanduser().absolute().parent
     overrides = list(overrides or ())
     if not overrides: return config_from_dict(raw, base_dir, source=path)
-    _build(Config, raw, '', str(path), base_dir)  # the file's own mistakes are reported as the file's
-    cfg = config_from_dict(apply_overrides(raw, overrides), base_dir, source=f"{path} (with --override)")
+    _build(Config, raw, '', str(path), base_dir)  # the file's own mistakes in single values are reported as the file's
+    overridden, label = apply_overrides(raw, overrides), f"{path} (with --override)"
+    try: cfg = config_from_dict(overridden, base_dir, source=label)
+    except ConfigError as e:
+        # a rule between keys that the file breaks by itself, with the same values, is the file's mistake: the label
+        # names the overrides only when they took part
+        try: config_from_dict(raw, base_dir, source=path)
+        except ConfigError as own:
+            if str(own) == str(e).replace(label, str(path), 1): raise own from None
+        raise
     cfg.source = Path(path)     # the label above said "(with --override)"; the source is the file itself
     return cfg
 
@@ -680,10 +712,20 @@ def _parse_override_value(text: str, tp, key: str, where: str):
     if value is None: return None      # null: the default, or None where the key is optional
     try: return _read_value(value, tp, key, where, resolve=False)
     except ConfigError:
-        if isinstance(value, (bool, int, float)) and str in _options(tp):  # '2024', 'yes', 'off' meant as text
+        # '2024', 'yes', 'off' meant as text: a key that takes a string or a list of strings (a path) takes the text
+        takes_text = any(t is str or _is_list(t) for t in _options(tp))
+        if isinstance(value, (bool, int, float)) and takes_text:
             return _read_value(text.strip(), tp, key, where, resolve=False)
         raise
 
+def _merge(base: dict, new: dict) -> dict:
+    "`base` with the keys of `new` put in, sub-mappings merged the same way (lists and values replaced)."
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+# %% ../nbs/00_config.ipynb #ccf9a610
 def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
     "A copy of the raw config mapping `d` with each `'a.b.c=value'` / `'a.b[i]=value'` applied, checked."
     # Overrides edit the raw mapping, which is then built and checked like a file: an override obeys the file's rules,
@@ -713,7 +755,11 @@ def apply_overrides(d: dict, overrides: Iterable[str]) -> dict:
                 cls, node = (tp if is_dataclass(tp) else None), node[name]
                 continue
             if index is None:
-                node[name] = _parse_override_value(value_text, tp, path, where)
+                value = _parse_override_value(value_text, tp, path, where)
+                # a mapping for a whole section is merged into the file's: the keys it leaves out keep their values
+                if is_dataclass(tp) and isinstance(value, dict) and isinstance(node.get(name), dict):
+                    value = _merge(node[name], value)
+                node[name] = value
                 continue
             items = node.get(name)
             items = copy.copy(getattr(cls(), name)) if items is None else [items] if isinstance(items, str) else items
@@ -742,9 +788,27 @@ def model_config_dict(cfg) -> dict:
     "The model section of a `Config` (or a `ModelConfig`) as a plain dict."
     return config_to_dict(cfg.model if isinstance(cfg, Config) else cfg)
 
+def canonical_model_dict(m) -> dict:
+    """The model section (of a `Config`, a `ModelConfig`, or a dict as saved) with the spellings that describe the same
+    network made one: plain RoPE (`rope_mode` 'none') -> None, `num_key_value_heads` equal to the query heads -> None,
+    `rope_theta` 10000 -> None, `rotary_dim` equal to the head size -> None. Compare and hash model sections in this
+    form."""
+    d = dict(m) if isinstance(m, dict) else model_config_dict(m)
+    get = lambda k: d.get(k, getattr(ModelConfig, k))       # a key the dict lacks: its default
+    if isinstance(d.get('rope_mode'), str) and d['rope_mode'].strip().lower() == 'none': d['rope_mode'] = None
+    heads = get('num_attention_heads')
+    if d.get('num_key_value_heads') is not None and d['num_key_value_heads'] == heads: d['num_key_value_heads'] = None
+    if d.get('rope_theta') is not None and d['rope_theta'] == 10000: d['rope_theta'] = None
+    if isinstance(heads, int) and heads > 0 and isinstance(get('hidden_size'), int) and \
+            d.get('rotary_dim') is not None and d['rotary_dim'] == get('hidden_size') // heads:
+        d['rotary_dim'] = None
+    return d
+
 def config_sha256(cfg, section: str | None = None) -> str:
-    "SHA-256 of the config (or of one `section`, e.g. 'model') as canonical JSON."
+    """SHA-256 of the config (or of one `section`, e.g. 'model') as canonical JSON; the model section in
+    `canonical_model_dict` form."""
     d = config_to_dict(cfg)
+    if 'model' in d: d['model'] = canonical_model_dict(d['model'])
     if section is not None: d = d[section]
     # Canonical JSON (sorted keys, no spaces): equal configs hash equal whatever the key order of their files
     return sha256_bytes(json.dumps(d, sort_keys=True, separators=(',', ':')).encode())
@@ -755,7 +819,13 @@ def _flatten(d, prefix: str = '') -> dict:
     for k, v in d.items(): out.update(_flatten(v, _join(prefix, k)))
     return out
 
+def _canonical(c) -> dict:
+    d = dict(c) if isinstance(c, dict) else config_to_dict(c)
+    if isinstance(d.get('model'), dict): d['model'] = canonical_model_dict(d['model'])
+    return d
+
 def diff_configs(old, new) -> dict[str, tuple]:
-    "The keys whose values differ between two configs (or config dicts): `{key: (old, new)}`."
-    a, b = (_flatten(c if isinstance(c, dict) else config_to_dict(c)) for c in (old, new))
+    """The keys whose values differ between two configs (or config dicts): `{key: (old, new)}`; two spellings of one
+    model (`canonical_model_dict`) are no difference."""
+    a, b = (_flatten(_canonical(c)) for c in (old, new))
     return {k: (a.get(k), b.get(k)) for k in {**a, **b} if a.get(k) != b.get(k)}

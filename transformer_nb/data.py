@@ -46,8 +46,9 @@ from .sources import (FileStats as FileStats, iter_documents as iter_documents,
 from .tokenizer import build_from_artifacts, eos_id, tokenizer_fingerprint
 
 # %% auto #0
-__all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'shard_text', 'TokenShards', 'PreparedData', 'default_workers', 'prepare',
-           'RandomWindowSampler', 'SequentialSampler', 'rank_sources', 'StreamingSampler', 'tokenize_in_memory']
+__all__ = ['TOKENS_FORMAT', 'TOKENS_FORMAT_VERSION', 'SHARD_TOKENS', 'shard_text', 'TokenShards', 'PreparedData',
+           'default_workers', 'prepare', 'RandomWindowSampler', 'SequentialSampler', 'rank_sources', 'StreamingSampler',
+           'tokenize_in_memory']
 
 # %% ../nbs/02_data.ipynb #2ee4e94f
 def shard_text(src, out_dir, lines_per_shard: int, prefix: str = 'shard', show_progress: bool | None = False) -> dict:
@@ -255,16 +256,20 @@ def _load_tokenizer(tokenizer) -> tuple[Tokenizer, dict]:
     info['sha256'] = tokenizer_fingerprint(tokenizer)
     return tokenizer, info
 
+SHARD_TOKENS = 1 << 28      # tokens per shard file at most, by default
+
 def _cache_key(sources: list[dict], val_sources: list[dict], tok_sha: str, split: dict, max_doc_chars: int,
-               dedupe: bool = False) -> str:
+               dedupe: bool = False, shard_tokens: int = SHARD_TOKENS) -> str:
     """The identity of a prepared folder: the sources' content (and text field), the tokenizer, the split, and the
-    options."""
+    options (the shard size included: the same tokens cut into other files are another folder)."""
     # The key names the folder: the same inputs find the same folder, and any change gets a new one
     ident = lambda s: s['sha256'] + (f":{s['kind']}:{s['field']}" if 'field' in s else '')
     key = {'format': TOKENS_FORMAT, 'version': TOKENS_FORMAT_VERSION, 'tokenizer': tok_sha,
            'sources': [ident(s) for s in sources], 'val_sources': [ident(s) for s in val_sources],
            'split': split, 'max_doc_chars': max_doc_chars}
-    if dedupe: key['dedupe'] = True                     # (absent when off: older caches keep their keys)
+    # (absent when off / the default: older caches keep their keys)
+    if dedupe: key['dedupe'] = True
+    if shard_tokens != SHARD_TOKENS: key['shard_tokens'] = int(shard_tokens)
     return sha256_bytes(json.dumps(key, sort_keys=True).encode())[:16]
 
 def _load_prepared(folder: Path) -> dict | None:
@@ -293,6 +298,11 @@ def _damaged_shard(folder: Path, man: dict) -> Path | None:
             if sha256_file(folder/s['file']) != s['sha256']: return folder/s['file']
     _VERIFIED.add((str(folder.resolve()), man.get('key')))
     return None
+
+def _intact(folder: Path) -> bool:
+    "Is `folder` a complete prepared folder whose shards match their hashes? (Read only: no lock needed.)"
+    try: return (man := _load_prepared(folder)) is not None and _damaged_shard(folder, man) is None
+    except OSError: return False            # (a process holding the lock is deleting it: ask again under the lock)
 
 # %% ../nbs/02_data.ipynb #737c9409
 @dataclass
@@ -459,7 +469,8 @@ def _locked(folder: Path):
 def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val_fraction: float, seed: int,
                 split: dict, dedupe: bool, say) -> tuple[Callable[[], bool], int | None, list[int]]:
     """`(take_val, break_after, dropped)`: `take_val()` is asked once per document kept, `break_after` splits a
-    one-document corpus after that many lines, `dropped` numbers the duplicate documents left out."""
+    one-document corpus after that many lines (in its first source), `dropped` numbers the duplicate documents left
+    out (as `_pieces` counts them)."""
     n_train = sum(f.documents for f in report.files[:n_train_sources])
     dropped = report.duplicates if dedupe else ()
     n_docs = n_train - int(np.searchsorted(dropped, n_train))
@@ -469,16 +480,20 @@ def _split_plan(report: CorpusReport, n_train_sources: int, val_files: bool, val
     if n_docs >= 2:
         n_val = min(max(1, round(val_fraction * n_docs)), n_docs - 1)
         return _SelectionSampler(n_docs, n_val, seed), None, dropped
-    n_lines = sum(f.text_lines for f in report.files)                   # a single document: hold out its last lines
+    # A single document (maybe after dedupe): hold out its last lines
+    # After dedupe, every document is a copy of the one kept (the first): it has 1 / n_train of the lines
+    n_lines = sum(f.text_lines for f in report.files) // n_train
     if n_lines < 2:
         raise CorpusError(f"{report.files[0].path}: the corpus is a single one-line document: it cannot be split "
                           "into train and validation; add text, separate documents with blank lines, or give "
                           "validation files")
     k = min(max(1, round(val_fraction * n_lines)), n_lines - 1)
     split['method'] = 'lines'
-    say(f'the corpus is a single document: holding out its last {k} of {n_lines} lines for validation')
+    say(f"the corpus is a single document{' after dedupe' if len(dropped) else ''}: holding out its last {k} of "
+        f"{n_lines} lines for validation")
     state = iter([False, True])
-    return (lambda: next(state)), n_lines - k, []
+    # The break makes the kept document two (numbers 0 and 1): the copies after it are counted one further on
+    return (lambda: next(state)), n_lines - k, [d + 1 for d in dropped]
 
 def _pieces(sources: Sequence[Source], n_train: int, take_val, break_after: int | None, max_doc_chars: int,
             dropped: Sequence[int] = ()) -> Iterator[tuple[str, bool, bool]]:
@@ -487,7 +502,8 @@ def _pieces(sources: Sequence[Source], n_train: int, take_val, break_after: int 
     drop = iter(dropped); nxt = next(drop, None)
     doc, new_doc = 0, True
     for i, src in enumerate(sources):
-        for text, end in source_pieces(src, max_chars=max_doc_chars, break_after=break_after):
+        # (the one document to break is the first: in the first source, as every source has a document)
+        for text, end in source_pieces(src, max_chars=max_doc_chars, break_after=break_after if i == 0 else None):
             if doc == nxt:                                  # a repeated document: all its pieces are skipped
                 if end: doc += 1; nxt = next(drop, None)
                 continue
@@ -586,8 +602,9 @@ def _build(job: _Job, out: Path) -> dict:
             bar.update(bar.total - bar.n)                # (blank separator lines are not in any batch)
     except UserError:
         shutil.rmtree(part, ignore_errors=True); raise       # bad input: nothing half-written stays
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):            # Ctrl-C, or a signal handler's exit: the partial folder stays
         job.say(f'interrupted: the shards done so far stay in {part}; the same prepare resumes there'); raise
+    # (any other error, a bug or MemoryError, goes up with its own message; the partial folder stays too)
     t_tok, others = time.perf_counter() - t1, cpu.stop().others
     others = others if t_tok >= MIN_TIMED_SECONDS else None      # (the CPU counters tick every 10 ms)
     man = _manifest(job, report, shards, chars, docs, dropped, workers, t_val, t_tok, others)
@@ -655,17 +672,17 @@ def _check_reuse(data: PreparedData, sources, strict_files: bool) -> None:
 
 # %% ../nbs/02_data.ipynb #b9b29943
 def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed: int = 0, val_sources=None,
-            show_progress: bool | None = True, *, batch_chars: int = 1 << 20, shard_tokens: int = 1 << 28,
+            show_progress: bool | None = True, *, batch_chars: int = 1 << 20, shard_tokens: int = SHARD_TOKENS,
             max_doc_chars: int = 1 << 20, verbose: bool = True, workers: int | None = None, text_field: str = 'text',
             glob: str | None = None, dedupe: bool = False, strict_files: bool = False) -> PreparedData:
     """Tokenize the corpus `sources` into train/val token shards under `cache_dir/tokens-<key>/` (reused when present).
     `sources`/`val_sources`: anything `resolve_corpus` takes (`text_field`, `glob`: see there). `tokenizer`: a
     tokenizer folder / tokenizer.json, or a `tokenizers.Tokenizer`. The split holds out `val_fraction` of the documents
     (chosen from `seed`), or uses `val_sources`. `workers`: tokenizing processes (None: one per core); the shards are
-    the same for any number. `shard_tokens`: tokens per shard file at most. `dedupe`: leave out exact duplicate
-    documents. `strict_files`: an unreadable file found in a folder or by a glob is an error (by default it is skipped,
-    counted in the manifest's `skipped_files`). An interrupted call resumes where it stopped. `cache_dir` None:
-    `default_cache_dir()/'tokens'`."""
+    the same for any number. `shard_tokens`: tokens per shard file at most (part of the cache key). `dedupe`: leave
+    out exact duplicate documents. `strict_files`: an unreadable file found in a folder or by a glob is an error (by
+    default it is skipped, counted in the manifest's `skipped_files`). An interrupted call resumes where it stopped.
+    `cache_dir` None: `default_cache_dir()/'tokens'`."""
     t0 = time.perf_counter()
     say = (lambda msg: say_line(f'prepare: {msg}', file=sys.stderr)) if verbose else (lambda msg: None)
     for name, v, lo in (('seed', seed, 0), ('workers', workers, 1), ('shard_tokens', shard_tokens, 1),
@@ -684,16 +701,17 @@ def prepare(sources, tokenizer, cache_dir=None, val_fraction: float = 0.1, seed:
     split = ({'method': 'val_sources'} if len(val) else
              {'method': 'documents', 'val_fraction': float(val_fraction), 'seed': int(seed)})
     key = _cache_key([describe_source(s) for s in train], [describe_source(s) for s in val], tok_info['sha256'],
-                     split, max_doc_chars, dedupe)
+                     split, max_doc_chars, dedupe, shard_tokens)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()/'tokens'
     out = cache_dir/f'tokens-{key}'
-    # A cached folder whose shards no longer match their hashes is rebuilt, never trusted
-    if (cached := _load_prepared(out)) is not None and (bad := _damaged_shard(out, cached)) is not None:
-        say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
-        shutil.rmtree(out)
-    if _load_prepared(out) is None:
+    if not _intact(out):
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(cache_dir):
+            # A cached folder whose shards no longer match their hashes is rebuilt, never trusted; checked again and
+            # deleted under the lock: of several processes finding it damaged, one deletes and rebuilds it
+            if (cached := _load_prepared(out)) is not None and (bad := _damaged_shard(out, cached)) is not None:
+                say(f'warning: {bad}: content does not match its sha256 in manifest.json; rebuilding the token shards')
+                shutil.rmtree(out)
             if _load_prepared(out) is None:                      # (not made by another process meanwhile)
                 # uint16 whenever the vocabulary fits: half the disk, and half the bytes read per batch
                 dtype = 'uint16' if vocab <= 1 << 16 else 'uint32'

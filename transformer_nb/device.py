@@ -8,6 +8,7 @@ Docs: https://transformer-nb.github.io/transformer_nb/device.html.md"""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import re
@@ -149,7 +150,7 @@ def tf32_enabled() -> bool:
         if new == 'none':  # inherits the global setting of the new API
             new = getattr(torch.backends, 'fp32_precision', 'none')
         return new == 'tf32'
-    # (with the new API in use, this older getter raises)
+    # (torch < 2.9: no new API, so the older getter is the only one, and reliable)
     return torch.get_float32_matmul_precision() != 'highest'
 
 
@@ -214,8 +215,13 @@ class PeakFlops:
 def peak_flops(device: torch.device, precision: str = 'fp32') -> PeakFlops:
     """Peak matmul FLOP/s of one device for MFU: `$TNB_PEAK_FLOPS` if set, the datasheet figure of a known GPU
     (`gpu_model`), else a quick measurement (`.measured`)."""
-    if os.environ.get('TNB_PEAK_FLOPS'):
-        return PeakFlops(float(os.environ['TNB_PEAK_FLOPS']), 'TNB_PEAK_FLOPS')
+    if text := os.environ.get('TNB_PEAK_FLOPS', '').strip():
+        try: flops = float(text)
+        except ValueError: flops = math.nan
+        if not (0 < flops < math.inf):
+            raise TrainingError(f"TNB_PEAK_FLOPS={text!r}: expected the peak FLOP/s of one device as a positive "
+                                "number written out, e.g. 989e12 for 989 TFLOP/s")
+        return PeakFlops(flops, 'TNB_PEAK_FLOPS')
     if device.type == 'cuda':
         name = torch.cuda.get_device_name(device)
         peak = datasheet_peak(name, precision)

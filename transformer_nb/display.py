@@ -133,11 +133,13 @@ def _flushable_streams():
 
 
 class ProgressView:
-    "A progress bar as HTML (notebook) and as a line of text."
+    """A progress bar as HTML (notebook) and as a line of text: at `step` of `total`, `elapsed` seconds after `start`,
+    the step this session began at (a resumed run's), which the time left is estimated from."""
 
-    def __init__(self, step: int, total: int, history: dict, elapsed: float):
+    def __init__(self, step: int, total: int, history: dict, elapsed: float, start: int = 0):
         tr, ev = history.get('train'), history.get('eval')
-        eta = elapsed * (total - step) / step if step else float('nan')
+        # the pace of this session's steps: after a resume, `elapsed` covers only the steps since `start`
+        eta = elapsed * (total - step) / (step - start) if step > start else float('nan')
         bits = [f'{step}/{total} steps']
         bits += [f"loss {tr[-1]['loss']:.4f}"] if tr else []
         bits += [f"eval {ev[-1]['loss']:.4f}"] if ev else []
@@ -156,8 +158,8 @@ class LiveChart:
     "Progress bar and loss/LR chart of a run, redrawn in place (`live`) or drawn once at `close()`."
 
     def __init__(self, total_steps: int, live: bool = True, every: int | None = None, min_seconds: float = 0.5,
-                 display=None):
-        self.total, self.live, self.min_seconds = total_steps, live, min_seconds
+                 display=None, start: int = 0):
+        self.total, self.live, self.min_seconds, self.start = total_steps, live, min_seconds, start
         self.every = every or max(1, total_steps // 50)
         self.display = display or _ipython_display
         self.handles, self.draws, self._seen, self._last = {}, {'bar': 0, 'chart': 0}, 0, -math.inf
@@ -179,7 +181,7 @@ class LiveChart:
         if not self.live or step % self.every or now - self._last < self.min_seconds:
             return
         self._last = now
-        self._show('bar', ProgressView(step, self.total, history, now - self.t0))
+        self._show('bar', ProgressView(step, self.total, history, now - self.t0, self.start))
         n = len(history.get('train', [])) + len(history.get('eval', []))
         if n > self._seen:  # redraw the chart only when there is something new on it
             self._seen = n
@@ -188,6 +190,6 @@ class LiveChart:
     def close(self, step: int, history: dict):
         "The last picture: the bar at `step` (live mode) and the whole chart, left in the output."
         if self.live:
-            self._show('bar', ProgressView(step, self.total, history, time.perf_counter() - self.t0))
+            self._show('bar', ProgressView(step, self.total, history, time.perf_counter() - self.t0, self.start))
         if history.get('train') or history.get('eval'):
             self._show('chart', ChartImage(history, step, self.total))

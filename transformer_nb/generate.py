@@ -130,9 +130,10 @@ _COMPILED_STEPS = {}
 # On a CPU a batch-1 decoding step is a chain of (1, K) x (K, N) products: each reads a weight matrix
 # once, so the speed of reading memory decides. Inductor's `decompose_mm_pass` rewrites such a product
 # as one fused multiply-and-sum kernel, which reads the weights faster than the BLAS call it replaces
-# (11_bench measures the gain). Products with more than one row are left to BLAS, and so are products wider
-# than the pass's size limit (2,048): the option below asks for a larger one, but torch reads the limit
-# from a module constant when the pass is imported, so a large vocabulary's head stays with BLAS.
+# (11_bench measures the gain). Naming the pass in `post_grad_fusion_options` is what switches it on. Products with
+# more than one row are left to BLAS, and so are products wider than the pass's size limit (2,048): the option
+# also asks for a larger limit, which has no effect (torch reads the limit from a module constant when the pass is
+# imported), so a large vocabulary's head stays with BLAS.
 CPU_DECODE_OPTIONS = {'post_grad_fusion_options': {
     'decompose_mm_pass': {'cpu_max_other_dimension_decomposition': 1 << 18}}}
 

@@ -332,6 +332,8 @@ def _fresh_target(out: Path, overwrite: bool) -> None:
         raise ExportError(f"{out}: holds {other[0]}" + (f" and {len(other) - 1} more" if len(other) > 1 else '')
                           + ", which a model export does not; refusing to replace it")
 
+
+# %% ../nbs/08b_hf.ipynb #b8b58eee
 def _model_card(conf: dict, source: dict | None, notes: Sequence[str]) -> str:
     arch = conf['model_type']
     lines = ["---", "library_name: transformers", f"tags: [{arch}, transformer_nb]", "---", "",
@@ -342,6 +344,9 @@ def _model_card(conf: dict, source: dict | None, notes: Sequence[str]) -> str:
              f"- layers {conf['num_hidden_layers']}, hidden {conf['hidden_size']}, heads {conf['num_attention_heads']} "
              f"(key/value {conf['num_key_value_heads']}), MLP {conf['intermediate_size']}, vocab {conf['vocab_size']}, "
              f"context {conf['max_position_embeddings']}, dtype {conf['torch_dtype']}"]
+    if (eos := conf.get('eos_token_id')) is not None:
+        lines.append(f"- prompts: transformer_nb's `generate` starts a prompt after `<eos>` (id {eos}), where "
+                     "training documents start; prepend that id for the same continuations with transformers")
     if source: lines.append("- source: " + ', '.join(f"{k} {v}" for k, v in source.items()))
     lines += [f"- note: {n}" for n in notes]
     return '\n'.join(lines) + '\n'

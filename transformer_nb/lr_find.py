@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import DataConfig, load_config
 from .device import TrainingError, resolve_device, resolve_precision, seed_everything
+from .sources import CorpusError
 from .tokenizer import tokenizer_from_config
 from .data import PreparedData, SequentialSampler, prepare
 from .model import DecoderModel
@@ -46,10 +47,19 @@ class LRFinderResult:
     lr_steep: float  # the rate where the smoothed loss fell fastest
     diverged: bool
 
+    @property
+    def min_at_end(self) -> bool:
+        "Whether the loss was lowest at the last rate tried: the range ended before the loss turned up."
+        return not self.diverged and self.lr_min >= self.lrs[-1]
+
     def __str__(self):
+        # a minimum at the end of the range is no minimum: the loss might fall further at larger rates
+        end = (f"\nwarning: the loss was still falling at the last rate tried, {self.lrs[-1]:.2e}: the range ended "
+               "before the loss turned up, so the suggestion is a tenth of the largest rate tried, not of a minimum; "
+               "a larger end_lr shows where the loss turns up" if self.min_at_end else '')
         return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the "
                 f"smoothed loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
-                f"{', stopped when the loss diverged' if self.diverged else ''})")
+                f"{', stopped when the loss diverged' if self.diverged else ''}){end}")
 
     def plot(self, ax=None):
         "Smoothed (and raw) loss against the learning rate on a log axis, the suggestion marked."
@@ -78,6 +88,9 @@ def lr_suggestion(lrs, smoothed, skip: float = 0.1) -> tuple[float, float, float
     """(suggestion, lr_min, lr_steep): a tenth of the rate at the smoothed minimum, the minimum, the steepest fall
     before it."""
     s, lr = np.asarray(smoothed, dtype=float), np.asarray(lrs, dtype=float)
+    if not np.isfinite(s).any():
+        raise TrainingError(f"lr_suggestion: no finite loss among the {len(s)} point(s) of the curve: there is no "
+                            "learning rate to read from it")
     # non-finite points (a diverged tail) are ignored; the slope is taken against log(lr), the axis the rates are
     # spaced evenly on
     i_min = int(np.nanargmin(np.where(np.isfinite(s), s, np.nan)))
@@ -97,9 +110,23 @@ def centred_mean(values, half: int) -> list[float]:
     return [float(v[max(0, i - half) : i + half + 1].mean()) for i in range(len(v))]
 
 # %% ../nbs/09h_lr_find.ipynb #2f8d8ef4
+def _link_finished_shards(cache: Path, tmp: Path) -> None:
+    """In `tmp`, a folder of links for each finished shard folder of the cache `cache`: `prepare` in `tmp` then reuses
+    those shards (reading them through the links) and writes nothing in `cache`, not even its lock file."""
+    for folder in sorted(cache.glob('tokens-*')):
+        # finished ones only: `prepare` would resume a partial folder, i.e. write into it
+        try: PreparedData.load(folder)
+        except (CorpusError, OSError, ValueError, KeyError, TypeError): continue
+        links = tmp / folder.name
+        links.mkdir()
+        try:
+            for f in folder.iterdir(): (links / f.name).symlink_to(f.absolute())
+        except OSError:  # no symbolic links here (e.g. Windows without the privilege): these shards are made again
+            shutil.rmtree(links)
+
 def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
-    """Token shards for `lr_find`: the run's cached ones if they are there, else made in `tmp` (nothing is written
-    elsewhere)."""
+    """Token shards for `lr_find`, prepared in `tmp`: the run's finished ones are reused through links, others are made
+    there (nothing is written elsewhere)."""
     d = config.data
     if not d.train_shards:
         raise TrainingError("data.train_shards is empty: name the training text (files, folders, globs, or "
@@ -110,15 +137,10 @@ def lr_find_data(config, tokenizer, run_dir, tmp: Path) -> PreparedData:
     if not 0 < kw['val_fraction'] < 1 and not kw['val_sources']:   # (a streaming config may hold nothing out)
         kw['val_fraction'] = DataConfig.val_fraction
     if data_dir.is_dir():  # where the Trainer would look: the run's data folder, or data.cache_dir
-        data = prepare(d.train_shards, src, data_dir, **kw)
-        if data.reused:
-            return data
-        moved = tmp / data.dir.name  # new shards: moved out of the run's cache
-        shutil.move(str(data.dir), str(moved))
-        return PreparedData.load(moved)
+        _link_finished_shards(data_dir, tmp)
     return prepare(d.train_shards, src, tmp, **kw)
 
-
+# %% ../nbs/09h_lr_find.ipynb #c3273bce
 def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, end_lr: float, num_steps: int,
                   beta: float | None = None, diverge: float = 4.0) -> LRFinderResult:
     """Train `net` one step per rate, rates from `start_lr` to `end_lr` geometrically, until the smoothed loss
@@ -148,12 +170,15 @@ def lr_range_test(config, net: nn.Module, data: PreparedData, start_lr: float, e
             diverged = True
             break
     keep = [k for k, v in enumerate(losses) if math.isfinite(v)]
+    if not keep:  # (the loop stops at the first non-finite loss: this one was the first step's)
+        raise TrainingError(f"lr_find: the loss of the first step (learning rate {start_lr:.1e}) is {losses[0]}: "
+                            "there is no curve to read a rate from; check the model and runtime.precision (fp16 can "
+                            "overflow), or lower start_lr")
     lrs, losses = [lrs[k] for k in keep], [losses[k] for k in keep]
     # the suggestion reads a centred mean of the raw loss: the moving average above decides when to stop, but it
     # lags, and its minimum sits where the raw loss is already rising
     centred = centred_mean(losses, max(1, num_steps // 40))
     return LRFinderResult(lrs, losses, centred, *lr_suggestion(lrs, centred), diverged)
-
 
 # %% ../nbs/09h_lr_find.ipynb #f4368eee
 def lr_find(config, model: nn.Module | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,

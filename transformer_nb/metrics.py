@@ -7,7 +7,9 @@ Docs: https://transformer-nb.github.io/transformer_nb/metrics.html.md"""
 # %% ../nbs/09c_metrics.ipynb #eebd66d9
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -19,24 +21,62 @@ from .device import TrainingError, autocast
 from .tokenizer import TokenizerError, bytes_to_unicode, eos_id
 
 # %% auto #0
-__all__ = ['token_text_lengths', 'token_lengths_tensor', 'loss_sums', 'text_figures', 'token_stream', 'window_batches',
-           'text_metrics', 'model_flops_utilization', 'mfu_text']
+__all__ = ['tokenizer_text_kind', 'token_text_lengths', 'token_lengths_tensor', 'loss_sums', 'text_figures', 'token_stream',
+           'window_batches', 'text_metrics', 'model_flops_utilization', 'mfu_text']
 
 # %% ../nbs/09c_metrics.ipynb #ac06ac17
+def _parts(component: dict | None) -> list[dict]:
+    "A decoder, pre-tokenizer or normalizer as `tokenizer.json` writes it, and the members of a Sequence, in order."
+    if component is None: return []
+    members = [m for key in ('decoders', 'pretokenizers', 'normalizers') for m in component.get(key) or []]
+    return [component, *(p for m in members for p in _parts(m))]
+
+
+def tokenizer_text_kind(tokenizer) -> tuple[str, dict]:
+    """('byte-level', {}) or ('metaspace', {'replacement': '▁', 'byte_fallback': bool}): how the tokens of
+    `tokenizer` spell text, from its decoder and pre-tokenizer. TokenizerError for any other kind."""
+    spec = json.loads(tokenizer.to_str())
+    dec, pre = _parts(spec.get('decoder')), _parts(spec.get('pre_tokenizer'))
+    if any(p['type'] == 'ByteLevel' for p in dec + pre):
+        return 'byte-level', {}
+    # SentencePiece style: a Metaspace step, or (Llama 2) a normalizer that writes spaces as '▁' and a decoder
+    # step that turns it back
+    space = [p['replacement'] for p in dec + pre if p['type'] == 'Metaspace']
+    space += [p['pattern']['String'] for p in dec
+              if p['type'] == 'Replace' and p.get('content') == ' ' and 'String' in p.get('pattern', {})]
+    if space:
+        fallback = bool((spec.get('model') or {}).get('byte_fallback')) or any(p['type'] == 'ByteFallback' for p in dec)
+        return 'metaspace', {'replacement': space[0], 'byte_fallback': fallback}
+    def names(parts): return ' > '.join(p['type'] for p in parts) or 'none'
+    raise TokenizerError(f"the tokenizer (decoder {names(dec)}, pre-tokenizer {names(pre)}) is neither byte-level "
+                         "nor SentencePiece-style (Metaspace): the bytes and characters behind its tokens are not "
+                         "known, so bits per byte and nats per character cannot be measured with it")
+
+
+# %% ../nbs/09c_metrics.ipynb #f538c470
+_BYTE_TOKEN = re.compile(r'<0x([0-9A-Fa-f]{2})>')    # a SentencePiece byte-fallback token
+
+
 def token_text_lengths(tokenizer) -> np.ndarray:
     """(UTF-8 bytes, characters) of the text behind each token id of `tokenizer`, as an int64 array of shape (ids, 2).
-    A byte-level token counts its bytes, and as characters the bytes that begin one; EOS counts 1 and 1, one per
-    document (the blank line after it in a text file); the other special tokens 0; other added tokens their
-    content's."""
+    Byte-level tokens count their bytes, and as characters the bytes that begin one; SentencePiece-style tokens
+    their text with the replacement ('▁') as a space, a byte-fallback token '<0xNN>' one byte; EOS counts 1 and 1,
+    one per document (the blank line after it in a text file); the other special tokens 0; other added tokens their
+    content's. TokenizerError for any other kind of tokenizer (`tokenizer_text_kind`)."""
+    kind, how = tokenizer_text_kind(tokenizer)
     byte_of = {c: b for b, c in bytes_to_unicode().items()}     # the 256 printable stand-ins, back to bytes
     added = tokenizer.get_added_tokens_decoder()
     out = np.zeros((tokenizer.get_vocab_size(with_added_tokens=True), 2), dtype=np.int64)
     for tok, i in tokenizer.get_vocab(with_added_tokens=True).items():
         if i in added: text = '' if added[i].special else added[i].content
-        elif all(c in byte_of for c in tok):
+        elif kind == 'byte-level' and all(c in byte_of for c in tok):
             # a continuation byte (0b10xxxxxx) belongs to the character begun before it, maybe in another token
             out[i] = len(tok), sum(byte_of[c] & 0xC0 != 0x80 for c in tok)
             continue
+        elif kind == 'metaspace' and how['byte_fallback'] and (m := _BYTE_TOKEN.fullmatch(tok)):
+            out[i] = 1, int(m[1], 16) & 0xC0 != 0x80                 # one byte; a character if it begins one
+            continue
+        elif kind == 'metaspace': text = tok.replace(how['replacement'], ' ')
         else: text = tokenizer.decode([i])                          # not a byte-level token
         out[i] = len(text.encode('utf-8')), len(text)
     try: out[eos_id(tokenizer)] = 1, 1                              # the document separator: a blank line's '\n'

@@ -41,8 +41,11 @@ def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, powe
         f = 1.0 - p
     elif strategy == 'polynomial':
         f = (1.0 - p) ** power
-    else:  # cosine, cosine_with_warmup
+    elif strategy in ('cosine', 'cosine_with_warmup'):
         f = 0.5 * (1.0 + math.cos(math.pi * p))
+    else:
+        raise TrainingError(f"scheduler.strategy: unknown {strategy!r} (constant, linear_warmup, cosine, "
+                            "cosine_with_warmup, polynomial)")
     return min_lr + (max_lr - min_lr) * f
 
 

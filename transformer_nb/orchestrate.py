@@ -217,6 +217,20 @@ class RunPlan:
         tok = 'the given tokenizer' if self.tokenizer_json else f"{self.vocab_size:,}-token BPE"
         return f"{where}{m.num_layers} layers x {m.hidden_size}, {tok}, {c.sequence_length} tokens, {length}"
 
+# %% ../nbs/10_orchestrate.ipynb #97cf0927
+def _check_given_tokenizer(given: str, special_tokens: Path) -> None:
+    """--tokenizer-json: the tokenizer loads, and holds the run's special tokens (those of its
+    `special_tokens.txt`, else the defaults), which training looks up in it."""
+    src = existing_path(given, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
+    tok = build_from_artifacts(src)     # (its own errors name the file)
+    specials = read_special_tokens(special_tokens) if special_tokens.is_file() else list(DEFAULT_SPECIAL_TOKENS)
+    if missing := [t for t in specials if tok.token_to_id(t) is None]:
+        has = ' '.join(t.content for t in tok.get_added_tokens_decoder().values() if t.special) or 'none'
+        whose = special_tokens if special_tokens.is_file() else "orchestrate's"
+        raise CommandError(f"--tokenizer-json {given}: has no {missing[0]} token (its special tokens: {has}); the run "
+                           f"needs {' '.join(specials)} ({whose}): train one with `tnb train-tokenizer`, or drop "
+                           "--tokenizer-json")
+
 # %% ../nbs/10_orchestrate.ipynb #864562e0
 def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequence[str] | None = None, *,
              resume: bool = False, overwrite: bool = False, force_retrain_tokenizer: bool = False,
@@ -224,7 +238,8 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
              max_steps: int | None = None, vocab_size: int | None = None, min_frequency: int | None = None,
              seed: int | None = None, device: str | None = None, show_progress: bool | None = None,
              text_field: str = 'text', glob: str | None = None, strict_files: bool = False) -> RunPlan:
-    "Check the flags, paths and config (mistakes that need no work to find), and return the run's plan."
+    """Check the flags, the paths (the corpus's and a given tokenizer's included), the config and the special tokens
+    of a `--tokenizer-json` (mistakes that need no work to find), and return the run's plan."""
     # every mistake that needs no work to find is reported here, before minutes of tokenizing
     if profile not in PROFILES: raise CommandError(f"--profile {profile}: unknown (choose from {', '.join(PROFILES)})")
     if resume and overwrite: raise CommandError("--resume and --overwrite contradict each other: give one")
@@ -234,13 +249,17 @@ def plan_run(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequenc
     run = Path(run_dir).expanduser().absolute()
     if run.exists() and not run.is_dir(): raise CommandError(f"--run-dir {run_dir}: exists and is not a directory")
     paths = {k: run / v for k, v in RUN_LAYOUT.items()}
-    if tokenizer_json: existing_path(tokenizer_json, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
+    if tokenizer_json: _check_given_tokenizer(tokenizer_json, paths['special_tokens'])
     elif skip_tokenizer and not (paths['tokenizer'] / 'tokenizer.json').is_file():
         raise CommandError(f"--skip-tokenizer: no tokenizer in {paths['tokenizer']}; give --tokenizer-json PATH, or "
                            "drop --skip-tokenizer to train one")
     sources = list(inputs) if inputs else ['shakespeare']
     if glob:  # the config names the chosen files themselves
         sources = [s.name if s.path is None else str(s.path) for s in resolve_corpus(sources, glob=glob)]
+    elif named := [s for s in sources if s not in CORPUS_KEYWORDS]:
+        # the paths must exist (folders: hold corpus files) before stage_run_dir deletes anything for --overwrite;
+        # the built-in corpora are fetched in stage 1, and an hf: dataset is only parsed here
+        resolve_corpus(named, text_field=text_field)
     if text_field != 'text': overrides = [*overrides, f'data.text_field={text_field}']
     if strict_files: overrides = [*overrides, 'data.strict_files=true']
     raw = profile_config(profile, sources, overrides, max_steps, seed, device)
@@ -398,23 +417,27 @@ def stage_shards(plan: RunPlan, cfg: Config):
 
 # %% ../nbs/10_orchestrate.ipynb #abb6da33
 def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads: int | None = None) -> dict:
-    """Evaluate, train, evaluate again. The trainer (and the CPU thread setting) stay open in `stack` for the
-    samples; returns {'trainer', 'before', 'fit', 'after'} (no 'after' when training was interrupted)."""
+    """Evaluate, train (`fit` ends with an evaluation of the final step, then closes the trainer and releases the run
+    lock); the lock is taken again, and held with the CPU thread setting on `stack`, for the samples. Returns
+    {'trainer', 'before', 'start_step', 'fit', 'after'} (no 'after' when a signal stopped the command)."""
     threads = threads if threads is not None else PROFILES[plan.profile].get('threads')
     if threads is not None: say(f"CPU threads: {threads} (--threads N to change)")
     stack.enter_context(torch_threads(threads if cfg.runtime.device in ('auto', 'cpu') else None))
     with warnings.catch_warnings():  # the held-out split is this command's design, said with the shards
         warnings.filterwarnings('ignore', message=r'data\.validation_shards is empty')
         trainer = Trainer(cfg, resume=plan.resume, run_dir=plan.run)
-    stack.callback(trainer.close)
+    stack.callback(trainer.close)       # (fit closes it: this covers a failure before fit)
     before, start = trainer.evaluate(), trainer.step
     say(f"evaluation before training (step {start}): {metrics_line(before)}")
-    fit = trainer.fit()  # ends with an evaluation and a checkpoint
+    fit = trainer.fit()  # ends with an evaluation and a checkpoint, then closes the trainer (the lock is released)
     out = {'trainer': trainer, 'before': before, 'start_step': start, 'fit': fit}
-    if interrupt_status(fit): return out
-    after = fit.get('eval') if isinstance(fit, dict) else None
-    # fit's last evaluation is reused when it is of the final step (a run resumed at its end evaluated nothing)
-    if not after or after.get('step', trainer.step) != trainer.step: after = trainer.evaluate()
+    # a signal that arrived in the last step: training is complete and saved, and the command stops as asked
+    if interrupt_status(fit) or fit.get('stop_signal'): return out
+    # the model outlives the closed trainer; the samples are written under the run's lock again
+    stack.enter_context(RunLock(plan.run))
+    # fit ends with an evaluation of its final step (also when resumed at its end), which is reported here
+    after = fit.get('eval')
+    if after and after.get('step') != trainer.step: after = None      # (none: no held-out text)
     say(f"evaluation after training (step {trainer.step}): {metrics_line(after)}")
     return out | {'after': after}
 
@@ -532,14 +555,18 @@ def orchestrate(profile: str = 'local', run_dir='runs/local-smoke', inputs: Sequ
     with _stage(times, 'tokenizer', 'tokenizer'): tok, action = stage_tokenizer(plan, files)
     with _stage(times, 'config', 'config'): cfg = stage_config(plan)
     with _stage(times, 'data', 'token shards'): data = stage_shards(plan, cfg)
-    with contextlib.ExitStack() as stack:  # the trainer and the thread setting, closed however we leave
+    with contextlib.ExitStack() as stack:  # the thread setting and the run lock, released however we leave
         with _stage(times, 'train', 'training'): trained = stage_train(plan, cfg, stack, threads)
-        if interrupt_status(trained['fit']):
-            step = trained['trainer'].step
-            say(f"orchestrate: training was interrupted ({trained['fit']['interrupted']}) at step {step}; "
-                f"continue with the same command and --resume")
-            return {'run_dir': str(plan.run), 'interrupted': trained['fit']['interrupted'], 'fit': trained['fit'],
-                    'step': step}
+        if 'after' not in trained:        # stopped by a signal
+            step, fit = trained['trainer'].step, trained['fit']
+            if fit.get('interrupted'):
+                say(f"orchestrate: training was interrupted ({fit['interrupted']}) at step {step}; "
+                    f"continue with the same command and --resume")
+            else:
+                say(f"orchestrate: {fit['stop_signal']} arrived during the last step: training is complete and saved "
+                    f"at step {step}; the samples were skipped (the same command with --resume writes them)")
+            sig = fit.get('interrupted') or fit['stop_signal']
+            return {'run_dir': str(plan.run), 'interrupted': sig, 'fit': fit | {'interrupted': sig}, 'step': step}
         with _stage(times, 'samples', 'samples'): stage_samples(plan, cfg, trained, tok, files, prompts, sample_tokens)
     summary = {'run_dir': str(plan.run), 'profile': profile, 'tokenizer': action, 'vocab_size': tok.get_vocab_size(),
                'train_tokens': len(data.train), 'val_tokens': len(data.val), 'step': trained['trainer'].step,

@@ -291,7 +291,7 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
 def shard_model(model: nn.Module, mp_policy=None) -> nn.Module:
     "FSDP2: `fully_shard` each decoder block, then the root (embedding, final norm, head)."
     kw = {'mp_policy': mp_policy} if mp_policy is not None else {}
-    # blocks first, root last: each block is gathered and freed on its own, so only a block or two are ever in full
+    # blocks first, root last: each block is gathered and freed on its own (only a block or two, plus the root, in full)
     for blk in model.layers:
         fully_shard(blk, **kw)
     fully_shard(model, **kw)

@@ -8,6 +8,7 @@ Docs: https://transformer-nb.github.io/transformer_nb/quality.html.md"""
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -30,8 +31,8 @@ from .sources import TINY_SHAKESPEARE, WIKIPEDIA_VITAL
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'split_text', 'split_paragraphs', 'BenchTexts', 'bench_texts', 'heldout_figures', 'quality_data',
-           'budget_lr', 'quality_run', 'summarize_runs', 'difference', 'quality_compare', 'compare_warnings',
-           'print_compare']
+           'budget_lr', 'children_cpu_s', 'budget_clock', 'quality_run', 'summarize_runs', 'difference',
+           'quality_compare', 'compare_warnings', 'print_compare']
 
 # %% ../nbs/11b_quality.ipynb #afd2aab5
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
@@ -126,6 +127,40 @@ def budget_lr(step: int, fraction: float, sched, base_lr: float) -> float:
     if step < warmup: return lr_at(step, sched, base_lr)
     return lr_at(warmup + round(min(max(fraction, 0.0), 1.0) * span), sched, base_lr, warmup + span)
 
+# %% ../nbs/11b_quality.ipynb #e27cb09f
+def children_cpu_s() -> float:
+    """CPU seconds used by this process's child processes: the ended ones that were waited for (`os.times`, with
+    what they waited for in turn), and the running ones with their own descendants (from `/proc` on Linux)."""
+    t = os.times()
+    ticks, todo, seen = 0, [str(os.getpid())], set()
+    while todo:
+        # /proc/PID/task/TID/children: the children that each thread of PID started (kernels with CONFIG_PROC_CHILDREN)
+        for f in Path('/proc', todo.pop(), 'task').glob('*/children'):
+            try: kids = f.read_text().split()
+            except OSError: continue
+            for k in kids:
+                if k in seen: continue
+                seen.add(k); todo.append(k)
+                # stat fields after the command name, which may hold spaces: utime, stime, cutime, cstime (ticks)
+                try: ticks += sum(map(int, Path('/proc', k, 'stat').read_text().rsplit(')', 1)[1].split()[11:15]))
+                except (OSError, ValueError, IndexError): pass          # (it ended meanwhile)
+    return t.children_user + t.children_system + ticks / os.sysconf('SC_CLK_TCK')
+
+def budget_clock(clock: str):
+    """The function that reads the budget's `clock`: 'wall' seconds (`time.perf_counter`), or 'process': the CPU
+    seconds of this process (`time.process_time`) and of its child processes (`children_cpu_s`), less the time spent
+    reading them."""
+    if clock == 'wall': return time.perf_counter
+    spent = 0.0
+
+    def now() -> float:
+        nonlocal spent
+        p = time.process_time()
+        value = p - spent + children_cpu_s()
+        spent += time.process_time() - p        # reading /proc is the clock's cost, not the run's
+        return value
+    return now
+
 # %% ../nbs/11b_quality.ipynb #826c64d7
 def _train(b, cfg: Config, budget_s: float, total: int | None, now, evaluate, eval_points: int, say) -> tuple:
     """Train on `b` (a `step_bench`) for `budget_s` seconds of `now`, or exactly `total` steps: (steps, seconds,
@@ -156,8 +191,8 @@ def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, 
                 seed: int | None = None, tune: bool = False, clock: str | None = None, eval_points: int = 8,
                 eval_windows: int = 24, show_progress: bool = True) -> dict:
     """Train `config` on the training part of `corpus` (see `bench_texts`; with `tune`, on the training part less the
-    tuning split) for `budget_s` seconds of `clock` ('process': this process's CPU seconds, the default on a CPU;
-    'wall', the default on a GPU), or for exactly
+    tuning split) for `budget_s` seconds of `clock` ('process': the CPU seconds of this process and of the processes
+    it starts, `budget_clock`, the default on a CPU; 'wall', the default on a GPU), or for exactly
     `tokens` training tokens; report the held-out (or tuning) text's nats per character and bits per byte.
     `seed`: the run's seed (model initialisation and data order), default `runtime.seed`."""
     on_cpu = resolve_device(config.runtime.device).type == 'cpu'
@@ -168,7 +203,7 @@ def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, 
     if tokens is None and not budget_s > 0: raise BenchError(f"--budget must be > 0 seconds, got {budget_s}")
     if tokens is not None and tokens < 1: raise BenchError(f"--tokens must be >= 1, got {tokens}")
     if seed is not None: config = replace(config, runtime=replace(config.runtime, seed=seed))
-    now = time.perf_counter if clock == 'wall' else time.process_time
+    now = budget_clock(clock)
     say = (lambda m: print(m, flush=True)) if show_progress else (lambda m: None)
     texts = bench_texts(corpus, tune)
     res = {'corpus': texts.corpus, 'split': texts.split, 'heldout': texts.description, 'seed': config.runtime.seed,
@@ -185,14 +220,15 @@ def quality_run(config: Config, corpus=WIKIPEDIA_VITAL, budget_s: float = 80.0, 
         say(f"quality: seed {res['seed']}, {res['parameters']:,} parameters, {b.tokens_per_step:,} tokens/step, "
             + (f"{total} steps" if total else f"budget {fmt_secs(budget_s)} ({clock} clock, {res['threads']} threads)"))
         evaluate = lambda: heldout_figures(b.model, val_tokens, lengths, seq_len, micro, eval_windows)
-        share, cpu0 = CpuShare().start(), time.process_time()
+        share, cpu0, kids0 = CpuShare().start(), time.process_time(), children_cpu_s()
         step, elapsed, curve, evals = _train(b, cfg, budget_s, total, now, evaluate, eval_points, say)
-        cpu_s, others = time.process_time() - cpu0, share.stop().others
+        cpu_s, kids_s, others = time.process_time() - cpu0, children_cpu_s() - kids0, share.stop().others
         t0 = time.perf_counter()
         npc, bpb = heldout_figures(b.model, val_tokens, lengths, seq_len, micro)
     seen = step * b.tokens_per_step
     evals.append({'step': step, 'elapsed_s': round(elapsed, 3), 'nats_per_char': npc, 'bpb': bpb, 'slice': False})
-    res.update(clock=clock, steps=step, tokens=seen, train_s=elapsed, process_cpu_s=cpu_s, others_cpu_share=others,
+    res.update(clock=clock, steps=step, tokens=seen, train_s=elapsed, process_cpu_s=cpu_s, children_cpu_s=kids_s,
+               others_cpu_share=others,
                epochs=seen / max(res['train_tokens'], 1), tokens_per_s=seen / elapsed, eval_s=time.perf_counter() - t0,
                nats_per_char=npc, bpb=bpb, curve=curve, evals=evals, load_average_end=load_average(),
                config=config_to_dict(cfg))

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from .base import atomic_write_text, fmt_secs, say, sha256_file, short_path, UserError
+from .config import canonical_model_dict
 from .device import TrainingError, autocast, seed_everything
 from .sources import CorpusError, resolve_sources
 from .data import prepare, PreparedData, SequentialSampler, StreamingSampler, tokenize_in_memory
@@ -36,7 +37,8 @@ from .metrics import mfu_text
 # %% auto #0
 __all__ = ['TrainingDiverged', 'TrainState', 'NanGuard', 'RunPaths', 'RunData', 'tokenizer_source', 'validation_sources',
            'prepare_options', 'prepare_run_data', 'TrainBatches', 'run_length', 'eval_batches', 'StepWindow',
-           'MetricsLogger', 'Checkpointer', 'check_resumable', 'warn_schedule_change', 'restore_rng', 'sample_text']
+           'json_line', 'MetricsLogger', 'Checkpointer', 'check_resumable', 'warn_schedule_change', 'restore_rng',
+           'tokenizer_differs', 'sample_text']
 
 # %% ../nbs/09f_run.ipynb #e3a57289
 class TrainingDiverged(TrainingError):
@@ -261,13 +263,18 @@ class TrainBatches:
             return {'sampler': 'stream', 'ranks': gather_json(self.info, st)}
         return st
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, checkpoint='the checkpoint') -> None:
+        "Continue from `state`, the `sampler` entry of `checkpoint` (which a position that does not fit names)."
         if state.get('sampler') == 'stream' and 'ranks' in state:
             if len(state['ranks']) != self.info.world_size:
-                raise ValueError(f"the stream positions were saved by {len(state['ranks'])} process(es); a streaming "
-                                 f"run resumes with the same number (this one has {self.info.world_size})")
+                raise CheckpointError(
+                    f"{checkpoint}: the stream positions were saved by {len(state['ranks'])} process(es); a run with "
+                    f"data.streaming resumes with the same number (this one has {self.info.world_size})")
             state = state['ranks'][self.info.rank]
-        self.sampler.load_state_dict(state)
+        try:
+            self.sampler.load_state_dict(state)
+        except ValueError as e:   # another kind of sampler, or a stream of another geometry
+            raise CheckpointError(f"{checkpoint}: {e} (data.streaming is {self.streaming} here)") from None
 
     def close(self) -> None:
         if callable(getattr(self.sampler, 'close', None)):  # a stream's reader thread
@@ -334,6 +341,16 @@ class StepWindow:
         return rows, tps
 
 # %% ../nbs/09f_run.ipynb #c1f9682f
+def json_line(row: dict) -> str:
+    "`row` as one line of standard JSON: a NaN or infinite figure (a skipped step's loss or norm) as null."
+    def plain(v):
+        if isinstance(v, float) and not math.isfinite(v): return None
+        if isinstance(v, dict): return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)): return [plain(x) for x in v]
+        return v
+    return json.dumps(plain(row), allow_nan=False)
+
+
 class MetricsLogger:
     "Where a run's figures go: log lines (rank 0), `metrics.jsonl`, TensorBoard, and `history` for charts."
 
@@ -422,7 +439,7 @@ class MetricsLogger:
             return
         try:
             for r in rows:
-                self.file.write(json.dumps(r, allow_nan=True) + '\n')
+                self.file.write(json_line(r) + '\n')
             self.file.flush()
         except OSError as e:  # e.g. a full disk: keep training; the next checkpoint save reports it cleanly
             warnings.warn(f"{self.paths.metrics_path}: cannot write metrics ({e}); metrics.jsonl disabled for this "
@@ -586,7 +603,9 @@ def check_resumable(ck: Path, config, tok_source, log=say) -> None:
     manifest, new = read_manifest(ck), config_dict(config)
     if manifest.get('model_config') is not None:
         defaults = config_dict(type(config)())['model']  # keys added since the checkpoint was written: their defaults
-        diffs = diff_dicts({**defaults, **manifest['model_config']}, new['model'], 'model.')
+        # two spellings of one network (`rope_mode: none` and null, heads written out and null) are not a difference
+        diffs = diff_dicts(canonical_model_dict({**defaults, **manifest['model_config']}),
+                           canonical_model_dict(new['model']), 'model.')
         if diffs:
             raise CheckpointError(f"{ck}: cannot resume with a different model config ({'; '.join(diffs)}; "
                                   f"checkpoint -> config): restore those keys or use a new checkpoint directory")
@@ -599,8 +618,10 @@ def check_resumable(ck: Path, config, tok_source, log=say) -> None:
         log(f"resume: config changed since {ck.name}: " + '; '.join(changes))
     # the saved copy's hash is in the manifest (verified with the checkpoint): only the configured file is hashed
     saved = manifest['files'].get('tokenizer/tokenizer.json', {}).get('sha256')
-    if isinstance(tok_source, Path) and tok_source.is_file() and saved and saved != sha256_file(tok_source):
-        warnings.warn(f"{tok_source}: differs from the tokenizer saved in {ck}; the model was trained with the latter")
+    if saved and tokenizer_differs(tok_source, saved, ck / 'tokenizer' / 'tokenizer.json'):
+        t = config.tokenizer
+        name = tok_source if isinstance(tok_source, Path) else (t.tokenizer_json or f"{t.vocab} + {t.merges}")
+        warnings.warn(f"{name}: differs from the tokenizer saved in {ck}; the model was trained with the latter")
 
 
 def warn_schedule_change(config, step: int, old_total: int, new_total: int, log=say, is_main: bool = True) -> None:
@@ -627,6 +648,21 @@ def restore_rng(states: list, info: DistInfo, ck: Path) -> None:
     # the new ranks' dropout masks differ from each other and from rank 0's (resumable, though not reproducible)
     set_rng_state(states[0])
     seed_everything(int(torch.randint(2**62, ())) + info.rank)
+
+# %% ../nbs/09f_run.ipynb #35c752d0
+def tokenizer_differs(tok_source, saved_sha256: str, saved_json: Path) -> bool:
+    """Whether the tokenizer `tok_source` (a tokenizer.json, a folder holding one, or a `Tokenizer` built from
+    vocab.json + merges.txt, as `tokenizer_source` gives it) is not the one a checkpoint saved (`saved_sha256` of its
+    copy `saved_json`)."""
+    if isinstance(tok_source, Path):   # a file or a folder: the checkpoint copied its tokenizer.json byte for byte
+        tj = tok_source / 'tokenizer.json' if tok_source.is_dir() else tok_source
+        return tj.is_file() and sha256_file(tj) != saved_sha256
+    # a Tokenizer: the checkpoint saved its JSON; compared as JSON, so that formatting alone is no difference
+    try:
+        return json.loads(tok_source.to_str()) != json.loads(saved_json.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return False
+
 
 # %% ../nbs/09f_run.ipynb #cc4ecd41
 def sample_text(model, tokenizer, val, device: torch.device, amp_dtype=None, seed: int = 0,

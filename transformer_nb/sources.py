@@ -443,8 +443,9 @@ def tiny_shakespeare(cache_dir=None, *, fetch: Callable[[Path], Path] | None = N
 
 # %% ../nbs/01_sources.ipynb #3b436d2b
 def wiki_articles_text(summaries_json: bytes) -> str:
-    """The text of the `wikipedia-vital` corpus from the JSON of the article summaries: each article's summary (its
-    opening paragraph), its lines kept together, the articles separated by a blank line."""
+    """The text of the `wikipedia-vital` corpus from the JSON of the article summaries: each article's summary (the
+    start of its lead section) as one block of lines (blank lines inside it closed up), the articles separated by a
+    blank line."""
     articles = json.loads(summaries_json)
     texts = (re.sub(r'\s*\n\s*\n\s*', '\n', (a.get('extract') or '').strip()) for a in articles.values())
     return '\n\n'.join(t for t in texts if t) + '\n'
@@ -1005,7 +1006,8 @@ def source_pieces(src: Source, st: FileStats | None = None, max_chars: int | Non
         if not text or not text.strip(): continue
         if break_after is not None and before < break_after < st.text_lines:    # split a one-record corpus
             cut = _nth_line_end(text, break_after - before)
-            yield text[:cut], True; text = text[cut:]
+            yield from record_pieces(text[:cut], max_chars)        # (each part within max_chars too)
+            text = text[cut:]
         yield from record_pieces(text, max_chars)
     if src.path is not None: st.bytes = src.path.stat().st_size
 
@@ -1205,6 +1207,9 @@ def _check_source(src: Source, st: FileStats, max_line_chars: int, max_line_erro
     """Read one source through `source_pieces`, hashing each document; raise CorpusError on what makes it unusable.
     Returns the document digests (8 bytes each), for the duplicate count once the whole source has been read."""
     if src.path is not None and src.path.stat().st_size == 0: raise CorpusError(f"{src.path}: empty file")
+    if src.compression is not None:
+        with open_binary(src.path) as f:
+            if not f.read(1): raise CorpusError(f"{src.path}: empty file (nothing once decompressed)")
     # A long document is hashed piece by piece as it comes, in bounded memory (its text is valid Unicode: a record
     # holding a lone surrogate was refused by the reader)
     h, digests = hashlib.blake2b(digest_size=8), array('Q')

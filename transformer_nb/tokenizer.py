@@ -17,6 +17,7 @@ import platform
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -204,10 +205,12 @@ def _first_lines(text: str, k: int) -> str:
         if i < 0: return text
     return text[:i + 1]
 
-def _sample_pieces(files: Sequence[CorpusFile], k: int, seed: int) -> Iterator[str]:
+def _sample_pieces(files: Sequence[CorpusFile], k: int, seed: int, counts: dict) -> Iterator[str]:
     """Pieces holding `k` lines in all, drawn uniformly at random (whole pieces; the last one drawn is cut to fit),
-    in corpus order. Two passes: one counts the lines of every piece, the other yields the pieces drawn."""
+    in corpus order (all of them when the corpus holds no more than `k` lines). Two passes: one counts the lines of
+    every piece (their sum goes to `counts['total']`), the other yields the pieces drawn."""
     sizes = np.fromiter((_lines_in(t) for t in _read_pieces(files)), dtype=np.int64)
+    counts['total'] = int(sizes.sum())
     order = np.random.default_rng(seed).permutation(len(sizes))
     reached = np.cumsum(sizes[order])
     m = int(np.searchsorted(reached, k))                 # the first m + 1 pieces drawn hold at least k lines
@@ -216,11 +219,21 @@ def _sample_pieces(files: Sequence[CorpusFile], k: int, seed: int) -> Iterator[s
     for i, text in enumerate(_read_pieces(files)):
         if keep[i]: yield _first_lines(text, int(sizes[i]) - extra) if i == last else text
 
-def iter_training_texts(files: Sequence[CorpusFile], seed: int = 0, max_lines: int | None = None) -> Iterator[str]:
-    """Stream what the trainer learns from: every document of `files` (in pieces of about `MAX_PIECE_CHARS`), or,
-    with `max_lines`, a seeded uniform sample of whole documents holding `max_lines` lines."""
-    if max_lines is None or max_lines >= sum(cf.lines for cf in files): return _read_pieces(files)
-    return _sample_pieces(files, max_lines, seed)
+def iter_training_texts(files: Sequence[CorpusFile], seed: int = 0, max_lines: int | None = None,
+                        counts: dict | None = None) -> Iterator[str]:
+    """Stream what the trainer learns from: every document of `files` (in pieces of at most `MAX_PIECE_CHARS`
+    characters), or, with `max_lines`, a seeded uniform sample of whole documents holding `max_lines` of their lines
+    (the blank lines between documents are in none). `counts`, when given, is filled as the texts go by: 'used', the
+    lines handed out, and 'total', the lines of all the documents (both final once the stream is read to its end)."""
+    counts = {} if counts is None else counts
+    counts.update(total=0, used=0)
+    # The cap and the counts are in one unit, the documents' lines: with a cap, the sample's counting pass says
+    # whether the corpus holds more (file line counts include the blank separators, so they cannot tell)
+    texts = _read_pieces(files) if max_lines is None else _sample_pieces(files, max_lines, seed, counts)
+    for text in texts:
+        counts['used'] += _lines_in(text)
+        yield text
+    if max_lines is None: counts['total'] = counts['used']
 
 def _batched(it: Iterable[str], n: int, max_chars: int = 1 << 23) -> Iterator[list[str]]:
     "Lists of up to `n` texts, and about `max_chars` characters (documents can be long)."
@@ -306,17 +319,17 @@ def train_bbpe(inputs, out_dir, vocab_size: int = 4096, min_frequency: int = 2, 
     if max_lines is not None: _check_int('max_lines', max_lines, 1)
     bos, eos = _bos_eos_names(specials) if add_bos_eos else (None, None)
     files = _training_files(inputs, text_field, glob, show_progress)
-    total = sum(cf.lines for cf in files)
-    n_used = total if max_lines is None else min(max_lines, total)
     # All 256 bytes in the alphabet whatever the corpus: a character never seen in training still encodes
     tok = new_bbpe_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     t0 = time.perf_counter()
-    texts = iter_training_texts(files, seed=seed, max_lines=max_lines)
+    counts = {}                          # the documents' lines, all and used (blank separator lines are in none)
+    texts = iter_training_texts(files, seed=seed, max_lines=max_lines, counts=counts)
     # Batches: one call into the Rust trainer per 1,000 documents rather than per document
     tok.train_from_iterator(_batched(texts, 1000), trainer=trainer)
     seconds = time.perf_counter() - t0
+    total, n_used = counts['total'], counts['used']
     got = [tok.token_to_id(t) for t in specials]
     if got != list(range(len(specials))):  # the trainer's contract; never expected to fail
         raise RuntimeError(f"special tokens got ids {got}, expected 0..{len(specials) - 1}")
@@ -431,16 +444,31 @@ def _finish(tok: Tokenizer, source: Path, manifest: dict | None, special_tokens)
     tok.encode_special_tokens = True  # special-token text in the input is plain text (see above)
     return tok
 
+def _verified_pair(vocab: Path, merges: Path) -> dict | None:
+    """Check the folders of `vocab` and `merges` against their manifests, and the two files given against the
+    `vocab.json` / `merges.txt` each manifest lists (a pair from two trainings would encode with the wrong merges);
+    return the manifest that applies (`vocab`'s folder first), or None."""
+    found = []
+    for folder in dict.fromkeys([vocab.parent, merges.parent]):
+        probs = verify_tokenizer_artifacts(folder)
+        if probs: raise TokenizerError(probs[0] + (f" (and {len(probs) - 1} more problems)" if len(probs) > 1 else ''))
+        if (m := read_manifest(folder)) is None: continue
+        for p, name in ((vocab, 'vocab.json'), (merges, 'merges.txt')):
+            meta = m['artifacts'].get(name)
+            if not isinstance(meta, dict) or not p.is_file() or p.resolve() == (folder/name).resolve(): continue
+            if (got := sha256_file(p)) != (want := str(meta.get('sha256', ''))):
+                raise TokenizerError(f"{p}: not the {name} that {folder/'manifest.json'} lists (sha256 {got[:12]}…, "
+                                     f"manifest {want[:12]}…): vocab and merges must come from the same training")
+        found.append(m)
+    return found[0] if found else None
+
 def build_from_vocab_merges(vocab, merges, special_tokens=None, add_bos_eos: bool | None = None,
                             verify: bool = True) -> Tokenizer:
     """Rebuild our byte-level tokenizer from `vocab.json` + `merges.txt`, with `special_tokens` when given, else the
-    special tokens (and BOS/EOS template) of the manifest next to `vocab` when there is one, else the defaults."""
+    special tokens (and BOS/EOS template) of the manifest next to `vocab` (or `merges`) when there is one, else the
+    defaults. `verify`: both files must be the ones the manifests beside them list."""
     vocab, merges = Path(vocab), Path(merges)
-    manifest = None
-    if verify:
-        probs = verify_tokenizer_artifacts(vocab.parent)
-        if probs: raise TokenizerError(probs[0] + (f" (and {len(probs) - 1} more problems)" if len(probs) > 1 else ''))
-        manifest = read_manifest(vocab.parent)
+    manifest = _verified_pair(vocab, merges) if verify else None
     cfg = (manifest or {}).get('config', {})
     specials = resolve_special_tokens(special_tokens if special_tokens is not None else cfg.get('special_tokens'))
     v = _read_json(vocab, 'vocab.json')
@@ -498,13 +526,20 @@ def _not_there(key: str, path) -> TokenizerError:
                           f"`tnb train-tokenizer --input <text> --out {rel}` (or let `orchestrate` train one)")
 
 def tokenizer_from_config(cfg) -> Tokenizer:
-    "The tokenizer a config's `tokenizer` section names: `tokenizer_json`, else `vocab` + `merges`."
+    """The tokenizer a config's `tokenizer` section names: `tokenizer_json`, else `vocab` + `merges`. Only the paths
+    used are checked; `vocab` / `merges` given beside `tokenizer_json` are ignored, with a warning."""
     get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
     tj, vocab, merges, sp = get('tokenizer_json'), get('vocab'), get('merges'), get('special_tokens')
-    for key, path in (('tokenizer_json', tj), ('vocab', vocab), ('merges', merges)):
-        if path and not Path(path).exists(): raise _not_there(key, path)
-    if tj: return build_from_artifacts(tj, special_tokens=sp)
-    if vocab and merges: return build_from_vocab_merges(vocab, merges, special_tokens=sp)
+    if tj:
+        if vocab or merges:
+            warnings.warn(f"tokenizer: tokenizer_json ({tj}) is used; tokenizer.vocab / tokenizer.merges are ignored "
+                          "(set them to null)", stacklevel=2)
+        if not Path(tj).exists(): raise _not_there('tokenizer_json', tj)
+        return build_from_artifacts(tj, special_tokens=sp)
+    if vocab and merges:
+        for key, path in (('vocab', vocab), ('merges', merges)):
+            if not Path(path).exists(): raise _not_there(key, path)
+        return build_from_vocab_merges(vocab, merges, special_tokens=sp)
     if vocab or merges: raise TokenizerError("tokenizer: 'vocab' and 'merges' must be given together")
     raise TokenizerError("tokenizer: set tokenizer.tokenizer_json, or tokenizer.vocab and tokenizer.merges")
 

@@ -26,11 +26,12 @@ from .config import load_config
 from .device import PeakFlops, TrainingError, peak_flops, resolve_device, resolve_precision, seed_everything
 from .tokenizer import tokenizer_from_config
 from .base import RunLock
-from .checkpoint import CheckpointError, checkpoint_step, get_rng_state, load_checkpoint
+from .checkpoint import checkpoint_step, get_rng_state, load_checkpoint
 from .parallel import (any_true, build_model, check_parallel, gather_json, init_distributed,
                                      leave_process_group, wrap_ddp)
 from .optim import build_optimizer, lr_at
-from .metrics import loss_sums, model_flops_utilization, text_figures, token_lengths_tensor
+from .metrics import (loss_sums, model_flops_utilization, text_figures, token_lengths_tensor,
+                                    tokenizer_text_kind)
 from .display import LiveChart, live_chart_mode, notebook_display_mode
 from .step import StepSetup, grad_scaler, train_step
 from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, TrainBatches, TrainState,
@@ -38,7 +39,8 @@ from .run import (Checkpointer, MetricsLogger, NanGuard, RunPaths, StepWindow, T
                                 tokenizer_source, warn_schedule_change)
 
 # %% auto #0
-__all__ = ['StopSignal', 'Progress', 'model_shape', 'describe_run', 'describe_pace', 'TrainingRun', 'Trainer']
+__all__ = ['StopSignal', 'Progress', 'model_shape', 'describe_run', 'describe_stop', 'describe_pace', 'TrainingRun', 'saved_note',
+           'fit_result', 'Trainer']
 
 # %% ../nbs/09g_trainer.ipynb #638c49a4
 class StopSignal:
@@ -73,7 +75,7 @@ class Progress:
     def __init__(self, total: int, start: int, bar: bool, live_mode: str | None, history: dict):
         self.start, self.history = start, history
         self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True) if bar else None
-        self.live = LiveChart(total, live=live_mode == 'live') if live_mode else None
+        self.live = LiveChart(total, live=live_mode == 'live', start=start) if live_mode else None
 
     def step(self, step: int) -> None:
         if self.bar is not None:
@@ -124,6 +126,15 @@ def describe_run(t) -> str:
             f"step(s) x {w} process(es)\n"
             f"  {t.seq_len} tokens each: {t.tokens_per_step:,} tokens/step; steps {t.step} -> {t.total_steps} "
             f"{per_epoch}")
+
+
+def describe_stop(t, signal_name: str | None) -> str:
+    """The line of `Trainer.fit` stopped by `signal_name` (None: a signal on another rank), naming the checkpoint to
+    resume from (once it is complete)."""
+    ck = t.checkpointer.last
+    where = (f"resume with --resume from {short_path(ck)}" if ck is not None else
+             "no checkpoint was saved: this run would start over")
+    return f"stopped by {signal_name or 'a signal on another rank'} after step {t.state.step}; {where}"
 
 
 def describe_pace(t) -> str | None:
@@ -188,6 +199,7 @@ class TrainingRun:
         # seeded before the model is built: every rank draws the same initial weights
         seed_everything(rt.seed)
         self.tokenizer = tokenizer_from_config(cfg.tokenizer)
+        tokenizer_text_kind(self.tokenizer)  # evaluation counts bytes and characters: refuse a tokenizer it cannot read
         self.tokenizer_source = tokenizer_source(cfg.tokenizer, self.tokenizer)
         vocab, self.seq_len = model_shape(cfg, self.tokenizer)
         self.global_batch = self.micro_batch * self.grad_accum * info.world_size  # = cfg.global_batch_size
@@ -222,12 +234,8 @@ class TrainingRun:
         self.state.load_state_dict(st)
         if self.scaler is not None and st.get('grad_scaler'):
             self.scaler.load_state_dict(st['grad_scaler'])
-        # a data position that does not fit this run is the checkpoint's error, reported by its path
-        try:
-            if st.get('sampler'):
-                self.batches.load_state_dict(st['sampler'])
-        except ValueError as e:
-            raise CheckpointError(f"{ck}: {e}") from None
+        if st.get('sampler'):  # (a data position that does not fit this run is refused, naming the checkpoint)
+            self.batches.load_state_dict(st['sampler'], ck)
         restore_rng(st.get('rng') or [], self.dist, ck)
         if st.get('total_steps') not in (None, self.total_steps):
             warn_schedule_change(self.config, self.state.step, int(st['total_steps']), self.total_steps, self.log,
@@ -248,6 +256,12 @@ class TrainingRun:
                 # every rank's random state (and stream position): a collective, so every rank calls state_dict
                 'sampler': self.batches.state_dict(), 'rng': gather_json(self.dist, get_rng_state())}
 
+    def _check_open(self, what: str):
+        "Refuse `what` once the run is closed: its lock is released, its files closed, its process group left."
+        if self._closed:
+            raise TrainingError(f"{what}: this Trainer is closed (fit() closes it when it ends, releasing the run "
+                                "directory); create a new one, with resume=True to continue from its checkpoint")
+
     def close(self):
         "Flush and close TensorBoard and the metrics file, release the run lock, leave the process group we joined."
         if self._closed:
@@ -267,7 +281,7 @@ class TrainingRun:
         return token_lengths_tensor(self.tokenizer, self.raw_model.vocab_size).to(self.device)
 
     step = property(lambda self: self.state.step, doc="Optimizer steps done.")
-    epoch = property(lambda self: self.state.epoch, doc="Epochs of the training shards begun.")
+    epoch = property(lambda self: self.state.epoch, doc="Epochs of the training shards completed (0 during the first).")
     last_eval = property(lambda self: self.state.last_eval, doc="The latest evaluation: step and metrics.")
     history = property(lambda self: self.logger.history, doc="Every logged step and evaluation, for charts.")
     last_checkpoint = property(lambda self: self.checkpointer.last, doc="The newest regular checkpoint (rank 0).")
@@ -279,6 +293,25 @@ class TrainingRun:
     def __exit__(self, *exc):
         self.close()
 
+# %% ../nbs/09g_trainer.ipynb #dd653cea
+def saved_note(ck: Path | None) -> str:
+    "What there is to continue from (the newest checkpoint `ck`), for a user whose run stops abruptly."
+    if ck is None:
+        return "no checkpoint was saved; this run would start over"
+    return f"the checkpoint of step {checkpoint_step(ck)} is saved ({ck}); continue with --resume"
+
+def fit_result(run, interrupted: str | None) -> dict:
+    """What `Trainer.fit` returns: the counters, the latest evaluation, the best, the newest checkpoint, and how it
+    ended: `interrupted` (the signal that stopped it early) and `stop_signal` (a signal received at all, also in the
+    last step, which finishes the run: then `interrupted` is None)."""
+    st, ck = run.state, run.checkpointer.last
+    elapsed = st.elapsed_seconds + time.perf_counter() - run._t0
+    stop = getattr(getattr(run, '_stop', None), 'name', None)
+    return {'step': st.step, 'total_steps': run.total_steps, 'tokens_seen': st.tokens_seen, 'epoch': st.epoch,
+            'train_loss': run._last_loss, 'eval': st.last_eval, 'best': st.best, 'skipped_steps': st.skipped_steps,
+            'checkpoint': str(ck) if ck else None, 'interrupted': interrupted, 'stop_signal': stop,
+            'elapsed_seconds': elapsed}
+
 # %% ../nbs/09g_trainer.ipynb #7671c533
 class Trainer(TrainingRun):
     """Train `config` (a `Config` or a YAML path): `Trainer(config, resume=False, run_dir=None).fit()`.
@@ -287,14 +320,13 @@ class Trainer(TrainingRun):
 
     def fit(self) -> dict:
         "Train to `total_steps` (or until Ctrl-C/SIGTERM); returns the final metrics. Releases the run lock when done."
-        if self._closed:
-            raise TrainingError("this Trainer is closed; create a new one")
+        self._check_open('fit()')
         rt, st = self.config.runtime, self.state
         try:
             live = self._live_mode if self.is_main else None
             shown = Progress(self.total_steps, st.step, self.show_progress, live, self.history)
             # from here to the last checkpoint's publication a signal only sets a flag
-            with StopSignal(self._saved_note) as self._stop, shown as self._progress:
+            with StopSignal(lambda: saved_note(self.checkpointer.last)) as self._stop, shown as self._progress:
                 self._start()
                 while st.step < self.total_steps:
                     # one optimizer step; its loss, norm and NaN flag stay on the device until a log line
@@ -328,14 +360,16 @@ class Trainer(TrainingRun):
                     if evaluate or save:
                         self.window.restart_clock()
                     if stopping:
-                        self.log(f"stopped by {self._stop.name or 'a signal on another rank'} after step {st.step}; "
-                                 f"resume with --resume from {short_path(self.checkpointer.last)}")
                         break
-                # checkpoints written in the background are published
+                # a run resumed at its end trained nothing: its final step is evaluated here, once (not after a signal)
+                if (st.last_eval or {}).get('step') != st.step and not any_true(self.dist, self._stop.name is not None):
+                    self._evaluate_and_track()
+                # checkpoints written in the background are published (a signal's too: the line below names it)
                 self.checkpointer.finish()
+                if st.step < self.total_steps: self.log(describe_stop(self, self._stop.name))  # (only a signal stops)
                 if pace := describe_pace(self): self.log(pace)
             self._completed = True
-            return self._result(self._stop.name if st.step < self.total_steps else None)
+            return fit_result(self, self._stop.name if st.step < self.total_steps else None)
         finally:
             self.close()
 
@@ -373,6 +407,7 @@ class Trainer(TrainingRun):
     def evaluate(self, max_batches: int | None = None) -> dict:
         """Validation loss, perplexity, accuracy, nats_per_char and bpb over `max_batches` global batches (default: the
         config's)."""
+        self._check_open('evaluate()')
         val, n_micro = self.data.val, (max_batches or self.config.runtime.evaluation.max_batches) * self.grad_accum
         if val is None:
             raise TrainingError("nothing to evaluate: this streaming run has no data.validation_shards")
@@ -401,6 +436,7 @@ class Trainer(TrainingRun):
     def save(self, directory=None, max_keep: int | None = None, sample: bool = True) -> Path | None:
         """Checkpoint the current step into `directory` (default: the checkpoint dir); every rank calls it; the folder
         on rank 0."""
+        self._check_open('save()')
         self.guard.check(self.state, self.checkpointer.last)  # a diverged run is never checkpointed
         path = self.checkpointer.save(self.state.step, self.raw_model, self.optimizer, self.state_dict(), directory,
                                       max_keep)
@@ -416,16 +452,3 @@ class Trainer(TrainingRun):
         n, e = section.every_n_steps, section.every_n_epochs
         return bool((n and self.state.step % n == 0) or (epoch_end and e and self.state.epoch % e == 0))
 
-    def _saved_note(self) -> str:
-        "What there is to continue from, for a user whose run stops abruptly."
-        ck = self.checkpointer.last
-        if ck is None:
-            return "no checkpoint was saved; this run would start over"
-        return f"the checkpoint of step {checkpoint_step(ck)} is saved ({ck}); continue with --resume"
-
-    def _result(self, interrupted: str | None) -> dict:
-        st, ck = self.state, self.checkpointer.last
-        elapsed = st.elapsed_seconds + time.perf_counter() - self._t0
-        return {'step': st.step, 'total_steps': self.total_steps, 'tokens_seen': st.tokens_seen, 'epoch': st.epoch,
-                'train_loss': self._last_loss, 'eval': st.last_eval, 'best': st.best, 'skipped_steps': st.skipped_steps,
-                'checkpoint': str(ck) if ck else None, 'interrupted': interrupted, 'elapsed_seconds': elapsed}
