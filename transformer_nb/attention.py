@@ -233,8 +233,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causa
     # With `enable_gqa` SDPA shares each kv head among its query heads without copying; older PyTorch needs the copy.
     # `is_causal` instead of a mask lets SDPA pick its fused causal kernels
     if use_sdpa:
-        # on CUDA only flash takes enable_gqa, and flash takes no mask: a masked call repeats the heads instead
-        gqa = n_rep > 1 and SDPA_GQA and not (mask is not None and q.device.type == 'cuda')
+        # on CUDA only flash takes enable_gqa, and flash takes no mask and no float32: those calls repeat the heads
+        flash_ok = mask is None and q.dtype in (torch.float16, torch.bfloat16)
+        gqa = n_rep > 1 and SDPA_GQA and (q.device.type != 'cuda' or flash_ok)
         if n_rep > 1 and not gqa: k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                               **({'enable_gqa': True} if gqa else {}))
@@ -243,6 +244,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causa
     return y
 
 # %% ../nbs/04_attention.ipynb #89fc1d82
+def _norm32(norm: nn.RMSNorm, x: Tensor) -> Tensor:
+    "`norm` (a `nn.RMSNorm`: QK-norm's gains) applied in float32, input and gains alike, cast back to x's dtype."
+    return F.rms_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.eps).to(x.dtype)
+
 def attention_shape(cfg) -> tuple[int, int, int]:
     "(heads, kv_heads, head_dim) from a model config, checked."
     hidden, H = cfg.hidden_size, cfg.num_attention_heads
@@ -300,8 +305,9 @@ class CausalSelfAttention(nn.Module):
         `attention_mask` `(B, cached + T)` marks real tokens 1 and padding 0."""
         B, T, _ = x.shape
         q, k, v = self.split_heads(x)
-        # in float32 (as the model's other norms): under bf16 autocast nn.RMSNorm would get bf16 input, fp32 gains
-        if self.q_norm is not None: q, k = self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
+        # in float32, gains too (as the model's other norms): under autocast or FSDP's bf16 weights a mixed-dtype call
+        # would leave the fused kernel
+        if self.q_norm is not None: q, k = _norm32(self.q_norm, q), _norm32(self.k_norm, k)
         if isinstance(kv_cache, StaticKVCache):    # fixed shapes for compiled decoding: see `_attend_static`
             return self._attend_static(q, k, v, kv_cache, layer_idx, rope is not None, attention_mask)
         offset = kv_cache.layer_length(layer_idx) if kv_cache is not None else 0

@@ -155,7 +155,7 @@ def say(*parts, file=None):
 
 def human(n: float, unit: str = '') -> str:
     "1234567 -> '1.23M'; with unit 'B' -> '1.18 MiB'."
-    if not abs(n) < float('inf'): return f"{n}{unit}"       # NaN, infinite: as they are
+    if not abs(n) < float('inf'): return f"{n} {unit}" if unit == 'B' else f"{n}{unit}"   # NaN, infinite: as is
     # Each unit's text is rounded first and the unit chosen from it: 999,999 is '1.00M', not '1000.00k'
     if unit == 'B':
         for i, u in enumerate(('B', 'KiB', 'MiB', 'GiB', 'TiB')):
@@ -383,10 +383,15 @@ class RunLock:
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir); self.path = self.run_dir / LOCK_NAME; self._fd = None
 
-    def _holder(self) -> str:
+    def _holder_info(self) -> dict:
         try: info = json.loads(self.path.read_text(encoding='utf-8'))
         except (OSError, ValueError): info = {}
-        if not isinstance(info, dict): info = {}
+        return info if isinstance(info, dict) else {}
+
+    def _holder_pid(self): return self._holder_info().get('pid')
+
+    def _holder(self) -> str:
+        info = self._holder_info()
         return f"pid {info.get('pid', '?')} on {info.get('hostname', '?')} since {info.get('started_at', '?')}"
 
     def _info(self) -> bytes:
@@ -401,8 +406,9 @@ class RunLock:
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise RunLockError(f"{self.run_dir} is in use by another training process ({self._holder()}; "
-                                   f"lock file {self.path})") from None
+                who = 'another run in this process' if self._holder_pid() == os.getpid() else 'another training process'
+                raise RunLockError(f"{self.run_dir} is in use by {who} ({self._holder()}; lock file {self.path})") \
+                    from None
             # another process may have deleted and re-created the file between our open and our flock: then our lock
             # is on a file nobody else sees, and we try again
             try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino

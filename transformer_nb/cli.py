@@ -34,7 +34,7 @@ from .device import resolve_device
 from .base import RunLockError
 from .checkpoint import RUN_LAYOUT, find_checkpoint, list_checkpoints, load_for_generation
 from .hf import export_checkpoint, hf_logits_diff, load_hf, model_config_from_hf
-from .metrics import text_metrics
+from .metrics import text_metrics, tokenizer_text_kind
 from .trainer import Trainer
 from .lr_find import lr_find
 from .orchestrate import (PROFILES, corpus_line, interrupt_status, metrics_line, orchestrate,
@@ -583,8 +583,8 @@ def _reusable(run: Path) -> set[Path]:
     """What a failed orchestrate leaves for the next try: a tokenizer that loads (with its special_tokens.txt), and a
     data folder that holds shards, finished or partial (`prepare` resumes a partial one), not just its lock file."""
     keep, tok = set(), run / RUN_LAYOUT['tokenizer']
-    try: build_from_artifacts(tok); keep |= {tok, run / RUN_LAYOUT['special_tokens']}
-    except UserError: pass
+    try: tokenizer_text_kind(build_from_artifacts(tok)); keep |= {tok, run / RUN_LAYOUT['special_tokens']}
+    except (UserError, OSError): pass                  # (a tokenizer that does not load, or that training refuses)
     data = run / RUN_LAYOUT['data']
     if data.is_dir() and any(p.name != '.prepare.lock' for p in data.iterdir()): keep.add(data)
     return keep
@@ -754,12 +754,12 @@ def _bench_quality(a) -> tuple[dict, Path]:
              'load_average': load_average(), **res}, Path(a.out or 'tnb-bench-quality.json'))
 
 # %% ../nbs/12_cli.ipynb #666c822d
-# the flags each mode of `tnb bench` reads (--device, --threads, --corpus, --out and --quiet serve both)
+# the flags each mode of `tnb bench` reads (--device, --threads, --corpus and --out serve both)
 _SPEED_ONLY = ('shapes', 'only', 'steps', 'repeats', 'warmup', 'no_compile', 'warm_compile', 'retries', 'max_others',
                'keep_dropout', 'precision', 'new_tokens', 'prompt_len', 'gen_batches', 'gen_modes',
                'gen_no_cache_batches', 'vs_transformers', 'prep_mb', 'prep_vocab', 'prep_workers', 'prep_memory_mb',
                'peak_sizes')
-_QUALITY_ONLY = ('config', 'compare', 'seeds', 'override', 'budget', 'clock', 'tokens', 'tune')
+_QUALITY_ONLY = ('config', 'compare', 'seeds', 'override', 'budget', 'clock', 'tokens', 'tune', 'quiet')
 
 def _unused_flags(a, names) -> list[str]:
     "The flags among `names` given a value other than their default: the mode in use would ignore them."
@@ -836,7 +836,9 @@ def _estimate_memory(a) -> int:
         raise BenchError(f"{a.config}: optimizer.algorithm=muon does not run under FSDP: use --distributed ddp")
     modes = [a.distributed] if a.distributed else ['ddp'] if muon else ['ddp', 'fsdp']
     # one process has no parallelism to choose: a single 'none' row for it
-    rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab) for w in sizes
+    # the config's device: 'cpu' only when it says so (FSDP's bf16 policy applies on a GPU only)
+    dev = 'cpu' if str(cfg.runtime.device).startswith('cpu') else 'cuda'
+    rows = [estimate_memory(cfg, w, m if w > 1 else 'none', vocab, device_type=dev) for w in sizes
             for m in (modes if w > 1 else ['none'])]
     P = rows[0]['parameters_count']
     print(f"{a.config}: {P / 1e6:,.1f}M parameters, vocab {vocab:,}, precision {cfg.runtime.precision}, "

@@ -86,7 +86,11 @@ class IncrementalDecoder:
             try: piece = self.stream.step(self.tokenizer, i)
             except Exception:               # the stream's own consistency check failed: decode this stretch directly
                 self.pending.append(i); out.append(self.flush()); continue
-            if piece is None: self.pending.append(i)
+            if piece is None:
+                self.pending.append(i)
+                # a character is at most 4 bytes: more ids held back are broken bytes that will never complete one.
+                # They are handed out as they decode (U+FFFD), which keeps the stream's window, and the work, bounded
+                if len(self.pending) > 4: out.append(self.flush())
             else: out.append(piece); self.context, self.pending = self.pending + [i], []
         return ''.join(out)
 

@@ -57,7 +57,9 @@ class LRFinderResult:
         end = (f"\nwarning: the loss was still falling at the last rate tried, {self.lrs[-1]:.2e}: the range ended "
                "before the loss turned up, so the suggestion is a tenth of the largest rate tried, not of a minimum; "
                "a larger end_lr shows where the loss turns up" if self.min_at_end else '')
-        return (f"lr_find: suggested learning rate {self.suggestion:.2e} (a tenth of {self.lr_min:.2e}, where the "
+        # (a tenth of the minimum's rate, but never below the first rate tried)
+        why = 'a tenth of' if self.suggestion < self.lr_min / 10 * 1.0001 else 'the first rate tried, above a tenth of'
+        return (f"lr_find: suggested learning rate {self.suggestion:.2e} ({why} {self.lr_min:.2e}, where the "
                 f"smoothed loss is lowest; steepest descent at {self.lr_steep:.2e}; {len(self.lrs)} steps"
                 f"{', stopped when the loss diverged' if self.diverged else ''}){end}")
 

@@ -25,6 +25,9 @@ def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, powe
     """Learning rate of optimizer step `step` (0-based) under scheduler config `sched`; `base_lr` when `max_lr` is
     unset."""
     strategy = (sched.strategy or 'constant').lower()
+    if strategy not in ('constant', 'linear_warmup', 'polynomial', 'cosine', 'cosine_with_warmup'):
+        raise TrainingError(f"scheduler.strategy: unknown {strategy!r} (constant, linear_warmup, cosine, "
+                            "cosine_with_warmup, polynomial)")
     warmup = sched.warmup_steps or 0
     max_lr = sched.max_lr if sched.max_lr is not None else base_lr
     min_lr = sched.min_lr or 0.0
@@ -41,11 +44,8 @@ def lr_at(step: int, sched, base_lr: float, total_steps: int | None = None, powe
         f = 1.0 - p
     elif strategy == 'polynomial':
         f = (1.0 - p) ** power
-    elif strategy in ('cosine', 'cosine_with_warmup'):
+    else:  # cosine, cosine_with_warmup
         f = 0.5 * (1.0 + math.cos(math.pi * p))
-    else:
-        raise TrainingError(f"scheduler.strategy: unknown {strategy!r} (constant, linear_warmup, cosine, "
-                            "cosine_with_warmup, polynomial)")
     return min_lr + (max_lr - min_lr) * f
 
 

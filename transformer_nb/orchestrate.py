@@ -33,6 +33,7 @@ from .generate import IncrementalDecoder, generate_ids
 from .base import RunLock
 from .checkpoint import RUN_LAYOUT, list_checkpoints, unwrap_model
 from .run import prepare_options
+from .metrics import tokenizer_text_kind
 from .trainer import Trainer
 
 # %% auto #0
@@ -219,10 +220,13 @@ class RunPlan:
 
 # %% ../nbs/10_orchestrate.ipynb #97cf0927
 def _check_given_tokenizer(given: str, special_tokens: Path) -> None:
-    """--tokenizer-json: the tokenizer loads, and holds the run's special tokens (those of its
-    `special_tokens.txt`, else the defaults), which training looks up in it."""
+    """--tokenizer-json: the tokenizer loads, spells text in a way evaluation can count (byte-level or
+    SentencePiece-style), and holds the run's special tokens (those of its `special_tokens.txt`, else the defaults),
+    which training looks up in it."""
     src = existing_path(given, '--tokenizer-json (a tokenizer folder or tokenizer.json)')
     tok = build_from_artifacts(src)     # (its own errors name the file)
+    try: tokenizer_text_kind(tok)       # evaluation counts the text its tokens stand for: refused before any work
+    except UserError as e: raise CommandError(f"--tokenizer-json {given}: {e}") from None
     specials = read_special_tokens(special_tokens) if special_tokens.is_file() else list(DEFAULT_SPECIAL_TOKENS)
     if missing := [t for t in specials if tok.token_to_id(t) is None]:
         has = ' '.join(t.content for t in tok.get_added_tokens_decoder().values() if t.special) or 'none'
@@ -427,7 +431,8 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
         warnings.filterwarnings('ignore', message=r'data\.validation_shards is empty')
         trainer = Trainer(cfg, resume=plan.resume, run_dir=plan.run)
     stack.callback(trainer.close)       # (fit closes it: this covers a failure before fit)
-    before, start = trainer.evaluate(), trainer.step
+    # (a streaming run without held-out text has nothing to evaluate)
+    before, start = (trainer.evaluate() if trainer.data.val is not None else None), trainer.step
     say(f"evaluation before training (step {start}): {metrics_line(before)}")
     fit = trainer.fit()  # ends with an evaluation and a checkpoint, then closes the trainer (the lock is released)
     out = {'trainer': trainer, 'before': before, 'start_step': start, 'fit': fit}
@@ -437,7 +442,6 @@ def stage_train(plan: RunPlan, cfg: Config, stack: contextlib.ExitStack, threads
     stack.enter_context(RunLock(plan.run))
     # fit ends with an evaluation of its final step (also when resumed at its end), which is reported here
     after = fit.get('eval')
-    if after and after.get('step') != trainer.step: after = None      # (none: no held-out text)
     say(f"evaluation after training (step {trainer.step}): {metrics_line(after)}")
     return out | {'after': after}
 

@@ -673,7 +673,8 @@ class TokenizerTrainingSummary:
                  "lines used",
                  f"  vocabulary  {self.vocab_size:,} tokens (asked for {self.vocab_size_requested:,})",
                  "  special     " + ', '.join(f"{t}={i}" for t, i in self.special_tokens.items()),
-                 f"  compression {self.chars_per_token:.2f} characters/token (on up to 1 MB of the corpus)",
+                 f"  compression {self.chars_per_token:.2f} characters/token "
+                 "(on up to 1,000,000 characters of the training text)",
                  f"  time        {self.seconds:.2f} s" + (f" ({rate} of the input files)" if (
                      rate := fmt_rate(self.bytes / 1e6, self.seconds, 'MB', f"{self.threads} thread"
                                       + 's' * (self.threads != 1), self.others_cpu_share)) else '')]

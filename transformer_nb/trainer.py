@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .base import CpuShare, fmt_rate, fmt_secs, short_path
 from .config import load_config
 from .device import PeakFlops, TrainingError, peak_flops, resolve_device, resolve_precision, seed_everything
-from .tokenizer import tokenizer_from_config
+from .tokenizer import TokenizerError, tokenizer_from_config
 from .base import RunLock
 from .checkpoint import checkpoint_step, get_rng_state, load_checkpoint
 from .parallel import (any_true, build_model, check_parallel, gather_json, init_distributed,
@@ -199,7 +199,10 @@ class TrainingRun:
         # seeded before the model is built: every rank draws the same initial weights
         seed_everything(rt.seed)
         self.tokenizer = tokenizer_from_config(cfg.tokenizer)
-        tokenizer_text_kind(self.tokenizer)  # evaluation counts bytes and characters: refuse a tokenizer it cannot read
+        try: tokenizer_text_kind(self.tokenizer)  # evaluation counts bytes and characters: a tokenizer it can read
+        except TokenizerError as e:
+            key = 'tokenizer_json' if cfg.tokenizer.tokenizer_json else 'vocab'
+            raise TokenizerError(f"tokenizer.{key}={getattr(cfg.tokenizer, key)}: {e}") from None
         self.tokenizer_source = tokenizer_source(cfg.tokenizer, self.tokenizer)
         vocab, self.seq_len = model_shape(cfg, self.tokenizer)
         self.global_batch = self.micro_batch * self.grad_accum * info.world_size  # = cfg.global_batch_size
