@@ -344,3 +344,9 @@ def test_bench_flags_of_the_other_mode_are_refused():
     assert_user_error(in_process('tnb', 'bench', '--quality', '--precision', 'bf16', '--steps', '3'),
                       '--steps, --precision: not used with --quality')
     assert_user_error(in_process('tnb', 'bench', '--seeds', '5'), '--seeds: not used without --quality')
+
+
+def test_bench_counts_must_be_positive():
+    "--repeats 0 or --new-tokens 0 would end in a traceback inside a part: one line naming the flag instead."
+    assert_user_error(in_process('tnb', 'bench', '--only', 'generate', '--repeats', '0'), '--repeats must be >= 1')
+    assert_user_error(in_process('tnb', 'bench', '--only', 'generate', '--new-tokens', '0'), '--new-tokens must be >= 1')

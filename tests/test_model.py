@@ -66,7 +66,7 @@ def test_generate_rejects_bad_settings_before_running():
     model = DecoderModel(tiny_cfg(), 64)
     with pytest.raises(GenerationError, match='top_p'):
         generate_ids(model, [[1]], 4, top_p=1.5)
-    with pytest.raises(GenerationError, match='at least one token'):
+    with pytest.raises(GenerationError, match='every prompt needs a token'):
         generate_ids(model, [[]], 4)
 
 

@@ -230,6 +230,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causa
     """Attention of q `(B, H, T, d)` over k, v `(B, KV, S, d)` (KV divides H) under `mask` (or causal), by SDPA or
     the reference path: `(B, H, T, d)`."""
     n_rep = q.shape[1] // k.shape[1]
+    # SDPA's is_causal aligns the mask to the top left; with fewer queries than keys (after a cache) the causal rule is
+    # the bottom-right one, so both paths get the explicit mask then
+    if is_causal and mask is None and q.shape[2] != k.shape[2]:
+        mask, is_causal = make_attention_mask(q.shape[2], k.shape[2], device=q.device), False
     # With `enable_gqa` SDPA shares each kv head among its query heads without copying; older PyTorch needs the copy.
     # `is_causal` instead of a mask lets SDPA pick its fused causal kernels
     if use_sdpa:

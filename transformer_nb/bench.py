@@ -706,6 +706,8 @@ def run_bench(shapes=SHAPE_NAMES, parts=PARTS, device: str = 'auto', steps: int 
     transformers' `generate` (`hf_generation_runner`, 08b_hf) on the Llama-exportable (swiglu) m3_medium."""
     bad = [p for p in parts if p not in PARTS]
     if bad: raise BenchError(f"--only: unknown part {bad[0]!r} (choose from {', '.join(PARTS)})")
+    for flag, v in (('--repeats', repeats), ('--new-tokens', new_tokens), ('--prompt-len', prompt_len)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise BenchError(f"{flag} must be >= 1, got {v}")
     shapes = [s if isinstance(s, BenchShape) else bench_shape(s, keep_dropout) for s in shapes]
     dev = resolve_device(device)
     precision = precision or ('bf16' if dev.type == 'cuda' else 'fp32')

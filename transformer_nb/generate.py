@@ -258,8 +258,8 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 128, 
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     static = compile if static_cache is None else static_cache
     if (compile or static) and not use_kv_cache: raise GenerationError("compile / static_cache need use_kv_cache=True")
-    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-        raise GenerationError("every prompt needs at least one token")
+    if compile and not static: raise GenerationError("compile=True decodes over a static cache: not static_cache=False")
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids): raise GenerationError("every prompt needs a token")
     device = next(model.parameters()).device
     ctx = model.config.max_position_embeddings
     ids, mask, seen = (t.to(device) for t in _prompt_batch(prompt_ids, ctx, pad_id, free_start))

@@ -195,6 +195,7 @@ def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None
             what = f"no files matching --glob {glob!r}" if glob else f"no corpus files ({CORPUS_KINDS})"
             raise CorpusError(f"{s}: directory contains {what}" + (f"; {skipped_summary(sk)}" if sk else ''))
         for f in found: add(f)
+        return found
     # A file named twice (a folder, and a glob inside it) is read once. A name that exists is taken literally, even
     # with glob characters in it ('[draft].txt'); only a missing name is tried as a pattern
     for src in sources:
@@ -209,11 +210,11 @@ def resolve_corpus(sources, *, text_field: str = 'text', glob: str | None = None
         elif p.is_dir(): add_folder(p, s, strict=True)
         elif p.exists(): raise CorpusError(f"{s}: not a regular file or a directory")
         elif _GLOB_CHARS.search(s):
-            n = len(out)
+            hit = False     # matches, counted even when already in the corpus (a folder, and a glob inside it)
             for m in sorted(_glob.glob(os.path.expanduser(s), recursive=True)):
-                if Path(m).is_file(): add(file_source(m, text_field, found=True))
-                elif Path(m).is_dir(): add_folder(Path(m), m, strict=False)
-            if len(out) == n: raise CorpusError(f"{s}: no files match this pattern")
+                if Path(m).is_file(): add(file_source(m, text_field, found=True)); hit = True
+                elif Path(m).is_dir(): hit = bool(add_folder(Path(m), m, strict=False)) or hit
+            if not hit: raise CorpusError(f"{s}: no files match this pattern")
         else: raise CorpusError(f"{s}: no such file or directory")
     if not out: raise CorpusError("no corpus files given")
     return Corpus(out, skipped)
