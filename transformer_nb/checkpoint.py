@@ -133,17 +133,19 @@ def _b64(t: torch.Tensor) -> str: return base64.b64encode(t.cpu().numpy().tobyte
 def _unb64(s: str) -> torch.Tensor: return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 def get_rng_state() -> dict:
-    "Every RNG state (python, numpy, torch CPU, each CUDA device) as a JSON-serialisable dict."
+    "Every RNG state (python, numpy, torch CPU, each CUDA device, Apple's MPS) as a JSON-serialisable dict."
     # the states as JSON-able values (byte tensors in base64): trainer_state.json holds them without pickle
     v, st, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {'python': [v, list(st), gauss],
             'numpy': [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
             'torch_cpu': _b64(torch.get_rng_state()),
-            'torch_cuda': [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None}
+            'torch_cuda': [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None,
+            'torch_mps': _b64(torch.mps.get_rng_state()) if torch.backends.mps.is_available() else None}
 
 def set_rng_state(state: dict) -> None:
-    "Restore the generators saved by `get_rng_state` (CUDA ones only when CUDA is there and the device count matches)."
+    """Restore the generators saved by `get_rng_state` (CUDA ones only when CUDA is there and the device count matches;
+    MPS's when MPS is there)."""
     v, st, gauss = state['python']
     random.setstate((v, tuple(st), gauss))
     name, keys, pos, has_gauss, cached = state['numpy']
@@ -155,6 +157,7 @@ def set_rng_state(state: dict) -> None:
         if len(cuda) == torch.cuda.device_count(): torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
         else: logger.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d: not restored",
                              len(cuda), torch.cuda.device_count())
+    if state.get('torch_mps') and torch.backends.mps.is_available(): torch.mps.set_rng_state(_unb64(state['torch_mps']))
 
 # %% ../nbs/08_checkpoint.ipynb #172aeec0
 # step_ + 12 digits: names sort as steps do. Leftovers of interrupted saves are named

@@ -413,7 +413,7 @@ def stage_config(plan: RunPlan) -> Config:
 
 # %% ../nbs/10_orchestrate.ipynb #83812d1c
 def stage_shards(plan: RunPlan, cfg: Config):
-    "Tokenize the corpus into the run's token shards (a cache: reused when corpus and tokenizer are unchanged)."
+    "Tokenize the corpus into the run's token shards (a cache: reused when corpus, tokenizer and split are unchanged)."
     # the Trainer's own options: the shards it will look for in the same cache
     opts = prepare_options(cfg, warn=False)
     return prepare_shards(cfg.data.train_shards, plan.paths['tokenizer'], cfg.data.cache_dir,

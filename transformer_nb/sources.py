@@ -830,7 +830,7 @@ def _jsonl_records(src: Source, start: int = 0) -> Iterator[tuple[int, str]]:
 # %% ../nbs/01_sources.ipynb #3aed1cc5
 def _parquet_file(src: Source, stack: ExitStack):
     "Open the Parquet file of `src` (a compressed one decompressed into a temporary file first)."
-    # pyarrow is optional and slow to import: only when a Parquet source is read
+    # pyarrow is slow to import: imported only when a Parquet source is read
     import pyarrow as pa
     import pyarrow.parquet as pq
     f = src.path
