@@ -758,10 +758,14 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         except (OSError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             what = f"{type(e).__name__}: {e}"
             raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {what}") from None
+        # the moments and step counts come from the checkpoint; the settings (weight decay, betas, ...) stay the ones
+        # this optimizer was built with, i.e. the config's (a state dict would bring back the old ones)
+        settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
         # (torch checks the groups and their sizes before it changes anything)
         try: optimizer.load_state_dict(osd)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path / OPTIM_JSON}: does not fit this optimizer: {e}") from None
+        for g, s in zip(optimizer.param_groups, settings): g.update(s)
     model.load_state_dict(sd, strict=True)       # (fits: checked above)
     return state
 
