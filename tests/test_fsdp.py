@@ -164,8 +164,10 @@ SHARDED_GRADS = textwrap.dedent('''
     # reduce-scattered already: each rank holds the gradient of its own rows only, as a sharded DTensor
     ok = all(p.grad is not None and p.grad.to_local().numel() == p.to_local().numel() for p in m.parameters())
     print(f'RANK{rank} SHARDED {ok}', flush=True)
-    dist.barrier()                  # both ranks done before either tears the group down (else gloo may abort)
-    dist.destroy_process_group()
+    dist.barrier()                  # both ranks have printed
+    # no teardown: gloo can abort in destroy_process_group while FSDP's last reduce-scatter of a micro-step that
+    # no optimizer step followed is still being cleaned up (it did, on a loaded machine); the result is printed
+    import os; os._exit(0)
 ''')
 
 

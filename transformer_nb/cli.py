@@ -28,7 +28,7 @@ from .base import (CommandError, CpuShare, UserError, existing_path, atomic_writ
                                  MIN_TIMED_SECONDS, run_command, say, short_path, utc_now_iso)
 from .config import config_to_yaml, load_config
 from .sources import (bad_summary, check_report, iter_documents, problem_lines, resolve_corpus,
-                                   skipped_summary, validate_corpus)
+                                   skipped_summary, skipped_why, validate_corpus)
 from .tokenizer import build_from_artifacts, train_tokenizer
 from .device import resolve_device
 from .base import RunLockError
@@ -178,7 +178,7 @@ def _validate_corpus(args) -> int:
                              glob=args.glob, strict=args.strict, raise_errors=False)
     if report.files: say(report.table(width=shutil.get_terminal_size((80, 24)).columns))  # (narrow: columns dropped)
     for w in report.warnings: say(f"warning: {w}")
-    if report.skipped: say(skipped_summary(report.skipped) + " (not corpus files; --glob PATTERN chooses files)")
+    if report.skipped: say(skipped_summary(report.skipped) + skipped_why(report.glob))
     lines = problem_lines(report.bad, report.strict)
     # a lone error is the line that check_report puts on stderr: not printed twice
     lone_error = len(report.errors) == 1 and lines == [f"error: {report.errors[0].message}"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .config import ConfigError
 # Re-exported (`x as x`): the model initialises its blocks' linear layers with these, imported from here
@@ -34,6 +35,7 @@ class _RMSNormFunction(torch.autograd.Function):
         return xn * weight
 
     @staticmethod
+    @once_differentiable   # the backward itself is not differentiable: a second derivative raises, never wrong
     def backward(ctx, g):
         xn, r, w = ctx.saved_tensors
         d = xn.shape[-1]

