@@ -8,6 +8,7 @@ Docs: https://transformer-nb.github.io/transformer_nb/checkpoint.html.md"""
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import errno
 import io
@@ -58,8 +59,8 @@ __all__ = ['logger', 'CHECKPOINT_RE', 'MODEL_FILE', 'OPTIM_FILE', 'OPTIM_JSON', 
            'list_checkpoints', 'checkpoint_step', 'latest_checkpoint', 'prune_checkpoints', 'check_dcp_metadata',
            'SafeDCPReader', 'SafeLoadPlanner', 'dcp_state_dict', 'write_dcp', 'stage_checkpoint', 'publish_checkpoint',
            'save_dcp_checkpoint', 'is_dcp_checkpoint', 'load_dcp_model_tensors', 'checkpoint_model_tensors',
-           'load_dcp_checkpoint', 'checkpoint_vocab_size', 'load_model_tensors', 'load_checkpoint', 'find_checkpoint',
-           'load_for_generation']
+           'load_dcp_checkpoint', 'checkpoint_vocab_size', 'load_model_tensors', 'config_settings', 'load_checkpoint',
+           'find_checkpoint', 'load_for_generation']
 
 # %% ../nbs/08_checkpoint.ipynb #33d873dd
 logger = logging.getLogger(__name__)
@@ -657,6 +658,8 @@ def checkpoint_model_tensors(path) -> dict[str, torch.Tensor]:
     path = Path(path)
     return load_dcp_model_tensors(path) if is_dcp_checkpoint(path) else load_model_tensors(path / MODEL_FILE)
 
+
+# %% ../nbs/08_checkpoint.ipynb #3c79fd5b
 def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     "Read a DCP checkpoint into `model` (+ `optimizer`), resharding to however they are laid out now (collective)."
     path = Path(path)
@@ -676,7 +679,9 @@ def load_dcp_checkpoint(path, model: nn.Module, optimizer=None) -> None:
     _dcp_read(path, sd, reader=reader)
     model = unwrap_model(model)
     if optimizer is None: set_model_state_dict(model, sd['model'])
-    else: set_state_dict(model, _optimizers(optimizer), model_state_dict=sd['model'], optim_state_dict=sd['optim'])
+    else:
+        with config_settings(optimizer):
+            set_state_dict(model, _optimizers(optimizer), model_state_dict=sd['model'], optim_state_dict=sd['optim'])
 
 # %% ../nbs/08_checkpoint.ipynb #71c7b577
 def checkpoint_vocab_size(path) -> int:
@@ -727,6 +732,16 @@ def _check_fits(sd: dict, model: nn.Module, where: Path):
             + ([f"shape {', '.join(shapes[:3])}{more(shapes, 3)} (checkpoint vs model)"] if shapes else []))
     if bits: raise CheckpointError(f"{where}: does not fit this model: " + '; '.join(bits))
 
+# %% ../nbs/08_checkpoint.ipynb #ad3d0252
+@contextlib.contextmanager
+def config_settings(optimizer):
+    """Around loading an optimizer's state: the moments and step counts come from the checkpoint, the settings (weight
+    decay, betas, ...) stay the ones the optimizer was built with, the config's (a state dict would bring the old ones
+    back)."""
+    settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+    yield
+    for g, s in zip(optimizer.param_groups, settings): g.update(s)
+
 # %% ../nbs/08_checkpoint.ipynb #4154a469
 def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     verify: bool = True) -> dict:
@@ -758,14 +773,11 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         except (OSError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             what = f"{type(e).__name__}: {e}"
             raise CheckpointError(f"{path / OPTIM_JSON}: unreadable optimizer state: {what}") from None
-        # the moments and step counts come from the checkpoint; the settings (weight decay, betas, ...) stay the ones
-        # this optimizer was built with, i.e. the config's (a state dict would bring back the old ones)
-        settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
         # (torch checks the groups and their sizes before it changes anything)
-        try: optimizer.load_state_dict(osd)
+        try:
+            with config_settings(optimizer): optimizer.load_state_dict(osd)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path / OPTIM_JSON}: does not fit this optimizer: {e}") from None
-        for g, s in zip(optimizer.param_groups, settings): g.update(s)
     model.load_state_dict(sd, strict=True)       # (fits: checked above)
     return state
 
