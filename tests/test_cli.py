@@ -350,3 +350,4 @@ def test_bench_counts_must_be_positive():
     "--repeats 0 or --new-tokens 0 would end in a traceback inside a part: one line naming the flag instead."
     assert_user_error(in_process('tnb', 'bench', '--only', 'generate', '--repeats', '0'), '--repeats must be >= 1')
     assert_user_error(in_process('tnb', 'bench', '--only', 'generate', '--new-tokens', '0'), '--new-tokens must be >= 1')
+    assert_user_error(in_process('tnb', 'bench', '--only', 'generate', '--prompt-len', '0'), '--prompt-len must be >= 1')

@@ -388,8 +388,6 @@ class RunLock:
         except (OSError, ValueError): info = {}
         return info if isinstance(info, dict) else {}
 
-    def _holder_pid(self): return self._holder_info().get('pid')
-
     def _holder(self) -> str:
         info = self._holder_info()
         return f"pid {info.get('pid', '?')} on {info.get('hostname', '?')} since {info.get('started_at', '?')}"
@@ -406,7 +404,9 @@ class RunLock:
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                who = 'another run in this process' if self._holder_pid() == os.getpid() else 'another training process'
+                info = self._holder_info()
+                here = info.get('pid') == os.getpid() and info.get('hostname') == socket.gethostname()
+                who = 'another run in this process' if here else 'another training process'
                 raise RunLockError(f"{self.run_dir} is in use by {who} ({self._holder()}; lock file {self.path})") \
                     from None
             # another process may have deleted and re-created the file between our open and our flock: then our lock

@@ -568,11 +568,13 @@ def write_dcp(folder, model: nn.Module, optimizer=None, async_save: bool = False
     # one file per rank, fsynced: the manifest written afterwards can hash complete files
     writer = dcp.FileSystemWriter(str(Path(folder) / DCP_DIR), single_file_per_rank=True, sync_files=True)
     sd = dcp_state_dict(model, optimizer)
-    with warnings.catch_warnings():          # DCP's notice when one process writes alone (intended)
-        warnings.filterwarnings('ignore', message='torch.distributed is disabled')
-        if async_save: return dcp.async_save(sd, storage_writer=writer, process_group=process_group)
-        dcp.save(sd, storage_writer=writer, process_group=process_group)
+    if async_save: return dcp.async_save(sd, storage_writer=writer, process_group=process_group)
+    dcp.save(sd, storage_writer=writer, process_group=process_group)
     return None
+
+# DCP's notice that it reads or writes in a single process when no process group is up: intended here. An async save
+# gives it from its own thread, after any `catch_warnings` around the call has ended, so the filter is the module's
+warnings.filterwarnings('ignore', message='torch.distributed is disabled, unavailable or uninitialized')
 
 # %% ../nbs/08_checkpoint.ipynb #1f4c3d79
 def stage_checkpoint(dir_root, step: int) -> Path:
@@ -626,9 +628,7 @@ def is_dcp_checkpoint(path) -> bool:
 def _dcp_read(path: Path, sd: dict, no_dist: bool = False, reader: SafeDCPReader | None = None):
     reader = reader or SafeDCPReader(str(path / DCP_DIR))  # (a reader that has read the metadata hands it on)
     try:
-        with warnings.catch_warnings():      # DCP's notice that it reads in a single process (that is intended)
-            warnings.filterwarnings('ignore', message='torch.distributed is disabled')
-            dcp.load(sd, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
+        dcp.load(sd, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)  # (its notice: filtered above)
     except CheckpointError as e: raise CheckpointError(f"{path / DCP_DIR}: {e}") from None
     except (Exception, CheckpointException) as e:  # DCP wraps a failing rank's error in a CheckpointException
         causes = [f[0] for f in getattr(e, 'failures', {}).values() if isinstance(f, tuple) and f]
@@ -737,10 +737,12 @@ def _check_fits(sd: dict, model: nn.Module, where: Path):
 def config_settings(optimizer):
     """Around loading an optimizer's state: the moments and step counts come from the checkpoint, the settings (weight
     decay, betas, ...) stay the ones the optimizer was built with, the config's (a state dict would bring the old ones
-    back)."""
-    settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-    yield
-    for g, s in zip(optimizer.param_groups, settings): g.update(s)
+    back). The learning rate is schedule state, not a setting: it comes from the checkpoint."""
+    keep = lambda k: k not in ('params', 'lr', 'initial_lr')
+    settings = [{k: v for k, v in g.items() if keep(k)} for g in optimizer.param_groups]
+    try: yield
+    finally:
+        for g, s in zip(optimizer.param_groups, settings): g.update(s)
 
 # %% ../nbs/08_checkpoint.ipynb #4154a469
 def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -7,6 +7,8 @@ Docs: https://transformer-nb.github.io/transformer_nb/generate.html.md"""
 # %% ../nbs/07_generate.ipynb #dc8c224f
 from __future__ import annotations
 
+import codecs
+import json
 import math
 import os
 import warnings
@@ -18,12 +20,12 @@ from tokenizers.decoders import DecodeStream
 from torch import Tensor
 
 from .base import UserError
-from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES, TokenizerError, check_encodable
+from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES, TokenizerError, bytes_to_unicode, check_encodable
 
 # %% auto #0
 __all__ = ['CPU_DECODE_OPTIONS', 'MAX_KEPT_CACHES', 'GenerationError', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter',
-           'sample_next_token', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket', 'free_static_caches',
-           'StaticDecoder', 'generate_ids', 'generate']
+           'sample_next_token', 'token_bytes', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket',
+           'free_static_caches', 'StaticDecoder', 'generate_ids', 'generate']
 
 # %% ../nbs/07_generate.ipynb #b9816402
 class GenerationError(UserError, ValueError):
@@ -67,40 +69,69 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 # %% ../nbs/07_generate.ipynb #7a96174a
+def token_bytes(tokenizer) -> list[bytes | None] | None:
+    """The bytes each id stands for, for a byte-level BPE tokenizer (its decoder is `ByteLevel`); None for any other
+    kind. Special tokens' entries are None (they stand for no text)."""
+    spec = json.loads(tokenizer.to_str())
+    dec = spec.get('decoder') or {}
+    if not any(d.get('type') == 'ByteLevel' for d in (dec.get('decoders') or [dec])): return None
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    def spell(t: str) -> bytes:     # an added plain token (not in the byte alphabet) is its text
+        return bytes(byte_of[c] for c in t) if all(c in byte_of for c in t) else t.encode('utf-8')
+    return [None if i in special or (t := tokenizer.id_to_token(i)) is None else spell(t)
+            for i in range(tokenizer.get_vocab_size())]
+
 class IncrementalDecoder:
-    """Turn token ids, pushed one or a few at a time, into text pieces that are always complete UTF-8 characters;
-    constant work per token (`tokenizers`' `DecodeStream`), whatever the length of the text so far."""
+    """Turn token ids, pushed one or a few at a time, into text pieces that are always complete UTF-8 characters, with
+    constant work per token: byte-level BPE through the ids' bytes and an incremental UTF-8 decoder, other tokenizers
+    through `tokenizers`' `DecodeStream`."""
     def __init__(self, tokenizer):
-        self.tokenizer, self.stream = tokenizer, DecodeStream(skip_special_tokens=True)
-        # special tokens add no text: they never enter the stream (whose window would grow with each one)
+        self.tokenizer, self.table = tokenizer, token_bytes(tokenizer)
+        # special tokens add no text: they never enter the decoder (whose window would grow with each one)
         self.special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-        # ids not handed out as text yet (an incomplete character), and the ids of the last piece handed out
+        # ids whose text is not handed out yet (an incomplete character), and the ids of the last piece handed out
         self.pending, self.context = [], []
+        self._reset()
+
+    def _reset(self):
+        self.utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        self.stream = DecodeStream(skip_special_tokens=True)
 
     def push(self, *ids: int) -> str:
         "Add token ids; return the newly completed text ('' while a character is still incomplete)."
         out = []
         for i in map(int, ids):
             if i in self.special: continue
+            if self.table is not None:           # byte-level: exact, whatever the tokens' boundaries in a character
+                b = self.table[i] if 0 <= i < len(self.table) else None
+                piece = self.utf8.decode(b if b is not None else b'')
+                # the ids behind the bytes still held (an unfinished character): this one alone once text came out
+                self.pending = ([i] if piece else self.pending + [i]) if self.utf8.getstate()[0] else []
+                out.append(piece); continue
             # The stream decodes only a short window of recent ids and returns None while the text ends in U+FFFD
             try: piece = self.stream.step(self.tokenizer, i)
             except Exception:               # the stream's own consistency check failed: decode this stretch directly
                 self.pending.append(i); out.append(self.flush()); continue
             if piece is None:
                 self.pending.append(i)
-                # a character is at most 4 bytes: more ids held back are broken bytes that will never complete one.
-                # They are handed out as they decode (U+FFFD), which keeps the stream's window, and the work, bounded
+                # here (byte fallback) a held id is one byte, and a character at most 4: more held ids are broken bytes,
+                # handed out as they decode (U+FFFD), which keeps the stream's window, and the work, bounded
                 if len(self.pending) > 4: out.append(self.flush())
             else: out.append(piece); self.context, self.pending = self.pending + [i], []
         return ''.join(out)
 
     def flush(self) -> str:
         "Return whatever text is still held back (e.g. a truly invalid byte sequence at the end)."
+        if self.table is not None:
+            self.pending = []
+            return self.utf8.decode(b'', final=True)
         if not self.pending: return ''
         def dec(ids): return self.tokenizer.decode(ids, skip_special_tokens=True)
         # Decoded after the last piece's ids, so that a decoder that looks at the previous token sees it
         before, text = dec(self.context), dec(self.context + self.pending)
-        self.stream, self.context, self.pending = DecodeStream(skip_special_tokens=True), [], []
+        self.context, self.pending = [], []
+        self._reset()
         return text[len(before):] if text.startswith(before) else text
 
 # %% ../nbs/07_generate.ipynb #c767d397

@@ -25,7 +25,8 @@ from .base import (CommandError, UserError, existing_path, atomic_write_text, fm
                                  short_path, utc_now_iso)
 from .config import (CORPUS_KEYWORDS, Config, apply_overrides, config_from_dict, config_to_dict,
                                    diff_configs, load_config, read_config_file, save_config)
-from .sources import Corpus, bad_summary, iter_documents, resolve_corpus, skipped_summary, validate_corpus
+from .sources import (Corpus, bad_summary, iter_documents, resolve_corpus, skipped_summary, skipped_why,
+                                   validate_corpus)
 from .tokenizer import (DEFAULT_SPECIAL_TOKENS, build_from_artifacts, copy_tokenizer_artifacts, eos_id,
                                       pad_id, read_special_tokens, train_tokenizer)
 from .data import prepare
@@ -310,7 +311,7 @@ def stage_corpus(plan: RunPlan) -> Corpus:
     srcs = resolve_corpus(plan.inputs, text_field=d.text_field, glob=plan.glob) if plan.glob else list(plan.sources)
     report = validate_corpus(srcs, show_progress=plan.show_progress, text_field=d.text_field, strict=d.strict_files)
     say(f"corpus: {corpus_line(report)}")
-    if report.skipped: say(f"corpus: {skipped_summary(report.skipped)} (--glob PATTERN chooses files)")
+    if report.skipped: say(f"corpus: {skipped_summary(report.skipped)}{skipped_why(plan.glob)}")
     if report.skipped_bad:
         say(f"corpus: {bad_summary(report.skipped_bad)}")
         if plan.glob:   # ... so the config names only the readable ones
