@@ -20,12 +20,12 @@ from tokenizers.decoders import DecodeStream
 from torch import Tensor
 
 from .base import UserError
-from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES, TokenizerError, bytes_to_unicode, check_encodable
+from .tokenizer import BOS_NAMES, EOS_NAMES, PAD_NAMES, TokenizerError, check_encodable, token_bytes
 
 # %% auto #0
 __all__ = ['CPU_DECODE_OPTIONS', 'MAX_KEPT_CACHES', 'GenerationError', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter',
-           'sample_next_token', 'token_bytes', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket',
-           'free_static_caches', 'StaticDecoder', 'generate_ids', 'generate']
+           'sample_next_token', 'IncrementalDecoder', 'compiled_decode_step', 'cache_bucket', 'free_static_caches',
+           'StaticDecoder', 'generate_ids', 'generate']
 
 # %% ../nbs/07_generate.ipynb #b9816402
 class GenerationError(UserError, ValueError):
@@ -69,25 +69,17 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 # %% ../nbs/07_generate.ipynb #7a96174a
-def token_bytes(tokenizer) -> list[bytes | None] | None:
-    """The bytes each id stands for, for a byte-level BPE tokenizer (its decoder is `ByteLevel`); None for any other
-    kind. Special tokens' entries are None (they stand for no text)."""
-    spec = json.loads(tokenizer.to_str())
-    dec = spec.get('decoder') or {}
-    if not any(d.get('type') == 'ByteLevel' for d in (dec.get('decoders') or [dec])): return None
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-    def spell(t: str) -> bytes:     # an added plain token (not in the byte alphabet) is its text
-        return bytes(byte_of[c] for c in t) if all(c in byte_of for c in t) else t.encode('utf-8')
-    return [None if i in special or (t := tokenizer.id_to_token(i)) is None else spell(t)
-            for i in range(tokenizer.get_vocab_size())]
+def _byte_level(tokenizer) -> bool:
+    "Whether `tokenizer` decodes with `ByteLevel` (its tokens spell bytes)."
+    dec = json.loads(tokenizer.to_str()).get('decoder') or {}
+    return any(d.get('type') == 'ByteLevel' for d in (dec.get('decoders') or [dec]))
 
 class IncrementalDecoder:
     """Turn token ids, pushed one or a few at a time, into text pieces that are always complete UTF-8 characters, with
     constant work per token: byte-level BPE through the ids' bytes and an incremental UTF-8 decoder, other tokenizers
     through `tokenizers`' `DecodeStream`."""
     def __init__(self, tokenizer):
-        self.tokenizer, self.table = tokenizer, token_bytes(tokenizer)
+        self.tokenizer, self.table = tokenizer, token_bytes(tokenizer) if _byte_level(tokenizer) else None
         # special tokens add no text: they never enter the decoder (whose window would grow with each one)
         self.special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         # ids whose text is not handed out yet (an incomplete character), and the ids of the last piece handed out
@@ -105,7 +97,8 @@ class IncrementalDecoder:
             if i in self.special: continue
             if self.table is not None:           # byte-level: exact, whatever the tokens' boundaries in a character
                 b = self.table[i] if 0 <= i < len(self.table) else None
-                piece = self.utf8.decode(b if b is not None else b'')
+                if b is None: b = (self.tokenizer.id_to_token(i) or '').encode('utf-8')   # an added plain token
+                piece = self.utf8.decode(b)
                 # the ids behind the bytes still held (an unfinished character): this one alone once text came out
                 self.pending = ([i] if piece else self.pending + [i]) if self.utf8.getstate()[0] else []
                 out.append(piece); continue

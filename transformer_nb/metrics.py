@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .device import TrainingError, autocast
-from .tokenizer import TokenizerError, bytes_to_unicode, eos_id
+from .tokenizer import TokenizerError, eos_id, token_bytes
 
 # %% auto #0
 __all__ = ['tokenizer_text_kind', 'token_text_lengths', 'token_lengths_tensor', 'loss_sums', 'text_figures', 'token_stream',
@@ -64,14 +64,14 @@ def token_text_lengths(tokenizer) -> np.ndarray:
     one per document (the blank line after it in a text file); the other special tokens 0; other added tokens their
     content's. TokenizerError for any other kind of tokenizer (`tokenizer_text_kind`)."""
     kind, how = tokenizer_text_kind(tokenizer)
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}     # the 256 printable stand-ins, back to bytes
+    spelled = token_bytes(tokenizer) if kind == 'byte-level' else None     # each token's bytes (01_tokenizer)
     added = tokenizer.get_added_tokens_decoder()
     out = np.zeros((tokenizer.get_vocab_size(with_added_tokens=True), 2), dtype=np.int64)
     for tok, i in tokenizer.get_vocab(with_added_tokens=True).items():
         if i in added: text = '' if added[i].special else added[i].content
-        elif kind == 'byte-level' and all(c in byte_of for c in tok):
+        elif spelled is not None and (b := spelled[i]) is not None:
             # a continuation byte (0b10xxxxxx) belongs to the character begun before it, maybe in another token
-            out[i] = len(tok), sum(byte_of[c] & 0xC0 != 0x80 for c in tok)
+            out[i] = len(b), sum(x & 0xC0 != 0x80 for x in b)
             continue
         elif kind == 'metaspace' and how['byte_fallback'] and (m := _BYTE_TOKEN.fullmatch(tok)):
             out[i] = 1, int(m[1], 16) & 0xC0 != 0x80                 # one byte; a character if it begins one

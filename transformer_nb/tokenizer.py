@@ -35,7 +35,7 @@ from .sources import (Corpus, CorpusError, FileStats, Source, bad_summary, descr
 
 # %% auto #0
 __all__ = ['DEFAULT_SPECIAL_TOKENS', 'TOKENIZER_FILES', 'MANIFEST_FORMAT', 'MANIFEST_VERSION', 'BOS_NAMES', 'EOS_NAMES',
-           'PAD_NAMES', 'MAX_PIECE_CHARS', 'FINGERPRINT_PROBE', 'bytes_to_unicode', 'TokenizerError',
+           'PAD_NAMES', 'MAX_PIECE_CHARS', 'FINGERPRINT_PROBE', 'bytes_to_unicode', 'token_bytes', 'TokenizerError',
            'read_special_tokens', 'resolve_special_tokens', 'CorpusFile', 'scan_text_file', 'expand_inputs',
            'iter_training_texts', 'new_bbpe_tokenizer', 'train_bbpe', 'save_tokenizer_artifacts', 'read_manifest',
            'verify_tokenizer_artifacts', 'build_from_vocab_merges', 'build_from_artifacts', 'tokenizer_from_config',
@@ -51,6 +51,14 @@ def bytes_to_unicode() -> dict[int, str]:
         if b in printable: table[b] = chr(b)
         else: table[b] = chr(256 + shift); shift += 1
     return table
+
+# %% ../nbs/01_tokenizer.ipynb #91cde77a
+def token_bytes(tokenizer) -> list[bytes | None]:
+    """Each id's bytes, reading its token in GPT-2's byte alphabet (`bytes_to_unicode`); None where the token is
+    not spelled in that alphabet (an added token with other characters, or a token of another kind of vocabulary)."""
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    spell = lambda t: bytes(byte_of[c] for c in t) if t is not None and all(c in byte_of for c in t) else None
+    return [spell(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())]
 
 # %% ../nbs/01_tokenizer.ipynb #0ed123fc
 class TokenizerError(UserError):
