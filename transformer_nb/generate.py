@@ -81,7 +81,10 @@ class IncrementalDecoder:
     def __init__(self, tokenizer):
         self.tokenizer, self.table = tokenizer, token_bytes(tokenizer) if _byte_level(tokenizer) else None
         # special tokens add no text: they never enter the decoder (whose window would grow with each one)
-        self.special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        added = tokenizer.get_added_tokens_decoder()
+        self.special = {i for i, t in added.items() if t.special}
+        # an added plain token is its text (not spelled in the byte alphabet)
+        self.added = {i: t.content.encode('utf-8') for i, t in added.items() if not t.special}
         # ids whose text is not handed out yet (an incomplete character), and the ids of the last piece handed out
         self.pending, self.context = [], []
         self._reset()
@@ -96,8 +99,8 @@ class IncrementalDecoder:
         for i in map(int, ids):
             if i in self.special: continue
             if self.table is not None:           # byte-level: exact, whatever the tokens' boundaries in a character
-                b = self.table[i] if 0 <= i < len(self.table) else None
-                if b is None: b = (self.tokenizer.id_to_token(i) or '').encode('utf-8')   # an added plain token
+                b = self.added.get(i) or (self.table[i] if 0 <= i < len(self.table) else None)
+                if b is None: b = (self.tokenizer.id_to_token(i) or '').encode('utf-8')   # (an id beyond the table)
                 piece = self.utf8.decode(b)
                 # the ids behind the bytes still held (an unfinished character): this one alone once text came out
                 self.pending = ([i] if piece else self.pending + [i]) if self.utf8.getstate()[0] else []

@@ -55,7 +55,8 @@ def bytes_to_unicode() -> dict[int, str]:
 # %% ../nbs/01_tokenizer.ipynb #91cde77a
 def token_bytes(tokenizer) -> list[bytes | None]:
     """Each id's bytes, reading its token in GPT-2's byte alphabet (`bytes_to_unicode`); None where the token is
-    not spelled in that alphabet (an added token with other characters, or a token of another kind of vocabulary)."""
+    not spelled in that alphabet. Meaningful for a byte-level vocabulary only (the alphabet holds printable ASCII and
+    Latin-1 letters, so tokens of other vocabularies and added tokens can read as bytes they do not stand for)."""
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     spell = lambda t: bytes(byte_of[c] for c in t) if t is not None and all(c in byte_of for c in t) else None
     return [spell(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())]
